@@ -1,0 +1,30 @@
+# Every target creates the virtual environment itself, so a fresh clone needs only `make demo` or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint venv clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch 2.13.0 first: its CPU wheel lies on disk here; the pin in pyproject then installs nothing more.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[cpu,torch,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/deploysparse demo -o demo-out
+
+test: $(STAMP)
+	$(BIN)/ruff check deploysparse tests benchmarks examples
+	$(BIN)/python -m pytest -n 2 -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check deploysparse tests benchmarks examples
+	$(BIN)/ruff format --check deploysparse tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) demo-out

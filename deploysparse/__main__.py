@@ -1,0 +1,5 @@
+"""`python -m deploysparse` runs the CLI."""
+
+from deploysparse.cli import main
+
+main()

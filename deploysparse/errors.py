@@ -1,0 +1,32 @@
+"""Exceptions a user can act on.
+
+Every error deploysparse raises on bad input is a `DeploysparseError`: the CLI prints its message as
+one line and exits with code 2, so a CI log shows what is wrong (the file, node or option at fault)
+instead of a traceback from deep inside onnx or torch.
+"""
+
+from __future__ import annotations
+
+
+class DeploysparseError(Exception):
+    """Base class: bad input or a request that cannot be carried out. The message names the culprit."""
+
+
+class ModelLoadError(DeploysparseError):
+    """A model file is missing, not ONNX, truncated, or its external data cannot be found."""
+
+
+class CalibrationError(DeploysparseError):
+    """Calibration or validation data does not match the model's inputs."""
+
+
+class PlanError(DeploysparseError):
+    """A pruning plan does not fit the model it is applied to, or a budget cannot be met."""
+
+
+class BackendError(DeploysparseError):
+    """A backend (ONNX Runtime, TensorRT) is missing or failed to build or run a model."""
+
+
+class UsageError(DeploysparseError):
+    """Options that contradict each other, or an output path that would overwrite the input."""

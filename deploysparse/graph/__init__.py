@@ -1,0 +1,1 @@
+"""Channel analysis and surgery on the ONNX graph."""

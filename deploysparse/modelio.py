@@ -1,0 +1,105 @@
+"""Loading and saving ONNX models the way real files come: inline weights or external data.
+
+torch 2.13's exporter writes weights to `model.onnx.data` next to the file; converters from other
+frameworks inline them. `load_model` takes both and turns every failure into a `ModelLoadError` that
+names the file; `save_model` writes atomically, keeps external data when the original used it (or the
+model is over 2 GB), and never overwrites the input model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from deploysparse.atomic import atomic_path
+from deploysparse.errors import ModelLoadError, UsageError
+
+_TWO_GB = 2**31 - 1
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    """True when any initializer of the (not yet loaded) model keeps its bytes in an external file."""
+    return any(
+        init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer
+    )
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX model with its external data; raise ModelLoadError naming the file on failure."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a folder, expected an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node:
+        raise ModelLoadError(f"{path}: not an ONNX model (the graph has no nodes; truncated or another format?)")
+    model.metadata_props.add(key="deploysparse.external_data", value=str(int(uses_external_data(model))))
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: external data could not be read ({exc})") from exc
+    return model
+
+
+def loaded_with_external_data(model: onnx.ModelProto) -> bool:
+    """True when `load_model` found the weights in an external file."""
+    return any(p.key == "deploysparse.external_data" and p.value == "1" for p in model.metadata_props)
+
+
+def _strip_private_metadata(model: onnx.ModelProto) -> None:
+    keep = [p for p in model.metadata_props if not p.key.startswith("deploysparse.external_data")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+
+
+def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> None:
+    """Refuse an output path that is one of the inputs: the input model is never overwritten."""
+    out = Path(output).resolve()
+    for inp in inputs:
+        if inp is not None and Path(inp).resolve() == out:
+            raise UsageError(f"output path {output} is the input model; choose another file name")
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    external_data: bool | None = None,
+) -> Path:
+    """Write `model` to `path` atomically; external data goes to `<name>.data` beside it.
+
+    external_data=None keeps what the loaded original had, and switches it on above 2 GB.
+    """
+    path = Path(path)
+    model = onnx.ModelProto.FromString(model.SerializeToString()) if external_data is not False else model
+    if external_data is None:
+        external_data = loaded_with_external_data(model) or model.ByteSize() > _TWO_GB
+    _strip_private_metadata(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not external_data:
+        with atomic_path(path, suffix=".onnx") as tmp:
+            onnx.save_model(model, str(tmp))
+        return path
+    data_name = path.name + ".data"
+    # The data file is written first under a temporary name, then both are renamed; a reader that
+    # sees the new .onnx always finds its data.
+    with atomic_path(path.parent / data_name, suffix=".data") as tmp_data:
+        onnx.external_data_helper.convert_model_to_external_data(
+            model, all_tensors_to_one_file=True, location=tmp_data.name, size_threshold=1024
+        )
+        with atomic_path(path, suffix=".onnx") as tmp:
+            onnx.save_model(model, str(tmp))
+            # The saved model must reference the final data file name, not the temporary one.
+            saved = onnx.load(str(tmp), load_external_data=False)
+            for tensor in onnx.external_data_helper._get_all_tensors(saved):
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+            onnx.save_model(saved, str(tmp))
+    return path
