@@ -150,7 +150,8 @@ def _check_against_specs(
         arr = raw[spec.name]
         data_shape = "(" + ", ".join(str(d) for d in arr.shape) + ")"
         if arr.ndim != len(spec.shape) or any(
-            isinstance(want, int) and want != got for want, got in zip(spec.shape[1:], arr.shape[1:])
+            isinstance(want, int) and want != got
+            for want, got in zip(spec.shape[1:], arr.shape[1:], strict=True)
         ):
             raise CalibrationError(
                 f"{origin}: input '{spec.name}' data has shape {data_shape} but the model expects "
@@ -196,7 +197,9 @@ class Preprocess:
 def _read_preprocess(folder: Path) -> Preprocess:
     spec_path = folder / "preprocess.yaml"
     if not spec_path.exists():
-        raise CalibrationError(f"{folder}: an image folder needs a preprocess.yaml (see calibration/README.md)")
+        raise CalibrationError(
+            f"{folder}: an image folder needs a preprocess.yaml (see calibration/README.md)"
+        )
     try:
         spec = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -206,14 +209,18 @@ def _read_preprocess(folder: Path) -> Preprocess:
     known = {"input", "resize", "mean", "std", "scale", "layout", "dtype", "grayscale"}
     unknown = sorted(set(spec) - known)
     if unknown:
-        raise CalibrationError(f"{spec_path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise CalibrationError(
+            f"{spec_path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     layout = str(spec.get("layout", "NCHW")).upper()
     if layout not in ("NCHW", "NHWC"):
         raise CalibrationError(f"{spec_path}: layout must be NCHW or NHWC, got {layout}")
     size = spec.get("resize")
     if size is not None:
         try:
-            height, width = (int(v) for v in (size if isinstance(size, list) else str(size).lower().split("x")))
+            height, width = (
+                int(v) for v in (size if isinstance(size, list) else str(size).lower().split("x"))
+            )
         except ValueError as exc:
             raise CalibrationError(f"{spec_path}: resize must be HxW (e.g. 32x32), got {size!r}") from exc
         size = (height, width)
@@ -237,14 +244,18 @@ def _read_image_folder(folder: Path, specs: list[InputSpec]) -> dict[str, np.nda
     prep = _read_preprocess(folder)
     name = prep.input or specs[0].name
     if prep.input is None and len(specs) != 1:
-        raise CalibrationError(f"{folder}/preprocess.yaml: the model has several inputs; name one with `input:`")
+        raise CalibrationError(
+            f"{folder}/preprocess.yaml: the model has several inputs; name one with `input:`"
+        )
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
     if not files:
         raise CalibrationError(f"{folder}: no .png images found")
     images = [_preprocess(_read_png(path), prep, path) for path in files]
     shapes = {img.shape for img in images}
     if len(shapes) > 1:
-        raise CalibrationError(f"{folder}: images differ in size {sorted(shapes)}; set `resize: HxW` in preprocess.yaml")
+        raise CalibrationError(
+            f"{folder}: images differ in size {sorted(shapes)}; set `resize: HxW` in preprocess.yaml"
+        )
     return {name: np.stack(images).astype(prep.dtype)}
 
 

@@ -124,7 +124,9 @@ def parse_shapes(specs: list[str] | tuple[str, ...] | str | None) -> dict[str, S
     for spec in specs:
         name, sep, rest = spec.rpartition(":")
         if not sep or not name:
-            raise UsageError(f"--shapes {spec!r}: expected NAME:MIN[,OPT,MAX] like input:1x3x32x32,8x3x32x32,32x3x32x32")
+            raise UsageError(
+                f"--shapes {spec!r}: expected NAME:MIN[,OPT,MAX] like input:1x3x32x32,8x3x32x32,32x3x32x32"
+            )
         try:
             dims = [tuple(int(d) for d in part.lower().split("x")) for part in rest.split(",")]
         except ValueError as exc:
@@ -136,7 +138,7 @@ def parse_shapes(specs: list[str] | tuple[str, ...] | str | None) -> dict[str, S
         elif len(dims) == 2:
             dims = [dims[0], dims[1], dims[1]]
         lo, opt, hi = dims
-        if any(not (a <= b <= c) for a, b, c in zip(lo, opt, hi)):
+        if any(not (a <= b <= c) for a, b, c in zip(lo, opt, hi, strict=True)):
             raise UsageError(f"--shapes {spec!r}: need min <= opt <= max in every dimension")
         shapes[name] = (lo, opt, hi)
     return shapes
@@ -151,7 +153,7 @@ def check_shapes_match(shapes: Mapping[str, ShapeTriple], specs: list[InputSpec]
             raise UsageError(f"--shapes names '{name}', but {source} has inputs {', '.join(by_name)}")
         for shape in triple:
             if len(shape) != len(spec.shape) or any(
-                isinstance(want, int) and want != got for want, got in zip(spec.shape, shape)
+                isinstance(want, int) and want != got for want, got in zip(spec.shape, shape, strict=True)
             ):
                 raise UsageError(
                     f"--shapes {name}: {'x'.join(map(str, shape))} does not fit input '{name}' of {source} "

@@ -10,6 +10,7 @@ while the optimised file holds CPU-specific fused kernels.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def _ort():
 class OrtRunner(Runner):
     """An InferenceSession with full graph optimisation and an explicit thread count."""
 
-    def __init__(self, path: str | os.PathLike[str], providers: list[str], threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], providers: list[str], threads: int | None = None
+    ) -> None:
         ort = _ort()
         path = Path(path)
         if not path.exists():
@@ -97,7 +100,7 @@ class OrtRunner(Runner):
             outputs = self.session.run(None, dict(feeds))
         except Exception as exc:
             raise BackendError(f"{self.path}: inference failed ({_first_line(exc)})") from exc
-        return dict(zip(self.output_names, outputs))
+        return dict(zip(self.output_names, outputs, strict=True))
 
 
 class OnnxRuntimeBackend(Backend):
@@ -150,7 +153,9 @@ class OnnxRuntimeBackend(Backend):
         if shapes:
             check_shapes_match(shapes, specs, str(onnx_path))
         if precision == "int8" and calib is None:
-            raise UsageError("--precision int8 needs --calib DATA (calibration inputs for the activation ranges)")
+            raise UsageError(
+                "--precision int8 needs --calib DATA (calibration inputs for the activation ranges)"
+            )
         artifact = out_dir / "model.optimized.onnx"
         converted = out_dir / f"model.{precision}.onnx"
         check_output_path(artifact, onnx_path)
@@ -168,7 +173,9 @@ class OnnxRuntimeBackend(Backend):
             source = _quantize_qdq(onnx_path, specs, feeds, converted)
             files.append(source)
             extra["calibration_samples"] = sample_count(feeds)
-            extra["quantization"] = "static QDQ, symmetric int8 activations and per-channel int8 weights, MinMax"
+            extra["quantization"] = (
+                "static QDQ, symmetric int8 activations and per-channel int8 weights, MinMax"
+            )
         providers = self._optimize(source, artifact)
         files.append(artifact)
 
@@ -202,7 +209,9 @@ class OnnxRuntimeBackend(Backend):
             try:
                 session = ort.InferenceSession(str(source), options, providers=self.providers())
             except Exception as exc:
-                raise BackendError(f"{source}: ONNX Runtime cannot optimise the model ({_first_line(exc)})") from exc
+                raise BackendError(
+                    f"{source}: ONNX Runtime cannot optimise the model ({_first_line(exc)})"
+                ) from exc
             return session.get_providers()
 
     @staticmethod
@@ -244,10 +253,20 @@ def _quantize_qdq(source: Path, specs: list[InputSpec], feeds: dict[str, np.ndar
                 self._advance(1)
             return item
 
-    with progress.progress("calibrating int8", total=len(calibration)) as advance, atomic_path(target, suffix=".onnx") as tmp:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with (
+        progress.progress("calibrating int8", total=len(calibration)) as advance,
+        atomic_path(target, suffix=".onnx") as tmp,
+        tempfile.TemporaryDirectory(dir=target.parent) as work,
+    ):
+        prepared = Path(work) / "prepared.onnx"
         try:
+            # Shape inference and basic fusions first, as ONNX Runtime recommends: quantisation
+            # needs every tensor's type and shape, and must see Conv+BN already folded.
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             quantize_static(
-                str(source),
+                str(prepared),
                 str(tmp),
                 _Reader(advance),
                 quant_format=QuantFormat.QDQ,
