@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -133,7 +134,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         raise ModelLoadError(f"weights file {path} is a folder")
     try:
-        loaded = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols before refusing the file; the refusal says it all.
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:
         if "Weights only load failed" in str(exc):
             raise ModelLoadError(
