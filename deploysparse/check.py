@@ -107,7 +107,7 @@ def compare_reports(
             1.0,
             current.validation.passed,
             "flag",
-            "; ".join(current.validation.reasons),
+            "; ".join(current.validation.failures),
         ),
         _no_growth("params after pruning", base.cost.params_after, current.cost.params_after),
         _no_growth("FLOPs after pruning", base.cost.flops_after, current.cost.flops_after),

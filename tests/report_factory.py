@@ -87,7 +87,7 @@ def make_report() -> dict[str, Any]:
                 "accuracy_original": 0.9466,
                 "accuracy_compact": 0.9466,
                 "passed": True,
-                "reasons": [],
+                "failures": [],
             },
             "latency": {
                 "original": [

@@ -119,7 +119,7 @@ def test_params_or_flops_growth_fails(tmp_path: Path, files, capsys) -> None:
 def test_failed_validation_and_missing_batch_fail() -> None:
     report = make_report()
     report["validation"]["passed"] = False
-    report["validation"]["reasons"] = ["max_abs_err 0.2 > atol 0.0001"]
+    report["validation"]["failures"] = ["max_abs_err 0.2 > atol 0.0001"]
     report["latency"]["compact"] = report["latency"]["compact"][:1]
     failures = compare_reports(report, make_report()).failures
     assert [item.name for item in failures] == [

@@ -280,12 +280,16 @@ def _latency_chart(batch: int, original: LatencyPoint | None, compact: LatencyPo
 
 def _validation_section(rep: Report) -> str:
     v = rep.validation
-    limits = rep.recipe.settings.get("validate") or {}
+    limits = {
+        **(rep.recipe.settings.get("validate") or {}),
+        **v.tolerances,
+    }  # the thresholds validate used win
+    top1_limit = limits.get("min_top1", limits.get("min_top1_agreement"))
     rows = [
         ("max abs error", f"{v.max_abs_err:.3g}", limits.get("atol"), "≤"),
         ("max rel error", f"{v.max_rel_err:.3g}", limits.get("rtol"), "≤"),
         ("cosine similarity", f"{v.cosine:.8f}", limits.get("min_cosine"), "≥"),
-        ("top-1 agreement", _opt(v.top1_agreement), limits.get("min_top1_agreement"), "≥"),
+        ("top-1 agreement", _opt(v.top1_agreement), top1_limit, "≥"),
         ("accuracy original", _opt(v.accuracy_original), None, ""),
         ("accuracy compact", _opt(v.accuracy_compact), None, ""),
     ]
@@ -297,7 +301,7 @@ def _validation_section(rep: Report) -> str:
         f"<td class='num'>{_e(f'{sign} {limit:g}') if limit is not None else ''}</td></tr>"
         for name, value, limit, sign in rows
     )
-    reasons = "".join(f"<li>{_e(r)}</li>" for r in v.reasons)
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in v.failures)
     return (
         f'<section id="validation"><h2>Validation {_badge(v.passed)}</h2>'
         f'<p class="hint">Original and compact model on {v.samples} fresh inputs.</p>'

@@ -108,7 +108,13 @@ class Validation(_Strict):
     accuracy_original: Unit | None = None  # None without labels
     accuracy_compact: Unit | None = None
     passed: bool
-    reasons: list[str] = []  # why it failed, one line per violated threshold
+    failures: list[str] = []  # why it failed, one line per violated threshold
+    # the rest of validate.ValidationReport.to_json(), so that dict can be stored as it is
+    backend: str = ""
+    original: str = ""
+    compact: str = ""
+    tolerances: dict[str, Any] = {}
+    outputs: list[dict[str, Any]] = []
 
 
 class LatencyRun(_Strict):
@@ -125,6 +131,7 @@ class LatencyPoint(_Strict):
     p50_ms: Millis
     p90_ms: Millis
     p99_ms: Millis
+    mean_ms: Millis | None = None
     throughput_per_s: Annotated[float, Field(ge=0.0)]
     runs: list[LatencyRun] = []
 
