@@ -113,13 +113,17 @@ class BuildSettings(_Section):
 
 
 class ValidateSettings(_Section):
-    """When the compact model still counts as the same function as the original."""
+    """When the compact model still counts as the same function as the original; null = not checked.
 
-    atol: Annotated[float, Field(ge=0.0)] = 1e-3
-    rtol: Annotated[float, Field(ge=0.0)] = 1e-3
-    min_cosine: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.999
-    min_top1_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99
-    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    Pruning beyond dead filters changes the function, so such recipes switch off the element-wise
+    `atol`/`rtol` and judge by top-1 agreement and accuracy instead.
+    """
+
+    atol: Annotated[float, Field(ge=0.0)] | None = 1e-3
+    rtol: Annotated[float, Field(ge=0.0)] | None = 1e-3
+    min_cosine: Annotated[float, Field(ge=-1.0, le=1.0)] | None = 0.999
+    min_top1_agreement: Annotated[float, Field(ge=0.0, le=1.0)] | None = 0.99
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] | None = 0.01
 
 
 class BenchSettings(_Section):

@@ -233,3 +233,10 @@ def test_update_baseline_creates_a_missing_one_but_never_from_a_bad_report(
 def test_parse_report_rejects_non_dict() -> None:
     with pytest.raises(ReportError, match="baseline: a report is a JSON object"):
         compare_reports(make_report(), "not a report")  # type: ignore[arg-type]
+
+
+def test_the_example_in_docs_ci_md_is_a_valid_report() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ci.md").read_text()
+    example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    report = parse_report(example, "docs/ci.md")
+    assert compare_reports(report, example).passed

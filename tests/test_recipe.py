@@ -131,3 +131,11 @@ def test_calibration_path_is_relative_to_the_recipe(tmp_path: Path) -> None:
     path = write(tmp_path, "build:\n  backend: tensorrt\n  precision: int8\n  calibration: data/calib.npz\n")
     assert load_recipe(path).calibration_path() == tmp_path / "data" / "calib.npz"
     assert load_recipe("x86-cpu-onnxruntime").calibration_path() is None
+
+
+def test_the_example_in_docs_recipes_md_loads(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "recipes.md").read_text()
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    recipe = load_recipe(write(tmp_path, example, "my-model-orin.yaml"))
+    assert recipe.prune.criterion == ["dead", "l1"] and recipe.prune.flops_target == 0.7
+    assert recipe.validate_.atol is None and recipe.validate_.min_cosine == 0.98
