@@ -15,8 +15,8 @@ from deploysparse.errors import CalibrationError
 from deploysparse.validate import validate
 
 
-def _classifier(path, noise=0.0, batch="N"):
-    """Conv-ReLU-GAP-Gemm with fixed weights; `noise` perturbs the conv weights (a wrong 'compact')."""
+def _classifier(path, noise=0.0, batch="N", fc_sign=1.0):
+    """Conv-ReLU-GAP-Gemm with fixed weights; `noise` perturbs the weights, fc_sign=-1 flips predictions."""
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
     weight += noise * np.random.default_rng(99).normal(size=weight.shape).astype(np.float32)
@@ -24,7 +24,7 @@ def _classifier(path, noise=0.0, batch="N"):
     inits = [
         numpy_helper.from_array(weight, "w"),
         numpy_helper.from_array(rng.normal(size=(8,)).astype(np.float32), "b"),
-        numpy_helper.from_array((rng.normal(size=(5, 8)) + noise * fc_noise).astype(np.float32), "fc"),
+        numpy_helper.from_array((fc_sign * rng.normal(size=(5, 8)) + noise * fc_noise).astype(np.float32), "fc"),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
@@ -84,7 +84,7 @@ def test_perturbed_model_fails_with_reasons(tmp_path, data):
 
 def test_labels_give_accuracy_and_accuracy_drop_gate(tmp_path, data):
     original = _classifier(tmp_path / "orig.onnx")
-    wrong = _classifier(tmp_path / "wrong.onnx", noise=2.0)
+    wrong = _classifier(tmp_path / "wrong.onnx", fc_sign=-1.0)
     labels = get_backend("onnxruntime").run(original, {"x": data})["logits"].argmax(1)
     report = validate(original, wrong, {"x": data}, labels=labels, atol=None, rtol=None, min_cosine=None,
                       max_accuracy_drop=0.01)
