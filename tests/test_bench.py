@@ -16,9 +16,14 @@ from deploysparse.errors import UsageError
 
 
 def _model(path, batch="N"):
-    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w"
+    )
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
         "bench",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 16, 16])],
@@ -44,7 +49,7 @@ def test_benchmark_reports_percentiles_per_batch(tmp_path):
 def test_static_batch_model_refuses_another_batch(tmp_path):
     path = _model(tmp_path / "static.onnx", batch=1)
     assert benchmark(path, batches=(1,), warmup=0, iters=2).results[0].batch == 1
-    with pytest.raises(UsageError, match="static batch of 1.*--batch 8"):
+    with pytest.raises(UsageError, match=r"static batch of 1.*--batch 8"):
         benchmark(path, batches=(8,), warmup=0, iters=2)
 
 

@@ -24,7 +24,9 @@ def _classifier(path, noise=0.0, batch="N", fc_sign=1.0):
     inits = [
         numpy_helper.from_array(weight, "w"),
         numpy_helper.from_array(rng.normal(size=(8,)).astype(np.float32), "b"),
-        numpy_helper.from_array((fc_sign * rng.normal(size=(5, 8)) + noise * fc_noise).astype(np.float32), "fc"),
+        numpy_helper.from_array(
+            (fc_sign * rng.normal(size=(5, 8)) + noise * fc_noise).astype(np.float32), "fc"
+        ),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
@@ -86,14 +88,29 @@ def test_labels_give_accuracy_and_accuracy_drop_gate(tmp_path, data):
     original = _classifier(tmp_path / "orig.onnx")
     wrong = _classifier(tmp_path / "wrong.onnx", fc_sign=-1.0)
     labels = get_backend("onnxruntime").run(original, {"x": data})["logits"].argmax(1)
-    report = validate(original, wrong, {"x": data}, labels=labels, atol=None, rtol=None, min_cosine=None,
-                      max_accuracy_drop=0.01)
+    report = validate(
+        original,
+        wrong,
+        {"x": data},
+        labels=labels,
+        atol=None,
+        rtol=None,
+        min_cosine=None,
+        max_accuracy_drop=0.01,
+    )
     assert report.accuracy_original == 1.0
     assert report.accuracy_compact < 1.0
     assert not report.passed and "accuracy dropped" in report.failures[0]
     payload = report.to_json()
-    for key in ("max_abs_err", "max_rel_err", "cosine", "top1_agreement", "accuracy_original",
-                "accuracy_compact", "passed"):
+    for key in (
+        "max_abs_err",
+        "max_rel_err",
+        "cosine",
+        "top1_agreement",
+        "accuracy_original",
+        "accuracy_compact",
+        "passed",
+    ):
         assert key in payload
 
 
