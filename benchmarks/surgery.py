@@ -111,7 +111,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for depth in [int(d) for d in args.depths.split(",")]:
             rows.append((depth, measure(export(depth, Path(tmp)))))
-    print("| model | params | groups | analyze s | surgery s | total s | peak extra MB | model MB | extra/model |")
+    print(
+        "| model | params | groups | analyze s | surgery s | total s | peak extra MB | model MB | extra/model |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for depth, r in rows:
         print(

@@ -18,7 +18,7 @@ import onnx
 from deploysparse.errors import UsageError
 from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
 from deploysparse.graph.cost import count_cost
-from deploysparse.graph.dead import DeadFilters, find_dead
+from deploysparse.graph.dead import DEFAULT_DEAD_THRESHOLD, DeadFilters, find_dead
 from deploysparse.graph.surgery import SurgeryResult, apply_plan
 from deploysparse.modelio import load_model
 from deploysparse.plan import Plan
@@ -120,7 +120,7 @@ def analyze(
     *,
     calib: CalibLike = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    dead_threshold: float = 0.0,
+    dead_threshold: float = DEFAULT_DEAD_THRESHOLD,
 ) -> Analysis:
     """Channel groups, pinned spaces, params/FLOPs and dead filters of a model."""
     proto = as_model(model)
@@ -158,7 +158,7 @@ def prune(
     calib: CalibLike = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     plan: Plan | str | os.PathLike[str] | None = None,
-    dead_threshold: float = 0.0,
+    dead_threshold: float = DEFAULT_DEAD_THRESHOLD,
     **budget,
 ) -> PruneResult:
     """Prune `model` with a criterion and budget, or apply a saved plan; return the compact model.

@@ -54,6 +54,7 @@ class PruneSettings(_Section):
     min_channels: Positive = 1  # no group keeps fewer channels than this
     round_to: Positive = 1  # kept channels per group rounded to a multiple (tensor-core friendly)
     protect: list[str] = []  # group ids or node names whose channels are never removed
+    dead_threshold: Annotated[float, Field(ge=0.0)] = 1e-3  # near-zero filters count as dead (measured)
 
     @field_validator("criterion", mode="before")
     @classmethod

@@ -137,7 +137,8 @@ def _add_used_constants(graph: onnx.GraphProto, new_constants: dict[str, np.ndar
     for name, value in new_constants.items():
         if name in used:
             graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-    # Initializers nobody reads any more (inputs of folded nodes) are dropped.
-    keep = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    # Initializers nobody reads any more (inputs of folded nodes) are dropped, in place: rebuilding
+    # the list would copy every weight.
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
