@@ -48,12 +48,14 @@ class GroupBudget:
     def live_count(self) -> int:
         return int(self.live.sum())
 
-    def count_at(self, threshold: float) -> int:
-        """Kept count when every live channel scoring <= threshold goes, snapped to a legal count."""
+    def wanted_at(self, threshold: float) -> int:
+        """Kept count before snapping when every live channel scoring <= threshold goes."""
         if self.scores is None:
-            wanted = self.group.size - int(self.dead.sum())
-        else:
-            wanted = int(self.pinned.sum()) + int((self.scores[self.live] > threshold).sum())
+            return self.group.size - int(self.dead.sum())
+        return int(self.pinned.sum()) + int((self.scores[self.live] > threshold).sum())
+
+    def snap(self, wanted: int) -> int:
+        """The legal kept count nearest to `wanted` (ties: the larger)."""
         position = int(np.searchsorted(self.legal, wanted))
         if position == 0:
             return int(self.legal[0])
@@ -122,6 +124,101 @@ class Allocation:
     notes: list[str] = field(default_factory=list)
 
 
+def group_budgets(
+    groups: list[ChannelGroup],
+    scores: dict[str, np.ndarray | None],
+    *,
+    max_layer_ratio: float | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+    protect: Iterable[str] = (),
+    dead: dict[str, np.ndarray] | None = None,
+) -> list[GroupBudget]:
+    """The groups a plan may touch (prunable, not protected, scored or with dead channels), with
+    their constraints."""
+    _check_limits(max_layer_ratio, min_channels, round_to)
+    protected = _resolve_protect(groups, protect)
+    dead = dead or {}
+    return [
+        _group_budget(g, scores.get(g.id), dead.get(g.id), min_channels, max_layer_ratio, round_to)
+        for g in groups
+        if g.prunable and g.id not in protected and (g.id in scores or g.id in dead)
+    ]
+
+
+@dataclass
+class BudgetTarget:
+    """Measures a candidate plan (kept count per group) against --ratio or --flops-target.
+
+    `excess` is positive when the candidate keeps too much and falls as more is removed, so every
+    search (the threshold bisection here, PFP's root search over eps) looks for its sign change.
+    """
+
+    budgets: list[GroupBudget]
+    ratio: float | None = None
+    flops_target: float | None = None
+    macs_of: Callable[[dict[str, int]], int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratio is not None and self.flops_target is not None:
+            raise UsageError("give either --ratio or --flops-target, not both")
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise UsageError(f"--ratio {self.ratio}: must be in [0, 1)")
+        if self.flops_target is not None:
+            if not 0.0 < self.flops_target <= 1.0:
+                raise UsageError(f"--flops-target {self.flops_target}: must be in (0, 1]")
+            if self.macs_of is None:
+                raise UsageError("--flops-target needs a cost model (macs_of)")
+            self.original_macs = self.macs_of({})
+            if self.original_macs <= 0:
+                raise PlanError("--flops-target: the model has no counted MACs (no Conv/Gemm/MatMul)")
+        self.alive = {b.group.id: b.live_count + int(b.pinned.sum()) for b in self.budgets}
+        self.live = sum(b.live_count for b in self.budgets)
+        self.target_removed = round((self.ratio or 0.0) * self.live)
+
+    @property
+    def active(self) -> bool:
+        return self.ratio is not None or self.flops_target is not None
+
+    def removed(self, counts: dict[str, int]) -> int:
+        """Live channels a candidate removes (dead ones not counted)."""
+        return sum(alive - min(counts[g], alive) for g, alive in self.alive.items())
+
+    def kept_fraction(self, counts: dict[str, int]) -> float:
+        return self.macs_of(counts) / self.original_macs
+
+    def excess(self, counts: dict[str, int]) -> float:
+        if self.ratio is not None:
+            return (self.target_removed - self.removed(counts)) / max(self.live, 1)
+        if self.flops_target is not None:
+            return self.kept_fraction(counts) - self.flops_target
+        return 0.0
+
+    def verdict(self, counts: dict[str, int], most_removed: dict[str, int]) -> list[str]:
+        """Notes on how close the chosen candidate came; PlanError when a FLOPs target is out of reach."""
+        if self.ratio is not None:
+            got = self.removed(counts)
+            if self.live and abs(got - self.target_removed) > max(1, FLOPS_TOLERANCE * self.live):
+                return [
+                    f"--ratio {self.ratio}: removed {got} of {self.live} live channels (target "
+                    f"{self.target_removed}); rounding, minimum counts and pinned channels allowed no closer fit"
+                ]
+        if self.flops_target is not None:
+            reached = self.kept_fraction(counts)
+            if abs(reached - self.flops_target) > FLOPS_TOLERANCE:
+                floor = self.kept_fraction(most_removed)
+                if floor > self.flops_target + FLOPS_TOLERANCE:
+                    raise PlanError(
+                        f"--flops-target {self.flops_target}: at most {1 - floor:.1%} of the MACs can be "
+                        "removed under the constraints (pinned, protected, --min-channels, "
+                        "--max-layer-ratio, --round-to)"
+                    )
+                return [
+                    f"--flops-target {self.flops_target}: kept {reached:.1%} of the MACs, the nearest reachable"
+                ]
+        return []
+
+
 def allocate(
     groups: list[ChannelGroup],
     scores: dict[str, np.ndarray | None],
@@ -138,67 +235,37 @@ def allocate(
     """The budget search on its own: groups and scores in, kept channel indices out.
 
     macs_of(keep_counts) -> MACs of the model with those kept counts (needed for flops_target).
+    Without ratio or flops_target only the dead channels go.
     """
-    _check_options(ratio, flops_target, max_layer_ratio, min_channels, round_to)
-    if flops_target is not None and macs_of is None:
-        raise UsageError("--flops-target needs a cost model (macs_of)")
-    protected = _resolve_protect(groups, protect)
-    budgets = [
-        _group_budget(g, scores.get(g.id), (dead or {}).get(g.id), min_channels, max_layer_ratio, round_to)
-        for g in groups
-        if g.prunable and g.id not in protected and (g.id in scores or g.id in (dead or {}))
-    ]
-    allocation = Allocation()
-    if not budgets:
-        allocation.notes.append("no prunable group: nothing removed")
-        return allocation
-    live_scores = [b.scores[b.live] for b in budgets if b.scores is not None]
-    thresholds = (
-        np.concatenate([[-np.inf], np.unique(np.concatenate(live_scores))]) if live_scores else [-np.inf]
+    budgets = group_budgets(
+        groups,
+        scores,
+        max_layer_ratio=max_layer_ratio,
+        min_channels=min_channels,
+        round_to=round_to,
+        protect=protect,
+        dead=dead,
     )
+    target = BudgetTarget(budgets, ratio, flops_target, macs_of)
+    live_scores = [b.scores[b.live] for b in budgets if b.scores is not None]
+    thresholds = np.array([-np.inf])
+    if live_scores:
+        thresholds = np.concatenate([thresholds, np.unique(np.concatenate(live_scores))])
 
     def counts_at(i: int) -> dict[str, int]:
-        return {b.group.id: b.count_at(float(thresholds[i])) for b in budgets}
+        return {b.group.id: b.snap(b.wanted_at(float(thresholds[i]))) for b in budgets}
 
-    if ratio is not None:
-        live = sum(b.live_count for b in budgets)
-        target = round(ratio * live)
-
-        def removed(i: int) -> float:
-            counts = counts_at(i)
-            alive = {b.group.id: b.live_count + int(b.pinned.sum()) for b in budgets}
-            return float(sum(alive[g] - min(counts[g], alive[g]) for g in alive))
-
-        best = _closest(removed, len(thresholds), float(target))
-        got = removed(best)
-        if live and abs(got - target) > max(1, 0.02 * live):
-            allocation.notes.append(
-                f"--ratio {ratio}: removed {int(got)} of {live} live channels (target {target}); "
-                "rounding, minimum counts and pinned channels allowed no closer fit"
-            )
-    elif flops_target is not None:
-        original = macs_of({})
-        if original <= 0:
-            raise PlanError("--flops-target: the model has no counted MACs (no Conv/Gemm/MatMul)")
-
-        def kept_fraction(i: int) -> float:
-            return macs_of(counts_at(i)) / original
-
-        best = _closest(kept_fraction, len(thresholds), flops_target, decreasing=True)
-        reached = kept_fraction(best)
-        if abs(reached - flops_target) > FLOPS_TOLERANCE:
-            floor = kept_fraction(len(thresholds) - 1)
-            if floor > flops_target + FLOPS_TOLERANCE:
-                raise PlanError(
-                    f"--flops-target {flops_target}: at most {1 - floor:.1%} of the MACs can be removed "
-                    "under the constraints (pinned, protected, --min-channels, --max-layer-ratio, --round-to)"
-                )
-            allocation.notes.append(
-                f"--flops-target {flops_target}: kept {reached:.1%} of the MACs; the nearest reachable"
-            )
-    else:
-        best = 0
+    best = 0
+    if target.active and budgets:
+        best = first_within(lambda i: target.excess(counts_at(i)), len(thresholds))
     counts = counts_at(best)
+    allocation = Allocation(notes=target.verdict(counts, counts_at(len(thresholds) - 1)) if budgets else [])
+    finish(allocation, budgets, counts, round_to)
+    return allocation
+
+
+def finish(allocation: Allocation, budgets: list[GroupBudget], counts: dict[str, int], round_to: int) -> None:
+    """Fill the allocation's kept channels from chosen counts, with notes on unmet rounding."""
     for b in budgets:
         if counts[b.group.id] < b.group.size:
             allocation.keep[b.group.id] = b.choose(counts[b.group.id])
@@ -206,21 +273,20 @@ def allocate(
             allocation.notes.append(
                 f"group {b.group.id} ({b.group.label}): no multiple of --round-to {round_to} fits its limits"
             )
-    return allocation
 
 
-def _closest(measure: Callable[[int], float], n: int, target: float, decreasing: bool = False) -> int:
-    """Index in [0, n) whose monotone measure is closest to target (bisection, then the two neighbours)."""
-    sign = -1.0 if decreasing else 1.0
+def first_within(excess: Callable[[int], float], n: int) -> int:
+    """Index in [0, n) whose excess (falling with the index) is closest to zero: bisection for the
+    sign change, then the better of its two neighbours (ties: the one that removes less)."""
     lo, hi = 0, n - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if sign * measure(mid) < sign * target:
+        if excess(mid) > 0:
             lo = mid + 1
         else:
             hi = mid
     candidates = [i for i in (lo - 1, lo) if 0 <= i < n]
-    return min(candidates, key=lambda i: (abs(measure(i) - target), i))
+    return min(candidates, key=lambda i: (abs(excess(i)), i))
 
 
 def _group_budget(
@@ -266,19 +332,7 @@ def _resolve_protect(groups: list[ChannelGroup], protect: Iterable[str]) -> set[
     return protected
 
 
-def _check_options(
-    ratio: float | None,
-    flops_target: float | None,
-    max_layer_ratio: float | None,
-    min_channels: int,
-    round_to: int,
-) -> None:
-    if ratio is not None and flops_target is not None:
-        raise UsageError("give either --ratio or --flops-target, not both")
-    if ratio is not None and not 0.0 <= ratio < 1.0:
-        raise UsageError(f"--ratio {ratio}: must be in [0, 1)")
-    if flops_target is not None and not 0.0 < flops_target <= 1.0:
-        raise UsageError(f"--flops-target {flops_target}: must be in (0, 1]")
+def _check_limits(max_layer_ratio: float | None, min_channels: int, round_to: int) -> None:
     if max_layer_ratio is not None and not 0.0 <= max_layer_ratio <= 1.0:
         raise UsageError(f"--max-layer-ratio {max_layer_ratio}: must be in [0, 1]")
     if min_channels < 1:
