@@ -247,10 +247,11 @@ def allocate(
         dead=dead,
     )
     target = BudgetTarget(budgets, ratio, flops_target, macs_of)
+    rank_scores(budgets)
     live_scores = [b.scores[b.live] for b in budgets if b.scores is not None]
     thresholds = np.array([-np.inf])
     if live_scores:
-        thresholds = np.concatenate([thresholds, np.unique(np.concatenate(live_scores))])
+        thresholds = np.concatenate([thresholds, np.sort(np.concatenate(live_scores))])
 
     def counts_at(i: int) -> dict[str, int]:
         return {b.group.id: b.snap(b.wanted_at(float(thresholds[i]))) for b in budgets}
@@ -262,6 +263,26 @@ def allocate(
     allocation = Allocation(notes=target.verdict(counts, counts_at(len(thresholds) - 1)) if budgets else [])
     finish(allocation, budgets, counts, round_to)
     return allocation
+
+
+def rank_scores(budgets: list[GroupBudget]) -> None:
+    """Replace scores by their global rank (ties broken by group order, then channel index).
+
+    Only the order matters to a threshold, and unique ranks let it split tied channels (exact
+    duplicates score the same) one at a time.
+    """
+    scored = [b for b in budgets if b.scores is not None]
+    if not scored:
+        return
+    values = np.concatenate([b.scores for b in scored])
+    group_order = np.concatenate([np.full(b.group.size, i) for i, b in enumerate(scored)])
+    channel = np.concatenate([np.arange(b.group.size) for b in scored])
+    ranks = np.empty(len(values))
+    ranks[np.lexsort((channel, group_order, values))] = np.arange(len(values), dtype=np.float64)
+    start = 0
+    for b in scored:
+        b.scores = ranks[start : start + b.group.size]
+        start += b.group.size
 
 
 def finish(allocation: Allocation, budgets: list[GroupBudget], counts: dict[str, int], round_to: int) -> None:
@@ -355,13 +376,12 @@ def make_plan(
     criterion: str = "",
 ) -> Any:
     """A Plan for `ga` from per-group scores (higher = more important) and one budget."""
-    from deploysparse.graph.cost import count_cost
     from deploysparse.plan import Plan
 
     allocation = allocate(
         ga.groups,
         scores,
-        macs_of=lambda keep: count_cost(ga, keep).macs,
+        macs_of=macs_counter(ga),
         ratio=ratio,
         flops_target=flops_target,
         max_layer_ratio=max_layer_ratio,
@@ -371,3 +391,11 @@ def make_plan(
         dead=dead,
     )
     return Plan(keep=allocation.keep, criterion=criterion, notes=allocation.notes)
+
+
+def macs_counter(ga: Any) -> Callable[[dict[str, int]], int]:
+    """MACs of `ga` for kept counts per group, with the cost model built once for the whole search."""
+    from deploysparse.graph.cost import CostModel
+
+    model = CostModel(ga)
+    return lambda keep: model.cost(keep).macs

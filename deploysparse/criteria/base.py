@@ -114,11 +114,24 @@ def channel_slices(weight: np.ndarray, member: Member) -> np.ndarray:
 
     A flatten consumer (width > 1) owns `width` consecutive entries per channel along the axis.
     """
-    index = np.asarray(member.index, dtype=np.int64)
-    positions = (index[:, None] + np.arange(member.width)[None, :]).reshape(-1)
-    taken = np.take(weight, positions, axis=member.axis)
+    taken = np.take(weight, positions_of(member), axis=member.axis)
     taken = np.moveaxis(taken, member.axis, 0)
-    return taken.reshape(len(index), -1)
+    return _absent_to_zero(taken.reshape(len(member.index), -1), member)
+
+
+def positions_of(member: Member) -> np.ndarray:
+    """Positions along the member's axis of every channel's `width` entries (absent channels: 0)."""
+    index = np.maximum(np.asarray(member.index, dtype=np.int64), 0)
+    return (index[:, None] + np.arange(member.width)[None, :]).reshape(-1)
+
+
+def _absent_to_zero(per_channel: np.ndarray, member: Member, axis: int = 0) -> np.ndarray:
+    """Zero the rows of channels the member does not hold (index -1): they contribute nothing there."""
+    absent = np.asarray(member.index) < 0
+    if absent.any():
+        per_channel = np.array(per_channel, copy=True)
+        np.moveaxis(per_channel, axis, 0)[absent] = 0
+    return per_channel
 
 
 def weight_of(ga: Any, member: Member) -> np.ndarray:
@@ -157,10 +170,8 @@ def channel_activations(values: np.ndarray, member: Member, axis: int) -> np.nda
     values = np.asarray(values)
     if axis == -1:
         values = values.reshape(-1, values.shape[-1])
-    index = np.asarray(member.index, dtype=np.int64)
-    positions = (index[:, None] + np.arange(member.width)[None, :]).reshape(-1)
-    taken = np.take(values, positions, axis=1)
-    return taken.reshape(taken.shape[0], len(index), -1)
+    taken = np.take(values, positions_of(member), axis=1)
+    return _absent_to_zero(taken.reshape(taken.shape[0], len(member.index), -1), member, axis=1)
 
 
 def node_attr(node: Any, name: str, default: Any) -> Any:

@@ -39,10 +39,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.optimize import brentq
 
-from deploysparse.budget import Allocation, BudgetTarget, GroupBudget, finish, group_budgets
+from deploysparse.budget import Allocation, BudgetTarget, GroupBudget, finish, group_budgets, macs_counter
 from deploysparse.criteria.base import (
     CriterionContext,
-    channel_activations,
+    positions_of,
     consumer_input,
     node_attr,
     weight_of,
@@ -185,15 +185,15 @@ def consumer_sensitivity(
         if auto_pad not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             pads = _same_pads(activations.shape[2:], (kh, kw), strides, dilations, auto_pad)
         s_full = conv_sensitivity(activations, weight, strides, pads, dilations)
-        s = s_full[np.asarray(member.index)]
+        s = np.where(np.asarray(member.index) >= 0, s_full[np.maximum(member.index, 0)], 0.0)
         cols = conv_patches(activations[:1], (kh, kw), strides, pads, dilations)
         positions = cols.shape[3]
         return s, positions, kh * kw, positions * weight.shape[0]
     dense = weight if member.axis == 1 else weight.T  # (O, F)
     points = activations.reshape(-1, activations.shape[-1]) if node.op_type == "MatMul" else activations
     s_features = dense_sensitivity(points, dense)
-    index = np.asarray(member.index)[:, None] + np.arange(member.width)[None, :]
-    return s_features[index].max(axis=1), 1, member.width, dense.shape[0]
+    per_channel = s_features[positions_of(member)].reshape(len(member.index), member.width).max(axis=1)
+    return np.where(np.asarray(member.index) >= 0, per_channel, 0.0), 1, member.width, dense.shape[0]
 
 
 def _same_pads(spatial, kernel, strides, dilations, auto_pad) -> tuple[int, ...]:
@@ -329,8 +329,6 @@ class PFPCriterion:
         return None if sens is None else sens.s
 
     def allocate(self, ga: Any, ctx: CriterionContext, **budget: Any) -> PFPAllocation:
-        from deploysparse.graph.cost import count_cost
-
         sens = {}
         for group in ga.groups:
             if group.prunable:
@@ -342,7 +340,7 @@ class PFPCriterion:
             sens,
             rng=ctx.rng,
             variant=self.variant,
-            macs_of=lambda keep: count_cost(ga, keep).macs,
+            macs_of=macs_counter(ga),
             **budget,
         )
         if sens:
