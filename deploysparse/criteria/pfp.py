@@ -42,9 +42,9 @@ from scipy.optimize import brentq
 from deploysparse.budget import Allocation, BudgetTarget, GroupBudget, finish, group_budgets, macs_counter
 from deploysparse.criteria.base import (
     CriterionContext,
-    positions_of,
     consumer_input,
     node_attr,
+    positions_of,
     weight_of,
 )
 from deploysparse.errors import UsageError
