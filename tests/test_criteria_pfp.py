@@ -145,3 +145,39 @@ def test_random_variant_plan_carries_scales():
     for gid, scale in result.scales.items():
         kept = result.keep[gid]
         assert np.all(scale[kept] > 0)
+
+
+def test_graph_sensitivities_match_the_definition_per_consumer():
+    from deploysparse.criteria import get_criterion
+    from tests.test_criteria_common import context, flatten_model, intermediate
+
+    rng = np.random.default_rng(8)
+    model = flatten_model(rng)
+    x = rng.normal(size=(4, 3, 8, 8)).astype(np.float32)
+    ga, ctx = context(model, x)
+    s = get_criterion("pfp").score(ga.group("g1"), ctx)  # read by conv3 (stride 2, pad 1)
+    a = intermediate(ga.model, {"x": x}, ["relu2"])["relu2"].astype(np.float64)
+    assert np.allclose(s, brute_force_conv(a, ga.weights["conv3.weight"].astype(np.float64), 2, 1))
+    s = get_criterion("pfp").score(ga.group("g2"), ctx)  # flattened into the Gemm: 16 features each
+    a = intermediate(ga.model, {"x": x}, ["flatten5"])["flatten5"].astype(np.float64)
+    per_feature = dense_sensitivity(a, ga.weights["fc6.weight"].astype(np.float64))
+    assert np.allclose(s, per_feature.reshape(10, 16).max(axis=1))
+
+
+@pytest.mark.parametrize("variant", ["pfp", "pfp-random"])
+def test_pfp_plans_on_a_residual_graph(variant):
+    from deploysparse.criteria import plan_with
+    from deploysparse.graph.surgery import apply_plan
+    from tests.test_criteria_common import check_budgets, context, residual_model, run
+
+    rng = np.random.default_rng(9)
+    model = residual_model(rng)
+    x = rng.normal(size=(8, 3, 8, 8)).astype(np.float32)
+    if variant == "pfp":
+        check_budgets("pfp", model, x)
+        return
+    ga, ctx = context(model, x)
+    plan = plan_with("pfp-random", ga, ctx, ratio=0.3)
+    assert plan.scales and set(plan.scales) <= set(plan.keep)
+    fresh = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    assert np.all(np.isfinite(run(apply_plan(ga, plan).model, fresh)))

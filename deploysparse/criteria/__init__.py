@@ -25,7 +25,7 @@ CRITERIA: dict[str, Criterion] = {
     c.name: c for c in (L1, L2, BN_SCALE, INACTIVE, PFP, PFP_RANDOM, SIMILARITY)
 }
 
-__all__ = ["CRITERIA", "CriterionContext", "get_criterion", "plan_with"]
+__all__ = ["CRITERIA", "CriterionContext", "get_criterion", "make_criterion_plan", "plan_with"]
 
 
 def get_criterion(name: str) -> Criterion:
@@ -111,4 +111,22 @@ def plan_with(
             if entries:
                 plan.merges[gid] = entries
     plan.notes = notes + plan.notes
+    return plan
+
+
+def make_criterion_plan(
+    ga: Any,
+    criterion: str,
+    *,
+    dead: Any = None,
+    feeds: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+    **budget: Any,
+) -> Any:
+    """The API's entry point: `dead` is the analysis' DeadFilters (its channels go first, their
+    constants are folded into the consumers), `feeds` the calibration data, `seed` PFP's sampling."""
+    ctx = CriterionContext(ga, calib=feeds, rng=np.random.default_rng(seed))
+    plan = plan_with(criterion, ga, ctx, dead=dict(dead.channels) if dead is not None else None, **budget)
+    if dead is not None:
+        plan.constants = dict(dead.constants)
     return plan

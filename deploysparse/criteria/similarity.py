@@ -2,12 +2,13 @@
 are redundant; cluster them, keep one per cluster, and let it carry the others' outgoing weights.
 
 The paper's metric could not be verified (papers.md §3), so this is our derivation:
-- Each channel is modelled as a Gaussian. With calibration data we measure it on the tensors the
-  group's consumers read (mean mu_j, std sigma_j over points and positions); without data we use the
-  BN model (mu_j = beta_j, sigma_j = |gamma_j|, one Gaussian per BN node the channel passes).
-- Distance = 2-Wasserstein distance between the Gaussians, sqrt((mu_i-mu_j)² + (sigma_i-sigma_j)²),
-  divided by the group's mean sigma so that it is unit-free; with data we add (1 - rho_ij), the
-  measured correlation, because two channels with equal statistics need not move together.
+- Without calibration data, each channel is modelled as a Gaussian by its BatchNorm (mean beta_j,
+  std |gamma_j|; one Gaussian per BN node it passes) and the distance is the 2-Wasserstein distance
+  sqrt((beta_i-beta_j)² + (|gamma_i|-|gamma_j|)²), divided by the group's mean |gamma| to be unit-free.
+- With calibration data we measure instead, on the tensors the group's consumers read, how much is
+  lost when one channel is replaced by a multiple of the other: sqrt(1 - cos²(a_i, a_j)), the relative
+  least-squares residual (a correlation without centring). We do not add the W2 term here: W2 calls a
+  scaled copy (relu(c·x) = c·relu(x)) distant although the merge below reproduces it exactly.
 - Without data and without BN (folded exports) the channel is described by its producers' filters
   and biases, and the distance is their Euclidean distance over the group's mean filter norm.
 All three are exactly zero for identical copies, so merging copies is exact.
@@ -42,26 +43,19 @@ def w2_distance(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return np.sqrt(squareform(pdist(mu, "sqeuclidean")) + squareform(pdist(sigma, "sqeuclidean")))
 
 
-def correlation_distance(x: np.ndarray) -> np.ndarray:
-    """1 - Pearson correlation between rows of x (C, M); a constant row is correlated only with an
-    equal constant row."""
-    centred = x - x.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(centred, axis=1)
-    flat = norms == 0
-    unit = centred / np.where(flat, 1.0, norms)[:, None]
-    rho = np.clip(unit @ unit.T, -1.0, 1.0)
-    both_flat = flat[:, None] & flat[None, :]
-    equal = squareform(pdist(x, "sqeuclidean")) == 0 if x.shape[1] else np.ones_like(rho, bool)
-    rho[both_flat] = np.where(equal[both_flat], 1.0, 0.0)
-    np.fill_diagonal(rho, 1.0)
-    return 1.0 - rho
-
-
-def data_distance(x: np.ndarray) -> np.ndarray:
-    """W2 over the group's mean std, plus (1 - correlation); x (C, M) channel activations."""
-    mu, sigma = x.mean(axis=1), x.std(axis=1)
-    scale = float(sigma.mean()) or 1.0
-    return w2_distance(mu, sigma) / scale + correlation_distance(x)
+def merge_residual_distance(x: np.ndarray) -> np.ndarray:
+    """sqrt(1 - cos²(x_i, x_j)) for rows of x (C, M): the relative error left when channel i is
+    replaced by its least-squares multiple of channel j, which is exactly what a merge does. Zero for
+    copies and scaled copies; two all-zero rows are at 0, a zero row and a live one at 1."""
+    norms = np.linalg.norm(x, axis=1)
+    zero = norms == 0
+    unit = x / np.where(zero, 1.0, norms)[:, None]
+    cos = np.clip(unit @ unit.T, -1.0, 1.0)
+    d = np.sqrt(np.maximum(0.0, 1.0 - cos**2))
+    d[zero[:, None] ^ zero[None, :]] = 1.0
+    d[zero[:, None] & zero[None, :]] = 0.0
+    np.fill_diagonal(d, 0.0)
+    return d
 
 
 @dataclass
@@ -79,7 +73,7 @@ def describe(group: ChannelGroup, ctx: CriterionContext) -> ChannelDescription:
     views = consumer_views(group, ctx) if ctx.has_data else []
     if views:
         x = np.concatenate([np.moveaxis(v, 1, 0).reshape(group.size, -1) for v in views], axis=1)
-        return ChannelDescription(data_distance(x.astype(np.float64)), x, norms)
+        return ChannelDescription(merge_residual_distance(x.astype(np.float64)), x, norms)
     bns = {m.node for m in group.params if m.op == "BatchNormalization"}
     if bns:
         mu, sigma = [], []
