@@ -79,6 +79,8 @@ class Builder:
         graph = helper.make_graph(self.nodes, "g", [self.input], [out], self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
+        model = onnx.shape_inference.infer_shapes(model)
+        onnx.checker.check_model(model)
         return model
 
 
