@@ -125,7 +125,7 @@ def analyze(
     """Channel groups, pinned spaces, params/FLOPs and dead filters of a model."""
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
-    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto))
+    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=proto is model)
     dead = find_dead(ga, dead_threshold, feeds)
     cost = count_cost(ga)
     return Analysis(graph=ga, dead=dead, params=cost.params, flops=cost.macs)
@@ -168,7 +168,8 @@ def prune(
     """
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
-    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto))
+    original = proto if proto is model else None  # a caller's ModelProto stays untouched
+    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=original is not None)
     dead = find_dead(ga, dead_threshold, feeds)
     if plan is not None:
         chosen = plan if isinstance(plan, Plan) else Plan.load(plan, ga)
