@@ -9,6 +9,7 @@ Surgery has to be exact on both.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +18,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
+# The dynamo exporter logs one warning per missing torchvision op on every export.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 EXPORTERS = ("dynamo", "legacy")
 INPUT_NAME = "input"
@@ -104,7 +108,9 @@ def random_feeds(
 ) -> dict[str, np.ndarray]:
     """Standard-normal inputs for every graph input; symbolic or unknown dims become `batch` at
     axis 0 and fail loudly elsewhere (the test models have static non-batch dims)."""
-    graph_model = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    graph_model = (
+        model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    )
     initializers = {i.name for i in graph_model.graph.initializer}
     feeds = {}
     for inp in graph_model.graph.input:

@@ -114,9 +114,7 @@ class ShuffleNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = conv_bn(3, 16)
-        self.branch = nn.Sequential(
-            conv_bn(8, 8, 1), conv_bn(8, 8, 3, groups=8, act=None), conv_bn(8, 8, 1)
-        )
+        self.branch = nn.Sequential(conv_bn(8, 8, 1), conv_bn(8, 8, 3, groups=8, act=None), conv_bn(8, 8, 1))
         self.head = conv_bn(16, 16, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(16, 5)
