@@ -50,4 +50,6 @@ def test_random_plan_matches_masked_original(exported, arch: str, exporter: str,
         )
         for i, (a, b) in enumerate(zip(masked_out, compact_out, strict=True)):
             err = relative_error(a, b)
-            assert err < 1e-5, f"seed {seed}, output {i}: compact vs masked original, relative error {err:.3g}"
+            assert err < 1e-5, (
+                f"seed {seed}, output {i}: compact vs masked original, relative error {err:.3g}"
+            )
