@@ -177,3 +177,35 @@ def random_convnet(blocks: list[str], head: str, seed: int, opset: int = 17) -> 
         x, c, hw = add_block(b, kind, x, c, hw)
     y, shape = add_head(b, head, x, c, hw, batch=2)
     return b.model("input", [2, 3, 8, 8], y, shape)
+
+
+
+def dead_convnet(middle: str = "none", opset: int = 17, seed: int = 0, width: int = 8) -> onnx.ModelProto:
+    """conv(3->8) relu, conv(8->8) relu, `middle`, conv(8->6) relu, GAP, Flatten, Gemm(6->4)
+    (8 is `width`).
+
+    Channels 1 and 5 of the first conv and 0 and 3 of the third are dead (zero filter, bias -1, so
+    exactly 0 after ReLU): 4 removable channels. `middle` is an op the channel rules do not know
+    ("lpnorm": LpNormalization over channels; "transpose_pair": NCHW -> NHWC -> NCHW), which must pin
+    the space it reads and leave the others prunable. The batch dim is symbolic ("N").
+    """
+    b = GraphBuilder(np.random.default_rng(seed), opset)
+
+    def dead_conv(x: str, cin: int, cout: int, dead: list[int]) -> str:
+        w = (b.rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32)
+        bias = b.rng.normal(0, 0.2, cout).astype(np.float32)
+        w[dead] = 0.0
+        bias[dead] = -1.0
+        y = b.node("Conv", [x, b.const("W", w), b.const("B", bias)], kernel_shape=[3, 3], pads=[1] * 4)[0]
+        return b.relu(y)
+
+    x = dead_conv("input", 3, width, [1, 5])
+    x = b.relu(b.conv(x, width, width))
+    if middle == "lpnorm":
+        x = b.node("LpNormalization", [x], axis=1, p=2)[0]
+    elif middle == "transpose_pair":
+        x = b.node("Transpose", [b.node("Transpose", [x], perm=[0, 2, 3, 1])[0]], perm=[0, 3, 1, 2])[0]
+    x = dead_conv(x, width, 6, [0, 3])
+    pooled = b.node("GlobalAveragePool", [x])[0]
+    y = b.gemm(b.node("Flatten", [pooled], axis=1)[0], 6, 4)
+    return b.model("input", ["N", 3, 8, 8], y, ["N", 4])
