@@ -22,9 +22,7 @@ _TWO_GB = 2**31 - 1
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
     """True when any initializer of the (not yet loaded) model keeps its bytes in an external file."""
-    return any(
-        init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer
-    )
+    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -39,7 +37,9 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.graph.node:
-        raise ModelLoadError(f"{path}: not an ONNX model (the graph has no nodes; truncated or another format?)")
+        raise ModelLoadError(
+            f"{path}: not an ONNX model (the graph has no nodes; truncated or another format?)"
+        )
     model.metadata_props.add(key="deploysparse.external_data", value=str(int(uses_external_data(model))))
     try:
         onnx.load_external_data_for_model(model, str(path.parent))

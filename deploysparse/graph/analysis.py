@@ -1,0 +1,279 @@
+"""Channel analysis: from an ONNX graph to the groups of channels that can be removed together.
+
+The per-op rules (rules.py) connect channel elements; connected components are channel
+identities; identities that live in the same tensors form a group. Everything a criterion, a
+budget or the surgery needs is read off the resulting `GraphAnalysis`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from deploysparse.graph.channels import Attachment, ChannelTable, Pin
+from deploysparse.graph.groups import ChannelGroup, Member, PinnedSpace
+from deploysparse.graph.normalize import normalize
+from deploysparse.graph.rules import RULES, pin_all
+from deploysparse.graph.shapes import infer_shapes, resolve_input_shapes
+
+
+@dataclass
+class GraphAnalysis:
+    """The normalised model, its channel table and the groups found in it."""
+
+    model: onnx.ModelProto
+    table: ChannelTable
+    identity: np.ndarray  # element -> channel identity
+    identity_group: np.ndarray  # identity -> group number
+    identity_pinned: np.ndarray  # identity -> bool
+    groups: list[ChannelGroup]
+    group_identities: list[np.ndarray]  # group number -> identities in channel order
+    pinned: list[PinnedSpace]
+    input_shapes: dict[str, list[int]]
+    nodes: dict[str, onnx.NodeProto] = field(default_factory=dict)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.table.shapes
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        return self.table.weights
+
+    @property
+    def attachments(self) -> list[Attachment]:
+        return self.table.attachments
+
+    def group(self, gid: str) -> ChannelGroup:
+        """The group with id `gid` ("g3")."""
+        return self.groups[self.group_index(gid)]
+
+    def group_index(self, gid: str) -> int:
+        for i, g in enumerate(self.groups):
+            if g.id == gid:
+                return i
+        raise KeyError(gid)
+
+    def node(self, name: str) -> onnx.NodeProto:
+        return self.nodes[name]
+
+    def tensor_identities(self, tensor: str) -> np.ndarray:
+        """Identity of each channel of an activation tensor."""
+        return self.identity[self.table.elements(tensor)]
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+
+def analyze_graph(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> GraphAnalysis:
+    """Find the channel groups of `model` (not modified). `input_shapes` fixes dynamic dims for the
+    analysis; by default a dynamic batch is 1."""
+    model = normalize(model)
+    shapes_in = resolve_input_shapes(model, input_shapes)
+    shapes = infer_shapes(model, shapes_in)
+    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    table = ChannelTable(shapes=shapes, weights=weights)
+    for inp in model.graph.input:
+        table.declare(inp.name)
+    for node in model.graph.node:
+        for out in node.output:
+            table.declare(out)
+    for inp in model.graph.input:
+        table.pin(inp.name, None, "graph input")
+    for node in model.graph.node:
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is None:
+            pin_all(node, table, f"no channel rule for {node.op_type}")
+        else:
+            rule.analyze(node, table)
+    for out in model.graph.output:
+        table.pin(out.name, None, "graph output")
+    return _group(model, table, shapes_in)
+
+
+def _components(table: ChannelTable) -> np.ndarray:
+    if table.edges_a:
+        a = np.concatenate(table.edges_a)
+        b = np.concatenate(table.edges_b)
+    else:
+        a = b = np.zeros(0, dtype=np.int64)
+    n = table.total
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return labels.astype(np.int64)
+
+
+def _group(model: onnx.ModelProto, table: ChannelTable, input_shapes: dict[str, list[int]]) -> GraphAnalysis:
+    identity = _components(table)
+    n_ident = int(identity.max()) + 1 if table.total else 0
+    tensors = list(table.base)  # creation order follows the graph's topological order
+
+    pinned = np.zeros(n_ident, dtype=bool)
+    pin_of_identity: dict[int, Pin] = {}
+    for pin in table.pins:
+        ids = np.unique(identity[table.elements(pin.tensor)])
+        pinned[ids] = True
+        for i in ids:
+            pin_of_identity.setdefault(int(i), pin)
+
+    has_producer = np.zeros(n_ident, dtype=bool)
+    for att in table.attachments:
+        if att.role == "producer":
+            has_producer[identity[table.elements(att.tensor, att.channels)]] = True
+
+    # Signature of an identity: the set of tensors it appears in. Same signature -> same group.
+    tensor_of_element = np.repeat(np.arange(len(tensors)), [table.count[t] for t in tensors])
+    pairs = np.unique(np.stack([identity, tensor_of_element], axis=1), axis=0)
+    signature: dict[int, tuple[int, ...]] = {}
+    split_at = np.flatnonzero(np.diff(pairs[:, 0])) + 1
+    for chunk in np.split(pairs, split_at):
+        if len(chunk):
+            signature[int(chunk[0, 0])] = tuple(int(x) for x in chunk[:, 1])
+
+    # Order groups by their first tensor, channels by position in that tensor.
+    group_of_signature: dict[tuple[int, ...], int] = {}
+    identity_group = np.full(n_ident, -1, dtype=np.int64)
+    group_identities: list[list[int]] = []
+    for tensor_index, tensor in enumerate(tensors):
+        for ident in identity[table.elements(tensor)]:
+            ident = int(ident)
+            sig = signature[ident]
+            if sig[0] != tensor_index or identity_group[ident] >= 0:
+                continue
+            g = group_of_signature.setdefault(sig, len(group_of_signature))
+            if g == len(group_identities):
+                group_identities.append([])
+            identity_group[ident] = g
+            group_identities[g].append(ident)
+    ident_arrays = [np.array(ids, dtype=np.int64) for ids in group_identities]
+    position = np.zeros(n_ident, dtype=np.int64)
+    for ids in ident_arrays:
+        position[ids] = np.arange(len(ids))
+
+    groups = [
+        ChannelGroup(id=f"g{g}", size=len(ids), pinned_channels=np.flatnonzero(pinned[ids]))
+        for g, ids in enumerate(ident_arrays)
+    ]
+    for g, ids in enumerate(ident_arrays):
+        if not has_producer[ids].all():
+            # Channels nobody produces (they come from a graph input) cannot be removed either.
+            groups[g].pinned_channels = np.flatnonzero(pinned[ids] | ~has_producer[ids])
+    _add_members(table, identity, identity_group, position, groups)
+    _add_blocks(table, identity, identity_group, groups)
+    pinned_spaces = _pinned_spaces(groups, ident_arrays, pin_of_identity)
+    for space in pinned_spaces:
+        groups[int(space.group[1:])].pinned_by.append((space.op, space.node))
+    return GraphAnalysis(
+        model=model,
+        table=table,
+        identity=identity,
+        identity_group=identity_group,
+        identity_pinned=pinned | ~has_producer,
+        groups=groups,
+        group_identities=ident_arrays,
+        pinned=pinned_spaces,
+        input_shapes=input_shapes,
+        nodes={node.name: node for node in model.graph.node},
+    )
+
+
+def _members_of(
+    role: str,
+    name: str,
+    axis: int,
+    positions_ident: np.ndarray,
+    identity_group: np.ndarray,
+    position: np.ndarray,
+    groups: list[ChannelGroup],
+    **extra,
+) -> None:
+    """Add one Member per group that `positions_ident` (identity of each position) touches."""
+    gids = identity_group[positions_ident]
+    for g in np.unique(gids):
+        mask = gids == g
+        size = groups[g].size
+        pos = np.flatnonzero(mask)
+        chan = position[positions_ident[mask]]
+        index = np.full(size, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(index, chan, pos)
+        width = np.bincount(chan, minlength=size)
+        present = width > 0
+        groups[g].members.append(
+            Member(
+                role=role,
+                name=name,
+                axis=axis,
+                index=np.where(present, index, -1),
+                width=int(width[present].max()) if present.any() else 0,
+                **extra,
+            )
+        )
+
+
+def _add_members(
+    table: ChannelTable,
+    identity: np.ndarray,
+    identity_group: np.ndarray,
+    position: np.ndarray,
+    groups: list[ChannelGroup],
+) -> None:
+    for att in table.attachments:
+        _members_of(
+            att.role,
+            att.name,
+            att.axis,
+            identity[table.elements(att.tensor, att.channels)],
+            identity_group,
+            position,
+            groups,
+            node=att.node,
+            op=att.op,
+            input_index=att.input_index,
+        )
+    for tensor in table.base:
+        _members_of("tensor", tensor, 1, identity[table.elements(tensor)], identity_group, position, groups)
+
+
+def _add_blocks(
+    table: ChannelTable, identity: np.ndarray, identity_group: np.ndarray, groups: list[ChannelGroup]
+) -> None:
+    """A grouped conv splits its channels into equal blocks; a group inside such a tensor must keep
+    the same count in each block. A group that straddles blocks unevenly is pinned."""
+    for tensor, blocks in table.blocks:
+        gids = identity_group[identity[table.elements(tensor)]]
+        per_block = np.array_split(gids, blocks)
+        for g in np.unique(gids):
+            counts = [int((b == g).sum()) for b in per_block]
+            nonzero = [c for c in counts if c]
+            group = groups[g]
+            if len(set(nonzero)) == 1 and sum(nonzero) == group.size and group.size % len(nonzero) == 0:
+                group.block = int(np.lcm(group.block, len(nonzero)))
+            else:
+                group.pinned_channels = np.arange(group.size)
+                group.pinned_by.append(("Conv", f"grouped conv reading {tensor}"))
+
+
+def _pinned_spaces(
+    groups: list[ChannelGroup], ident_arrays: list[np.ndarray], pin_of_identity: dict[int, Pin]
+) -> list[PinnedSpace]:
+    spaces: list[PinnedSpace] = []
+    for g, ids in enumerate(ident_arrays):
+        seen: set[tuple[str, str]] = set()
+        for ident in ids:
+            pin = pin_of_identity.get(int(ident))
+            if pin is None or (pin.op, pin.node) in seen:
+                continue
+            seen.add((pin.op, pin.node))
+            spaces.append(
+                PinnedSpace(group=groups[g].id, op=pin.op, node=pin.node or pin.tensor, reason=pin.reason)
+            )
+    return spaces

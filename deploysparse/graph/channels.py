@@ -1,0 +1,163 @@
+"""The channel-level bookkeeping that rules write into while the graph is analysed.
+
+Every channel of every activation tensor is one *element*. Rules connect elements that must be kept
+or removed together (a BN input channel and its output channel, the two operands of a residual
+add, a concat input and its place in the output) and record where initializers line up with them
+(a conv's weight rows, a BN's scale). Connected components of that graph, found with scipy in one
+vectorised pass, are the channel identities; no per-op special case survives past this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+
+@dataclass
+class Attachment:
+    """An initializer axis whose positions line up with channels of an activation tensor.
+
+    `channels[p]` is the channel of `tensor` that position p along `axis` of initializer `name`
+    belongs to. role: producer | consumer | param.
+    """
+
+    role: str
+    node: str
+    op: str
+    input_index: int
+    name: str
+    axis: int
+    tensor: str
+    channels: np.ndarray
+    sliced: bool = True  # False: the op's rule rewrites this initializer itself (grouped conv)
+
+
+@dataclass
+class Pin:
+    """A tensor whose channels must all stay, and why."""
+
+    tensor: str
+    op: str
+    node: str
+    reason: str
+
+
+@dataclass
+class ChannelTable:
+    """Elements (tensor, channel) and the relations between them."""
+
+    shapes: dict[str, tuple[int, ...]]
+    weights: dict[str, np.ndarray]
+    base: dict[str, int] = field(default_factory=dict)
+    count: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+    edges_a: list[np.ndarray] = field(default_factory=list)
+    edges_b: list[np.ndarray] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    pins: list[Pin] = field(default_factory=list)
+    blocks: list[tuple[str, int]] = field(default_factory=list)
+    # constant propagation, in node order: ("flow", src, dst) | ("source", dst, magnitude) | ("break", dst, None)
+    const_log: list[tuple[str, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+
+    # ---- elements -------------------------------------------------------------------------------
+    def declare(self, tensor: str) -> None:
+        """Give `tensor` elements if it is an activation with a static channel axis (axis 1)."""
+        if tensor in self.base or tensor in self.weights or not tensor:
+            return
+        shape = self.shapes.get(tensor)
+        if shape is None or len(shape) < 2 or shape[1] <= 0:
+            return
+        self.base[tensor] = self.total
+        self.count[tensor] = shape[1]
+        self.total += shape[1]
+
+    def channels(self, tensor: str) -> int | None:
+        """Channel count of an activation tensor, None when it has no channel space."""
+        return self.count.get(tensor)
+
+    def elements(self, tensor: str, channels: np.ndarray | None = None) -> np.ndarray:
+        base = self.base[tensor]
+        if channels is None:
+            return np.arange(base, base + self.count[tensor], dtype=np.int64)
+        return base + np.asarray(channels, dtype=np.int64)
+
+    # ---- relations ------------------------------------------------------------------------------
+    def flow(
+        self,
+        src: str,
+        dst: str,
+        src_channels: np.ndarray | None = None,
+        dst_channels: np.ndarray | None = None,
+    ) -> None:
+        """Channels of `src` become channels of `dst` one to one (kept together; constants pass)."""
+        a = self.elements(src, src_channels)
+        b = self.elements(dst, dst_channels)
+        if len(a) != len(b):
+            raise ValueError(f"flow {src} -> {dst}: {len(a)} vs {len(b)} channels")
+        self.edges_a.append(a)
+        self.edges_b.append(b)
+        self.const_log.append(("flow", a, b))
+
+    def tie(self, a_tensor: str, b_tensor: str, a_channels: np.ndarray, b_channels: np.ndarray) -> None:
+        """Keep channels together without a value flow (depthwise input -> its output filters)."""
+        self.edges_a.append(self.elements(a_tensor, a_channels))
+        self.edges_b.append(self.elements(b_tensor, b_channels))
+
+    def attach(
+        self,
+        role: str,
+        node: onnx.NodeProto,
+        input_index: int,
+        axis: int,
+        tensor: str,
+        channels: np.ndarray | None = None,
+        sliced: bool = True,
+    ) -> None:
+        """Positions along `axis` of the node's input `input_index` line up with `tensor`'s channels."""
+        name = node.input[input_index]
+        if channels is None:
+            channels = np.arange(self.count[tensor], dtype=np.int64)
+        self.attachments.append(
+            Attachment(
+                role, node.name, node.op_type, input_index, name, axis, tensor, np.asarray(channels), sliced
+            )
+        )
+
+    def pin(self, tensor: str, node: onnx.NodeProto | None, reason: str) -> None:
+        if tensor in self.base:
+            op = node.op_type if node is not None else "graph"
+            self.pins.append(Pin(tensor, op, node.name if node is not None else "", reason))
+
+    def block(self, tensor: str, blocks: int) -> None:
+        """Channels of `tensor` fall into `blocks` equal parts that must keep equal counts."""
+        self.blocks.append((tensor, blocks))
+
+    def constant_source(self, tensor: str, magnitude: np.ndarray) -> None:
+        """Output channel c is constant whatever the input when magnitude[c] is 0 (a zero filter, a
+        BN scale of 0); with a dead threshold, when it is at most the threshold."""
+        self.const_log.append(("source", self.elements(tensor), np.asarray(magnitude, dtype=np.float64)))
+
+    def not_constant(self, tensor: str) -> None:
+        """The op can make a constant channel non-constant (padding, broadcast gates)."""
+        self.const_log.append(("break", self.elements(tensor), None))
+
+    def constant_elements(self, threshold: float = 0.0) -> np.ndarray:
+        """Which elements are constant whatever the graph input, by propagation in node order.
+
+        An element is constant when every value flowing into it is constant (a residual sum of a
+        dead and a live channel is live), or when its op makes it so (a zero filter, BN scale 0).
+        """
+        const = np.zeros(self.total, dtype=bool)
+        has_input = np.zeros(self.total, dtype=bool)
+        for kind, a, b in self.const_log:
+            if kind == "flow":
+                incoming = const[a]
+                const[b] = np.where(has_input[b], const[b] & incoming, incoming)
+                has_input[b] = True
+            elif kind == "source":
+                const[a[b <= threshold]] = True
+            else:
+                const[a] = False
+        return const

@@ -1,0 +1,48 @@
+"""The masked original: the model with a plan's removed channels zeroed at their producers.
+
+Surgery on a ReLU-style net must compute exactly what this masked model computes; the tests compare
+the two on random inputs, so the surgery is checked apart from any criterion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from deploysparse.graph.analysis import GraphAnalysis
+from deploysparse.plan import Plan
+
+
+def zero_channels(ga: GraphAnalysis, plan: Plan) -> onnx.ModelProto:
+    """Copy of the normalised model where removed channels produce 0: producer rows, per-channel
+    biases and BN scale/shift are zeroed (a zero BN scale and shift output 0 whatever the input)."""
+    kept = np.ones(len(ga.identity_group), dtype=bool)
+    for gid, keep in plan.keep.items():
+        ids = ga.group_identities[ga.group_index(gid)]
+        mask = np.zeros(len(ids), dtype=bool)
+        mask[np.asarray(keep, dtype=np.int64)] = True
+        kept[ids[~mask]] = False
+    model = onnx.ModelProto()
+    model.CopyFrom(ga.model)
+    inits = {init.name: init for init in model.graph.initializer}
+    arrays = {name: numpy_helper.to_array(init).copy() for name, init in inits.items()}
+    for att in ga.attachments:
+        zeroes_output = att.role == "producer" or (att.role == "param" and _zeroes(att.op, att.input_index))
+        if not zeroes_output:
+            continue
+        removed = ~kept[ga.identity[ga.table.elements(att.tensor, att.channels)]]
+        if removed.any():
+            moved = np.moveaxis(arrays[att.name], att.axis, 0)
+            moved[np.flatnonzero(removed)] = 0
+    for name, init in inits.items():
+        init.CopyFrom(numpy_helper.from_array(arrays[name], name))
+    return model
+
+
+def _zeroes(op: str, input_index: int) -> bool:
+    """Params whose zeroing makes the channel output 0: conv/gemm biases, depthwise weights, BN and
+    InstanceNorm scale and shift (not the running mean/var), constants added after a MatMul."""
+    if op in ("BatchNormalization", "InstanceNormalization"):
+        return input_index in (1, 2)
+    return op in ("Conv", "ConvTranspose", "Gemm", "Add", "Sub")

@@ -1,0 +1,138 @@
+"""Bring the many shapes of real ONNX files to one the analysis can read.
+
+Converters put weights in `Constant` nodes (Paddle, TensorFlow) and torch's dynamo exporter with
+`optimize=False` computes a conv's zero bias at run time (Shape -> Expand of a constant). After
+`normalize`, every tensor that does not depend on a graph input is an initializer, so a rule can ask
+"is this input a constant?" in one place. Tensor and node names are kept; the caller's model is not
+modified.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from deploysparse.errors import ModelLoadError
+
+# Ops whose output differs between runs or that have side effects: never folded.
+_NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+
+
+def _default_opset(model: onnx.ModelProto) -> dict[str, int]:
+    return {imp.domain: imp.version for imp in model.opset_import}
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy with Constant nodes and constant sub-graphs turned into initializers, and node
+    names filled in (every node gets a unique name so plans and messages can refer to it)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    if any(n.op_type == "If" or n.op_type == "Loop" or n.op_type == "Scan" for n in graph.node):
+        raise ModelLoadError(
+            "the graph has control flow (If/Loop/Scan); deploysparse prunes feed-forward CNN graphs only"
+        )
+    _name_nodes(graph)
+    _drop_initializer_inputs(graph)
+    values: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    opsets = _default_opset(model)
+    elem_types = _elem_types(model)
+    kept_nodes: list[onnx.NodeProto] = []
+    new_constants: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if _cast_like_of_constant(node, values, elem_types):
+            target = onnx.helper.tensor_dtype_to_np_dtype(elem_types[node.input[1]])
+            values[node.output[0]] = new_constants[node.output[0]] = values[node.input[0]].astype(target)
+            continue
+        if _foldable(node, values):
+            outputs = _evaluate(node, values, opsets)
+            if outputs is not None:
+                for name, value in zip(node.output, outputs, strict=False):
+                    if name:
+                        values[name] = value
+                        new_constants[name] = value
+                continue
+        kept_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    _add_used_constants(graph, new_constants)
+    return model
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor whose type is declared or inferable."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # types are a convenience here; without them CastLike stays a node
+        inferred = model
+    graph = inferred.graph
+    return {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in [*graph.input, *graph.value_info, *graph.output]
+        if vi.type.tensor_type.elem_type
+    }
+
+
+def _cast_like_of_constant(
+    node: onnx.NodeProto, values: dict[str, np.ndarray], types: dict[str, int]
+) -> bool:
+    """CastLike(constant, activation) depends only on the activation's type (dynamo writes a conv's
+    zero bias this way)."""
+    return (
+        node.op_type == "CastLike"
+        and node.input[0] in values
+        and node.input[1] not in values
+        and node.input[1] in types
+    )
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    seen: set[str] = set()
+    for i, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+
+
+def _drop_initializer_inputs(graph: onnx.GraphProto) -> None:
+    """Old exporters list initializers as graph inputs too; treat them as constants."""
+    init_names = {init.name for init in graph.initializer}
+    keep = [inp for inp in graph.input if inp.name not in init_names]
+    del graph.input[:]
+    graph.input.extend(keep)
+
+
+def _foldable(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> bool:
+    if node.op_type in _NOT_FOLDABLE or node.domain not in ("", "ai.onnx"):
+        return False
+    return all((not name) or name in values for name in node.input)
+
+
+def _evaluate(
+    node: onnx.NodeProto, values: dict[str, np.ndarray], opsets: dict[str, int]
+) -> list[np.ndarray] | None:
+    if node.op_type == "Constant":
+        attr = node.attribute[0]
+        if attr.name == "value":
+            return [numpy_helper.to_array(attr.t)]
+    try:
+        evaluator = ReferenceEvaluator(node, opsets=opsets)
+        feeds = {name: values[name] for name in node.input if name}
+        results = evaluator.run(None, feeds)
+    except Exception:  # an op the reference evaluator lacks stays a node; nothing is lost
+        return None
+    return [np.asarray(r) for r in results]
+
+
+def _add_used_constants(graph: onnx.GraphProto, new_constants: dict[str, np.ndarray]) -> None:
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for name, value in new_constants.items():
+        if name in used:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    # Initializers nobody reads any more (inputs of folded nodes) are dropped.
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

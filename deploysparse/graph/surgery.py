@@ -1,0 +1,320 @@
+"""Surgery: remove the channels a plan drops from the ONNX graph itself.
+
+Three passes over the analysed graph: consumers absorb what the removed channels contributed
+(constant channels folded into the bias, merged channels added to their representative, PFP scales),
+every attached initializer is sliced along its channel axis, and the few ops whose attributes or
+shape constants name a channel count are rewritten by their rule. The result computes the same
+function as the original with those channels zeroed, or as the original itself for dead channels.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from deploysparse.errors import PlanError
+from deploysparse.graph.analysis import GraphAnalysis
+from deploysparse.graph.channels import Attachment
+from deploysparse.graph.rules import RULES, attr
+from deploysparse.plan import Plan, validate_plan
+
+
+@dataclass
+class SurgeryResult:
+    """The compact model and a record of what changed, in the original initializer names.
+
+    slices: initializer -> {axis: kept positions}; values: initializers whose values changed beyond
+    slicing (final arrays); biases: weight initializer of a Conv/Gemm -> its final bias (also when
+    the bias was created to hold a folded constant). `deploysparse.torch.apply_plan` replays these on
+    an nn.Module.
+    """
+
+    model: onnx.ModelProto
+    slices: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    biases: dict[str, np.ndarray] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Surgeon:
+    """What a rule's `rewrite` sees: kept-channel masks and the node inputs it may replace."""
+
+    def __init__(self, ga: GraphAnalysis, kept_identity: np.ndarray, opset: int) -> None:
+        self.ga = ga
+        self.shapes = ga.shapes
+        self.weights = ga.weights
+        self.opset = opset
+        self.kept_identity = kept_identity
+        self.arrays: dict[tuple[str, int], np.ndarray] = {}
+        self.rewritten: set[tuple[str, int]] = set()
+        self.changed: set[tuple[str, int]] = set()  # values changed beyond slicing
+        self.attrs: dict[str, dict[str, object]] = defaultdict(dict)
+        self.removed_attrs: dict[str, set[str]] = defaultdict(set)
+
+    def keep(self, tensor: str) -> np.ndarray:
+        """Boolean mask over `tensor`'s original channels: True where the channel stays."""
+        return self.kept_identity[self.ga.tensor_identities(tensor)]
+
+    def array(self, node: onnx.NodeProto, index: int) -> np.ndarray:
+        """The current value of the node's input `index` (after earlier edits)."""
+        key = (node.name, index)
+        if key not in self.arrays:
+            self.arrays[key] = self.weights[node.input[index]]
+        return self.arrays[key]
+
+    def put(self, node: onnx.NodeProto, index: int, value: np.ndarray, changed: bool = True) -> None:
+        """Replace the node's input `index` by a constant (a new input slot when index is past the end).
+        `changed=False` marks a pure slice, which `SurgeryResult.slices` already records."""
+        self.arrays[(node.name, index)] = np.asarray(value)
+        self.rewritten.add((node.name, index))
+        if changed:
+            self.changed.add((node.name, index))
+
+    def set_attr(self, node: onnx.NodeProto, name: str, value: object) -> None:
+        self.attrs[node.name][name] = value
+
+    def remove_attr(self, node: onnx.NodeProto, name: str) -> None:
+        self.removed_attrs[node.name].add(name)
+
+
+def apply_plan(ga: GraphAnalysis, plan: Plan) -> SurgeryResult:
+    """Rewrite `ga.model` (not modified) so the plan's removed channels are gone."""
+    validate_plan(plan, ga)
+    kept_identity = _kept_identities(ga, plan)
+    opset = next((i.version for i in ga.model.opset_import if i.domain in ("", "ai.onnx")), 13)
+    s = Surgeon(ga, kept_identity, opset)
+    result = SurgeryResult(model=onnx.ModelProto())
+    bias_slots = _absorb_removed(ga, plan, s, kept_identity)
+    _slice_attachments(ga, s, result)
+    for node_name, (index, out_tensor) in bias_slots.items():  # biases created by folding
+        node = ga.node(node_name)
+        s.put(node, index, s.array(node, index)[s.keep(out_tensor)])
+    for node in ga.model.graph.node:
+        rule = RULES.get(node.op_type)
+        if rule is not None and rule.rewrite is not None:
+            rule.rewrite(node, s)
+    result.model = _materialize(ga, s, result)
+    return result
+
+
+def _kept_identities(ga: GraphAnalysis, plan: Plan) -> np.ndarray:
+    kept = np.ones(len(ga.identity_group), dtype=bool)
+    for gid, keep in plan.keep.items():
+        ids = ga.group_identities[ga.group_index(gid)]
+        mask = np.zeros(len(ids), dtype=bool)
+        mask[np.asarray(keep, dtype=np.int64)] = True
+        kept[ids[~mask]] = False
+    return kept
+
+
+# ---- pass 1: consumers absorb the removed channels -------------------------------------------------
+
+
+def _identity_factor(ga: GraphAnalysis, plan: Plan) -> np.ndarray | None:
+    if not plan.scales:
+        return None
+    factor = np.ones(len(ga.identity_group))
+    for gid, scales in plan.scales.items():
+        factor[ga.group_identities[ga.group_index(gid)]] = np.asarray(scales, dtype=np.float64)
+    return factor
+
+
+def _absorb_removed(
+    ga: GraphAnalysis, plan: Plan, s: Surgeon, kept_identity: np.ndarray
+) -> dict[str, tuple[int, str]]:
+    """Fold constants, merges and scales into consumer weights and biases (full-size arrays).
+
+    Returns node -> (bias input index, output tensor) for biases this pass touched, which still need
+    slicing along the node's output channels.
+    """
+    factor = _identity_factor(ga, plan)
+    merges = _merge_pairs(ga, plan)
+    bias_slots: dict[str, tuple[int, str]] = {}
+    for att in ga.attachments:
+        if att.role != "consumer":
+            continue
+        node = ga.node(att.node)
+        ids = ga.identity[ga.table.elements(att.tensor, att.channels)]
+        weight = None
+        if factor is not None:
+            weight = s.array(node, att.input_index) * _along(
+                factor[ids], att.axis, s.array(node, att.input_index).ndim
+            )
+        if merges:
+            weight = _apply_merges(
+                weight if weight is not None else s.array(node, att.input_index), att, ids, merges
+            )
+        if weight is not None:
+            s.put(node, att.input_index, weight.astype(s.array(node, att.input_index).dtype))
+        values = plan.constants.get(att.tensor)
+        if values is None:
+            continue
+        values = np.asarray(values, dtype=np.float64)[att.channels]
+        removed = ~kept_identity[ids] & np.isfinite(values) & (values != 0)
+        if removed.any():
+            _fold_constant(node, att, s, np.where(removed, values, 0.0), bias_slots)
+    return bias_slots
+
+
+def _along(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = len(vector)
+    return vector.reshape(shape)
+
+
+def _merge_pairs(ga: GraphAnalysis, plan: Plan) -> dict[int, list[tuple[int, float]]]:
+    """Removed identity -> [(kept identity, factor)]."""
+    pairs: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for gid, entries in plan.merges.items():
+        ids = ga.group_identities[ga.group_index(gid)]
+        for src, dst, f in entries:
+            pairs[int(ids[src])].append((int(ids[dst]), float(f)))
+    return pairs
+
+
+def _apply_merges(
+    weight: np.ndarray, att: Attachment, ids: np.ndarray, merges: dict[int, list[tuple[int, float]]]
+) -> np.ndarray:
+    """Column dst += factor * column src, position by position (a flattened channel's k-th feature
+    merges into the representative's k-th feature)."""
+    weight = np.array(weight, dtype=np.float64, copy=True)
+    positions: dict[int, list[int]] = defaultdict(list)
+    for p, ident in enumerate(ids):
+        positions[int(ident)].append(p)
+    moved = np.moveaxis(weight, att.axis, 0)
+    for src, targets in merges.items():
+        src_pos = positions.get(src)
+        if not src_pos:
+            continue
+        for dst, f in targets:
+            dst_pos = positions.get(dst)
+            if dst_pos is None or len(dst_pos) != len(src_pos):
+                raise PlanError(f"merge into {att.node}: channels of different widths")
+            moved[dst_pos] += f * moved[src_pos]
+    return weight
+
+
+def _fold_constant(
+    node: onnx.NodeProto,
+    att: Attachment,
+    s: Surgeon,
+    values: np.ndarray,
+    bias_slots: dict[str, tuple[int, str]],
+) -> None:
+    """bias += contribution of removed constant inputs (exact for Gemm, MatMul-free, unpadded Conv)."""
+    dtype = s.array(node, att.input_index).dtype
+    weight = s.array(node, att.input_index).astype(np.float64)
+    if node.op_type == "Conv":
+        if _padded(node):
+            raise PlanError(
+                f"node {node.name}: a removed channel is a non-zero constant but the conv pads its input, "
+                "so folding it into the bias would not be exact"
+            )
+        contribution = np.tensordot(weight.sum(axis=tuple(range(2, weight.ndim))), values, axes=([1], [0]))
+    elif node.op_type == "Gemm":
+        contribution = np.tensordot(weight, values, axes=([att.axis], [0]))
+    else:
+        raise PlanError(
+            f"node {node.name} ({node.op_type}): cannot fold a constant input channel into a bias"
+        )
+    per_channel_bias = False
+    if len(node.input) > 2 and node.input[2]:
+        bias = s.array(node, 2).astype(np.float64)
+        per_channel_bias = bias.size == len(contribution) and bias.size > 1
+        bias = (
+            bias.reshape(-1) if per_channel_bias else np.full(len(contribution), float(bias.reshape(-1)[0]))
+        )
+    else:
+        bias = np.zeros(len(contribution))
+    s.put(node, 2, (bias + contribution).astype(dtype))
+    if not per_channel_bias:  # a new or broadcast bias has no attachment: slice it after pass 2
+        bias_slots[node.name] = (2, node.output[0])
+
+
+def _padded(node: onnx.NodeProto) -> bool:
+    pads = attr(node, "pads", []) or []
+    return any(p > 0 for p in pads) or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+
+
+# ---- pass 2: slice every attached initializer ------------------------------------------------------
+
+
+def _slice_attachments(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> None:
+    for att in ga.attachments:
+        if not att.sliced:
+            continue
+        node = ga.node(att.node)
+        mask = s.keep(att.tensor)[att.channels]
+        if mask.all():
+            continue
+        positions = np.flatnonzero(mask)
+        value = s.array(node, att.input_index)
+        s.put(node, att.input_index, np.take(value, positions, axis=att.axis), changed=False)
+        result.slices.setdefault(att.name, {})[att.axis] = positions
+
+
+# ---- pass 3: write the compact model ---------------------------------------------------------------
+
+
+def _materialize(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(ga.model)
+    graph = model.graph
+    uses: dict[str, int] = defaultdict(int)
+    for node in graph.node:
+        for name in node.input:
+            uses[name] += 1
+    inits = {init.name: init for init in graph.initializer}
+    taken = set(inits) | {v for node in graph.node for v in node.output}
+    edits: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    for node_name, index in sorted(s.rewritten):
+        edits[node_name].append((index, s.arrays[(node_name, index)]))
+    for node in graph.node:
+        node_name = node.name
+        for index, value in edits.get(node_name, []):
+            original = node.input[index] if index < len(node.input) else ""
+            if original and uses[original] == 1 and original in inits:
+                inits[original].CopyFrom(numpy_helper.from_array(np.asarray(value), original))
+                name = original
+            else:
+                base = original or f"{node.input[1]}_bias"
+                name = base if base not in taken else _unique(f"{base}_{node.name}", taken)
+                taken.add(name)
+                graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+                while len(node.input) <= index:
+                    node.input.append("")
+                node.input[index] = name
+            if node.op_type in ("Conv", "Gemm") and index == 2 and (node_name, index) in s.changed:
+                result.biases[node.input[1]] = np.asarray(value)
+            elif original and (node_name, index) in s.changed:
+                result.values[original] = np.asarray(value)
+        for key, value in s.attrs.get(node.name, {}).items():
+            _set_attribute(node, key, value)
+        for key in s.removed_attrs.get(node.name, set()):
+            keep = [a for a in node.attribute if a.name != key]
+            del node.attribute[:]
+            node.attribute.extend(keep)
+    used = {name for node in graph.node for name in node.input}
+    keep_inits = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep_inits)
+    del graph.value_info[:]
+    return model
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate in taken:
+        candidate = f"{name}_{n}"
+        n += 1
+    return candidate
+
+
+def _set_attribute(node: onnx.NodeProto, key: str, value: object) -> None:
+    keep = [a for a in node.attribute if a.name != key]
+    del node.attribute[:]
+    node.attribute.extend([*keep, helper.make_attribute(key, value)])
