@@ -132,3 +132,13 @@ def relative_error(reference: np.ndarray, other: np.ndarray) -> float:
     """max|a - b| / max|a|: a scale-free distance that is 0 only for identical outputs."""
     scale = float(np.max(np.abs(reference)))
     return float(np.max(np.abs(reference - other))) / (scale if scale > 0 else 1.0)
+
+
+def weight_count(model: onnx.ModelProto) -> int:
+    """Elements in the weights of Conv, ConvTranspose, Gemm and MatMul nodes (inputs 1 and 2)."""
+    sizes = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            total += sum(sizes.get(name, 0) for name in node.input[1:3])
+    return total

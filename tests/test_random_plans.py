@@ -16,8 +16,7 @@ from deploysparse.graph.surgery import apply_plan
 from deploysparse.modelio import load_model
 from tests.archs import ARCHS
 from tests.archs.plans import random_plan, removed_count
-from tests.exporting import EXPORTERS, random_feeds, relative_error, run
-from tests.test_surgery_archs import weight_count
+from tests.exporting import EXPORTERS, random_feeds, relative_error, run, weight_count
 
 SEEDS = (0, 1, 2)
 CASES = [

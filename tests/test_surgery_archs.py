@@ -19,7 +19,7 @@ import pytest
 from deploysparse import api
 from deploysparse.modelio import save_model
 from tests.archs import ARCHS
-from tests.exporting import EXPORTERS, random_feeds, relative_error, run
+from tests.exporting import EXPORTERS, random_feeds, relative_error, run, weight_count
 
 TOLERANCE = 1e-5
 # BN left in the graph (exporter optimizations off): the dynamo exporter then also emits the conv
@@ -41,16 +41,6 @@ def file_digest(path: Path) -> str:
     if data.exists():
         digest.update(data.read_bytes())
     return digest.hexdigest()
-
-
-def weight_count(model: onnx.ModelProto) -> int:
-    """Elements in the weights of Conv, ConvTranspose, Gemm and MatMul nodes (inputs 1 and 2)."""
-    sizes = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
-    total = 0
-    for node in model.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            total += sum(sizes.get(name, 0) for name in node.input[1:3])
-    return total
 
 
 def io_signature(model: onnx.ModelProto) -> list[tuple[str, list[str | int]]]:

@@ -85,6 +85,10 @@ class GraphBuilder:
         return self.act(y)
 
     def split(self, x: str, sizes: list[int]) -> list[str]:
+        """Split on the channel axis, in the form the opset's exporters write: the `split` attribute
+        (opset < 13), a `split` input, or the `num_outputs` attribute (opset >= 18, equal parts)."""
+        if self.opset >= 18 and len(set(sizes)) == 1 and self.rng.random() < 0.7:
+            return self.node("Split", [x], len(sizes), axis=1, num_outputs=len(sizes))
         if self.opset >= 13:
             return self.node("Split", [x, self.const("split", np.array(sizes, np.int64))], len(sizes), axis=1)
         return self.node("Split", [x], len(sizes), axis=1, split=sizes)
@@ -145,7 +149,7 @@ def add_block(b: GraphBuilder, kind: str, x: str, c: int, hw: int) -> tuple[str,
         scale = rng.uniform(0.5, 2.0, shape).astype(np.float32)
         return b.node("Mul", [x, b.const("scale", scale)])[0], c, hw
     if kind == "split" and c >= 2:
-        first = int(rng.integers(1, c))
+        first = c // 2 if rng.random() < 0.5 else int(rng.integers(1, c))
         left, right = b.split(x, [first, c - first])
         ca, cb = int(rng.integers(1, 5)), int(rng.integers(1, 5))
         y = [b.conv_bn_act(left, first, ca, 1), b.conv_bn_act(right, c - first, cb, 3)]
@@ -177,7 +181,6 @@ def random_convnet(blocks: list[str], head: str, seed: int, opset: int = 17) -> 
         x, c, hw = add_block(b, kind, x, c, hw)
     y, shape = add_head(b, head, x, c, hw, batch=2)
     return b.model("input", [2, 3, 8, 8], y, shape)
-
 
 
 def dead_convnet(middle: str = "none", opset: int = 17, seed: int = 0, width: int = 8) -> onnx.ModelProto:
