@@ -1,0 +1,302 @@
+"""ONNX Runtime: the default backend, because it runs everywhere (CPU wheel) and on GPUs (onnxruntime-gpu).
+
+`build` writes what ONNX Runtime would otherwise recompute at every session start: the graph after
+all of its optimisations (`optimized_model_filepath`), for fp32, fp16 (converted with
+onnxconverter-common) or int8 (static QDQ quantisation calibrated on the user's data). The QDQ model
+is written too, because it is portable: TensorRT and other runtimes consume QDQ graphs directly,
+while the optimised file holds CPU-specific fused kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from deploysparse import progress
+from deploysparse.atomic import atomic_path, write_text
+from deploysparse.backends.base import (
+    Backend,
+    BuildResult,
+    Runner,
+    ShapeTriple,
+    check_precision,
+    check_shapes_match,
+    cpu_name,
+    metadata_json,
+    sha256_file,
+    usable_cores,
+)
+from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
+from deploysparse.errors import BackendError, CalibrationError, UsageError
+from deploysparse.modelio import check_output_path, load_model, save_model
+
+# Preference order when the user does not choose: a GPU provider when the installed wheel has one.
+# The TensorRT execution provider is used only on request: its first run builds an engine (minutes).
+_DEFAULT_PROVIDER_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+CALIBRATION_BATCH = 32
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendError(
+            "ONNX Runtime is not installed: pip install 'deploysparse[cpu]' (or [gpu] for onnxruntime-gpu)"
+        ) from exc
+    onnxruntime.set_default_logger_severity(3)
+    return onnxruntime
+
+
+class OrtRunner(Runner):
+    """An InferenceSession with full graph optimisation and an explicit thread count."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], providers: list[str], threads: int | None = None
+    ) -> None:
+        ort = _ort()
+        path = Path(path)
+        if not path.exists():
+            raise BackendError(f"{path}: no such model file")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.threads = threads or usable_cores()
+        options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:
+            raise BackendError(f"{path}: ONNX Runtime cannot load the model ({_first_line(exc)})") from exc
+        self.path = path
+        self.providers = self.session.get_providers()
+        self.input_specs = [
+            InputSpec(
+                i.name,
+                tuple(d if isinstance(d, int) else (d or None) for d in i.shape),
+                np.dtype(_ORT_TYPES.get(i.type, np.float32)),
+            )
+            for i in self.session.get_inputs()
+        ]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            outputs = self.session.run(None, dict(feeds))
+        except Exception as exc:
+            raise BackendError(f"{self.path}: inference failed ({_first_line(exc)})") from exc
+        return dict(zip(self.output_names, outputs, strict=True))
+
+
+class OnnxRuntimeBackend(Backend):
+    """Build (optimise, quantise) and run models with ONNX Runtime."""
+
+    name = "onnxruntime"
+
+    def __init__(self, providers: list[str] | None = None) -> None:
+        self._providers = providers
+
+    def providers(self) -> list[str]:
+        """The execution providers sessions use: the requested ones, else the best installed."""
+        available = _ort().get_available_providers()
+        if self._providers:
+            missing = [p for p in self._providers if p not in available]
+            if missing:
+                raise BackendError(
+                    f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
+                    f"(available: {', '.join(available)})"
+                )
+            return list(self._providers)
+        return [p for p in _DEFAULT_PROVIDER_ORDER if p in available]
+
+    def version(self) -> str:
+        return _ort().__version__
+
+    def device(self) -> str:
+        first = self.providers()[0]
+        if first == "CPUExecutionProvider":
+            return f"CPU: {cpu_name()}"
+        return f"GPU via {first} (onnxruntime {self.version()})"
+
+    def runner(self, path: str | os.PathLike[str], threads: int | None = None) -> OrtRunner:
+        return OrtRunner(path, self.providers(), threads)
+
+    def build(
+        self,
+        onnx_path: str | os.PathLike[str],
+        out_dir: str | os.PathLike[str],
+        precision: str = "fp32",
+        calib: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
+        shapes: Mapping[str, ShapeTriple] | None = None,
+        workspace_mb: int | None = None,
+    ) -> BuildResult:
+        """Write `model.<precision>.onnx` (fp16/int8 only) and `model.optimized.onnx` (+ `.json`)."""
+        check_precision(precision)
+        onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+        model = load_model(onnx_path)
+        specs = model_input_specs(model)
+        if shapes:
+            check_shapes_match(shapes, specs, str(onnx_path))
+        if precision == "int8" and calib is None:
+            raise UsageError(
+                "--precision int8 needs --calib DATA (calibration inputs for the activation ranges)"
+            )
+        artifact = out_dir / "model.optimized.onnx"
+        converted = out_dir / f"model.{precision}.onnx"
+        check_output_path(artifact, onnx_path)
+        check_output_path(converted, onnx_path)
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+        files: list[Path] = []
+        extra: dict = {}
+        source = onnx_path
+        if precision == "fp16":
+            source = self._convert_fp16(model, converted)
+            files.append(source)
+        elif precision == "int8":
+            feeds = load_calibration(calib, specs)
+            source = _quantize_qdq(onnx_path, specs, feeds, converted)
+            files.append(source)
+            extra["calibration_samples"] = sample_count(feeds)
+            extra["quantization"] = (
+                "static QDQ, symmetric int8 activations and per-channel int8 weights, MinMax"
+            )
+        providers = self._optimize(source, artifact)
+        files.append(artifact)
+
+        metadata = {
+            "backend": self.name,
+            "version": self.version(),
+            "precision": precision,
+            "providers": providers,
+            "device": self.device(),
+            "source_model": str(onnx_path),
+            "source_sha256": sha256_file(onnx_path),
+            "inputs": {s.name: [d if isinstance(d, int) else None for d in s.shape] for s in specs},
+            "shapes": {name: [list(s) for s in triple] for name, triple in (shapes or {}).items()},
+            **extra,
+        }
+        if workspace_mb is not None:
+            metadata["note"] = "--workspace applies to TensorRT only; ONNX Runtime ignores it"
+        metadata_path = artifact.with_name(artifact.name + ".json")
+        write_text(metadata_path, metadata_json(metadata))
+        files.append(metadata_path)
+        return BuildResult(self.name, precision, artifact, files, metadata)
+
+    def _optimize(self, source: Path, artifact: Path) -> list[str]:
+        """Let ONNX Runtime apply every graph optimisation once and save the result."""
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        with atomic_path(artifact, suffix=".onnx") as tmp:
+            options.optimized_model_filepath = str(tmp)
+            try:
+                session = ort.InferenceSession(str(source), options, providers=self.providers())
+            except Exception as exc:
+                raise BackendError(
+                    f"{source}: ONNX Runtime cannot optimise the model ({_first_line(exc)})"
+                ) from exc
+            return session.get_providers()
+
+    @staticmethod
+    def _convert_fp16(model: onnx.ModelProto, target: Path) -> Path:
+        try:
+            from onnxconverter_common import float16
+        except ImportError as exc:
+            raise BackendError(
+                "fp16 on ONNX Runtime needs the onnxconverter-common package (pip install onnxconverter-common); "
+                "or build fp16 with --backend tensorrt on a GPU"
+            ) from exc
+        try:
+            converted = float16.convert_float_to_float16(model, keep_io_types=True)
+        except Exception as exc:
+            raise BackendError(f"fp16 conversion failed ({_first_line(exc)})") from exc
+        return save_model(converted, target)
+
+
+def _quantize_qdq(source: Path, specs: list[InputSpec], feeds: dict[str, np.ndarray], target: Path) -> Path:
+    """Static QDQ quantisation: symmetric int8 (zero point 0, as TensorRT requires), per-channel weights."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    calibration = _calibration_batches(specs, feeds, source)
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self, advance) -> None:
+            self._batches: Iterator[dict[str, np.ndarray]] = iter(calibration)
+            self._advance = advance
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            item = next(self._batches, None)
+            if item is not None:
+                self._advance(1)
+            return item
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with (
+        progress.progress("calibrating int8", total=len(calibration)) as advance,
+        atomic_path(target, suffix=".onnx") as tmp,
+        tempfile.TemporaryDirectory(dir=target.parent) as work,
+    ):
+        prepared = Path(work) / "prepared.onnx"
+        try:
+            # Shape inference and basic fusions first, as ONNX Runtime recommends: quantisation
+            # needs every tensor's type and shape, and must see Conv+BN already folded.
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared),
+                str(tmp),
+                _Reader(advance),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            )
+        except Exception as exc:
+            raise BackendError(f"{source}: int8 quantisation failed ({_first_line(exc)})") from exc
+    return target
+
+
+def _calibration_batches(
+    specs: list[InputSpec], feeds: dict[str, np.ndarray], source: Path
+) -> list[dict[str, np.ndarray]]:
+    """Calibrate with the model's static batch when it has one (it cannot run any other size)."""
+    batch_dim = specs[0].batch_dim
+    if not isinstance(batch_dim, int):
+        return list(batches(feeds, CALIBRATION_BATCH))
+    full = [b for b in batches(feeds, batch_dim) if sample_count(b) == batch_dim]
+    if not full:
+        raise CalibrationError(
+            f"{source}: the model has a static batch of {batch_dim} but the calibration data holds only "
+            f"{sample_count(feeds)} samples"
+        )
+    return full
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,138 @@
+"""Latency and throughput of a model on a backend, per batch size, the way a deployment would see them.
+
+Each batch size gets its own warm-up (first runs pay for allocation and kernel selection), then
+`iters` timed synchronous runs on random inputs of the right dtype (never zeros: some kernels
+short-cut on zeros). The report states the backend, its version, the device and the threads, because
+a latency figure without them cannot be compared with another.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from deploysparse import progress
+from deploysparse.backends import get_backend
+from deploysparse.calibration import InputSpec
+from deploysparse.errors import UsageError
+
+
+@dataclass
+class BatchTiming:
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput_per_s: float
+
+
+@dataclass
+class BenchReport:
+    backend: str
+    version: str
+    device: str
+    threads: int | None
+    model: str
+    warmup: int
+    iters: int
+    results: list[BatchTiming] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "backend": self.backend,
+            "version": self.version,
+            "device": self.device,
+            "threads": self.threads,
+            "model": self.model,
+            "warmup": self.warmup,
+            "iters": self.iters,
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+def benchmark(
+    model_path: str | os.PathLike[str],
+    backend: str = "onnxruntime",
+    batches: Sequence[int] = (1,),
+    warmup: int = 10,
+    iters: int = 100,
+    threads: int | None = None,
+    seed: int = 0,
+) -> BenchReport:
+    """Time `model_path` at each batch size; p50/p90/p99 latency in ms and samples per second."""
+    if warmup < 0 or iters < 1:
+        raise UsageError(f"--warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}")
+    if not batches or any(b < 1 for b in batches):
+        raise UsageError(f"--batch sizes must be positive integers, got {list(batches)}")
+    engine = get_backend(backend)
+    rng = np.random.default_rng(seed)
+    with engine.runner(model_path, threads=threads) as runner:
+        for batch in batches:
+            for spec in runner.input_specs:
+                _check_batch(spec, batch, str(model_path))
+        report = BenchReport(
+            backend=engine.name,
+            version=engine.version(),
+            device=engine.device(),
+            threads=getattr(runner, "threads", None),
+            model=str(model_path),
+            warmup=warmup,
+            iters=iters,
+        )
+        with progress.progress("benchmarking", total=len(batches) * (warmup + iters)) as advance:
+            for batch in batches:
+                feeds = {spec.name: random_input(spec, batch, rng) for spec in runner.input_specs}
+                for _ in range(warmup):
+                    runner.run(feeds)
+                    advance(1)
+                times = np.empty(iters)
+                for i in range(iters):
+                    start = time.perf_counter()
+                    runner.run(feeds)
+                    times[i] = time.perf_counter() - start
+                    advance(1)
+                report.results.append(_summarise(batch, times))
+    return report
+
+
+def _check_batch(spec: InputSpec, batch: int, model: str) -> None:
+    if isinstance(spec.batch_dim, int) and spec.batch_dim != batch:
+        raise UsageError(
+            f"{model}: input '{spec.name}' has a static batch of {spec.batch_dim}, so --batch {batch} cannot run; "
+            "export the model with a dynamic batch axis or benchmark --batch "
+            f"{spec.batch_dim}"
+        )
+    dynamic = [i for i, d in enumerate(spec.shape[1:], start=1) if not isinstance(d, int)]
+    if dynamic:
+        raise UsageError(
+            f"{model}: input '{spec.name}' has dynamic dims at axes {dynamic} {spec.shape_text()}; "
+            "benchmark a model with fixed non-batch dims"
+        )
+
+
+def random_input(spec: InputSpec, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Random data for one input: normal floats, small non-zero integers, or random booleans."""
+    shape = (batch, *(int(d) for d in spec.shape[1:]))
+    if spec.dtype.kind == "f":
+        return rng.standard_normal(shape).astype(spec.dtype)
+    if spec.dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    return rng.integers(1, 10, size=shape).astype(spec.dtype)
+
+
+def _summarise(batch: int, seconds: np.ndarray) -> BatchTiming:
+    ms = seconds * 1e3
+    p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
+    return BatchTiming(
+        batch=batch,
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        mean_ms=float(ms.mean()),
+        throughput_per_s=batch * len(seconds) / float(seconds.sum()),
+    )

@@ -1,0 +1,85 @@
+"""`deploysparse build`: build a model for a backend, or check TensorRT op support without TensorRT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from deploysparse import progress
+
+
+@click.command("build")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True
+)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option(
+    "--calib", help="Calibration data for int8: .npy, .npz keyed by input name, or an image folder."
+)
+@click.option(
+    "--shapes",
+    multiple=True,
+    help="NAME:MIN,OPT,MAX shapes for a dynamic input, e.g. input:1x3x32x32,8x3x32x32,32x3x32x32 (repeatable).",
+)
+@click.option("--workspace", "workspace_mb", type=int, help="TensorRT builder workspace limit in MB.")
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Output folder.")
+@click.option(
+    "--check-only",
+    "--dry-run",
+    "check_only",
+    is_flag=True,
+    help="TensorRT: only check op support (no TensorRT needed).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def command(ctx, model, backend, precision, calib, shapes, workspace_mb, out_dir, check_only, as_json, quiet):
+    """Build MODEL for a backend: an optimised ONNX Runtime model or a TensorRT engine, plus metadata."""
+    from deploysparse.backends import get_backend, parse_shapes
+    from deploysparse.errors import UsageError
+
+    progress.set_quiet(quiet or as_json)
+    if check_only:
+        return _check_only(ctx, model, backend, as_json)
+    if out_dir is None:
+        raise UsageError("build needs -o/--output FOLDER for the built model")
+    result = get_backend(backend).build(
+        model,
+        out_dir,
+        precision=precision,
+        calib=calib,
+        shapes=parse_shapes(shapes),
+        workspace_mb=workspace_mb,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(f"built {result.artifact} ({backend}, {precision})")
+        for path in result.files:
+            if path != result.artifact:
+                click.echo(f"  wrote {path}")
+    return 0
+
+
+def _check_only(ctx: click.Context, model: Path, backend: str, as_json: bool) -> int:
+    from deploysparse.backends.trt_support import check_onnx
+    from deploysparse.errors import UsageError
+    from deploysparse.modelio import load_model
+
+    if backend != "tensorrt":
+        raise UsageError("--check-only checks TensorRT op support; use it with --backend tensorrt")
+    report = check_onnx(load_model(model))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(f"{model}: {report.summary()}")
+        for finding in report.unsupported:
+            click.echo(f"  {finding.node}: {finding.reason}")
+        for warning in report.warnings:
+            click.echo(f"  warning: {warning}")
+    if not report.ok:
+        ctx.exit(1)
+    return 0
