@@ -73,9 +73,9 @@ def _drop_zero_biases(nodes: list[onnx.NodeProto], computed: dict[str, np.ndarra
     """A bias the exporter computed as zeros (dynamo's Expand of 0) is dropped: the same conv
     without it, and a smaller file than an explicit zero vector."""
     for node in nodes:
-        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) == 3 and node.input[2] in computed:
-            if not np.any(computed[node.input[2]]):
-                del node.input[2]
+        computed_bias = len(node.input) == 3 and node.input[2] in computed
+        if node.op_type in ("Conv", "ConvTranspose") and computed_bias and not np.any(computed[node.input[2]]):
+            del node.input[2]
 
 
 def _split_sequences(
