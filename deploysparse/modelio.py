@@ -9,6 +9,8 @@ model is over 2 GB), and never overwrites the input model.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -77,7 +79,7 @@ def save_model(
     external_data=None keeps what the loaded original had, and switches it on above 2 GB.
     """
     path = Path(path)
-    model = onnx.ModelProto.FromString(model.SerializeToString()) if external_data is not False else model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
     if external_data is None:
         external_data = loaded_with_external_data(model) or model.ByteSize() > _TWO_GB
     _strip_private_metadata(model)
@@ -87,19 +89,22 @@ def save_model(
             onnx.save_model(model, str(tmp))
         return path
     data_name = path.name + ".data"
-    # The data file is written first under a temporary name, then both are renamed; a reader that
-    # sees the new .onnx always finds its data.
-    with atomic_path(path.parent / data_name, suffix=".data") as tmp_data:
-        onnx.external_data_helper.convert_model_to_external_data(
-            model, all_tensors_to_one_file=True, location=tmp_data.name, size_threshold=1024
+    # Both files are written into a fresh temporary folder beside the target, then renamed: data
+    # first, so a reader that sees the new .onnx always finds its data.
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        onnx.save_model(
+            model,
+            str(tmp_dir / path.name),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
         )
-        with atomic_path(path, suffix=".onnx") as tmp:
-            onnx.save_model(model, str(tmp))
-            # The saved model must reference the final data file name, not the temporary one.
-            saved = onnx.load(str(tmp), load_external_data=False)
-            for tensor in onnx.external_data_helper._get_all_tensors(saved):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            onnx.save_model(saved, str(tmp))
+        for written in (tmp_dir / data_name, tmp_dir / path.name):
+            written.chmod(0o644)
+        os.replace(tmp_dir / data_name, path.parent / data_name)
+        os.replace(tmp_dir / path.name, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return path

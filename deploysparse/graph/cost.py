@@ -83,7 +83,7 @@ class CostModel:
             )
             f_in = 1.0 if depthwise else self._fraction(frac_elem, node.input[0])
             macs += m * f_out * f_in
-        return Cost(int(round(params)), int(round(macs)))
+        return Cost(round(params), round(macs))
 
 
 def count_cost(ga: GraphAnalysis, keep: Mapping[str, object] | None = None) -> Cost:

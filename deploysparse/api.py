@@ -1,0 +1,265 @@
+"""The Python API: the same verbs as the CLI (analyze, prune, apply a plan), on paths or ModelProtos.
+
+from deploysparse import api
+result = api.prune("model.onnx", criterion="dead")
+deploysparse.modelio.save_model(result.model, "compact.onnx")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from deploysparse.errors import UsageError
+from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
+from deploysparse.graph.cost import count_cost
+from deploysparse.graph.dead import DeadFilters, find_dead
+from deploysparse.graph.surgery import SurgeryResult, apply_plan
+from deploysparse.modelio import load_model
+from deploysparse.plan import Plan
+
+ModelLike = str | os.PathLike[str] | onnx.ModelProto
+CalibLike = str | os.PathLike[str] | Mapping[str, np.ndarray] | None
+
+
+@dataclass
+class Analysis:
+    """What `deploysparse analyze` reports: groups, pinned spaces, cost and dead filters."""
+
+    graph: GraphAnalysis
+    dead: DeadFilters
+    params: int
+    flops: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def groups(self):
+        return self.graph.groups
+
+    @property
+    def pinned(self):
+        return self.graph.pinned
+
+    def to_json(self) -> dict:
+        groups = []
+        for g in self.graph.groups:
+            groups.append(
+                {
+                    "id": g.id,
+                    "label": g.label,
+                    "channels": g.size,
+                    "prunable": g.prunable,
+                    "pinned_channels": len(g.pinned_channels),
+                    "block": g.block,
+                    "dead": len(self.dead.channels.get(g.id, [])),
+                    "producers": sorted({m.node for m in g.producers}),
+                    "params": sorted({f"{m.node}:{m.name}" for m in g.params}),
+                    "consumers": sorted({m.node for m in g.consumers}),
+                }
+            )
+        return {
+            "params": self.params,
+            "flops": self.flops,
+            "groups": groups,
+            "prunable_groups": sum(1 for g in self.graph.groups if g.prunable),
+            "pinned": [p.to_json() for p in self.graph.pinned],
+            "dead": {gid: [int(c) for c in ch] for gid, ch in self.dead.channels.items()},
+            "dead_total": self.dead.count,
+            "warnings": [*self.warnings, *self.dead.kept],
+        }
+
+
+@dataclass
+class PruneResult:
+    """The compact model, the plan that made it, and the summary `prune --json` prints."""
+
+    model: onnx.ModelProto
+    plan: Plan
+    summary: dict
+    surgery: SurgeryResult
+    graph: GraphAnalysis
+
+
+def as_model(model: ModelLike) -> onnx.ModelProto:
+    """Load a path, or pass a ModelProto through."""
+    return model if isinstance(model, onnx.ModelProto) else load_model(model)
+
+
+def load_feeds(calib: CalibLike, model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
+    """Calibration data checked against the model's inputs (None when not given)."""
+    if calib is None:
+        return None
+    from deploysparse.calibration import load_calibration
+
+    return load_calibration(calib, model)
+
+
+def _shapes_from(
+    feeds: Mapping[str, np.ndarray] | None,
+    given: Mapping[str, Sequence[int]] | None,
+    model: onnx.ModelProto,
+):
+    """Shapes for the analysis: given ones (a nameless one is the only input's), else the data's."""
+    if given:
+        given = dict(given)
+        if "" in given:
+            given[model.graph.input[0].name] = given.pop("")
+        return given
+    if feeds:
+        return {name: [1, *arr.shape[1:]] for name, arr in feeds.items()}
+    return None
+
+
+def analyze(
+    model: ModelLike,
+    *,
+    calib: CalibLike = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    dead_threshold: float = 0.0,
+) -> Analysis:
+    """Channel groups, pinned spaces, params/FLOPs and dead filters of a model."""
+    proto = as_model(model)
+    feeds = load_feeds(calib, proto)
+    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto))
+    dead = find_dead(ga, dead_threshold, feeds)
+    cost = count_cost(ga)
+    return Analysis(graph=ga, dead=dead, params=cost.params, flops=cost.macs)
+
+
+def dead_plan(dead: DeadFilters) -> Plan:
+    """A plan that removes exactly the dead filters, folding their constants into consumers."""
+    return Plan(
+        keep={},
+        constants=dict(dead.constants),
+        criterion="dead",
+        notes=[] if dead.exact else ["near-zero filters removed: not exact, see output_change"],
+    )
+
+
+def keep_all_but(ga: GraphAnalysis, removed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """group id -> kept indices, from group id -> removed indices."""
+    keep = {}
+    for gid, gone in removed.items():
+        size = ga.group(gid).size
+        if len(gone):
+            keep[gid] = np.setdiff1d(np.arange(size), np.asarray(gone, dtype=np.int64))
+    return keep
+
+
+def prune(
+    model: ModelLike,
+    *,
+    criterion: str = "dead",
+    calib: CalibLike = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    plan: Plan | str | os.PathLike[str] | None = None,
+    dead_threshold: float = 0.0,
+    **budget,
+) -> PruneResult:
+    """Prune `model` with a criterion and budget, or apply a saved plan; return the compact model.
+
+    Dead filters are always removed first, at no cost to the budget. Budget options (ratio,
+    flops_target, max_layer_ratio, min_channels, round_to, protect) go to the criterion's planner.
+    """
+    proto = as_model(model)
+    feeds = load_feeds(calib, proto)
+    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto))
+    dead = find_dead(ga, dead_threshold, feeds)
+    if plan is not None:
+        chosen = plan if isinstance(plan, Plan) else Plan.load(plan, ga)
+    elif criterion == "dead":
+        chosen = dead_plan(dead)
+        chosen.keep = keep_all_but(ga, dead.channels)
+    else:
+        chosen = _criterion_plan(ga, criterion, dead, feeds, budget)
+    surgery = apply_plan(ga, chosen)
+    onnx.checker.check_model(surgery.model)
+    summary = summarize(ga, chosen, surgery, dead)
+    if not dead.exact or chosen.criterion not in ("dead", ""):
+        summary["output_change"] = measure_change(ga.model, surgery.model, feeds, ga)
+    return PruneResult(model=surgery.model, plan=chosen, summary=summary, surgery=surgery, graph=ga)
+
+
+def _criterion_plan(ga: GraphAnalysis, criterion: str, dead: DeadFilters, feeds, budget: dict) -> Plan:
+    try:
+        from deploysparse.criteria import make_criterion_plan
+    except ImportError as exc:  # the criteria package is optional only while it is being written
+        raise UsageError(f"unknown criterion {criterion!r}; available: dead") from exc
+    return make_criterion_plan(ga, criterion, dead=dead, feeds=feeds, **budget)
+
+
+def summarize(ga: GraphAnalysis, plan: Plan, surgery: SurgeryResult, dead: DeadFilters) -> dict:
+    """The keys scripts rely on: params/flops before and after, groups, channels removed, pinned."""
+    before = count_cost(ga)
+    after = count_cost(ga, plan.keep)
+    removed = plan.removed_count(ga)
+    groups = [
+        {
+            "id": g.id,
+            "label": g.label,
+            "channels": g.size,
+            "kept": g.size - removed[g.id],
+            "dead": len(dead.channels.get(g.id, [])),
+            "prunable": g.prunable,
+        }
+        for g in ga.groups
+    ]
+    return {
+        "criterion": plan.criterion,
+        "params_before": before.params,
+        "params_after": after.params,
+        "flops_before": before.macs,
+        "flops_after": after.macs,
+        "groups": groups,
+        "channels_removed": {gid: n for gid, n in removed.items() if n},
+        "channels_removed_total": int(sum(removed.values())),
+        "dead_removed": _dead_removed(ga, plan, dead),
+        "pinned": [p.to_json() for p in ga.pinned],
+        "warnings": [*dead.kept, *surgery.warnings, *plan.notes],
+        "exact": dead.exact and plan.criterion in ("dead", ""),
+    }
+
+
+def _dead_removed(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> int:
+    count = 0
+    for gid, channels in dead.channels.items():
+        kept = plan.kept(gid, ga.group(gid).size)
+        count += len(np.setdiff1d(channels, kept))
+    return count
+
+
+def measure_change(
+    original: onnx.ModelProto,
+    compact: onnx.ModelProto,
+    feeds: Mapping[str, np.ndarray] | None,
+    ga: GraphAnalysis,
+) -> dict:
+    """Largest absolute and relative output difference on the calibration data (or random data)."""
+    from deploysparse.stats import random_feeds, session
+
+    data = dict(feeds) if feeds is not None else random_feeds(original, ga.input_shapes)
+    data = {k: v[:64] for k, v in data.items()}
+    a = session(original).run(None, data)
+    b = session(compact).run(None, data)
+    max_abs = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
+    scale = max(float(np.abs(x).max()) for x in a) or 1.0
+    return {
+        "max_abs": max_abs,
+        "max_rel": max_abs / scale,
+        "samples": int(next(iter(data.values())).shape[0]),
+    }
+
+
+def save_outputs(result: PruneResult, output: str | os.PathLike[str], plan_out: str | None = None) -> Path:
+    """Write the compact model (and plan) atomically."""
+    from deploysparse.modelio import save_model
+
+    path = save_model(result.model, output)
+    if plan_out:
+        result.plan.save(plan_out, result.graph)
+    return path

@@ -1,0 +1,57 @@
+"""`deploysparse analyze MODEL`: channel groups, pinned spaces, FLOPs/params and dead filters."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from deploysparse.cli.options import echo_json, parse_input_shapes
+
+
+@click.command("analyze")
+@click.argument("model")
+@click.option("--calib", help="Calibration data (.npy for one input, .npz keyed by input name).")
+@click.option("--input-shape", "input_shape", multiple=True, help="NAME:1x3x32x32 or 1,3,32,32.")
+@click.option(
+    "--dead-threshold",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Also count filters this small (relative norm, or |BN scale|) as dead.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def command(
+    model: str, calib: str | None, input_shape: tuple[str, ...], dead_threshold: float, as_json: bool
+) -> None:
+    """Show the channel groups of MODEL (.onnx), what pins them, its cost and its dead filters."""
+    from deploysparse import api
+
+    shapes = parse_input_shapes(input_shape)
+    analysis = api.analyze(model, calib=calib, input_shapes=shapes, dead_threshold=dead_threshold)
+    data = analysis.to_json()
+    if as_json:
+        echo_json(data)
+        return
+    console = Console()
+    table = Table(title=f"channel groups of {model}")
+    for col in ("group", "producers", "channels", "dead", "prunable", "consumers"):
+        table.add_column(col)
+    for g in data["groups"]:
+        table.add_row(
+            g["id"],
+            ", ".join(g["producers"][:3]) + (" …" if len(g["producers"]) > 3 else ""),
+            str(g["channels"]),
+            str(g["dead"]),
+            "yes" if g["prunable"] else f"pinned ({g['pinned_channels']})",
+            str(len(g["consumers"])),
+        )
+    console.print(table)
+    for p in data["pinned"]:
+        console.print(f"pinned: {p['group']} by {p['op']} {p['node']}: {p['reason']}")
+    console.print(
+        f"params {data['params']:,}  MACs {data['flops']:,}  dead filters {data['dead_total']}  "
+        f"groups {len(data['groups'])} ({data['prunable_groups']} prunable)"
+    )
+    for w in data["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}")

@@ -1,0 +1,127 @@
+"""Dead filters: channels whose output is provably constant (Mehta et al. 2019's implicit sparsity).
+
+A channel is dead when every value its consumers read is constant whatever the input: its filter is
+all zeros, or a BN scale of 0 sits on every path (constant propagation in channels.py). The
+constant c each consumer sees is read off one run of the graph; c = 0 (a ReLU after a negative
+shift) is removed as is, c != 0 is folded into the consumers' bias where that is exact (Gemm, an
+unpadded conv) and kept otherwise. With a threshold, near-zero filters count too: then the removal is
+not exact, the folded value is the calibration mean, and the caller measures the output change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deploysparse.graph.analysis import GraphAnalysis
+from deploysparse.graph.rules import attr
+from deploysparse.stats import intermediate_values, random_feeds
+
+_READERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class DeadFilters:
+    """channels: group id -> removable dead channels; constants: read tensor -> per-channel value
+    (NaN where not constant), for folding; kept: messages for constant channels that stay."""
+
+    channels: dict[str, np.ndarray] = field(default_factory=dict)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    kept: list[str] = field(default_factory=list)
+    exact: bool = True
+
+    @property
+    def count(self) -> int:
+        return int(sum(len(v) for v in self.channels.values()))
+
+
+def find_dead(
+    ga: GraphAnalysis,
+    threshold: float = 0.0,
+    feeds: Mapping[str, np.ndarray] | None = None,
+) -> DeadFilters:
+    """Dead channels of every prunable group. `feeds` (calibration data) gives the folded values in
+    threshold mode; without it a random batch is used (exact mode needs no data)."""
+    table = ga.table
+    constant = table.constant_elements(threshold)
+    readers = [n for n in ga.model.graph.node if n.op_type in _READERS and n.input[0] in table.base]
+    n_ident = len(ga.identity_group)
+    all_const = np.ones(n_ident, dtype=bool)
+    read_tensors: dict[str, list] = {}
+    for node in readers:
+        elements = table.elements(node.input[0])
+        np.logical_and.at(all_const, ga.identity[elements], constant[elements])
+        read_tensors.setdefault(node.input[0], []).append(node)
+    candidate = all_const & ~ga.identity_pinned
+    result = DeadFilters(exact=threshold == 0.0)
+    if not candidate.any():
+        return result
+    tensors = [t for t in read_tensors if candidate[ga.identity[table.elements(t)]].any()]
+    data = feeds if feeds is not None else random_feeds(ga.model, ga.input_shapes)
+    values = intermediate_values(ga.model, data, tensors)
+    removable = candidate.copy()
+    for tensor in tensors:
+        ids = ga.identity[table.elements(tensor)]
+        value = values[tensor].astype(np.float64)
+        per_channel = _channel_values(value, result.exact)
+        result.constants[tensor] = np.where(candidate[ids], per_channel, np.nan)
+        nonzero = candidate[ids] & ~np.isclose(per_channel, 0.0, atol=0.0) & np.isfinite(per_channel)
+        unfoldable = ~np.isfinite(per_channel) & candidate[ids]
+        for node in read_tensors[tensor]:
+            if not _folds_exactly(node, ga):
+                unfoldable |= nonzero
+        for i in np.flatnonzero(unfoldable):
+            if removable[ids[i]]:
+                result.kept.append(
+                    f"{tensor} channel {i} is constant ({per_channel[i]:.4g}) but "
+                    f"{', '.join(n.name for n in read_tensors[tensor])} cannot absorb it exactly; kept"
+                )
+        removable[ids[unfoldable]] = False
+    for g, ids in enumerate(ga.group_identities):
+        group = ga.groups[g]
+        dead = np.flatnonzero(removable[ids])
+        dead = _balance_blocks(dead, group.size, group.block)
+        if len(dead) == group.size:  # a group keeps one channel so the tensors stay well-formed
+            dead = (
+                dead[1:]
+                if group.block == 1
+                else _balance_blocks(dead[group.block :], group.size, group.block)
+            )
+        if len(dead):
+            result.channels[group.id] = dead
+    return result
+
+
+def _channel_values(value: np.ndarray, exact: bool) -> np.ndarray:
+    """Per channel (axis 1): the constant it holds, NaN where it varies (exact mode); the mean over
+    samples and positions otherwise. A flattened (N, F) tensor gets one value per feature."""
+    moved = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1)
+    mean = moved.mean(axis=1)
+    if not exact:
+        return mean
+    spread = moved.max(axis=1) - moved.min(axis=1)
+    scale = np.maximum(np.abs(mean), 1e-30)
+    return np.where(spread <= 1e-6 * scale, mean, np.nan)
+
+
+def _folds_exactly(node, ga: GraphAnalysis) -> bool:
+    """Can a non-zero constant input channel move into this node's bias without error?"""
+    if node.op_type == "Gemm":
+        return not attr(node, "transA", 0)
+    if node.op_type != "Conv" or int(attr(node, "group", 1)) != 1:
+        return False
+    pads = attr(node, "pads", []) or []
+    return not any(p > 0 for p in pads) and attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
+
+
+def _balance_blocks(dead: np.ndarray, size: int, blocks: int) -> np.ndarray:
+    """A grouped conv needs equal kept counts per block: remove only as many per block as the block
+    with the fewest dead channels allows."""
+    if blocks <= 1 or not len(dead):
+        return dead
+    width = size // blocks
+    per_block = [dead[(dead >= b * width) & (dead < (b + 1) * width)] for b in range(blocks)]
+    n = min(len(p) for p in per_block)
+    return np.sort(np.concatenate([p[:n] for p in per_block])) if n else dead[:0]

@@ -1,0 +1,67 @@
+"""Intermediate activations from ONNX Runtime.
+
+The bare-ONNX route to the data a criterion or the dead-filter check needs: the chosen intermediate
+tensors are exposed as extra graph outputs and the calibration data is run through in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from deploysparse.errors import BackendError
+
+
+def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()):
+    """An ONNX Runtime CPU session on `model` with `extra_outputs` exposed."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendError("onnxruntime is not installed: pip install 'deploysparse[cpu]'") from exc
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    for name in extra_outputs:
+        if name not in present:
+            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def intermediate_values(
+    model: onnx.ModelProto,
+    feeds: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """Values of the tensors `names` for every sample of `feeds`, concatenated along the batch."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        return {}
+    sess = session(model, names)
+    count = next(iter(feeds.values())).shape[0]
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, count, batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in feeds.items()}
+        for name, value in zip(names, sess.run(names, batch), strict=True):
+            chunks[name].append(value)
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def random_feeds(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Standard-normal inputs of the analysed shapes (batch of 2): fresh data, never zeros."""
+    rng = np.random.default_rng(seed)
+    elem = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    feeds = {}
+    for name, shape in input_shapes.items():
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem.get(name, onnx.TensorProto.FLOAT))
+        shape = [max(2, shape[0]), *shape[1:]]
+        feeds[name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
