@@ -1,0 +1,54 @@
+"""Any legal plan, applied by surgery, equals the original with those channels zeroed.
+
+Random plans remove live channels too, so this checks every slice the surgery makes (producers,
+per-channel constants, consumers, concat offsets, flatten blocks, grouped-conv blocks) and not just
+the easy case where the removed channels were zero anyway.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deploysparse.graph.analysis import analyze_graph
+from deploysparse.graph.masking import zero_channels
+from deploysparse.graph.surgery import apply_plan
+from deploysparse.modelio import load_model
+from tests.archs import ARCHS
+from tests.archs.plans import random_plan, removed_count
+from tests.exporting import EXPORTERS, random_feeds, relative_error, run, weight_count
+
+SEEDS = (0, 1, 2)
+CASES = [
+    pytest.param(arch, exporter, False, id=f"{arch}-{exporter}") for arch in ARCHS for exporter in EXPORTERS
+] + [
+    pytest.param(arch, exporter, True, id=f"{arch}-{exporter}-bn")
+    for arch in ("resnet_basic", "densenet", "unet_convtranspose")
+    for exporter in EXPORTERS
+]
+
+
+@pytest.mark.parametrize(("arch", "exporter", "keep_bn"), CASES)
+def test_random_plan_matches_masked_original(exported, arch: str, exporter: str, keep_bn: bool) -> None:
+    ga = analyze_graph(load_model(exported(arch, exporter, keep_bn)))
+    assert any(g.prunable for g in ga.groups), "no prunable group found"
+    for seed in SEEDS:
+        rng = np.random.default_rng([ARCHS[arch].seed, seed])
+        plan = random_plan(ga, rng)
+        assert removed_count(ga, plan) > 0
+        masked = zero_channels(ga, plan)
+        compact = apply_plan(ga, plan).model
+        assert weight_count(compact) < weight_count(ga.model)
+
+        feeds = random_feeds(ga.model, rng, batch=2)
+        original_out = run(ga.model, feeds)
+        masked_out = run(masked, feeds)
+        compact_out = run(compact, feeds)
+        assert any(relative_error(a, b) > 1e-4 for a, b in zip(original_out, masked_out, strict=True)), (
+            f"seed {seed}: masking changed nothing, the plan removed only dead channels"
+        )
+        for i, (a, b) in enumerate(zip(masked_out, compact_out, strict=True)):
+            err = relative_error(a, b)
+            assert err < 1e-5, (
+                f"seed {seed}, output {i}: compact vs masked original, relative error {err:.3g}"
+            )
