@@ -144,7 +144,9 @@ def _clean_up_keeping_batchnorm(model: object) -> None:
     from onnxscript import optimizer, rewriter
     from onnxscript.ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass
 
-    rules = [r for r in rewriter._DEFAULT_REWRITE_RULES if "BatchNorm" not in _rule_name(r)]
+    # A private name of onnxscript; without it the clean-up degrades to constant folding only.
+    defaults = getattr(rewriter, "_DEFAULT_REWRITE_RULES", ())
+    rules = [r for r in defaults if "BatchNorm" not in _rule_name(r)]
     for _ in range(2):
         optimizer.fold_constants(model)
         rewriter.rewrite(model, pattern_rewrite_rules=rules)

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
 from deploysparse.errors import CalibrationError
+from deploysparse.stats import session
 
 _HOOKED_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Linear)
 _MODULE_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Gemm"}
@@ -334,22 +334,16 @@ def _calibration_inputs(
 def _onnxruntime_stats(
     model: onnx.ModelProto, inputs: list[np.ndarray], names: list[str], correlation: bool, batch_size: int
 ) -> dict[str, ChannelStats]:
-    """The fallback: expose the tensors as graph outputs and let ONNX Runtime compute them."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    produced = {o for n in exposed.graph.node for o in n.output}
+    """The fallback: ONNX Runtime computes the tensors, reduced batch by batch to bound memory."""
+    produced = {o for n in model.graph.node for o in n.output}
     unknown = [n for n in names if n not in produced]
     if unknown:
         raise CalibrationError(f"tensor {unknown[0]!r} is not produced by any node of the ONNX graph")
-    present = {o.name for o in exposed.graph.output}
-    for name in names:
-        if name not in present:
-            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-    session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed_names = [i.name for i in session.get_inputs()]
+    sess = session(model, names)
+    feed_names = [i.name for i in sess.get_inputs()]
     accumulators = {name: ChannelStatsAccumulator(correlation) for name in names}
     for start in range(0, inputs[0].shape[0], batch_size):
         feeds = {n: x[start : start + batch_size] for n, x in zip(feed_names, inputs, strict=True)}
-        for name, value in zip(names, session.run(names, feeds), strict=True):
+        for name, value in zip(names, sess.run(names, feeds), strict=True):
             accumulators[name].add(value)
     return {name: acc.result() for name, acc in accumulators.items()}
