@@ -253,12 +253,12 @@ def measure_change(
     ga: GraphAnalysis,
 ) -> dict:
     """Largest absolute and relative output difference on the calibration data (or random data)."""
-    from deploysparse.stats import random_feeds, session
+    from deploysparse.stats import random_feeds, run_batched, session
 
     data = dict(feeds) if feeds is not None else random_feeds(original, ga.input_shapes)
     data = {k: v[:64] for k, v in data.items()}
-    a = session(original).run(None, data)
-    b = session(compact).run(None, data)
+    a = list(run_batched(session(original), data, None).values())
+    b = list(run_batched(session(compact), data, None).values())
     max_abs = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
     scale = max(float(np.abs(x).max()) for x in a) or 1.0
     return {

@@ -43,13 +43,40 @@ def intermediate_values(
     names = list(dict.fromkeys(names))
     if not names:
         return {}
-    sess = session(model, names)
+    return run_batched(session(model, names), feeds, names, batch_size)
+
+
+def static_batch(sess) -> int | None:
+    """The batch size a model was exported with when its batch dimension is not dynamic."""
+    dims = [inp.shape[0] for inp in sess.get_inputs() if inp.shape]
+    fixed = [d for d in dims if isinstance(d, int) and d > 0]
+    return fixed[0] if fixed else None
+
+
+def run_batched(
+    sess, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None, batch_size: int = 32
+) -> dict[str, np.ndarray]:
+    """Run `feeds` through `sess` in batches and concatenate each output along the batch.
+
+    A model with a fixed batch size gets batches of exactly that size; the last partial batch is
+    padded by repeating samples and the padding dropped from the results.
+    """
+    output_names = list(names) if names is not None else [o.name for o in sess.get_outputs()]
     count = next(iter(feeds.values())).shape[0]
-    chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for start in range(0, count, batch_size):
-        batch = {k: v[start : start + batch_size] for k, v in feeds.items()}
-        for name, value in zip(names, sess.run(names, batch), strict=True):
-            chunks[name].append(value)
+    fixed = static_batch(sess)
+    step = fixed or batch_size
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
+    for start in range(0, count, step):
+        batch = {k: v[start : start + step] for k, v in feeds.items()}
+        real = next(iter(batch.values())).shape[0]
+        if fixed and real < fixed:
+            batch = {k: np.resize(v, (fixed, *v.shape[1:])) for k, v in batch.items()}
+        try:
+            results = sess.run(output_names, batch)
+        except Exception as exc:  # ORT reports shape and type mismatches as several exception types
+            raise BackendError(f"ONNX Runtime could not run the model on this data: {exc}") from exc
+        for name, value in zip(output_names, results, strict=True):
+            chunks[name].append(value[:real])
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
