@@ -69,7 +69,11 @@ def _train_digits_cnn():
     order = np.random.default_rng(0).permutation(len(labels))
     train, test = order[:1400], order[1400:]
     torch.manual_seed(0)
-    conv1, conv2, fc = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Linear(16 * 16, 10)
+    conv1, conv2, fc = (
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.Linear(16 * 16, 10),
+    )
     params = [*conv1.parameters(), *conv2.parameters(), *fc.parameters()]
 
     def forward(x):
@@ -83,7 +87,9 @@ def _train_digits_cnn():
     for _ in range(12):
         for start in range(0, len(train), 100):
             optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(forward(xs[start : start + 100]), ys[start : start + 100])
+            loss = torch.nn.functional.cross_entropy(
+                forward(xs[start : start + 100]), ys[start : start + 100]
+            )
             loss.backward()
             optimizer.step()
 
@@ -105,8 +111,12 @@ def _train_digits_cnn():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
         [
-            init("c1.w", conv1.weight), init("c1.b", conv1.bias), init("c2.w", conv2.weight),
-            init("c2.b", conv2.bias), init("fc.w", fc.weight), init("fc.b", fc.bias),
+            init("c1.w", conv1.weight),
+            init("c1.b", conv1.bias),
+            init("c2.w", conv2.weight),
+            init("c2.b", conv2.bias),
+            init("fc.w", fc.weight),
+            init("fc.b", fc.bias),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -126,7 +136,9 @@ def test_int8_qdq_on_digits_keeps_accuracy_within_one_point(tmp_path):
     ops = [n.op_type for n in qdq.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     weight_scales = [
-        numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name.startswith("c1.w") and "scale" in i.name
+        numpy_helper.to_array(i)
+        for i in qdq.graph.initializer
+        if i.name.startswith("c1.w") and "scale" in i.name
     ]
     assert weight_scales and weight_scales[0].shape == (8,), "weights must be quantised per output channel"
     assert result.metadata["calibration_samples"] == 256
@@ -158,7 +170,9 @@ def test_fp16_build_when_converter_is_installed(tmp_path):
     result = backend.build(source, tmp_path / "out", "fp16")
     x = np.random.default_rng(6).normal(size=(2, 3, 8, 8)).astype(np.float32)
     expected = backend.run(source, {"x": x})["logits"]
-    np.testing.assert_allclose(backend.run(result.artifact, {"x": x})["logits"], expected, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(
+        backend.run(result.artifact, {"x": x})["logits"], expected, rtol=2e-2, atol=2e-2
+    )
 
 
 def test_unknown_backend_and_shape_options():

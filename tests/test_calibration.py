@@ -89,7 +89,10 @@ def test_npy_for_multi_input_model_is_refused(tmp_path):
 def test_unequal_sample_counts_and_bad_files(tmp_path):
     rng = np.random.default_rng(3)
     with pytest.raises(CalibrationError, match="different numbers of samples"):
-        load_calibration({"image": rng.normal(size=(4, 3, 8, 8)), "bias": rng.normal(size=(3, 4, 8, 8))}, _two_input_model())
+        load_calibration(
+            {"image": rng.normal(size=(4, 3, 8, 8)), "bias": rng.normal(size=(3, 4, 8, 8))},
+            _two_input_model(),
+        )
     junk = tmp_path / "junk.npy"
     junk.write_bytes(b"not numpy")
     with pytest.raises(CalibrationError, match="junk.npy"):
@@ -135,7 +138,12 @@ def _write_png(path, pixels: np.ndarray) -> None:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(raw)))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_png_folder_with_preprocess_spec(tmp_path):
@@ -143,7 +151,9 @@ def test_png_folder_with_preprocess_spec(tmp_path):
     images = rng.integers(0, 256, size=(3, 10, 12, 3), dtype=np.uint8)
     for i, image in enumerate(images):
         _write_png(tmp_path / f"img{i}.png", image)
-    (tmp_path / "preprocess.yaml").write_text("layout: NCHW\nmean: [0.5, 0.5, 0.5]\nstd: [0.25, 0.25, 0.25]\n")
+    (tmp_path / "preprocess.yaml").write_text(
+        "layout: NCHW\nmean: [0.5, 0.5, 0.5]\nstd: [0.25, 0.25, 0.25]\n"
+    )
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],
         "img",

@@ -103,7 +103,8 @@ def test_dead_pruning_is_exact(exported, tmp_path: Path, arch: str, exporter: st
 def test_exporters_find_the_same_dead_channels(exported, arch: str) -> None:
     """The same planted torch model exported two ways has the same dead channels; both must find them."""
     removed = {
-        e: api.prune(str(exported(arch, e)), criterion="dead").summary["channels_removed_total"] for e in EXPORTERS
+        e: api.prune(str(exported(arch, e)), criterion="dead").summary["channels_removed_total"]
+        for e in EXPORTERS
     }
     assert removed["dynamo"] == removed["legacy"], removed
 
