@@ -11,9 +11,10 @@ Prints one table; exports the models into a temporary folder first (not timed).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
+import threading
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -45,26 +46,56 @@ def half_plan(ga) -> Plan:
     return Plan(keep=keep)
 
 
+class PeakRss:
+    """Samples the process' resident memory every few ms; `.peak` is the highest seen (bytes)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.is_set():
+            with open("/proc/self/statm") as f:
+                self.peak = max(self.peak, int(f.read().split()[1]) * page)
+            time.sleep(0.002)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def measure(path: Path) -> dict:
+    """Time and peak extra resident memory of analyze + dead-filter check + surgery, the model
+    already loaded (as `deploysparse prune` does after reading the file)."""
     model = load_model(path)
-    model_bytes = sum(len(init.raw_data) or init.ByteSize() for init in model.graph.initializer)
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    ga = analyze_graph(model)
-    find_dead(ga)
-    t1 = time.perf_counter()
-    result = apply_plan(ga, half_plan(ga))
-    t2 = time.perf_counter()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     params = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
+    model_bytes = sum(int(np.prod(i.dims)) * 4 for i in model.graph.initializer)
+    before = rss()
+    with PeakRss() as peak:
+        t0 = time.perf_counter()
+        ga = analyze_graph(model, copy=False)
+        find_dead(ga)
+        t1 = time.perf_counter()
+        result = apply_plan(ga, half_plan(ga))
+        t2 = time.perf_counter()
     kept = sum(int(np.prod(i.dims)) for i in result.model.graph.initializer)
     return {
         "params": params,
         "analyze_s": t1 - t0,
         "surgery_s": t2 - t1,
         "total_s": t2 - t0,
-        "peak_extra_mb": peak / 2**20,
+        "peak_extra_mb": (peak.peak - before) / 2**20,
         "model_mb": model_bytes / 2**20,
         "groups": len(ga.groups),
         "params_after": kept,
@@ -80,7 +111,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for depth in [int(d) for d in args.depths.split(",")]:
             rows.append((depth, measure(export(depth, Path(tmp)))))
-    print("| model | params | groups | analyze s | surgery s | total s | peak extra MB | model MB | extra/model |")
+    print(
+        "| model | params | groups | analyze s | surgery s | total s | peak extra MB | model MB | extra/model |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for depth, r in rows:
         print(

@@ -18,7 +18,7 @@ import onnx
 from deploysparse.errors import UsageError
 from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
 from deploysparse.graph.cost import count_cost
-from deploysparse.graph.dead import DeadFilters, find_dead
+from deploysparse.graph.dead import DEFAULT_DEAD_THRESHOLD, DeadFilters, find_dead
 from deploysparse.graph.surgery import SurgeryResult, apply_plan
 from deploysparse.modelio import load_model
 from deploysparse.plan import Plan
@@ -120,12 +120,12 @@ def analyze(
     *,
     calib: CalibLike = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    dead_threshold: float = 0.0,
+    dead_threshold: float = DEFAULT_DEAD_THRESHOLD,
 ) -> Analysis:
     """Channel groups, pinned spaces, params/FLOPs and dead filters of a model."""
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
-    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto))
+    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=proto is model)
     dead = find_dead(ga, dead_threshold, feeds)
     cost = count_cost(ga)
     return Analysis(graph=ga, dead=dead, params=cost.params, flops=cost.macs)
@@ -158,7 +158,7 @@ def prune(
     calib: CalibLike = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     plan: Plan | str | os.PathLike[str] | None = None,
-    dead_threshold: float = 0.0,
+    dead_threshold: float = DEFAULT_DEAD_THRESHOLD,
     **budget,
 ) -> PruneResult:
     """Prune `model` with a criterion and budget, or apply a saved plan; return the compact model.
@@ -168,7 +168,8 @@ def prune(
     """
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
-    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto))
+    original = proto if proto is model else None  # a caller's ModelProto stays untouched
+    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=original is not None)
     dead = find_dead(ga, dead_threshold, feeds)
     if plan is not None:
         chosen = plan if isinstance(plan, Plan) else Plan.load(plan, ga)

@@ -138,8 +138,8 @@ def validate(
             raise UsageError(
                 f"{compact} has {len(cmp.output_names)} outputs but {original} has {len(ref.output_names)}"
             )
-        batch = _batch_size(ref.input_specs + cmp.input_specs, batch_size, sample_count(feeds))
-        outputs_ref, outputs_cmp = _run_both(ref, cmp, feeds, batch)
+        batch, static = _batch_size(ref.input_specs + cmp.input_specs, batch_size, sample_count(feeds))
+        outputs_ref, outputs_cmp = _run_both(ref, cmp, feeds, batch, static)
     samples = len(next(iter(outputs_ref.values())))
     report = ValidationReport(
         original=str(original),
@@ -163,31 +163,36 @@ def _check_same_inputs(ref: list[InputSpec], cmp: list[InputSpec], compact: str)
         raise UsageError(f"{compact} has inputs {cmp_names} but the original has {ref_names}")
 
 
-def _batch_size(specs: list[InputSpec], requested: int, samples: int) -> int:
-    """A static batch dim in either model decides; otherwise the requested size."""
+def _batch_size(specs: list[InputSpec], requested: int, samples: int) -> tuple[int, bool]:
+    """A static batch dim in either model decides (and is returned as static); otherwise the requested size."""
     static = {s.batch_dim for s in specs if isinstance(s.batch_dim, int)}
     if len(static) > 1:
         raise UsageError(f"the two models have different static batch sizes {sorted(static)}")
-    batch = static.pop() if static else requested
+    if not static:
+        return requested, False
+    batch = static.pop()
     if batch > samples:
         raise CalibrationError(f"the models need batches of {batch} samples but the data holds {samples}")
-    return batch
+    return batch, True
 
 
 def _run_both(
-    ref: Runner, cmp: Runner, feeds: dict[str, np.ndarray], batch: int
+    ref: Runner, cmp: Runner, feeds: dict[str, np.ndarray], batch: int, static: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Outputs of both models over all full batches, concatenated; compact outputs keyed like the original's."""
+    """Outputs of both models over the data, concatenated; compact outputs keyed like the original's.
+
+    A static-batch model cannot run a short last batch, so those leftover samples are skipped.
+    """
     if set(cmp.output_names) == set(ref.output_names):
         rename = {n: n for n in cmp.output_names}
     else:
         rename = dict(zip(cmp.output_names, ref.output_names, strict=True))
     collected_ref: dict[str, list[np.ndarray]] = {n: [] for n in ref.output_names}
     collected_cmp: dict[str, list[np.ndarray]] = {n: [] for n in ref.output_names}
-    total = sample_count(feeds) // batch
+    total = -(-sample_count(feeds) // batch)
     with progress.progress("validating", total=total) as advance:
         for item in batches(feeds, batch):
-            if sample_count(item) != batch:
+            if static and sample_count(item) != batch:
                 break
             for name, value in ref.run(item).items():
                 collected_ref[name].append(value)

@@ -95,7 +95,7 @@ def test_unequal_sample_counts_and_bad_files(tmp_path):
         )
     junk = tmp_path / "junk.npy"
     junk.write_bytes(b"not numpy")
-    with pytest.raises(CalibrationError, match="junk.npy"):
+    with pytest.raises(CalibrationError, match=r"junk.npy"):
         load_calibration(junk, _one_input_specs())
     with pytest.raises(CalibrationError, match="no such file"):
         load_calibration(tmp_path / "absent.npy", _one_input_specs())
@@ -184,5 +184,5 @@ def test_png_resize_of_a_constant_image_keeps_the_constant(tmp_path):
 
 def test_image_folder_without_spec_is_an_error(tmp_path):
     _write_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
-    with pytest.raises(CalibrationError, match="preprocess.yaml"):
+    with pytest.raises(CalibrationError, match=r"preprocess.yaml"):
         load_calibration(tmp_path, _one_input_specs())

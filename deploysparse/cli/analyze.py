@@ -16,7 +16,7 @@ from deploysparse.cli.options import echo_json, parse_input_shapes
 @click.option(
     "--dead-threshold",
     type=float,
-    default=0.0,
+    default=1e-3,
     show_default=True,
     help="Also count filters this small (relative norm, or |BN scale|) as dead.",
 )

@@ -40,7 +40,7 @@ from deploysparse.errors import UsageError
 @click.option(
     "--dead-threshold",
     type=float,
-    default=0.0,
+    default=1e-3,
     show_default=True,
     help="Also remove filters this small (relative norm, or |BN scale|); not exact, measured.",
 )

@@ -73,11 +73,12 @@ class GraphAnalysis:
 
 
 def analyze_graph(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None, copy: bool = True
 ) -> GraphAnalysis:
-    """Find the channel groups of `model` (not modified). `input_shapes` fixes dynamic dims for the
-    analysis; by default a dynamic batch is 1."""
-    model = normalize(model)
+    """Find the channel groups of `model`. `input_shapes` fixes dynamic dims for the analysis; by
+    default a dynamic batch is 1. The model is not modified unless `copy=False` (then it becomes
+    the analysis' normalised model: use that when the caller loaded it and needs no pristine copy)."""
+    model = normalize(model, copy=copy)
     shapes_in = resolve_input_shapes(model, input_shapes)
     shapes = infer_shapes(model, shapes_in)
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}

@@ -21,11 +21,16 @@ from deploysparse.stats import intermediate_values, random_feeds
 
 _READERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
+# The paper's authors keep a channel only if |gamma| > 1e-3; on folded weights the same threshold is
+# read relative to the layer's median filter norm (rules._zero_magnitude).
+DEFAULT_DEAD_THRESHOLD = 1e-3
+
 
 @dataclass
 class DeadFilters:
     """channels: group id -> removable dead channels; constants: read tensor -> per-channel value
-    (NaN where not constant), for folding; kept: messages for constant channels that stay."""
+    (NaN where not constant), for folding; kept: messages for constant channels that stay; exact:
+    every removed channel is exactly constant (False once a near-zero filter is among them)."""
 
     channels: dict[str, np.ndarray] = field(default_factory=dict)
     constants: dict[str, np.ndarray] = field(default_factory=dict)
@@ -39,23 +44,27 @@ class DeadFilters:
 
 def find_dead(
     ga: GraphAnalysis,
-    threshold: float = 0.0,
+    threshold: float = DEFAULT_DEAD_THRESHOLD,
     feeds: Mapping[str, np.ndarray] | None = None,
 ) -> DeadFilters:
-    """Dead channels of every prunable group. `feeds` (calibration data) gives the folded values in
-    threshold mode; without it a random batch is used (exact mode needs no data)."""
+    """Dead channels of every prunable group. Exactly constant channels are found whatever the data;
+    with `threshold` > 0 near-zero filters count too, and `feeds` (calibration data, else a random
+    batch) gives the mean value that replaces them."""
     table = ga.table
     constant = table.constant_elements(threshold)
+    exactly = table.constant_elements(0.0) if threshold > 0 else constant
     readers = [n for n in ga.model.graph.node if n.op_type in _READERS and n.input[0] in table.base]
     n_ident = len(ga.identity_group)
     all_const = np.ones(n_ident, dtype=bool)
+    all_exact = np.ones(n_ident, dtype=bool)
     read_tensors: dict[str, list] = {}
     for node in readers:
         elements = table.elements(node.input[0])
         np.logical_and.at(all_const, ga.identity[elements], constant[elements])
+        np.logical_and.at(all_exact, ga.identity[elements], exactly[elements])
         read_tensors.setdefault(node.input[0], []).append(node)
     candidate = all_const & ~ga.identity_pinned
-    result = DeadFilters(exact=threshold == 0.0)
+    result = DeadFilters()
     if not candidate.any():
         return result
     tensors = [t for t in read_tensors if candidate[ga.identity[table.elements(t)]].any()]
@@ -65,7 +74,7 @@ def find_dead(
     for tensor in tensors:
         ids = ga.identity[table.elements(tensor)]
         value = values[tensor].astype(np.float64)
-        per_channel = _channel_values(value, result.exact)
+        per_channel = np.where(all_exact[ids], _channel_values(value, True), _channel_values(value, False))
         result.constants[tensor] = np.where(candidate[ids], per_channel, np.nan)
         nonzero = candidate[ids] & ~np.isclose(per_channel, 0.0, atol=0.0) & np.isfinite(per_channel)
         unfoldable = ~np.isfinite(per_channel) & candidate[ids]
@@ -91,6 +100,7 @@ def find_dead(
             )
         if len(dead):
             result.channels[group.id] = dead
+            result.exact = result.exact and bool(all_exact[ids[dead]].all())
     return result
 
 

@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from deploysparse.errors import ModelLoadError
+from deploysparse.graph.shapes import skeleton
 
 # Ops whose output differs between runs or that have side effects: never folded.
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
@@ -24,10 +25,14 @@ def _default_opset(model: onnx.ModelProto) -> dict[str, int]:
     return {imp.domain: imp.version for imp in model.opset_import}
 
 
-def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy with Constant nodes and constant sub-graphs turned into initializers, and node
-    names filled in (every node gets a unique name so plans and messages can refer to it)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+def normalize(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
+    """Constant nodes and constant sub-graphs turned into initializers, node names filled in (every
+    node gets a unique name so plans and messages can refer to it). Works on a copy unless
+    `copy=False` (the caller owns the model and saves the memory of a second one)."""
+    if copy:
+        duplicate = onnx.ModelProto()
+        duplicate.CopyFrom(model)
+        model = duplicate
     graph = model.graph
     if any(n.op_type == "If" or n.op_type == "Loop" or n.op_type == "Scan" for n in graph.node):
         raise ModelLoadError(
@@ -63,7 +68,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor whose type is declared or inferable."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
     except Exception:  # types are a convenience here; without them CastLike stays a node
         inferred = model
     graph = inferred.graph
@@ -132,7 +137,8 @@ def _add_used_constants(graph: onnx.GraphProto, new_constants: dict[str, np.ndar
     for name, value in new_constants.items():
         if name in used:
             graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-    # Initializers nobody reads any more (inputs of folded nodes) are dropped.
-    keep = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    # Initializers nobody reads any more (inputs of folded nodes) are dropped, in place: rebuilding
+    # the list would copy every weight.
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]

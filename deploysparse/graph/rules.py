@@ -170,8 +170,8 @@ def _zero_magnitude(weight: np.ndarray, axis: int) -> np.ndarray:
     Relative, because a folded BN scales every filter by gamma/sqrt(var): an absolute threshold
     would mean different things in different layers.
     """
-    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1).astype(np.float64)
-    norms = np.linalg.norm(moved, axis=1)
+    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    norms = np.sqrt(np.einsum("ij,ij->i", moved, moved, dtype=np.float64))
     median = float(np.median(norms))
     return norms / median if median > 0 else norms
 

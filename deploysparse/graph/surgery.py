@@ -261,36 +261,37 @@ def _slice_attachments(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> 
 
 
 def _materialize(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(ga.model)
+    """Build the compact model: the graph's nodes with their edits, untouched initializers copied
+    once, edited ones written from their new arrays (never a full copy of the original first)."""
+    model = _empty_copy(ga.model)
     graph = model.graph
     uses: dict[str, int] = defaultdict(int)
     for node in graph.node:
         for name in node.input:
             uses[name] += 1
-    inits = {init.name: init for init in graph.initializer}
-    taken = set(inits) | {v for node in graph.node for v in node.output}
+    original_names = {init.name for init in ga.model.graph.initializer}
+    taken = original_names | {v for node in graph.node for v in node.output}
     edits: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     for node_name, index in sorted(s.rewritten):
         edits[node_name].append((index, s.arrays[(node_name, index)]))
+    replaced: dict[str, np.ndarray] = {}
+    added: list[tuple[str, np.ndarray]] = []
     for node in graph.node:
-        node_name = node.name
-        for index, value in edits.get(node_name, []):
+        for index, value in edits.get(node.name, []):
             original = node.input[index] if index < len(node.input) else ""
-            if original and uses[original] == 1 and original in inits:
-                inits[original].CopyFrom(numpy_helper.from_array(np.asarray(value), original))
-                name = original
+            if original and uses[original] == 1 and original in original_names:
+                replaced[original] = value
             else:
                 base = original or f"{node.input[1]}_bias"
                 name = base if base not in taken else _unique(f"{base}_{node.name}", taken)
                 taken.add(name)
-                graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+                added.append((name, value))
                 while len(node.input) <= index:
                     node.input.append("")
                 node.input[index] = name
-            if node.op_type in ("Conv", "Gemm") and index == 2 and (node_name, index) in s.changed:
+            if node.op_type in ("Conv", "Gemm") and index == 2 and (node.name, index) in s.changed:
                 result.biases[node.input[1]] = np.asarray(value)
-            elif original and (node_name, index) in s.changed:
+            elif original and (node.name, index) in s.changed:
                 result.values[original] = np.asarray(value)
         for key, value in s.attrs.get(node.name, {}).items():
             _set_attribute(node, key, value)
@@ -298,11 +299,38 @@ def _materialize(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> onnx.M
             keep = [a for a in node.attribute if a.name != key]
             del node.attribute[:]
             node.attribute.extend(keep)
-    used = {name for node in graph.node for name in node.input}
-    keep_inits = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep_inits)
-    del graph.value_info[:]
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for init in ga.model.graph.initializer:
+        if init.name not in used:
+            continue
+        if init.name in replaced:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(replaced[init.name]), init.name))
+        else:
+            graph.initializer.add().CopyFrom(init)
+    for name, value in added:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    return model
+
+
+def _empty_copy(source: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its nodes, inputs and outputs but no initializers and no stale value_info."""
+    model = onnx.ModelProto(
+        ir_version=source.ir_version,
+        producer_name=source.producer_name,
+        producer_version=source.producer_version,
+        domain=source.domain,
+        model_version=source.model_version,
+        doc_string=source.doc_string,
+    )
+    model.opset_import.extend(source.opset_import)
+    model.metadata_props.extend(source.metadata_props)
+    model.functions.extend(source.functions)
+    graph, src = model.graph, source.graph
+    graph.name = src.name
+    graph.doc_string = src.doc_string
+    graph.node.extend(src.node)
+    graph.input.extend(src.input)
+    graph.output.extend(src.output)
     return model
 
 

@@ -1,0 +1,401 @@
+"""Turning per-channel scores into a plan that meets a budget.
+
+The budget is global: channels of every group are ranked together by their (normalised) scores and a
+single threshold decides which go. Each group then snaps its kept count to the nearest *legal* count:
+a multiple of --round-to (and of the grouped-conv block count), at least --min-channels and every
+pinned channel, at most the original, and above what --max-layer-ratio allows it to lose. Because
+snapping is monotone in the threshold, a bisection over the sorted scores finds the threshold whose
+plan comes closest to the target: a fraction of the live channels removed (--ratio) or a fraction of
+the original MACs kept (--flops-target, within 2 percentage points).
+
+Dead channels (constant output, found by the analysis or by a data criterion) are removed before the
+ranking and do not use up the budget: --ratio R removes R of the channels that are still alive, and
+--flops-target counts the MACs they free like any other (the target is a fraction of the original).
+A dead channel is kept only where a group would otherwise fall below its minimum count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deploysparse.errors import PlanError, UsageError
+from deploysparse.graph.groups import ChannelGroup
+
+FLOPS_TOLERANCE = 0.02
+
+
+@dataclass
+class GroupBudget:
+    """One group's constraints, precomputed: which channels are pinned, dead, live; the legal counts."""
+
+    group: ChannelGroup
+    scores: np.ndarray | None
+    pinned: np.ndarray  # bool mask
+    dead: np.ndarray  # bool mask (never pinned)
+    legal: np.ndarray  # sorted legal kept counts
+    rounding_met: bool = True
+
+    @property
+    def live(self) -> np.ndarray:
+        return ~self.pinned & ~self.dead
+
+    @property
+    def live_count(self) -> int:
+        return int(self.live.sum())
+
+    def wanted_at(self, threshold: float) -> int:
+        """Kept count before snapping when every live channel scoring <= threshold goes."""
+        if self.scores is None:
+            return self.group.size - int(self.dead.sum())
+        return int(self.pinned.sum()) + int((self.scores[self.live] > threshold).sum())
+
+    def snap(self, wanted: int) -> int:
+        """The legal kept count nearest to `wanted` (ties: the larger)."""
+        position = int(np.searchsorted(self.legal, wanted))
+        if position == 0:
+            return int(self.legal[0])
+        if position == len(self.legal):
+            return int(self.legal[-1])
+        below, above = int(self.legal[position - 1]), int(self.legal[position])
+        return above if above - wanted <= wanted - below else below
+
+    def choose(self, count: int) -> np.ndarray:
+        """The kept channel indices for a kept count: pinned first, then live, then dead, by score,
+        the same number in every block."""
+        block = self.group.block
+        per_block = count // block
+        block_size = self.group.size // block
+        scores = self.scores if self.scores is not None else np.zeros(self.group.size)
+        kept: list[np.ndarray] = []
+        for b in range(block):
+            channels = np.arange(b * block_size, (b + 1) * block_size)
+            tier = np.where(self.pinned[channels], 0, np.where(self.dead[channels], 2, 1))
+            order = np.lexsort((-scores[channels], tier))
+            kept.append(channels[order[:per_block]])
+        return np.sort(np.concatenate(kept))
+
+
+def legal_counts(
+    size: int,
+    block: int,
+    pinned: np.ndarray,
+    dead: np.ndarray,
+    *,
+    min_channels: int,
+    max_layer_ratio: float | None,
+    round_to: int,
+) -> tuple[np.ndarray, bool]:
+    """Kept counts a group may take, and whether --round-to could be honoured.
+
+    With `block` parts, each part keeps the same number, so counts step by the block count and the
+    floor is set by the part with the most pinned channels; the ceiling (all dead removed) by the part
+    with the most dead ones.
+    """
+    block_size = size // block
+    pinned_parts = pinned.reshape(block, block_size).sum(axis=1)
+    dead_parts = dead.reshape(block, block_size).sum(axis=1)
+    floor = block * max(math.ceil(min_channels / block), int(pinned_parts.max()))
+    floor = min(floor, size)
+    ceiling = max(block * (block_size - int(dead_parts.max())), floor)
+    lowest = floor
+    if max_layer_ratio is not None:
+        lowest = max(floor, min(ceiling, _round_up(math.ceil(size * (1.0 - max_layer_ratio)), block)))
+    step = math.lcm(max(round_to, 1), block)
+    counts = np.arange(_round_up(lowest, step), ceiling + 1, step)
+    if counts.size:
+        return counts, True
+    return np.arange(lowest, ceiling + 1, block), round_to <= 1
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+@dataclass
+class Allocation:
+    """Kept channels per group id (only groups that lose channels) and notes for the user."""
+
+    keep: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def group_budgets(
+    groups: list[ChannelGroup],
+    scores: dict[str, np.ndarray | None],
+    *,
+    max_layer_ratio: float | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+    protect: Iterable[str] = (),
+    dead: dict[str, np.ndarray] | None = None,
+) -> list[GroupBudget]:
+    """The groups a plan may touch (prunable, not protected, scored or with dead channels), with
+    their constraints."""
+    _check_limits(max_layer_ratio, min_channels, round_to)
+    protected = _resolve_protect(groups, protect)
+    dead = dead or {}
+    return [
+        _group_budget(g, scores.get(g.id), dead.get(g.id), min_channels, max_layer_ratio, round_to)
+        for g in groups
+        if g.prunable and g.id not in protected and (g.id in scores or g.id in dead)
+    ]
+
+
+@dataclass
+class BudgetTarget:
+    """Measures a candidate plan (kept count per group) against --ratio or --flops-target.
+
+    `excess` is positive when the candidate keeps too much and falls as more is removed, so every
+    search (the threshold bisection here, PFP's root search over eps) looks for its sign change.
+    """
+
+    budgets: list[GroupBudget]
+    ratio: float | None = None
+    flops_target: float | None = None
+    macs_of: Callable[[dict[str, int]], int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratio is not None and self.flops_target is not None:
+            raise UsageError("give either --ratio or --flops-target, not both")
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise UsageError(f"--ratio {self.ratio}: must be in [0, 1)")
+        if self.flops_target is not None:
+            if not 0.0 < self.flops_target <= 1.0:
+                raise UsageError(f"--flops-target {self.flops_target}: must be in (0, 1]")
+            if self.macs_of is None:
+                raise UsageError("--flops-target needs a cost model (macs_of)")
+            self.original_macs = self.macs_of({})
+            if self.original_macs <= 0:
+                raise PlanError("--flops-target: the model has no counted MACs (no Conv/Gemm/MatMul)")
+        self.alive = {b.group.id: b.live_count + int(b.pinned.sum()) for b in self.budgets}
+        self.live = sum(b.live_count for b in self.budgets)
+        self.target_removed = round((self.ratio or 0.0) * self.live)
+
+    @property
+    def active(self) -> bool:
+        return self.ratio is not None or self.flops_target is not None
+
+    def removed(self, counts: dict[str, int]) -> int:
+        """Live channels a candidate removes (dead ones not counted)."""
+        return sum(alive - min(counts[g], alive) for g, alive in self.alive.items())
+
+    def kept_fraction(self, counts: dict[str, int]) -> float:
+        return self.macs_of(counts) / self.original_macs
+
+    def excess(self, counts: dict[str, int]) -> float:
+        if self.ratio is not None:
+            return (self.target_removed - self.removed(counts)) / max(self.live, 1)
+        if self.flops_target is not None:
+            return self.kept_fraction(counts) - self.flops_target
+        return 0.0
+
+    def verdict(self, counts: dict[str, int], most_removed: dict[str, int]) -> list[str]:
+        """Notes on how close the chosen candidate came; PlanError when a FLOPs target is out of reach."""
+        if self.ratio is not None:
+            got = self.removed(counts)
+            if self.live and abs(got - self.target_removed) > max(1, FLOPS_TOLERANCE * self.live):
+                return [
+                    f"--ratio {self.ratio}: removed {got} of {self.live} live channels (target "
+                    f"{self.target_removed}); rounding, minimum counts and pinned channels allowed no closer fit"
+                ]
+        if self.flops_target is not None:
+            reached = self.kept_fraction(counts)
+            if abs(reached - self.flops_target) > FLOPS_TOLERANCE:
+                floor = self.kept_fraction(most_removed)
+                if floor > self.flops_target + FLOPS_TOLERANCE:
+                    raise PlanError(
+                        f"--flops-target {self.flops_target}: at most {1 - floor:.1%} of the MACs can be "
+                        "removed under the constraints (pinned, protected, --min-channels, "
+                        "--max-layer-ratio, --round-to)"
+                    )
+                return [
+                    f"--flops-target {self.flops_target}: kept {reached:.1%} of the MACs, the nearest reachable"
+                ]
+        return []
+
+
+def allocate(
+    groups: list[ChannelGroup],
+    scores: dict[str, np.ndarray | None],
+    *,
+    macs_of: Callable[[dict[str, int]], int] | None = None,
+    ratio: float | None = None,
+    flops_target: float | None = None,
+    max_layer_ratio: float | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+    protect: Iterable[str] = (),
+    dead: dict[str, np.ndarray] | None = None,
+) -> Allocation:
+    """The budget search on its own: groups and scores in, kept channel indices out.
+
+    macs_of(keep_counts) -> MACs of the model with those kept counts (needed for flops_target).
+    Without ratio or flops_target only the dead channels go.
+    """
+    budgets = group_budgets(
+        groups,
+        scores,
+        max_layer_ratio=max_layer_ratio,
+        min_channels=min_channels,
+        round_to=round_to,
+        protect=protect,
+        dead=dead,
+    )
+    target = BudgetTarget(budgets, ratio, flops_target, macs_of)
+    rank_scores(budgets)
+    live_scores = [b.scores[b.live] for b in budgets if b.scores is not None]
+    thresholds = np.array([-np.inf])
+    if live_scores:
+        thresholds = np.concatenate([thresholds, np.sort(np.concatenate(live_scores))])
+
+    def counts_at(i: int) -> dict[str, int]:
+        return {b.group.id: b.snap(b.wanted_at(float(thresholds[i]))) for b in budgets}
+
+    best = 0
+    if target.active and budgets:
+        best = first_within(lambda i: target.excess(counts_at(i)), len(thresholds))
+    counts = counts_at(best)
+    allocation = Allocation(notes=target.verdict(counts, counts_at(len(thresholds) - 1)) if budgets else [])
+    finish(allocation, budgets, counts, round_to)
+    return allocation
+
+
+def rank_scores(budgets: list[GroupBudget]) -> None:
+    """Replace scores by their global rank (ties broken by group order, then channel index).
+
+    Only the order matters to a threshold, and unique ranks let it split tied channels (exact
+    duplicates score the same) one at a time.
+    """
+    scored = [b for b in budgets if b.scores is not None]
+    if not scored:
+        return
+    values = np.concatenate([b.scores for b in scored])
+    group_order = np.concatenate([np.full(b.group.size, i) for i, b in enumerate(scored)])
+    channel = np.concatenate([np.arange(b.group.size) for b in scored])
+    ranks = np.empty(len(values))
+    ranks[np.lexsort((channel, group_order, values))] = np.arange(len(values), dtype=np.float64)
+    start = 0
+    for b in scored:
+        b.scores = ranks[start : start + b.group.size]
+        start += b.group.size
+
+
+def finish(allocation: Allocation, budgets: list[GroupBudget], counts: dict[str, int], round_to: int) -> None:
+    """Fill the allocation's kept channels from chosen counts, with notes on unmet rounding."""
+    for b in budgets:
+        if counts[b.group.id] < b.group.size:
+            allocation.keep[b.group.id] = b.choose(counts[b.group.id])
+        if not b.rounding_met:
+            allocation.notes.append(
+                f"group {b.group.id} ({b.group.label}): no multiple of --round-to {round_to} fits its limits"
+            )
+
+
+def first_within(excess: Callable[[int], float], n: int) -> int:
+    """Index in [0, n) whose excess (falling with the index) is closest to zero: bisection for the
+    sign change, then the better of its two neighbours (ties: the one that removes less)."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if excess(mid) > 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    candidates = [i for i in (lo - 1, lo) if 0 <= i < n]
+    return min(candidates, key=lambda i: (abs(excess(i)), i))
+
+
+def _group_budget(
+    group: ChannelGroup,
+    scores: np.ndarray | None,
+    dead: np.ndarray | None,
+    min_channels: int,
+    max_layer_ratio: float | None,
+    round_to: int,
+) -> GroupBudget:
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (group.size,):
+            raise PlanError(f"group {group.id}: {scores.shape[0]} scores for {group.size} channels")
+        if not np.all(np.isfinite(scores)):
+            raise PlanError(f"group {group.id} ({group.label}): the criterion produced non-finite scores")
+    pinned = np.zeros(group.size, dtype=bool)
+    pinned[np.asarray(group.pinned_channels, dtype=np.int64)] = True
+    dead_mask = np.zeros(group.size, dtype=bool)
+    if dead is not None and len(dead):
+        dead_mask[np.asarray(dead, dtype=np.int64)] = True
+    dead_mask &= ~pinned
+    legal, met = legal_counts(
+        group.size,
+        group.block,
+        pinned,
+        dead_mask,
+        min_channels=min_channels,
+        max_layer_ratio=max_layer_ratio,
+        round_to=round_to,
+    )
+    return GroupBudget(group, scores, pinned, dead_mask, legal, met)
+
+
+def _resolve_protect(groups: list[ChannelGroup], protect: Iterable[str]) -> set[str]:
+    """Group ids named directly or through one of their producer nodes."""
+    protected: set[str] = set()
+    for name in protect:
+        hits = {g.id for g in groups if g.id == name or any(m.node == name for m in g.producers)}
+        if not hits:
+            raise UsageError(f"--protect {name}: no group id or producer node has that name")
+        protected |= hits
+    return protected
+
+
+def _check_limits(max_layer_ratio: float | None, min_channels: int, round_to: int) -> None:
+    if max_layer_ratio is not None and not 0.0 <= max_layer_ratio <= 1.0:
+        raise UsageError(f"--max-layer-ratio {max_layer_ratio}: must be in [0, 1]")
+    if min_channels < 1:
+        raise UsageError(f"--min-channels {min_channels}: must be at least 1")
+    if round_to < 1:
+        raise UsageError(f"--round-to {round_to}: must be at least 1")
+
+
+def make_plan(
+    ga: Any,
+    scores: dict[str, np.ndarray | None],
+    *,
+    ratio: float | None = None,
+    flops_target: float | None = None,
+    max_layer_ratio: float | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+    protect: Iterable[str] = (),
+    dead: dict[str, np.ndarray] | None = None,
+    criterion: str = "",
+) -> Any:
+    """A Plan for `ga` from per-group scores (higher = more important) and one budget."""
+    from deploysparse.plan import Plan
+
+    allocation = allocate(
+        ga.groups,
+        scores,
+        macs_of=macs_counter(ga),
+        ratio=ratio,
+        flops_target=flops_target,
+        max_layer_ratio=max_layer_ratio,
+        min_channels=min_channels,
+        round_to=round_to,
+        protect=protect,
+        dead=dead,
+    )
+    return Plan(keep=allocation.keep, criterion=criterion, notes=allocation.notes)
+
+
+def macs_counter(ga: Any) -> Callable[[dict[str, int]], int]:
+    """MACs of `ga` for kept counts per group, with the cost model built once for the whole search."""
+    from deploysparse.graph.cost import CostModel
+
+    model = CostModel(ga)
+    return lambda keep: model.cost(keep).macs

@@ -1,0 +1,132 @@
+"""Pruning criteria by name, and `plan_with`: scores -> budget -> plan for one criterion.
+
+Every criterion scores a group's channels (higher = more important); a few add a step of their own:
+PFP allocates the budget itself (one global eps), similarity re-chooses the kept channels by
+clustering and merges the rest into them, inactive reports the channels that never fire as dead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from deploysparse.budget import make_plan
+from deploysparse.criteria.base import Criterion, CriterionContext
+from deploysparse.criteria.bn_scale import BN_SCALE
+from deploysparse.criteria.inactive import INACTIVE
+from deploysparse.criteria.magnitude import L1, L2
+from deploysparse.criteria.pfp import PFP, PFP_RANDOM
+from deploysparse.criteria.similarity import SIMILARITY
+from deploysparse.errors import CalibrationError, UsageError
+
+CRITERIA: dict[str, Criterion] = {
+    c.name: c for c in (L1, L2, BN_SCALE, INACTIVE, PFP, PFP_RANDOM, SIMILARITY)
+}
+
+__all__ = ["CRITERIA", "CriterionContext", "get_criterion", "make_criterion_plan", "plan_with"]
+
+
+def get_criterion(name: str) -> Criterion:
+    """The criterion registered under `name`; UsageError listing the known names otherwise."""
+    try:
+        return CRITERIA[name]
+    except KeyError:
+        raise UsageError(
+            f"--criterion {name}: unknown; choose one of {', '.join(sorted(CRITERIA))}"
+        ) from None
+
+
+def plan_with(
+    criterion: str | Criterion,
+    ga: Any,
+    ctx: CriterionContext,
+    *,
+    ratio: float | None = None,
+    flops_target: float | None = None,
+    max_layer_ratio: float | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+    protect: Iterable[str] = (),
+    dead: dict[str, np.ndarray] | None = None,
+) -> Any:
+    """A Plan for `ga` by one criterion under one budget (see deploysparse.budget for its meaning).
+
+    dead: channels known to be constant (from the analysis); they go first and free.
+    """
+    crit = get_criterion(criterion) if isinstance(criterion, str) else criterion
+    if crit.needs_data and not ctx.has_data:
+        raise CalibrationError(f"criterion {crit.name} reads activations: pass calibration data (--calib)")
+    check_model = getattr(crit, "check_model", None)
+    if check_model is not None:
+        check_model(ga.groups, ga)
+    prunable = [g for g in ga.groups if g.prunable]
+    dead = {gid: np.asarray(v, dtype=np.int64) for gid, v in (dead or {}).items()}
+    notes: list[str] = []
+    find_dead = getattr(crit, "dead", None)
+    if find_dead is not None:
+        found = 0
+        for group in prunable:
+            extra = find_dead(group, ctx)
+            if len(extra):
+                dead[group.id] = np.union1d(dead.get(group.id, np.zeros(0, np.int64)), extra)
+                found += len(extra)
+        notes.append(
+            f"{crit.name}: {found} channels were zero on all {ctx.num_points or 'given'} calibration points; "
+            "removing them is exact on those inputs only, unseen inputs may activate them"
+        )
+    budget = dict(
+        ratio=ratio,
+        flops_target=flops_target,
+        max_layer_ratio=max_layer_ratio,
+        min_channels=min_channels,
+        round_to=round_to,
+        protect=tuple(protect),
+        dead=dead,
+    )
+    own_allocation = getattr(crit, "allocate", None)
+    if own_allocation is not None:
+        from deploysparse.plan import Plan
+
+        allocation = own_allocation(ga, ctx, **budget)
+        plan = Plan(
+            keep=allocation.keep, scales=allocation.scales, criterion=crit.name, notes=allocation.notes
+        )
+    else:
+        scores = {}
+        for group in prunable:
+            value = crit.score(group, ctx)
+            if value is not None:
+                scores[group.id] = value
+            elif group.id not in dead:
+                notes.append(
+                    f"{crit.name}: group {group.id} ({group.label}) has nothing to score; left whole"
+                )
+        plan = make_plan(ga, scores, criterion=crit.name, **budget)
+    merge = getattr(crit, "merges", None)
+    if merge is not None:
+        for gid, keep in list(plan.keep.items()):
+            plan.keep[gid], entries = merge(ga.group(gid), ctx, keep, dead.get(gid, np.zeros(0, np.int64)))
+            if entries:
+                plan.merges[gid] = entries
+    plan.notes = notes + plan.notes
+    return plan
+
+
+def make_criterion_plan(
+    ga: Any,
+    criterion: str,
+    *,
+    dead: Any = None,
+    feeds: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+    **budget: Any,
+) -> Any:
+    """The API's entry point: `dead` is the analysis' DeadFilters (its channels go first, their
+    constants are folded into the consumers), `feeds` the calibration data, `seed` PFP's sampling."""
+    ctx = CriterionContext(ga, calib=feeds, rng=np.random.default_rng(seed))
+    plan = plan_with(criterion, ga, ctx, dead=dict(dead.channels) if dead is not None else None, **budget)
+    if dead is not None:
+        plan.constants = dict(dead.constants)
+    return plan

@@ -1,0 +1,182 @@
+"""What every pruning criterion shares: its interface, its context, and how it reads a group's members.
+
+A criterion scores the channels of one `ChannelGroup` (higher = more important). It reads the group's
+weights through the `GraphAnalysis` and, when it needs data, the activations of the tensors the
+group's consumers read, computed lazily on the calibration batch and cached in the context so that
+several criteria (or several groups reading one tensor) share one ONNX Runtime run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import onnx
+
+from deploysparse.errors import CalibrationError
+
+if TYPE_CHECKING:
+    from deploysparse.graph.groups import ChannelGroup, Member
+
+ValuesFn = Callable[[list[str]], dict[str, np.ndarray]]
+
+
+@dataclass
+class CriterionContext:
+    """Everything a criterion may read besides the group itself.
+
+    ga: the GraphAnalysis (weights, nodes, shapes, the normalised model).
+    calib: calibration feeds (input name -> array, batch first), or None when there is no data.
+    rng: the one source of randomness (PFP's random variant), seeded by the caller for reproducibility.
+    values_fn: computes intermediate tensors by name; defaults to ONNX Runtime on `ga.model` with the
+        calibration feeds (deploysparse.stats.intermediate_values). Tests and callers with their own
+        runner inject it.
+    """
+
+    ga: Any
+    calib: dict[str, np.ndarray] | None = None
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    values_fn: ValuesFn | None = None
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def has_data(self) -> bool:
+        return self.calib is not None or self.values_fn is not None
+
+    @property
+    def num_points(self) -> int:
+        """Calibration batch size (0 without data)."""
+        if not self.calib:
+            return 0
+        return int(next(iter(self.calib.values())).shape[0])
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Compute the named tensors in one run and cache them."""
+        missing = sorted({n for n in names if n not in self._cache})
+        if not missing:
+            return
+        if not self.has_data:
+            raise CalibrationError(
+                f"this criterion reads activations (tensor {missing[0]}): pass calibration data (--calib)"
+            )
+        runner = self.values_fn or self._run_onnxruntime
+        values = runner(missing)
+        for name in missing:
+            if name not in values:
+                raise CalibrationError(f"tensor {name} could not be computed on the calibration data")
+            self._cache[name] = np.asarray(values[name])
+
+    def activations(self, tensor_name: str) -> np.ndarray:
+        """The tensor's value on the calibration batch, shape (N, C, ...)."""
+        self.prefetch([tensor_name])
+        return self._cache[tensor_name]
+
+    def _run_onnxruntime(self, names: list[str]) -> dict[str, np.ndarray]:
+        from deploysparse.stats import intermediate_values
+
+        return intermediate_values(self.ga.model, self.calib, names)
+
+
+@runtime_checkable
+class Criterion(Protocol):
+    """The one signature every criterion implements.
+
+    Optional extras a criterion may define (looked up with getattr by `plan_with`):
+      merges(group, ctx, keep) -> (keep, [(src, dst, factor)])  re-chooses the kept set and merges
+      plan(ga, ctx, **budget) -> Plan                             allocates the budget itself (PFP)
+      dead(group, ctx) -> np.ndarray                              channels lossless to remove on the data
+    """
+
+    name: str
+    needs_data: bool
+
+    def score(self, group: ChannelGroup, ctx: CriterionContext) -> np.ndarray: ...
+
+
+def normalise_by_mean(scores: np.ndarray) -> np.ndarray:
+    """Scores divided by the group's mean score: 1.0 is the group's average channel.
+
+    Raw filter norms are not comparable across layers (they scale with fan-in and initialisation), so
+    a global ranking compares each channel with its own group: a threshold t removes, in every group,
+    the channels weaker than t times that group's average. A group whose scores are all zero stays zero.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    mean = float(scores.mean()) if scores.size else 0.0
+    if mean <= 0.0 or not np.isfinite(mean):
+        return np.zeros_like(scores)
+    return scores / mean
+
+
+def channel_slices(weight: np.ndarray, member: Member) -> np.ndarray:
+    """The member's slice of `weight` for every group channel, flattened: shape (group size, -1).
+
+    A flatten consumer (width > 1) owns `width` consecutive entries per channel along the axis.
+    """
+    taken = np.take(weight, positions_of(member), axis=member.axis)
+    taken = np.moveaxis(taken, member.axis, 0)
+    return _absent_to_zero(taken.reshape(len(member.index), -1), member)
+
+
+def positions_of(member: Member) -> np.ndarray:
+    """Positions along the member's axis of every channel's `width` entries (absent channels: 0)."""
+    index = np.maximum(np.asarray(member.index, dtype=np.int64), 0)
+    return (index[:, None] + np.arange(member.width)[None, :]).reshape(-1)
+
+
+def _absent_to_zero(per_channel: np.ndarray, member: Member, axis: int = 0) -> np.ndarray:
+    """Zero the rows of channels the member does not hold (index -1): they contribute nothing there."""
+    absent = np.asarray(member.index) < 0
+    if absent.any():
+        per_channel = np.array(per_channel, copy=True)
+        np.moveaxis(per_channel, axis, 0)[absent] = 0
+    return per_channel
+
+
+def weight_of(ga: Any, member: Member) -> np.ndarray:
+    """The initializer a member names, as float64."""
+    return np.asarray(ga.weights[member.name], dtype=np.float64)
+
+
+def consumer_input(ga: Any, member: Member) -> tuple[str, int] | None:
+    """The data tensor a consumer node reads and the axis of its features, or None if unsupported.
+
+    Conv and Gemm read (N, C, ...) / (N, F) with channels on axis 1; MatMul reads features on the
+    last axis. A weight fed as the *first* operand (W @ x) has no batch-first data view: None.
+    """
+    node = ga.node(member.node)
+    if member.input_index != 1 or len(node.input) < 2:
+        return None
+    if node.op_type == "Conv":
+        if node_attr(node, "group", 1) != 1:
+            return None
+        return node.input[0], 1
+    if node.op_type == "Gemm":
+        if node_attr(node, "transA", 0) != 0:
+            return None
+        return node.input[0], 1
+    if node.op_type == "MatMul":
+        return node.input[0], -1
+    return None
+
+
+def channel_activations(values: np.ndarray, member: Member, axis: int) -> np.ndarray:
+    """A consumer's input reorganised per group channel: shape (N, group size, width * rest).
+
+    For a conv input (N, C, H, W) channel c is the plane index[c]; for a flattened Gemm input channel c
+    owns the `width` features starting at index[c]; leading dims of a MatMul input count as points.
+    """
+    values = np.asarray(values)
+    if axis == -1:
+        values = values.reshape(-1, values.shape[-1])
+    taken = np.take(values, positions_of(member), axis=1)
+    return _absent_to_zero(taken.reshape(taken.shape[0], len(member.index), -1), member, axis=1)
+
+
+def node_attr(node: Any, name: str, default: Any) -> Any:
+    """An ONNX node attribute's value, or `default` when absent."""
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default

@@ -1,0 +1,271 @@
+"""`deploysparse run`: the whole pipeline a recipe describes, into one output folder.
+
+prune -> build -> validate -> bench (original and compact, repeated) -> report.json + report.html.
+Everything is written into a staging folder first and moved into OUTDIR at the end, report.json
+last: a run that fails or is killed half-way leaves the previous artifacts as they were, and a
+report.json in OUTDIR always describes the files beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from deploysparse import api
+from deploysparse.backends import get_backend
+from deploysparse.bench import benchmark
+from deploysparse.errors import UsageError
+from deploysparse.modelio import load_model, save_model
+from deploysparse.progress import progress
+from deploysparse.recipe import Recipe
+from deploysparse.report import write_report
+from deploysparse.validate import validate
+
+
+@dataclass
+class RunInputs:
+    """What the user points the recipe at."""
+
+    model: str
+    calib: str | None = None
+    data: str | None = None
+    labels: str | None = None
+    weights: str | None = None
+    input_shape: list[int] | None = None
+
+
+def run_recipe(recipe: Recipe, inputs: RunInputs, outdir: str | os.PathLike[str]) -> dict:
+    """Run every step of `recipe` on `inputs.model`; return the report written to OUTDIR."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(timezone.utc)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=outdir))
+    try:
+        report = _run(recipe, inputs, staging, started)
+        _publish(staging, outdir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) -> dict:
+    source = _resolve_source(inputs, staging)
+    original = load_model(source)
+    calib = inputs.calib or (str(recipe.calibration_path()) if recipe.calibration_path() else None)
+    if calib is None and recipe.build.precision == "int8":
+        raise UsageError("INT8 needs calibration data: give --calib or `build.calibration` in the recipe")
+    data = inputs.data or calib
+    if data is None:
+        raise UsageError("validation needs data: give --data (or --calib) with inputs the model accepts")
+
+    with progress("prune"):
+        result = _prune(recipe, source, calib)
+    compact_path = staging / "compact.onnx"
+    save_model(result.model, compact_path)
+    result.plan.save(staging / "plan.json", result.graph)
+
+    backend = get_backend(recipe.build.backend)
+    with progress(f"build ({recipe.build.backend}, {recipe.build.precision})"):
+        built = backend.build(
+            compact_path,
+            staging / "build",
+            precision=recipe.build.precision,
+            calib=calib,
+            shapes=_shapes(recipe, original),
+            workspace_mb=recipe.build.workspace_mb,
+        )
+    v = recipe.validate_
+    labels = np.load(inputs.labels) if inputs.labels else None
+    with progress("validate"):
+        validation = validate(
+            source,
+            built.artifact,
+            data,
+            labels=labels,
+            backend=recipe.build.backend,
+            atol=v.atol,
+            rtol=v.rtol,
+            min_cosine=v.min_cosine,
+            min_top1=v.min_top1_agreement,
+            max_accuracy_drop=v.max_accuracy_drop,
+        )
+    latency = _latency(recipe, source, built.artifact)
+    finished = datetime.now(timezone.utc)
+    report = _report(recipe, inputs, source, original, result, built, validation, latency, started, finished)
+    report["artifacts"] = {
+        str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
+    }
+    write_report(report, staging)
+    return report
+
+
+def _resolve_source(inputs: RunInputs, staging: Path) -> str:
+    if inputs.model.lower().endswith(".onnx") and inputs.weights is None:
+        return inputs.model
+    from deploysparse.frontend.model_source import resolve_model
+
+    resolved = resolve_model(
+        inputs.model, weights=inputs.weights, input_shape=inputs.input_shape, workdir=staging / "source"
+    )
+    return str(resolved.onnx_path)
+
+
+def _prune(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
+    p = recipe.prune
+    ranking = [c for c in p.criterion if c != "dead"]
+    if len(ranking) > 1:
+        raise UsageError(f"a recipe runs one ranking criterion after 'dead', got {ranking}")
+    if not ranking:
+        return api.prune(source, criterion="dead", calib=calib, dead_threshold=p.dead_threshold)
+    budget = {
+        "ratio": p.ratio,
+        "flops_target": p.flops_target,
+        "max_layer_ratio": p.max_layer_ratio,
+        "min_channels": p.min_channels,
+        "round_to": p.round_to,
+        "protect": tuple(p.protect),
+    }
+    return api.prune(
+        source,
+        criterion=ranking[0],
+        calib=calib,
+        dead_threshold=p.dead_threshold,
+        **{k: v for k, v in budget.items() if v is not None},
+    )
+
+
+def _shapes(recipe: Recipe, model) -> dict[str, tuple] | None:
+    """Optimisation profiles: the recipe's per-input shapes, else `batch` [min, opt, max] on dim 0."""
+    b = recipe.build
+    if b.shapes:
+        return {name: tuple(tuple(s) for s in profile) for name, profile in b.shapes.items()}
+    if b.backend != "tensorrt":
+        return None
+    shapes = {}
+    for inp in model.graph.input:
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        shapes[inp.name] = tuple(tuple([n, *dims[1:]]) for n in b.batch)
+    return shapes
+
+
+def _latency(recipe: Recipe, original: str, compact: Path) -> dict:
+    """p50/p99 of each repeated run, pooled percentiles from the median run, original and compact."""
+    bench = recipe.bench
+    backend = recipe.build.backend
+    original_backend = "onnxruntime"  # the original is the uncompiled ONNX; the engine is the compact
+    out: dict[str, list] = {"original": [], "compact": []}
+    with progress("benchmark", total=2 * bench.repeats) as advance:
+        for key, path, name in (("original", original, original_backend), ("compact", compact, backend)):
+            runs = []
+            for repeat in range(bench.repeats):
+                runs.append(
+                    benchmark(
+                        path,
+                        backend=name,
+                        batches=bench.batches,
+                        warmup=bench.warmup,
+                        iters=bench.iters,
+                        seed=repeat,
+                    ).results
+                )
+                advance(1)
+            for i, batch in enumerate(bench.batches):
+                timings = [run[i] for run in runs]
+                middle = sorted(timings, key=lambda t: t.p50_ms)[len(timings) // 2]
+                out[key].append(
+                    {
+                        "batch": batch,
+                        "p50_ms": middle.p50_ms,
+                        "p90_ms": middle.p90_ms,
+                        "p99_ms": middle.p99_ms,
+                        "mean_ms": middle.mean_ms,
+                        "throughput_per_s": middle.throughput_per_s,
+                        "runs": [{"p50_ms": t.p50_ms, "p99_ms": t.p99_ms} for t in timings],
+                    }
+                )
+    return out
+
+
+def _report(recipe, inputs, source, original, result, built, validation, latency, started, finished) -> dict:
+    s = result.summary
+    groups = s["groups"]
+    return {
+        "model": {
+            "path": inputs.model,
+            "sha256": _sha256(Path(source)),
+            "inputs": {name: [int(d) for d in dims] for name, dims in result.graph.input_shapes.items()},
+        },
+        "recipe": recipe.to_report(),
+        "target": {"backend": built.backend, "precision": built.precision, "device": _device(built)},
+        "versions": _versions(),
+        "cost": {k: s[k] for k in ("params_before", "params_after", "flops_before", "flops_after")},
+        "pruning": {
+            "criterion": s["criterion"] if s["criterion"] == "dead" else f"dead+{s['criterion']}",
+            "groups": len(groups),
+            "groups_pruned": len(s["channels_removed"]),
+            "channels_total": sum(g["channels"] for g in groups),
+            "channels_removed": s["channels_removed_total"],
+            "pinned": s["pinned"],
+        },
+        "plan": {
+            "groups": [
+                {
+                    "id": g["id"],
+                    "label": g["label"],
+                    "size": g["channels"],
+                    "kept": g["kept"],
+                    "pinned": len(result.graph.group(g["id"]).pinned_channels),
+                    "prunable": g["prunable"],
+                }
+                for g in groups
+            ],
+            "notes": list(result.plan.notes),
+        },
+        "validation": validation.to_json(),
+        "latency": latency,
+        "warnings": list(s["warnings"]),
+        "timestamps": {"started": started.isoformat(), "finished": finished.isoformat()},
+        "extra": {"output_change": s.get("output_change"), "dead_removed": s["dead_removed"]},
+    }
+
+
+def _device(built) -> str:
+    if built.backend == "tensorrt":
+        return str(built.metadata.get("gpu", "GPU"))
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'CPU'}"
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in ("deploysparse", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "polygraphy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _publish(staging: Path, outdir: Path) -> None:
+    """Move every staged file into OUTDIR with an atomic rename, report.json last."""
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "report.json")
+    for path in files:
+        target = outdir / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)

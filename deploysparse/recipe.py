@@ -1,0 +1,306 @@
+"""Recipes: one YAML file that names the whole pipeline (prune, build, validate, bench, check) for a device.
+
+A recipe is what a team commits next to its model so that every CI run prunes, builds and judges the
+model the same way. A typo in a key must not silently fall back to a default (a misspelt
+`max_layer_ratio` would prune far more than intended), so every section forbids unknown keys and an
+error names the file and the line of the offending key.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from deploysparse.errors import DeploysparseError
+
+Criterion = Literal["dead", "l1", "l2", "bn-scale", "pfp", "similarity"]
+CRITERIA: tuple[str, ...] = get_args(Criterion)
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class RecipeError(DeploysparseError):
+    """A recipe file is missing, is not YAML, or has an unknown key or a value of the wrong type."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PruneSettings(_Section):
+    """Which channels to remove and how many.
+
+    With neither `ratio` nor `flops_target`, only the channels the criteria prove useless (dead
+    filters) go; with one of them, the criteria rank channels and the budget decides how many go.
+    """
+
+    criterion: list[Criterion] = ["dead"]
+    ratio: Fraction | None = None  # fraction of prunable channels to remove, over the whole model
+    flops_target: Fraction | None = None  # fraction of the original FLOPs the compact model may keep
+    max_layer_ratio: Fraction = 0.8  # no group loses more than this fraction of its channels
+    min_channels: Positive = 1  # no group keeps fewer channels than this
+    round_to: Positive = 1  # kept channels per group rounded to a multiple (tensor-core friendly)
+    protect: list[str] = []  # group ids or node names whose channels are never removed
+    dead_threshold: Annotated[float, Field(ge=0.0)] = 1e-3  # near-zero filters count as dead (measured)
+
+    @field_validator("criterion", mode="before")
+    @classmethod
+    def _one_criterion_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> PruneSettings:
+        if self.ratio is not None and self.flops_target is not None:
+            raise ValueError("give either ratio or flops_target, not both")
+        if not self.criterion:
+            raise ValueError("criterion needs at least one of " + ", ".join(CRITERIA))
+        return self
+
+
+class BuildSettings(_Section):
+    """How the compact ONNX becomes an engine.
+
+    `batch` is the [min, opt, max] batch size of the optimization profile, applied to dimension 0 of
+    every input with the other dimensions taken from the model, so one recipe serves any CNN.
+    `shapes` maps an input name to explicit [min, opt, max] shapes and wins over `batch` for it.
+    TensorRT builds its optimization profile from these; ONNX Runtime uses `opt` for analysis.
+    """
+
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    batch: list[Positive] = [1, 1, 1]
+    shapes: dict[str, list[list[Positive]]] = {}
+    workspace_mb: Positive | None = None
+    calibration: str | None = None  # INT8 calibration data; relative paths are relative to the recipe
+
+    @field_validator("batch")
+    @classmethod
+    def _batch_min_opt_max(cls, batch: list[int]) -> list[int]:
+        if len(batch) != 3 or not batch[0] <= batch[1] <= batch[2]:
+            raise ValueError(f"give [min, opt, max] batch sizes with min <= opt <= max, got {batch}")
+        return batch
+
+    @field_validator("shapes")
+    @classmethod
+    def _min_opt_max(cls, shapes: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
+        for name, profile in shapes.items():
+            if len(profile) != 3:
+                raise ValueError(f"input {name!r}: give three shapes [min, opt, max], got {len(profile)}")
+            low, opt, high = profile
+            if not len(low) == len(opt) == len(high):
+                raise ValueError(f"input {name!r}: min, opt and max shapes must have the same rank")
+            if not all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True)):
+                raise ValueError(f"input {name!r}: need min <= opt <= max in every dimension")
+        return shapes
+
+    @model_validator(mode="after")
+    def _backend_supports_precision(self) -> BuildSettings:
+        if self.backend == "onnxruntime" and self.workspace_mb is not None:
+            raise ValueError("workspace_mb only applies to backend tensorrt")
+        return self
+
+
+class ValidateSettings(_Section):
+    """When the compact model still counts as the same function as the original; null = not checked.
+
+    Pruning beyond dead filters changes the function, so such recipes switch off the element-wise
+    `atol`/`rtol` and judge by top-1 agreement and accuracy instead.
+    """
+
+    atol: Annotated[float, Field(ge=0.0)] | None = 1e-3
+    rtol: Annotated[float, Field(ge=0.0)] | None = 1e-3
+    min_cosine: Annotated[float, Field(ge=-1.0, le=1.0)] | None = 0.999
+    min_top1_agreement: Annotated[float, Field(ge=0.0, le=1.0)] | None = 0.99
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] | None = 0.01
+
+
+class BenchSettings(_Section):
+    """How latency is measured: `repeats` independent runs of `iters` timed calls each per batch size."""
+
+    batches: list[Positive] = [1]
+    warmup: Annotated[int, Field(ge=0)] = 10
+    iters: Positive = 50
+    repeats: Positive = 5
+
+
+class CheckSettings(_Section):
+    """Default tolerances of `deploysparse check` for reports made with this recipe."""
+
+    latency_tolerance: Annotated[float, Field(ge=0.0)] = 0.10  # relative growth of p50/p99 allowed
+    accuracy_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005  # absolute drop allowed
+
+
+class Recipe(_Section):
+    """A whole pipeline. `source` is the file it came from (None when built in code).
+
+    `validate` is stored as `validate_` because pydantic models already own a `validate` method.
+    """
+
+    name: str = ""
+    description: str = ""
+    prune: PruneSettings = PruneSettings()
+    build: BuildSettings = BuildSettings()
+    validate_: ValidateSettings = Field(default=ValidateSettings(), alias="validate")
+    bench: BenchSettings = BenchSettings()
+    check: CheckSettings = CheckSettings()
+    _source: Path | None = PrivateAttr(default=None)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
+
+    @model_validator(mode="after")
+    def _bench_batches_fit_profile(self) -> Recipe:
+        low, _, high = self.build.batch
+        if self.build.backend == "tensorrt" and not self.build.shapes:
+            outside = [b for b in self.bench.batches if not low <= b <= high]
+            if outside:
+                raise ValueError(f"bench batches {outside} lie outside build.batch [{low}, {high}]")
+        return self
+
+    def calibration_path(self) -> Path | None:
+        """The recipe's calibration data, resolved against the recipe's folder."""
+        if self.build.calibration is None:
+            return None
+        path = Path(self.build.calibration)
+        if not path.is_absolute() and self.source is not None:
+            path = self.source.parent / path
+        return path
+
+    def to_report(self) -> dict[str, Any]:
+        """The recipe section of report.json: name, source file and every setting (defaults included)."""
+        return {
+            "name": self.name,
+            "source": str(self.source) if self.source else None,
+            "settings": self.model_dump(mode="json", by_alias=True, exclude={"name", "description"}),
+        }
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped inside the package (usable as `deploysparse run NAME`)."""
+    folder = importlib.resources.files("deploysparse") / "recipes"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_recipe(path_or_name: str | Path) -> Path:
+    """A recipe file path; a bare name such as `x86-cpu-onnxruntime` means the packaged recipe."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    if path.suffix == "" and path.parent == Path("."):
+        packaged = importlib.resources.files("deploysparse") / "recipes" / f"{path.name}.yaml"
+        if packaged.is_file():
+            return Path(str(packaged))
+    raise RecipeError(
+        f"recipe file not found: {path_or_name} (packaged recipes: {', '.join(packaged_recipes())})"
+    )
+
+
+def load_recipe(path_or_name: str | Path) -> Recipe:
+    """Read and validate a recipe; any problem is a RecipeError naming the file, line and key."""
+    path = resolve_recipe(path_or_name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc}") from exc
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{where}: not valid YAML: {problem}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"{path}:1: a recipe is a mapping of sections (prune, build, ...), got {type(data).__name__}"
+        )
+    _reject_duplicate_keys(root, path)
+    data.setdefault("name", path.name.removesuffix(".yaml").removesuffix(".yml"))
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_describe(exc, root, path)) from exc
+    recipe._source = path
+    return recipe
+
+
+def _describe(exc: ValidationError, root: yaml.Node | None, path: Path) -> str:
+    """One line for the first error: `file:line: key: what is wrong`."""
+    error = exc.errors()[0]
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+    key = ".".join(str(part) for part in loc)
+    line = _line_of(root, loc)
+    where = f"{path}:{line}" if line else str(path)
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        return f"{where}: unknown key '{key}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    if error["type"] == "missing":
+        return f"{where}: missing key '{key}'"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {key}: {message}" if key else f"{where}: {message}"
+
+
+def _allowed_keys(section: list[str | int]) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in section:
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        model = field.annotation
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _line_of(node: yaml.Node | None, loc: list[str | int]) -> int | None:
+    """1-based line of the key (or value) at `loc`; the deepest existing ancestor's line if it is absent."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == str(part)), None)
+            if match is None:
+                return line
+            key_node, node = match
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _reject_duplicate_keys(node: yaml.Node | None, path: Path) -> None:
+    """yaml.safe_load keeps the last of two equal keys silently; a recipe must say one thing."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            if key_node.value in seen:
+                raise RecipeError(
+                    f"{path}:{key_node.start_mark.line + 1}: key '{key_node.value}' given twice"
+                )
+            seen.add(key_node.value)
+            _reject_duplicate_keys(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _reject_duplicate_keys(item, path)

@@ -1,0 +1,227 @@
+"""The schema of report.json: what one `deploysparse run` measured, in a form a CI gate can compare.
+
+Every section forbids unknown keys, so a report writer that misspells a key fails at once instead of
+producing a report the gate silently half-reads; anything a writer wants to add beyond the schema
+goes under `extra`. docs/ci.md shows a full example.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from deploysparse.errors import DeploysparseError
+
+SCHEMA_VERSION = 1
+
+NonNegative = Annotated[int, Field(ge=0)]
+Millis = Annotated[float, Field(ge=0.0)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ReportError(DeploysparseError):
+    """A report or baseline file is missing, is not JSON, or lacks a key the schema requires."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelInfo(_Strict):
+    """The input model: where it was and exactly which bytes (so a baseline is tied to one model)."""
+
+    path: str
+    sha256: str
+    inputs: dict[str, list[int | str]] = {}  # input name -> shape used (str for a symbolic dimension)
+
+
+class RecipeInfo(_Strict):
+    """The recipe the run followed, every setting included (see `Recipe.to_report`)."""
+
+    name: str
+    source: str | None = None
+    settings: dict[str, Any]
+
+
+class Target(_Strict):
+    """Where the latency was measured: figures from different targets are not comparable."""
+
+    backend: str
+    precision: str
+    device: str = ""  # e.g. "x86_64, 2 cores, AMD EPYC 7B13" or "NVIDIA H100 80GB HBM3"
+
+
+class Cost(_Strict):
+    params_before: NonNegative
+    params_after: NonNegative
+    flops_before: NonNegative  # multiply-accumulates of one sample at the analysed input shape
+    flops_after: NonNegative
+
+
+class PinnedEntry(_Strict):
+    """A channel space that may not be pruned, and the op that decided so (see graph.groups.PinnedSpace)."""
+
+    group: str
+    op: str
+    node: str
+    reason: str
+
+
+class Pruning(_Strict):
+    criterion: str  # e.g. "dead" or "dead+l1"
+    groups: NonNegative  # channel groups found
+    groups_pruned: NonNegative  # groups that lost at least one channel
+    channels_total: NonNegative
+    channels_removed: NonNegative
+    pinned: list[PinnedEntry] = []
+
+
+class PlanGroup(_Strict):
+    """One group of the plan: how many channels it had and how many the plan keeps."""
+
+    id: str
+    label: str = ""
+    size: Annotated[int, Field(ge=1)]
+    kept: NonNegative
+    pinned: NonNegative = 0  # channels of the group that were pinned
+    prunable: bool = True
+
+
+class Plan(_Strict):
+    groups: list[PlanGroup]
+    notes: list[str] = []
+
+
+class Validation(_Strict):
+    """How closely the compact model answers like the original on fresh inputs."""
+
+    samples: NonNegative
+    max_abs_err: Annotated[float, Field(ge=0.0)]
+    max_rel_err: Annotated[float, Field(ge=0.0)]
+    cosine: Annotated[float, Field(ge=-1.0, le=1.0)]
+    top1_agreement: Unit | None = None  # None for models whose output is not a class score
+    accuracy_original: Unit | None = None  # None without labels
+    accuracy_compact: Unit | None = None
+    passed: bool
+    failures: list[str] = []  # why it failed, one line per violated threshold
+    # the rest of validate.ValidationReport.to_json(), so that dict can be stored as it is
+    backend: str = ""
+    original: str = ""
+    compact: str = ""
+    tolerances: dict[str, Any] = {}
+    outputs: list[dict[str, Any]] = []
+
+
+class LatencyRun(_Strict):
+    """One of the repeated benchmark runs at one batch size."""
+
+    p50_ms: Millis
+    p99_ms: Millis
+
+
+class LatencyPoint(_Strict):
+    """Latency at one batch size; the top-level percentiles pool all runs, `runs` keeps each one."""
+
+    batch: Annotated[int, Field(ge=1)]
+    p50_ms: Millis
+    p90_ms: Millis
+    p99_ms: Millis
+    mean_ms: Millis | None = None
+    throughput_per_s: Annotated[float, Field(ge=0.0)]
+    runs: list[LatencyRun] = []
+
+    @property
+    def median_p50(self) -> float:
+        """Median over runs of each run's p50: robust to one run hit by a noisy neighbour."""
+        return statistics.median(r.p50_ms for r in self.runs) if self.runs else self.p50_ms
+
+    @property
+    def median_p99(self) -> float:
+        return statistics.median(r.p99_ms for r in self.runs) if self.runs else self.p99_ms
+
+    @property
+    def p50_spread(self) -> tuple[float, float]:
+        """(min, max) of the runs' p50: how noisy this measurement was."""
+        values = [r.p50_ms for r in self.runs] or [self.p50_ms]
+        return min(values), max(values)
+
+
+class Latency(_Strict):
+    original: list[LatencyPoint] = []
+    compact: list[LatencyPoint]
+
+    def compact_at(self, batch: int) -> LatencyPoint | None:
+        return next((p for p in self.compact if p.batch == batch), None)
+
+    def original_at(self, batch: int) -> LatencyPoint | None:
+        return next((p for p in self.original if p.batch == batch), None)
+
+
+class Timestamps(_Strict):
+    started: datetime
+    finished: datetime
+
+
+class Report(_Strict):
+    """Everything one run produced, as written to report.json."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    model: ModelInfo
+    recipe: RecipeInfo
+    target: Target
+    versions: dict[str, str | None]  # package -> version (None when not installed)
+    cost: Cost
+    pruning: Pruning
+    plan: Plan
+    validation: Validation
+    latency: Latency
+    warnings: list[str] = []
+    timestamps: Timestamps
+    artifacts: dict[str, str] = {}  # file name in the output folder -> sha256
+    extra: dict[str, Any] = {}
+
+    @field_validator("versions")
+    @classmethod
+    def _names_the_toolchain(cls, versions: dict[str, str | None]) -> dict[str, str | None]:
+        missing = [name for name in ("deploysparse", "onnx") if not versions.get(name)]
+        if missing:
+            raise ValueError(f"versions must name {', '.join(missing)}")
+        return versions
+
+
+def parse_report(data: Any, source: str = "report") -> Report:
+    """Validate a report dict; a ReportError names `source` and the first key at fault."""
+    if not isinstance(data, dict):
+        raise ReportError(f"{source}: a report is a JSON object, got {type(data).__name__}")
+    try:
+        return Report.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "missing":
+            raise ReportError(f"{source}: missing key '{key}'") from exc
+        if error["type"] == "extra_forbidden":
+            raise ReportError(f"{source}: unknown key '{key}'") from exc
+        message = error["msg"].removeprefix("Value error, ")
+        raise ReportError(f"{source}: key '{key}': {message}") from exc
+
+
+def load_report(path: str | Path) -> Report:
+    """Read and validate report.json (or a baseline); every problem names the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ReportError(f"{path}: file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: cannot read: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from exc
+    return parse_report(data, str(path))

@@ -1,0 +1,72 @@
+"""bench: latency percentiles per batch, report fields, static-batch errors, random inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deploysparse.bench import benchmark, random_input
+from deploysparse.calibration import InputSpec
+from deploysparse.cli import main
+from deploysparse.errors import UsageError
+
+
+def _model(path, batch="N"):
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w"
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        "bench",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 16, 16])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_benchmark_reports_percentiles_per_batch(tmp_path):
+    report = benchmark(_model(tmp_path / "m.onnx"), batches=(1, 4), warmup=2, iters=20, threads=1)
+    payload = report.to_json()
+    assert {"backend", "version", "device", "threads", "results"} <= set(payload)
+    assert payload["backend"] == "onnxruntime" and payload["threads"] == 1
+    assert [r["batch"] for r in payload["results"]] == [1, 4]
+    for result in payload["results"]:
+        assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"]
+        assert result["throughput_per_s"] > 0
+
+
+def test_static_batch_model_refuses_another_batch(tmp_path):
+    path = _model(tmp_path / "static.onnx", batch=1)
+    assert benchmark(path, batches=(1,), warmup=0, iters=2).results[0].batch == 1
+    with pytest.raises(UsageError, match=r"static batch of 1.*--batch 8"):
+        benchmark(path, batches=(8,), warmup=0, iters=2)
+
+
+def test_random_inputs_have_the_right_dtype_and_are_not_zero():
+    rng = np.random.default_rng(0)
+    floats = random_input(InputSpec("x", (None, 3, 4), np.dtype(np.float16)), 2, rng)
+    ints = random_input(InputSpec("ids", ("n", 5), np.dtype(np.int64)), 3, rng)
+    assert floats.shape == (2, 3, 4) and floats.dtype == np.float16 and np.all(floats != 0)
+    assert ints.shape == (3, 5) and ints.dtype == np.int64 and np.all(ints != 0)
+
+
+def test_cli_bench_json_and_exit_code(tmp_path, capsys):
+    path = _model(tmp_path / "m.onnx")
+    assert main(["bench", str(path), "--batch", "1,2", "--warmup", "1", "--iters", "5", "--json"]) is None
+    payload = json.loads(capsys.readouterr().out)
+    assert [r["batch"] for r in payload["results"]] == [1, 2]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", str(_model(tmp_path / "s.onnx", batch=1)), "--batch", "8"])
+    assert exit_info.value.code == 2
+    assert "static batch" in capsys.readouterr().err
