@@ -99,6 +99,22 @@ def test_dead_pruning_is_exact(exported, tmp_path: Path, arch: str, exporter: st
     assert_exact(path, out, seed=ARCHS[arch].seed, batch=3)
 
 
+# Nets where every BN is followed by an activation with f(const) = 0 and no residual sum: each
+# planted channel is a dead filter of its own and must be removed, and nothing else.
+SIMPLE = ("vgg_flatten", "misc_acts", "two_head", "unet_nearest", "unet_bilinear", "unet_convtranspose")
+
+
+@pytest.mark.parametrize(
+    ("arch", "exporter", "keep_bn"),
+    [(a, e, False) for a in SIMPLE for e in EXPORTERS]
+    + [("unet_convtranspose", "dynamo", True), ("vgg_flatten", "legacy", True)],
+)
+def test_every_planted_channel_is_removed(exported, arch: str, exporter: str, keep_bn: bool) -> None:
+    planted = sum(len(c) for c in ARCHS[arch].planted_channels().values())
+    summary = api.prune(str(exported(arch, exporter, keep_bn)), criterion="dead").summary
+    assert summary["channels_removed_total"] == planted, summary["channels_removed"]
+
+
 @pytest.mark.parametrize("arch", ["resnet_basic", "mobilenet_v2", "unet_nearest", "densenet", "two_head"])
 def test_exporters_find_the_same_dead_channels(exported, arch: str) -> None:
     """The same planted torch model exported two ways has the same dead channels; both must find them."""
