@@ -19,7 +19,8 @@ import pytest
 from deploysparse import api
 from deploysparse.modelio import save_model
 from tests.archs import ARCHS
-from tests.exporting import EXPORTERS, random_feeds, relative_error, run, weight_count
+from tests.archs.common import plant_dead
+from tests.exporting import EXPORTERS, export, random_feeds, relative_error, run, weight_count
 
 TOLERANCE = 1e-5
 # BN left in the graph (exporter optimizations off): the dynamo exporter then also emits the conv
@@ -163,3 +164,46 @@ def test_cli_prune_writes_compact_and_plan(exported, tmp_path: Path, cli) -> Non
     assert result.code == 0, result.err
     assert weight_count(onnx.load(str(again))) == weight_count(onnx.load(str(out)))
     assert_exact(out, again, seed=8, batch=2)
+
+
+# (arch, planted beta): the channels are constant but NOT zero after the activation (relu(0.5) = 0.5,
+# silu(-4) = -0.07). Surgery may remove one only by folding the constant into its consumers' bias,
+# which is exact for 1x1 convs and Linear layers (also after Flatten) but not for padded 3x3 convs.
+CONSTANT_CASES = [
+    ("vgg_flatten", 0.5),
+    ("resnet_bottleneck", 0.5),
+    ("mobilenet_v2", 0.5),
+    ("two_head", 0.5),
+    ("se_silu", -4.0),
+]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize(("arch", "beta"), CONSTANT_CASES)
+def test_constant_channels_are_folded_exactly(tmp_path: Path, arch: str, beta: float, exporter: str) -> None:
+    spec = ARCHS[arch]
+    model = spec.build()
+    plant_dead(model, 0.3, np.random.default_rng(spec.seed + 3), beta=beta)
+    path = export(model, spec.example(2), tmp_path / "src" / "model.onnx", exporter, outputs=spec.outputs)
+
+    result = api.prune(str(path), criterion="dead")
+    out = save_model(result.model, tmp_path / "compact.onnx")
+    onnx.checker.check_model(str(out), full_check=True)
+    assert result.summary["channels_removed_total"] > 0, "no constant channel was folded"
+    assert weight_count(onnx.load(str(out))) < weight_count(onnx.load(str(path)))
+    assert_exact(path, out, seed=spec.seed, batch=3)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_cli_analyze_json(exported, cli, arch: str) -> None:
+    """`analyze --json` on every architecture: parseable, dead channels found, each pinned space named."""
+    path = exported(arch, "legacy")
+    result = cli("analyze", path, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["params"] > 0 and report["flops"] > 0
+    assert report["dead_total"] > 0
+    assert sum(len(c) for c in report["dead"].values()) == report["dead_total"]
+    group_ids = {g["id"] for g in report["groups"]}
+    for space in report["pinned"]:
+        assert space["group"] in group_ids and space["op"] and space["reason"], space
