@@ -19,18 +19,30 @@ from tests.archs.plans import random_plan, removed_count
 from tests.exporting import EXPORTERS, random_feeds, relative_error, run, weight_count
 
 SEEDS = (0, 1, 2)
-CASES = [
-    pytest.param(arch, exporter, False, id=f"{arch}-{exporter}") for arch in ARCHS for exporter in EXPORTERS
-] + [
-    pytest.param(arch, exporter, True, id=f"{arch}-{exporter}-bn")
-    for arch in ("resnet_basic", "densenet", "unet_convtranspose")
-    for exporter in EXPORTERS
-]
+CASES = (
+    [
+        pytest.param(arch, exporter, False, None, id=f"{arch}-{exporter}")
+        for arch in ARCHS
+        for exporter in EXPORTERS
+    ]
+    + [
+        pytest.param(arch, exporter, True, None, id=f"{arch}-{exporter}-bn")
+        for arch in ("resnet_basic", "densenet", "unet_convtranspose")
+        for exporter in EXPORTERS
+    ]
+    # Opset 11: hardswish as x * HardSigmoid(x), Clip bounds as Constant nodes, Resize with scales.
+    + [
+        pytest.param(arch, "legacy", False, 11, id=f"{arch}-legacy-opset11")
+        for arch in ("se_hardswish", "mobilenet_v2", "unet_bilinear")
+    ]
+)
 
 
-@pytest.mark.parametrize(("arch", "exporter", "keep_bn"), CASES)
-def test_random_plan_matches_masked_original(exported, arch: str, exporter: str, keep_bn: bool) -> None:
-    ga = analyze_graph(load_model(exported(arch, exporter, keep_bn)))
+@pytest.mark.parametrize(("arch", "exporter", "keep_bn", "opset"), CASES)
+def test_random_plan_matches_masked_original(
+    exported, arch: str, exporter: str, keep_bn: bool, opset: int | None
+) -> None:
+    ga = analyze_graph(load_model(exported(arch, exporter, keep_bn, opset)))
     assert any(g.prunable for g in ga.groups), "no prunable group found"
     for seed in SEEDS:
         rng = np.random.default_rng([ARCHS[arch].seed, seed])

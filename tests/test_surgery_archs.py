@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from deploysparse import api
 from deploysparse.modelio import save_model
@@ -207,3 +208,33 @@ def test_cli_analyze_json(exported, cli, arch: str) -> None:
     group_ids = {g["id"] for g in report["groups"]}
     for space in report["pinned"]:
         assert space["group"] in group_ids and space["op"] and space["reason"], space
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_dead_residual_stream_channel(tmp_path: Path, exporter: str) -> None:
+    """Channels 1 and 5 of ResNet's first residual stream: the stem's BN makes them 0 after ReLU, the
+    block's last BN makes them -4, so after the sum and ReLU they are 0 again. Every producer of the
+    stream is constant there, so both channels go from the whole stream (stem, block, both readers)."""
+    spec = ARCHS["resnet_basic"]
+    model = spec.build()
+    with torch.no_grad():
+        for bn in (model.stem[1], model.layers[0].conv2[1]):
+            bn.weight[[1, 5]] = 0.0
+            bn.bias[[1, 5]] = -4.0
+    path = export(model, spec.example(2), tmp_path / "src" / "model.onnx", exporter)
+    result = api.prune(str(path), criterion="dead")
+    assert result.summary["channels_removed_total"] == 2, result.summary["channels_removed"]
+    out = save_model(result.model, tmp_path / "compact.onnx")
+    assert_exact(path, out, seed=spec.seed, batch=2)
+
+
+@pytest.mark.parametrize("arch", ["vgg_flatten", "unet_convtranspose", "mobilenet_v2", "resnext"])
+def test_pruning_the_compact_model_again_finds_nothing(exported, tmp_path: Path, arch: str) -> None:
+    """Dead pruning is a fixed point: the compact model has no dead channel left and stays exact."""
+    first = api.prune(str(exported(arch, "legacy")), criterion="dead")
+    compact = save_model(first.model, tmp_path / "compact.onnx")
+    second = api.prune(str(compact), criterion="dead")
+    assert second.summary["channels_removed_total"] == 0, second.summary["channels_removed"]
+    again = save_model(second.model, tmp_path / "again.onnx")
+    assert weight_count(onnx.load(str(again))) == weight_count(onnx.load(str(compact)))
+    assert_exact(compact, again, seed=1, batch=2)
