@@ -64,3 +64,21 @@ def test_random_plan_matches_masked_original(
             assert err < 1e-5, (
                 f"seed {seed}, output {i}: compact vs masked original, relative error {err:.3g}"
             )
+
+
+@pytest.mark.parametrize("arch", ["resnext", "densenet", "unet_convtranspose", "vgg_flatten"])
+def test_random_plan_through_plan_json_and_cli(exported, tmp_path, cli, arch: str) -> None:
+    """A random plan saved as plan.json and applied by `prune --plan` gives the masked original."""
+    path = exported(arch, "legacy")
+    ga = analyze_graph(load_model(path))
+    rng = np.random.default_rng(ARCHS[arch].seed)
+    plan = random_plan(ga, rng)
+    plan_path = tmp_path / "plan.json"
+    plan.save(plan_path, ga)
+    out = tmp_path / "compact.onnx"
+    result = cli("prune", path, "--plan", plan_path, "-o", out)
+    assert result.code == 0, result.err
+    masked = zero_channels(ga, plan)
+    feeds = random_feeds(ga.model, rng, batch=2)
+    for a, b in zip(run(masked, feeds), run(out, feeds), strict=True):
+        assert relative_error(a, b) < 1e-5

@@ -238,3 +238,12 @@ def test_pruning_the_compact_model_again_finds_nothing(exported, tmp_path: Path,
     again = save_model(second.model, tmp_path / "again.onnx")
     assert weight_count(onnx.load(str(again))) == weight_count(onnx.load(str(compact)))
     assert_exact(compact, again, seed=1, batch=2)
+
+
+def test_api_leaves_a_model_proto_untouched(exported) -> None:
+    """`api.prune` on an in-memory ModelProto must not edit the caller's object."""
+    model = onnx.load(str(exported("densenet", "legacy")))
+    before = model.SerializeToString(deterministic=True)
+    result = api.prune(model, criterion="dead")
+    assert result.summary["channels_removed_total"] > 0
+    assert model.SerializeToString(deterministic=True) == before
