@@ -90,6 +90,16 @@ def as_model(model: ModelLike) -> onnx.ModelProto:
     return model if isinstance(model, onnx.ModelProto) else load_model(model)
 
 
+def _require_layers(ga: GraphAnalysis, model: ModelLike) -> None:
+    """A model with no Conv, ConvTranspose, Gemm or MatMul has no filters: say so instead of writing
+    an unchanged copy."""
+    if not any(att.role == "producer" for att in ga.attachments):
+        name = "the model" if isinstance(model, onnx.ModelProto) else str(model)
+        raise UsageError(
+            f"{name}: has no Conv, ConvTranspose, Gemm or MatMul with constant weights: nothing to prune"
+        )
+
+
 def load_feeds(calib: CalibLike, model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
     """Calibration data checked against the model's inputs (None when not given)."""
     if calib is None:
@@ -126,6 +136,7 @@ def analyze(
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
     ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=proto is model)
+    _require_layers(ga, model)
     dead = find_dead(ga, dead_threshold, feeds)
     cost = count_cost(ga)
     return Analysis(graph=ga, dead=dead, params=cost.params, flops=cost.macs)
@@ -170,6 +181,7 @@ def prune(
     feeds = load_feeds(calib, proto)
     original = proto if proto is model else None  # a caller's ModelProto stays untouched
     ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=original is not None)
+    _require_layers(ga, model)
     dead = find_dead(ga, dead_threshold, feeds)
     if plan is not None:
         chosen = plan if isinstance(plan, Plan) else Plan.load(plan, ga)
@@ -205,6 +217,7 @@ def summarize(ga: GraphAnalysis, plan: Plan, surgery: SurgeryResult, dead: DeadF
             "label": g.label,
             "channels": g.size,
             "kept": g.size - removed[g.id],
+            "removed": removed[g.id],
             "dead": len(dead.channels.get(g.id, [])),
             "prunable": g.prunable,
         }
@@ -217,8 +230,7 @@ def summarize(ga: GraphAnalysis, plan: Plan, surgery: SurgeryResult, dead: DeadF
         "flops_before": before.macs,
         "flops_after": after.macs,
         "groups": groups,
-        "channels_removed": {gid: n for gid, n in removed.items() if n},
-        "channels_removed_total": int(sum(removed.values())),
+        "channels_removed": int(sum(removed.values())),
         "dead_removed": _dead_removed(ga, plan, dead),
         "pinned": [p.to_json() for p in ga.pinned],
         "warnings": [*dead.kept, *surgery.warnings, *plan.notes],

@@ -101,9 +101,11 @@ def save_model(
             location=data_name,
             size_threshold=1024,
         )
-        for written in (tmp_dir / data_name, tmp_dir / path.name):
-            written.chmod(0o644)
-        os.replace(tmp_dir / data_name, path.parent / data_name)
+        written_data = tmp_dir / data_name
+        if written_data.exists():  # every tensor may be under the size threshold: then no data file
+            written_data.chmod(0o644)
+            os.replace(written_data, path.parent / data_name)
+        (tmp_dir / path.name).chmod(0o644)
         os.replace(tmp_dir / path.name, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -211,9 +211,9 @@ def _report(recipe, inputs, source, original, result, built, validation, latency
         "pruning": {
             "criterion": s["criterion"] if s["criterion"] == "dead" else f"dead+{s['criterion']}",
             "groups": len(groups),
-            "groups_pruned": len(s["channels_removed"]),
+            "groups_pruned": sum(1 for g in groups if g["removed"]),
             "channels_total": sum(g["channels"] for g in groups),
-            "channels_removed": s["channels_removed_total"],
+            "channels_removed": s["channels_removed"],
             "pinned": s["pinned"],
         },
         "plan": {

@@ -103,8 +103,8 @@ def command(
         return
     console = Console(stderr=False)
     console.print(
-        f"{criterion}: removed {summary['channels_removed_total']} channels in "
-        f"{len(summary['channels_removed'])} groups; params {summary['params_before']:,} -> "
+        f"{criterion}: removed {summary['channels_removed']} channels in "
+        f"{sum(1 for g in summary['groups'] if g['removed'])} groups; params {summary['params_before']:,} -> "
         f"{summary['params_after']:,}; MACs {summary['flops_before']:,} -> {summary['flops_after']:,}"
     )
     if "output_change" in summary:

@@ -169,7 +169,7 @@ def _group(model: onnx.ModelProto, table: ChannelTable, input_shapes: dict[str, 
             # Channels nobody produces (they come from a graph input) cannot be removed either.
             groups[g].pinned_channels = np.flatnonzero(pinned[ids] | ~has_producer[ids])
     _add_members(table, identity, identity_group, position, groups)
-    _add_blocks(table, identity, identity_group, groups)
+    _add_blocks(table, identity, identity_group, position, groups)
     pinned_spaces = _pinned_spaces(groups, ident_arrays, pin_of_identity)
     for space in pinned_spaces:
         groups[int(space.group[1:])].pinned_by.append((space.op, space.node))
@@ -245,22 +245,28 @@ def _add_members(
 
 
 def _add_blocks(
-    table: ChannelTable, identity: np.ndarray, identity_group: np.ndarray, groups: list[ChannelGroup]
+    table: ChannelTable,
+    identity: np.ndarray,
+    identity_group: np.ndarray,
+    position: np.ndarray,
+    groups: list[ChannelGroup],
 ) -> None:
-    """A grouped conv splits its channels into equal blocks; a group inside such a tensor must keep
-    the same count in each block. A group that straddles blocks unevenly is pinned."""
+    """A grouped conv splits its input and output channels into equal blocks that must keep equal
+    counts. That is a per-group constraint (`block`) when the tensor holds exactly one group, in the
+    group's own channel order; anything else (a concat of two groups feeding a grouped conv) would
+    tie counts across groups, so those channels are pinned instead."""
     for tensor, blocks in table.blocks:
-        gids = identity_group[identity[table.elements(tensor)]]
-        per_block = np.array_split(gids, blocks)
+        ids = identity[table.elements(tensor)]
+        gids = identity_group[ids]
+        g = int(gids[0])
+        if (gids == g).all() and (position[ids] == np.arange(len(ids))).all() and len(ids) == groups[g].size:
+            groups[g].block = int(np.lcm(groups[g].block, blocks))
+            continue
         for g in np.unique(gids):
-            counts = [int((b == g).sum()) for b in per_block]
-            nonzero = [c for c in counts if c]
             group = groups[g]
-            if len(set(nonzero)) == 1 and sum(nonzero) == group.size and group.size % len(nonzero) == 0:
-                group.block = int(np.lcm(group.block, len(nonzero)))
-            else:
-                group.pinned_channels = np.arange(group.size)
-                group.pinned_by.append(("Conv", f"grouped conv reading {tensor}"))
+            touched = position[ids[gids == g]]
+            group.pinned_channels = np.union1d(group.pinned_channels, touched)
+            group.pinned_by.append(("Conv", f"grouped conv reading {tensor}"))
 
 
 def _pinned_spaces(

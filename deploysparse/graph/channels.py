@@ -90,15 +90,20 @@ class ChannelTable:
         dst: str,
         src_channels: np.ndarray | None = None,
         dst_channels: np.ndarray | None = None,
+        constant_if: str = "all",
     ) -> None:
-        """Channels of `src` become channels of `dst` one to one (kept together; constants pass)."""
+        """Channels of `src` become channels of `dst` one to one (kept together; constants pass).
+
+        constant_if="all": `dst` is constant when every flow into it is (a sum); "any": when one is
+        (a product: 0 * gate is 0; a non-zero constant times a live gate is caught when the dead-filter
+        check reads the values and finds them varying)."""
         a = self.elements(src, src_channels)
         b = self.elements(dst, dst_channels)
         if len(a) != len(b):
             raise ValueError(f"flow {src} -> {dst}: {len(a)} vs {len(b)} channels")
         self.edges_a.append(a)
         self.edges_b.append(b)
-        self.const_log.append(("flow", a, b))
+        self.const_log.append(("flow" if constant_if == "all" else "flow-any", a, b))
 
     def tie(self, a_tensor: str, b_tensor: str, a_channels: np.ndarray, b_channels: np.ndarray) -> None:
         """Keep channels together without a value flow (depthwise input -> its output filters)."""
@@ -155,6 +160,9 @@ class ChannelTable:
             if kind == "flow":
                 incoming = const[a]
                 const[b] = np.where(has_input[b], const[b] & incoming, incoming)
+                has_input[b] = True
+            elif kind == "flow-any":
+                const[b] |= const[a]
                 has_input[b] = True
             elif kind == "source":
                 const[a[b <= threshold]] = True

@@ -90,7 +90,7 @@ def find_dead(
         removable[ids[unfoldable]] = False
     for g, ids in enumerate(ga.group_identities):
         group = ga.groups[g]
-        dead = np.flatnonzero(removable[ids])
+        dead = np.setdiff1d(np.flatnonzero(removable[ids]), group.pinned_channels)
         dead = _balance_blocks(dead, group.size, group.block)
         if len(dead) == group.size:  # a group keeps one channel so the tensors stay well-formed
             dead = (

@@ -42,7 +42,7 @@ def normalize(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
     _drop_initializer_inputs(graph)
     values: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     opsets = _default_opset(model)
-    elem_types = _elem_types(model)
+    elem_types, partial_shapes = _type_info(model)
     kept_nodes: list[onnx.NodeProto] = []
     new_constants: dict[str, np.ndarray] = {}
     for node in graph.node:
@@ -59,24 +59,103 @@ def normalize(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
                         new_constants[name] = value
                 continue
         kept_nodes.append(node)
+    kept_nodes = _split_sequences(
+        kept_nodes, values, partial_shapes, opsets.get("", opsets.get("ai.onnx", 13)), new_constants
+    )
+    _drop_zero_biases(kept_nodes, new_constants)
     del graph.node[:]
     graph.node.extend(kept_nodes)
     _add_used_constants(graph, new_constants)
     return model
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor whose type is declared or inferable."""
+def _drop_zero_biases(nodes: list[onnx.NodeProto], computed: dict[str, np.ndarray]) -> None:
+    """A bias the exporter computed as zeros (dynamo's Expand of 0) is dropped: the same conv
+    without it, and a smaller file than an explicit zero vector."""
+    for node in nodes:
+        computed_bias = len(node.input) == 3 and node.input[2] in computed
+        if node.op_type in ("Conv", "ConvTranspose") and computed_bias and not np.any(computed[node.input[2]]):
+            del node.input[2]
+
+
+def _split_sequences(
+    nodes: list[onnx.NodeProto],
+    values: dict[str, np.ndarray],
+    shapes: dict[str, list[int]],
+    opset: int,
+    new_constants: dict[str, np.ndarray],
+) -> list[onnx.NodeProto]:
+    """SplitToSequence read only by SequenceAt at constant positions (dynamo's torch.chunk without
+    optimisation) is a plain Split: rewrite it so the channel rules see one."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    replaced: set[str] = set()
+    out: list[onnx.NodeProto] = []
+    for node in nodes:
+        if node.name in replaced:
+            continue
+        split = _as_split(node, readers, values, shapes, opset, new_constants)
+        if split is None:
+            out.append(node)
+            continue
+        out.append(split)
+        replaced.update(r.name for r in readers[node.output[0]])
+    return out
+
+
+def _as_split(node, readers, values, shapes, opset, new_constants) -> onnx.NodeProto | None:
+    if node.op_type != "SplitToSequence" or len(node.input) < 2 or node.input[1] not in values:
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    sizes = np.asarray(values[node.input[1]])
+    if sizes.ndim == 0:  # a chunk size: the last chunk takes the remainder
+        shape = shapes.get(node.input[0])
+        if not shape or shape[axis] <= 0:
+            return None
+        total, chunk = shape[axis], int(sizes)
+        sizes = np.array(
+            [chunk] * (total // chunk) + ([total % chunk] if total % chunk else []), dtype=np.int64
+        )
+    sizes = sizes.reshape(-1).astype(np.int64)
+    keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+    users = readers.get(node.output[0], [])
+    if sizes.ndim != 1 or len(sizes) < 1 or not keepdims or not users:
+        return None
+    positions: dict[int, str] = {}
+    for user in users:
+        if user.op_type != "SequenceAt" or user.input[1] not in values:
+            return None
+        index = int(np.asarray(values[user.input[1]]).reshape(-1)[0]) % len(sizes)
+        if index in positions:
+            return None
+        positions[index] = user.output[0]
+    outputs = [positions.get(i, f"{node.name}_unused_{i}") for i in range(len(sizes))]
+    if opset < 13:
+        return onnx.helper.make_node(
+            "Split", [node.input[0]], outputs, name=node.name, axis=axis, split=[int(v) for v in sizes]
+        )
+    sizes_name = f"{node.name}_sizes"
+    values[sizes_name] = new_constants[sizes_name] = sizes
+    return onnx.helper.make_node("Split", [node.input[0], sizes_name], outputs, name=node.name, axis=axis)
+
+
+def _type_info(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Element type and (partly known, -1) shape of every tensor that inference can type."""
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton(model))
     except Exception:  # types are a convenience here; without them CastLike stays a node
         inferred = model
     graph = inferred.graph
-    return {
-        vi.name: vi.type.tensor_type.elem_type
-        for vi in [*graph.input, *graph.value_info, *graph.output]
-        if vi.type.tensor_type.elem_type
+    infos = [*graph.input, *graph.value_info, *graph.output]
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in infos if vi.type.tensor_type.elem_type}
+    shapes = {
+        vi.name: [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+        for vi in infos
+        if vi.type.tensor_type.HasField("shape")
     }
+    return types, shapes
 
 
 def _cast_like_of_constant(

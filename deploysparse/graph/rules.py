@@ -158,7 +158,7 @@ def _elementwise(node: onnx.NodeProto, t: ChannelTable) -> None:
         pin_all(node, t, "no activation operand with channels")
         return
     for name in live:
-        t.flow(name, dst)
+        t.flow(name, dst, constant_if="any" if node.op_type == "Mul" else "all")
 
 
 # ---- producers and consumers -----------------------------------------------------------------------

@@ -95,10 +95,15 @@ def apply_plan(ga: GraphAnalysis, plan: Plan) -> SurgeryResult:
         s.put(node, index, s.array(node, index)[s.keep(out_tensor)])
     for node in ga.model.graph.node:
         rule = RULES.get(node.op_type)
-        if rule is not None and rule.rewrite is not None:
+        if rule is not None and rule.rewrite is not None and _loses_channels(node, s):
             rule.rewrite(node, s)
     result.model = _materialize(ga, s, result)
     return result
+
+
+def _loses_channels(node: onnx.NodeProto, s: Surgeon) -> bool:
+    """Only nodes whose tensors lose channels need a rewrite (a pinned node keeps all of them)."""
+    return any(t in s.ga.table.base and not s.keep(t).all() for t in [*node.input, *node.output])
 
 
 def _kept_identities(ga: GraphAnalysis, plan: Plan) -> np.ndarray:
@@ -282,7 +287,11 @@ def _materialize(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> onnx.M
             if original and uses[original] == 1 and original in original_names:
                 replaced[original] = value
             else:
-                base = original or f"{node.input[1]}_bias"
+                base = original or (
+                    f"{node.input[1]}_bias"
+                    if node.op_type in ("Conv", "Gemm")
+                    else f"{node.name}_input{index}"
+                )
                 name = base if base not in taken else _unique(f"{base}_{node.name}", taken)
                 taken.add(name)
                 added.append((name, value))
