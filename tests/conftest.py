@@ -16,20 +16,23 @@ import pytest
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """`exported(arch, exporter="dynamo", keep_bn=False)`: the path of that architecture's ONNX export
-    with dead channels planted (30% of every BN layer), exported at batch 2 with a dynamic batch."""
+    """`exported(arch, exporter="dynamo", keep_bn=False, opset=None)`: the path of that architecture's
+    ONNX export with dead channels planted (30% of every BN layer), exported at batch 2 with a dynamic
+    batch (opset None: the exporter's default)."""
     from tests.archs import ARCHS
     from tests.exporting import export
 
     root = tmp_path_factory.mktemp("exports")
-    cache: dict[tuple[str, str, bool], Path] = {}
+    cache: dict[tuple[str, str, bool, int | None], Path] = {}
 
-    def get(arch: str, exporter: str = "dynamo", keep_bn: bool = False) -> Path:
-        key = (arch, exporter, keep_bn)
+    def get(arch: str, exporter: str = "dynamo", keep_bn: bool = False, opset: int | None = None) -> Path:
+        key = (arch, exporter, keep_bn, opset)
         if key not in cache:
             spec = ARCHS[arch]
-            path = root / f"{arch}-{exporter}{'-bn' if keep_bn else ''}" / "model.onnx"
-            export(spec.planted(), spec.example(2), path, exporter, keep_bn, outputs=spec.outputs)
+            path = root / f"{arch}-{exporter}{'-bn' if keep_bn else ''}-{opset or 'default'}" / "model.onnx"
+            export(
+                spec.planted(), spec.example(2), path, exporter, keep_bn, outputs=spec.outputs, opset=opset
+            )
             cache[key] = path
         return cache[key]
 

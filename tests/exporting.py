@@ -40,11 +40,13 @@ def export(
     dynamic_batch: bool = True,
     outputs: int = 1,
     opset: int | None = None,
+    dynamic_spatial: bool = False,
 ) -> Path:
     """Export `model` (eval mode) to `path` with one input named "input".
 
     keep_bn=True switches off the exporter's optimizer / constant folding, so BatchNormalization
-    nodes stay in the graph instead of being folded into the convs.
+    nodes stay in the graph instead of being folded into the convs. dynamic_spatial=True makes the
+    input's H and W symbolic too (fully convolutional nets only).
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -55,7 +57,10 @@ def export(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
-            dims = ({0: torch.export.Dim("batch", min=1, max=64)},) if dynamic_batch else None
+            spec = {0: torch.export.Dim("batch", min=1, max=64)} if dynamic_batch else {}
+            if dynamic_spatial:
+                spec |= {2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+            dims = (spec,) if spec else None
             torch.onnx.export(
                 model,
                 (example,),
@@ -69,7 +74,9 @@ def export(
                 verbose=False,
             )
         else:
-            axes = {n: {0: "batch"} for n in [INPUT_NAME, *names]} if dynamic_batch else None
+            axes = {n: {0: "batch"} for n in [INPUT_NAME, *names]} if dynamic_batch else {}
+            if dynamic_spatial:
+                axes[INPUT_NAME] = {**axes.get(INPUT_NAME, {}), 2: "height", 3: "width"}
             torch.onnx.export(
                 model,
                 (example,),
@@ -78,7 +85,7 @@ def export(
                 do_constant_folding=not keep_bn,
                 input_names=[INPUT_NAME],
                 output_names=names,
-                dynamic_axes=axes,
+                dynamic_axes=axes or None,
                 opset_version=opset or 17,
                 training=torch.onnx.TrainingMode.EVAL,
             )
@@ -135,8 +142,12 @@ def relative_error(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 def weight_count(model: onnx.ModelProto) -> int:
-    """Elements in the weights of Conv, ConvTranspose, Gemm and MatMul nodes (inputs 1 and 2)."""
+    """Elements in the weights of Conv, ConvTranspose, Gemm and MatMul nodes (inputs 1 and 2), whether
+    the weights are initializers or Constant nodes."""
     sizes = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute[0].name == "value":
+            sizes[node.output[0]] = int(np.prod(node.attribute[0].t.dims))
     total = 0
     for node in model.graph.node:
         if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):

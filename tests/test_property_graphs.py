@@ -8,6 +8,7 @@ Add, Concat, dense concat, MaxPool, per-channel Mul, Split and Slice on the chan
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from tests.archs.plans import random_plan, removed_count
 from tests.exporting import random_feeds, relative_error, run
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(
     blocks=st.lists(st.sampled_from(BLOCKS), min_size=0, max_size=6),

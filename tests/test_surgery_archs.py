@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from deploysparse import api
 from deploysparse.modelio import save_model
 from tests.archs import ARCHS
-from tests.exporting import EXPORTERS, random_feeds, relative_error, run, weight_count
+from tests.archs.common import plant_dead
+from tests.exporting import EXPORTERS, export, random_feeds, relative_error, run, weight_count
 
 TOLERANCE = 1e-5
 # BN left in the graph (exporter optimizations off): the dynamo exporter then also emits the conv
@@ -99,6 +101,22 @@ def test_dead_pruning_is_exact(exported, tmp_path: Path, arch: str, exporter: st
     assert_exact(path, out, seed=ARCHS[arch].seed, batch=3)
 
 
+# Nets where every BN is followed by an activation with f(const) = 0 and no residual sum: each
+# planted channel is a dead filter of its own and must be removed, and nothing else.
+SIMPLE = ("vgg_flatten", "misc_acts", "two_head", "unet_nearest", "unet_bilinear", "unet_convtranspose")
+
+
+@pytest.mark.parametrize(
+    ("arch", "exporter", "keep_bn"),
+    [(a, e, False) for a in SIMPLE for e in EXPORTERS]
+    + [("unet_convtranspose", "dynamo", True), ("vgg_flatten", "legacy", True)],
+)
+def test_every_planted_channel_is_removed(exported, arch: str, exporter: str, keep_bn: bool) -> None:
+    planted = sum(len(c) for c in ARCHS[arch].planted_channels().values())
+    summary = api.prune(str(exported(arch, exporter, keep_bn)), criterion="dead").summary
+    assert summary["channels_removed"] == planted, [g for g in summary["groups"] if g["removed"]]
+
+
 @pytest.mark.parametrize("arch", ["resnet_basic", "mobilenet_v2", "unet_nearest", "densenet", "two_head"])
 def test_exporters_find_the_same_dead_channels(exported, arch: str) -> None:
     """The same planted torch model exported two ways has the same dead channels; both must find them."""
@@ -146,3 +164,85 @@ def test_cli_prune_writes_compact_and_plan(exported, tmp_path: Path, cli) -> Non
     assert result.code == 0, result.err
     assert weight_count(onnx.load(str(again))) == weight_count(onnx.load(str(out)))
     assert_exact(out, again, seed=8, batch=2)
+
+
+# (arch, planted beta): the channels are constant but NOT zero after the activation (relu(0.5) = 0.5,
+# silu(-4) = -0.07). Surgery may remove one only by folding the constant into its consumers' bias,
+# which is exact for 1x1 convs and Linear layers (also after Flatten) but not for padded 3x3 convs.
+CONSTANT_CASES = [
+    ("vgg_flatten", 0.5),
+    ("resnet_bottleneck", 0.5),
+    ("mobilenet_v2", 0.5),
+    ("two_head", 0.5),
+    ("se_silu", -4.0),
+]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize(("arch", "beta"), CONSTANT_CASES)
+def test_constant_channels_are_folded_exactly(tmp_path: Path, arch: str, beta: float, exporter: str) -> None:
+    spec = ARCHS[arch]
+    model = spec.build()
+    plant_dead(model, 0.3, np.random.default_rng(spec.seed + 3), beta=beta)
+    path = export(model, spec.example(2), tmp_path / "src" / "model.onnx", exporter, outputs=spec.outputs)
+
+    result = api.prune(str(path), criterion="dead")
+    out = save_model(result.model, tmp_path / "compact.onnx")
+    onnx.checker.check_model(str(out), full_check=True)
+    assert result.summary["channels_removed"] > 0, "no constant channel was folded"
+    assert weight_count(onnx.load(str(out))) < weight_count(onnx.load(str(path)))
+    assert_exact(path, out, seed=spec.seed, batch=3)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_cli_analyze_json(exported, cli, arch: str) -> None:
+    """`analyze --json` on every architecture: parseable, dead channels found, each pinned space named."""
+    path = exported(arch, "legacy")
+    result = cli("analyze", path, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["params"] > 0 and report["flops"] > 0
+    assert report["dead_total"] > 0
+    assert sum(len(c) for c in report["dead"].values()) == report["dead_total"]
+    group_ids = {g["id"] for g in report["groups"]}
+    for space in report["pinned"]:
+        assert space["group"] in group_ids and space["op"] and space["reason"], space
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_dead_residual_stream_channel(tmp_path: Path, exporter: str) -> None:
+    """Channels 1 and 5 of ResNet's first residual stream: the stem's BN makes them 0 after ReLU, the
+    block's last BN makes them -4, so after the sum and ReLU they are 0 again. Every producer of the
+    stream is constant there, so both channels go from the whole stream (stem, block, both readers)."""
+    spec = ARCHS["resnet_basic"]
+    model = spec.build()
+    with torch.no_grad():
+        for bn in (model.stem[1], model.layers[0].conv2[1]):
+            bn.weight[[1, 5]] = 0.0
+            bn.bias[[1, 5]] = -4.0
+    path = export(model, spec.example(2), tmp_path / "src" / "model.onnx", exporter)
+    result = api.prune(str(path), criterion="dead")
+    assert result.summary["channels_removed"] == 2, result.summary["groups"]
+    out = save_model(result.model, tmp_path / "compact.onnx")
+    assert_exact(path, out, seed=spec.seed, batch=2)
+
+
+@pytest.mark.parametrize("arch", ["vgg_flatten", "unet_convtranspose", "mobilenet_v2", "resnext"])
+def test_pruning_the_compact_model_again_finds_nothing(exported, tmp_path: Path, arch: str) -> None:
+    """Dead pruning is a fixed point: the compact model has no dead channel left and stays exact."""
+    first = api.prune(str(exported(arch, "legacy")), criterion="dead")
+    compact = save_model(first.model, tmp_path / "compact.onnx")
+    second = api.prune(str(compact), criterion="dead")
+    assert second.summary["channels_removed"] == 0, second.summary["groups"]
+    again = save_model(second.model, tmp_path / "again.onnx")
+    assert weight_count(onnx.load(str(again))) == weight_count(onnx.load(str(compact)))
+    assert_exact(compact, again, seed=1, batch=2)
+
+
+def test_api_leaves_a_model_proto_untouched(exported) -> None:
+    """`api.prune` on an in-memory ModelProto must not edit the caller's object."""
+    model = onnx.load(str(exported("densenet", "legacy")))
+    before = model.SerializeToString(deterministic=True)
+    result = api.prune(model, criterion="dead")
+    assert result.summary["channels_removed"] > 0
+    assert model.SerializeToString(deterministic=True) == before

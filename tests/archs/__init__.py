@@ -50,6 +50,10 @@ class Arch:
         plant_dead(model, fraction, np.random.default_rng(self.seed + 1), beta=self.dead_beta)
         return model
 
+    def planted_channels(self, fraction: float = 0.3) -> dict[str, list[int]]:
+        """The channels `planted(fraction)` makes dead, per BN layer name."""
+        return plant_dead(self.build(), fraction, np.random.default_rng(self.seed + 1), beta=self.dead_beta)
+
     def example(self, batch: int = 2) -> torch.Tensor:
         """A random input of the architecture's shape."""
         rng = np.random.default_rng(self.seed + 2)

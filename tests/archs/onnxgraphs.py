@@ -183,24 +183,41 @@ def random_convnet(blocks: list[str], head: str, seed: int, opset: int = 17) -> 
     return b.model("input", [2, 3, 8, 8], y, shape)
 
 
-def dead_convnet(middle: str = "none", opset: int = 17, seed: int = 0, width: int = 8) -> onnx.ModelProto:
-    """conv(3->8) relu, conv(8->8) relu, `middle`, conv(8->6) relu, GAP, Flatten, Gemm(6->4)
+def dead_convnet(
+    middle: str = "none", opset: int = 17, seed: int = 0, width: int = 8, act: str = "relu"
+) -> onnx.ModelProto:
+    """conv(3->8) act, conv(8->8) relu, `middle`, conv(8->6) act, GAP, Flatten, Gemm(6->4)
     (8 is `width`).
 
-    Channels 1 and 5 of the first conv and 0 and 3 of the third are dead (zero filter, bias -1, so
-    exactly 0 after ReLU): 4 removable channels. `middle` is an op the channel rules do not know
+    Channels 1 and 5 of the first conv and 0 and 3 of the third are dead (zero filter, bias -4, so
+    exactly 0 after the activation): 4 removable channels. `act` is "relu", or hardswish written out
+    the way converters and old exporters do: "hardswish_clip" x * Clip(x + 3, 0, 6) / 6, or
+    "hardswish_hardsigmoid" x * HardSigmoid(x). `middle` is an op the channel rules do not know
     ("lpnorm": LpNormalization over channels; "transpose_pair": NCHW -> NHWC -> NCHW), which must pin
     the space it reads and leave the others prunable. The batch dim is symbolic ("N").
     """
     b = GraphBuilder(np.random.default_rng(seed), opset)
 
+    def activation(x: str) -> str:
+        if act == "hardswish_clip":
+            shifted = b.node("Add", [x, b.const("three", np.array(3.0, np.float32))])[0]
+            clipped = b.node(
+                "Clip",
+                [shifted, b.const("lo", np.array(0.0, np.float32)), b.const("hi", np.array(6.0, np.float32))],
+            )[0]
+            product = b.node("Mul", [x, clipped])[0]
+            return b.node("Div", [product, b.const("six", np.array(6.0, np.float32))])[0]
+        if act == "hardswish_hardsigmoid":
+            return b.node("Mul", [x, b.node("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)[0]])[0]
+        return b.relu(x)
+
     def dead_conv(x: str, cin: int, cout: int, dead: list[int]) -> str:
         w = (b.rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32)
         bias = b.rng.normal(0, 0.2, cout).astype(np.float32)
         w[dead] = 0.0
-        bias[dead] = -1.0
+        bias[dead] = -4.0
         y = b.node("Conv", [x, b.const("W", w), b.const("B", bias)], kernel_shape=[3, 3], pads=[1] * 4)[0]
-        return b.relu(y)
+        return activation(y)
 
     x = dead_conv("input", 3, width, [1, 5])
     x = b.relu(b.conv(x, width, width))
