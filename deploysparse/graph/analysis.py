@@ -82,7 +82,9 @@ def analyze_graph(
     shapes_in = resolve_input_shapes(model, input_shapes)
     shapes = infer_shapes(model, shapes_in)
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    table = ChannelTable(shapes=shapes, weights=weights)
+    static = _complete_with_a_run(model, shapes, shapes_in, weights)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    table = ChannelTable(shapes=shapes, weights=weights, static=static, producer=producer)
     for inp in model.graph.input:
         table.declare(inp.name)
     for node in model.graph.node:
@@ -99,6 +101,51 @@ def analyze_graph(
     for out in model.graph.output:
         table.pin(out.name, None, "graph output")
     return _group(model, table, shapes_in)
+
+
+_SEQUENCE_OPS = ("SplitToSequence", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceEmpty")
+
+
+def _complete_with_a_run(
+    model: onnx.ModelProto,
+    shapes: dict[str, tuple[int, ...]],
+    input_shapes: dict[str, list[int]],
+    weights: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Fill in what shape inference could not: shapes it left unknown, and the values of Slice
+    bounds computed from Shape(x) (the legacy exporter's torch.chunk). One ONNX Runtime run at the
+    analysed input shape reads them; shapes are updated in place, bound values returned."""
+    unknown = [
+        out
+        for node in model.graph.node
+        if node.op_type not in _SEQUENCE_OPS
+        for out in node.output
+        if out and (out not in shapes or min(shapes[out], default=0) < 0)
+    ]
+    bounds = [
+        name
+        for node in model.graph.node
+        if node.op_type == "Slice"
+        for name in node.input[1:]
+        if name and name not in weights
+    ]
+    if not unknown and not bounds:
+        return {}
+    from deploysparse.stats import intermediate_values
+
+    rng = np.random.default_rng(0)
+    elem = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    feeds = {
+        name: rng.standard_normal(dims).astype(onnx.helper.tensor_dtype_to_np_dtype(elem[name] or 1))
+        for name, dims in input_shapes.items()
+    }
+    try:
+        values = intermediate_values(model, feeds, list(dict.fromkeys(unknown + bounds)))
+    except Exception:  # a graph ORT cannot run keeps its unknown shapes; those channels stay pinned
+        return {}
+    for name in unknown:
+        shapes[name] = tuple(values[name].shape)
+    return {name: values[name] for name in bounds if values[name].size <= 16}
 
 
 def _components(table: ChannelTable) -> np.ndarray:

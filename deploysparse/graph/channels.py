@@ -50,6 +50,10 @@ class ChannelTable:
 
     shapes: dict[str, tuple[int, ...]]
     weights: dict[str, np.ndarray]
+    # values of small tensors computed at run time from static dims (a Slice's bounds derived from
+    # Shape(x)), read at the analysed input shape; rules may use them where they rewrite the input
+    static: dict[str, np.ndarray] = field(default_factory=dict)
+    producer: dict[str, onnx.NodeProto] = field(default_factory=dict)  # tensor -> node writing it
     base: dict[str, int] = field(default_factory=dict)
     count: dict[str, int] = field(default_factory=dict)
     total: int = 0

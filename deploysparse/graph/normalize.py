@@ -74,7 +74,11 @@ def _drop_zero_biases(nodes: list[onnx.NodeProto], computed: dict[str, np.ndarra
     without it, and a smaller file than an explicit zero vector."""
     for node in nodes:
         computed_bias = len(node.input) == 3 and node.input[2] in computed
-        if node.op_type in ("Conv", "ConvTranspose") and computed_bias and not np.any(computed[node.input[2]]):
+        if (
+            node.op_type in ("Conv", "ConvTranspose")
+            and computed_bias
+            and not np.any(computed[node.input[2]])
+        ):
             del node.input[2]
 
 

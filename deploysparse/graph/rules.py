@@ -404,14 +404,20 @@ def _slice(node: onnx.NodeProto, t: ChannelTable) -> None:
     if t.channels(src) is None or t.channels(dst) is None:
         pin_all(node, t, "no static channel axis")
         return
-    params = _slice_params(node, t.weights, rank)
+    params = _slice_params(node, {**t.static, **t.weights}, rank)
     if params is None:
         pin_all(node, t, "slice bounds are computed at run time")
         return
     starts, ends, axes, steps = params
     on_channels = [i for i, a in enumerate(axes) if a == 1]
     if not on_channels:
+        if any(n in t.static for n in node.input[1:]):
+            pin_all(node, t, "slice bounds are computed at run time")
+            return
         t.flow(src, dst)
+        return
+    if any(n in t.static for n in node.input[1:]) and len(axes) != 1:
+        pin_all(node, t, "slice bounds over several axes are computed at run time")
         return
     i = on_channels[0]
     if steps[i] != 1 or len(node.input) == 1:
@@ -424,7 +430,7 @@ def _slice(node: onnx.NodeProto, t: ChannelTable) -> None:
 def _slice_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
     src = node.input[0]
     rank = len(s.shapes[src])
-    starts, ends, axes, _ = _slice_params(node, s.weights, rank)
+    starts, ends, axes, _ = _slice_params(node, {**s.ga.table.static, **s.weights}, rank)
     on_channels = [i for i, a in enumerate(axes) if a == 1]
     if not on_channels:
         return
@@ -435,8 +441,9 @@ def _slice_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
     new_end = new_start + int(keep[start:end].sum())
     starts, ends = starts.copy(), ends.copy()
     starts[i], ends[i] = new_start, new_end
-    s.put(node, 1, starts.astype(s.array(node, 1).dtype))
-    s.put(node, 2, ends.astype(s.array(node, 2).dtype))
+    dtypes = [s.weights[n].dtype if n in s.weights else np.int64 for n in node.input[1:3]]
+    s.put(node, 1, starts.astype(dtypes[0]))  # run-time bounds become constants here
+    s.put(node, 2, ends.astype(dtypes[1]))
 
 
 @rule("Flatten")
@@ -477,8 +484,13 @@ def _reshape(node: onnx.NodeProto, t: ChannelTable) -> None:
     if kind is None or t.channels(src) is None or t.channels(dst) is None:
         pin_all(node, t, "reshape mixes the channel axis with others")
         return
-    shape = _const(t, node.input[1])
-    if shape is not None and len(shape) > 1 and shape[1] == 0 and kind == "flatten":
+    where = _channel_dim_of_shape(node.input[1], t.weights, t.shapes, t.producer)
+    if where is None:
+        pin_all(node, t, "reshape's channel count is computed at run time")
+        return
+    holder, index, position = where
+    written = np.asarray(t.weights[(holder or node).input[index]]).reshape(-1)[position]
+    if written == 0 and kind == "flatten":
         pin_all(node, t, "reshape copies the channel count into a flattened axis")
         return
     if kind == "keep":
@@ -487,13 +499,41 @@ def _reshape(node: onnx.NodeProto, t: ChannelTable) -> None:
         _flow_flattened(t, src, dst, t.shapes[src])
 
 
+def _channel_dim_of_shape(
+    shape_name: str,
+    weights: dict[str, np.ndarray],
+    shapes: dict[str, tuple[int, ...]],
+    producer: dict[str, onnx.NodeProto],
+) -> tuple[onnx.NodeProto | None, int, int] | None:
+    """Where a Reshape's target dim 1 (the channel or feature count) is written: in the constant shape
+    itself (None, 1, 1), or in a constant input of the Concat that builds the shape at run time
+    (concat node, its input index, position inside that input): dynamo writes `view(n, 16)` with a
+    dynamic batch as Concat(batch, [16]). None when dim 1 itself is computed."""
+    if shape_name in weights:
+        return None, 1, 1
+    concat = producer.get(shape_name)
+    if concat is None or concat.op_type != "Concat":
+        return None
+    offset = 0
+    for i, name in enumerate(concat.input):
+        length = weights[name].size if name in weights else (shapes.get(name) or (-1,))[0]
+        if length < 0:
+            return None
+        if offset <= 1 < offset + length:
+            return (concat, i, 1 - offset) if name in weights else None
+        offset += length
+    return None
+
+
 def _reshape_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
-    shape = s.weights.get(node.input[1])
-    if shape is None or shape[1] <= 0:  # computed at run time, -1 or 0: adapts by itself
+    holder, index, position = _channel_dim_of_shape(node.input[1], s.weights, s.shapes, s.ga.table.producer)
+    target = holder or node
+    value = np.array(s.array(target, index), copy=True)
+    flat = value.reshape(-1)
+    if flat[position] <= 0:  # -1 or 0: ONNX Runtime infers it, nothing to rewrite
         return
-    new_shape = np.array(shape, copy=True)
-    new_shape[1] = int(s.keep(node.output[0]).sum())
-    s.put(node, 1, new_shape)
+    flat[position] = int(s.keep(node.output[0]).sum())
+    s.put(target, index, value)
 
 
 @rule("Squeeze", "Unsqueeze")
