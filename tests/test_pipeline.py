@@ -1,0 +1,77 @@
+"""`deploysparse run`: the CPU recipe end to end, and atomic output folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploysparse import pipeline
+from deploysparse.pipeline import RunInputs, run_recipe
+from deploysparse.recipe import load_recipe
+from deploysparse.report import load_report
+
+
+@pytest.fixture
+def model_and_data(exported, tmp_path: Path) -> tuple[Path, Path]:
+    """A planted ResNet export and fresh random data of its input shape."""
+    path = exported("resnet_basic", "dynamo")
+    data = np.random.default_rng(7).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "data.npy", data)
+    return path, tmp_path / "data.npy"
+
+
+def _fast(recipe):
+    """The packaged CPU recipe with a short benchmark, so the test takes seconds."""
+    return recipe.model_copy(
+        update={"bench": recipe.bench.model_copy(update={"iters": 5, "warmup": 1, "repeats": 2})}
+    )
+
+
+def test_run_cpu_recipe_end_to_end(model_and_data, tmp_path: Path) -> None:
+    model, data = model_and_data
+    out = tmp_path / "out"
+    report = run_recipe(
+        _fast(load_recipe("x86-cpu-onnxruntime")), RunInputs(model=str(model), calib=str(data)), out
+    )
+
+    for name in ("compact.onnx", "plan.json", "report.json", "report.html"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".staging-*")), "the staging folder must not survive a run"
+    written = load_report(out / "report.json")
+    assert written.cost.params_after < written.cost.params_before
+    assert written.pruning.channels_removed == report["pruning"]["channels_removed"] > 0
+    assert written.validation.passed and written.validation.max_abs_err < 1e-3
+    assert [p.batch for p in written.latency.compact] == [1, 8]
+    assert all(len(p.runs) == 2 for p in written.latency.compact)
+    artifacts = json.loads((out / "report.json").read_text())["artifacts"]
+    assert "compact.onnx" in artifacts and "plan.json" in artifacts
+
+
+def test_failed_run_leaves_previous_artifacts_intact(model_and_data, tmp_path: Path, monkeypatch) -> None:
+    model, data = model_and_data
+    out = tmp_path / "out"
+    recipe = _fast(load_recipe("x86-cpu-onnxruntime"))
+    run_recipe(recipe, RunInputs(model=str(model), calib=str(data)), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the run is stopped during the benchmark, after build and validation
+
+    monkeypatch.setattr(pipeline, "benchmark", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, RunInputs(model=str(model), calib=str(data)), out)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before
+    assert not list(out.glob(".staging-*"))
+
+
+def test_run_cli_reports_bad_recipe_key(tmp_path: Path, cli, model_and_data) -> None:
+    model, data = model_and_data
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prune:\n  critrion: [dead]\n")
+    result = cli("run", recipe, "--model", model, "--calib", data, "-o", tmp_path / "out")
+    assert result.code == 2
+    assert "critrion" in result.err and "r.yaml" in result.err
