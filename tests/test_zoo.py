@@ -93,6 +93,13 @@ def test_bad_architecture_options_raise_usage_error(build) -> None:
         build()
 
 
+@pytest.mark.parametrize(
+    "build", [lambda: resnet(18, width=8), lambda: mobilenet_v2(width_mult=0.25), digits.build_digits_vgg]
+)
+def test_activations_are_not_in_place_so_hooks_see_pre_activation_values(build) -> None:
+    assert not any(getattr(m, "inplace", False) for m in build().modules())
+
+
 def test_digits_vgg_flattens_a_spatial_map_into_the_classifier() -> None:
     model = digits.build_digits_vgg()
     linear = model[-1]

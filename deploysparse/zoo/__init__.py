@@ -5,6 +5,7 @@
 - `resnet`: torchvision-layout ResNet-18/34/50/101 and He et al.'s CIFAR ResNet-20/56.
 - `mobilenet`: torchvision-layout MobileNetV2.
 
-Import the submodule you need; the package itself imports nothing, so the digits data loads
-without torch.
+Activations are not in-place, so a forward hook on a BatchNorm sees its own output (activation
+statistics), not the ReLU's. Import the submodule you need; the package itself imports nothing, so
+the digits data loads without torch.
 """

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deploysparse.errors import ModelLoadError, UsageError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_WEIGHTS = ASSETS / "digits_vgg.pt"
@@ -38,7 +42,9 @@ PIXEL_MEAN = 0.30521
 PIXEL_STD = 0.37610
 
 
-def build_digits_vgg(width: tuple[int, ...] = (64, 64, 128, 128, 256, 256), num_classes: int = 10):
+def build_digits_vgg(
+    width: tuple[int, ...] = (64, 64, 128, 128, 256, 256), num_classes: int = 10
+) -> nn.Module:
     """Six 3x3 Conv-BN-ReLU layers, a 2x2 max-pool after every second one, then Flatten -> Linear.
 
     16x16 input -> 8x8 -> 4x4 -> 2x2, so the classifier reads width[-1]*4 features: the
@@ -54,7 +60,7 @@ def build_digits_vgg(width: tuple[int, ...] = (64, 64, 128, 128, 256, 256), num_
         layers += [
             nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(out_ch),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
         ]
         if index % 2 == 1:
             layers.append(nn.MaxPool2d(2))
@@ -67,7 +73,7 @@ def build_digits_vgg(width: tuple[int, ...] = (64, 64, 128, 128, 256, 256), num_
     )
 
 
-def digits_model(weights: str | os.PathLike[str] | None = "bundled"):
+def digits_model(weights: str | os.PathLike[str] | None = "bundled") -> nn.Module:
     """Entry point `deploysparse.zoo.digits:digits_model`: the trained demo model in eval mode.
 
     `weights` is "bundled" (the committed checkpoint), a path to a state_dict saved by

@@ -40,7 +40,7 @@ class ConvBNReLU6(nn.Sequential):
         super().__init__(
             nn.Conv2d(in_ch, out_ch, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
             nn.BatchNorm2d(out_ch),
-            nn.ReLU6(inplace=True),
+            nn.ReLU6(),
         )
 
 
