@@ -18,7 +18,7 @@ from deploysparse.errors import UsageError
     "--criterion",
     default="dead",
     show_default=True,
-    help="dead | inactive | l1 | l2 | bn-scale | pfp | similarity",
+    help="dead | inactive | l1 | l2 | bn-scale | pfp | pfp-random | similarity",
 )
 @click.option("--calib", help="Calibration data (.npy for one input, .npz keyed by input name).")
 @click.option("--plan", "plan_in", help="Apply this saved plan.json instead of a criterion.")
