@@ -170,12 +170,15 @@ def prune(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     plan: Plan | str | os.PathLike[str] | None = None,
     dead_threshold: float = DEFAULT_DEAD_THRESHOLD,
+    module=None,
     **budget,
 ) -> PruneResult:
     """Prune `model` with a criterion and budget, or apply a saved plan; return the compact model.
 
     Dead filters are always removed first, at no cost to the budget. Budget options (ratio,
     flops_target, max_layer_ratio, min_channels, round_to, protect) go to the criterion's planner.
+    `module`: the nn.Module the ONNX model was exported from (names kept); criteria then read
+    activations through its forward hooks instead of ONNX Runtime.
     """
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
@@ -189,7 +192,7 @@ def prune(
         chosen = dead_plan(dead)
         chosen.keep = keep_all_but(ga, dead.channels)
     else:
-        chosen = _criterion_plan(ga, criterion, dead, feeds, budget)
+        chosen = _criterion_plan(ga, criterion, dead, feeds, budget, module)
     surgery = apply_plan(ga, chosen)
     onnx.checker.check_model(surgery.model)
     summary = summarize(ga, chosen, surgery, dead)
@@ -198,12 +201,19 @@ def prune(
     return PruneResult(model=surgery.model, plan=chosen, summary=summary, surgery=surgery, graph=ga)
 
 
-def _criterion_plan(ga: GraphAnalysis, criterion: str, dead: DeadFilters, feeds, budget: dict) -> Plan:
-    try:
-        from deploysparse.criteria import make_criterion_plan
-    except ImportError as exc:  # the criteria package is optional only while it is being written
-        raise UsageError(f"unknown criterion {criterion!r}; available: dead") from exc
-    return make_criterion_plan(ga, criterion, dead=dead, feeds=feeds, **budget)
+def _criterion_plan(
+    ga: GraphAnalysis, criterion: str, dead: DeadFilters, feeds, budget: dict, module
+) -> Plan:
+    from deploysparse.criteria import make_criterion_plan
+
+    values_fn = None
+    if module is not None and feeds is not None:
+        from deploysparse.frontend.torch_stats import collect_torch_values
+
+        def values_fn(names):
+            return collect_torch_values(module, feeds, ga.model, names)
+
+    return make_criterion_plan(ga, criterion, dead=dead, feeds=feeds, values_fn=values_fn, **budget)
 
 
 def summarize(ga: GraphAnalysis, plan: Plan, surgery: SurgeryResult, dead: DeadFilters) -> dict:

@@ -86,9 +86,10 @@ def command(
             "--ratio/--flops-target need a ranking criterion (l1, l2, bn-scale, pfp, similarity)"
         )
     with tempfile.TemporaryDirectory(prefix="deploysparse-") as workdir:
-        onnx_path = _resolve(model, weights, shapes, workdir, calib)
+        onnx_path, module = _resolve(model, weights, shapes, workdir, calib)
         result = api.prune(
             onnx_path,
+            module=module,
             criterion=criterion,
             calib=calib,
             input_shapes=shapes,
@@ -115,10 +116,11 @@ def command(
     console.print(f"wrote {output}" + (f" and {plan_out}" if plan_out else ""))
 
 
-def _resolve(model: str, weights: str | None, shapes, workdir: str, calib: str | None) -> str:
-    """An .onnx path for MODEL; an entry point is exported first (needs the PyTorch extra)."""
+def _resolve(model: str, weights: str | None, shapes, workdir: str, calib: str | None):
+    """(.onnx path, nn.Module or None) for MODEL; an entry point is exported first (needs the
+    PyTorch extra) and its module kept so criteria read activations through forward hooks."""
     if model.lower().endswith(".onnx") and weights is None:
-        return model
+        return model, None
     from deploysparse.frontend.model_source import resolve_model
 
     calib_shape = None
@@ -127,8 +129,7 @@ def _resolve(model: str, weights: str | None, shapes, workdir: str, calib: str |
 
         calib_shape = (1, *np.load(calib, mmap_mode="r").shape[1:])
     shape = next(iter(shapes.values())) if shapes else None
-    return str(
-        resolve_model(
-            model, weights=weights, input_shape=shape, workdir=workdir, calib_shape=calib_shape
-        ).onnx_path
+    resolved = resolve_model(
+        model, weights=weights, input_shape=shape, workdir=workdir, calib_shape=calib_shape
     )
+    return str(resolved.onnx_path), resolved.module

@@ -121,11 +121,13 @@ def make_criterion_plan(
     dead: Any = None,
     feeds: dict[str, np.ndarray] | None = None,
     seed: int = 0,
+    values_fn: Any = None,
     **budget: Any,
 ) -> Any:
     """The API's entry point: `dead` is the analysis' DeadFilters (its channels go first, their
-    constants are folded into the consumers), `feeds` the calibration data, `seed` PFP's sampling."""
-    ctx = CriterionContext(ga, calib=feeds, rng=np.random.default_rng(seed))
+    constants are folded into the consumers), `feeds` the calibration data, `seed` PFP's sampling,
+    `values_fn` another source of activations (the PyTorch front end's forward hooks)."""
+    ctx = CriterionContext(ga, calib=feeds, rng=np.random.default_rng(seed), values_fn=values_fn)
     plan = plan_with(criterion, ga, ctx, dead=dict(dead.channels) if dead is not None else None, **budget)
     if dead is not None:
         plan.constants = dict(dead.constants)

@@ -139,6 +139,47 @@ def collect_torch_stats(
     return stats
 
 
+class _Collector:
+    """Keeps every batch of one tensor (for criteria that need the values, not only statistics)."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+
+    def add(self, values: np.ndarray) -> None:
+        self.parts.append(values)
+
+
+def collect_torch_values(
+    module: nn.Module,
+    calib: np.ndarray | Mapping[str, np.ndarray],
+    onnx_model: onnx.ModelProto,
+    tensors: Iterable[str],
+    *,
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """The named ONNX tensors' values on `calib`, from forward hooks on `module` where the mapping
+    reaches them and from ONNX Runtime on `onnx_model` for the rest (pooling outputs, sums)."""
+    inputs = _calibration_inputs(calib, onnx_model)
+    derived = map_tensors(module, onnx_model)
+    wanted = list(dict.fromkeys(tensors))
+    collectors = {name: _Collector() for name in wanted if name in derived}
+    if collectors:
+        _run_hooks(module, inputs, derived, collectors, batch_size)
+    values = {name: np.concatenate(c.parts) for name, c in collectors.items()}
+    rest = [name for name in wanted if name not in values]
+    if rest:
+        from deploysparse.stats import intermediate_values
+
+        feeds = dict(zip(_input_names(onnx_model), inputs, strict=True))
+        values.update(intermediate_values(onnx_model, feeds, rest, batch_size))
+    return values
+
+
+def _input_names(model: onnx.ModelProto) -> list[str]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
 @dataclass(frozen=True)
 class _Derived:
     """An ONNX tensor as a function of one hooked module's output."""
@@ -269,7 +310,7 @@ def _run_hooks(
     module: nn.Module,
     inputs: list[np.ndarray],
     derived: Mapping[str, _Derived],
-    accumulators: Mapping[str, ChannelStatsAccumulator],
+    accumulators: Mapping[str, ChannelStatsAccumulator | _Collector],
     batch_size: int,
 ) -> None:
     by_module: dict[str, list[str]] = {}
@@ -313,8 +354,7 @@ def _run_hooks(
 def _calibration_inputs(
     calib: np.ndarray | Mapping[str, np.ndarray], model: onnx.ModelProto
 ) -> list[np.ndarray]:
-    initializers = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in initializers]
+    names = _input_names(model)
     if isinstance(calib, Mapping):
         missing = [n for n in names if n not in calib]
         if missing:
