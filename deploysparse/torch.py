@@ -31,9 +31,11 @@ class SurgeryRecord(Protocol):
 def apply_plan(module: nn.Module, surgery: SurgeryRecord) -> nn.Module:
     """Return a compact deep copy of `module` with the channels surgery removed; `module` is untouched.
 
-    Raises PlanError when the record names a tensor of a submodule that does not exist, or a slice or
-    value does not fit the tensor.
+    `surgery` is a SurgeryResult, or the PruneResult `deploysparse.api.prune` returns (its
+    `.surgery`). Raises PlanError when the record names a tensor of a submodule that does not exist,
+    or a slice or value does not fit the tensor.
     """
+    surgery = getattr(surgery, "surgery", surgery)
     compact = copy.deepcopy(module)
     tensors = _named_tensors(compact)
     groups_before = {
