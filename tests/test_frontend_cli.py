@@ -83,6 +83,7 @@ def test_entry_point_with_dead_filter_is_pruned(project: tuple[str, Path], capsy
             "factory '{m}:broken' raised RuntimeError: needs num_classes",
         ),
         (["{m}:net"], "the input shape is unknown; pass --input-shape"),
+        (["{m}:net", "--input-shape", "1,3,8,8", "--criterion", "magic"], "--criterion magic: unknown"),
         (["{m}.net"], "not an entry point 'package.module:factory'"),
         (["dsp_cli_absent_pkg:net", "--input-shape", "1,3,8,8"], "module 'dsp_cli_absent_pkg' not found"),
         (["{m}:net", "--weights", "{d}/code.pt", "--input-shape", "1,3,8,8"], "not a plain state dict"),

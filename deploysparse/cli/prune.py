@@ -69,6 +69,10 @@ def command(
     from deploysparse import api
     from deploysparse.modelio import check_output_path
 
+    if criterion != "dead":  # an unknown name fails before a model is exported or loaded
+        from deploysparse.criteria import get_criterion
+
+        get_criterion(criterion)
     check_output_path(output, model if model.endswith(".onnx") else None, calib, plan_in)
     if plan_out:
         check_output_path(plan_out, model if model.endswith(".onnx") else None, output)
