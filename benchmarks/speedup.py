@@ -4,15 +4,20 @@ Goal (issue: speedup): on ONNX Runtime CPU at batch 8, the measured speedup is a
 FLOPs ratio, i.e. efficiency = speedup x FLOPs kept >= 0.85.
 
     PYTHONPATH=. python benchmarks/speedup.py [--size 224] [--targets 0.7,0.5] [--round-to 1,8]
-        [--batches 1,8] [--warmup 3] [--iters 20] [--rounds 3] [--threads 2]
+        [--batches 1,8] [--warmup 3] [--iters 20] [--rounds 3] [--threads 2] [--sequential]
         [--backend onnxruntime|tensorrt] [--json out.json]
 
 Both networks are built in code with seeded random weights (latency does not depend on the values),
 exported with BatchNorm folded (what a deployment runs), pruned with the l1 criterion to each FLOPs
-target (and each --round-to), and timed original and compact with `deploysparse.bench.benchmark`.
-The variants of one network are timed in turn, `--rounds` times over, and each figure is the lowest
-of the rounds' p50s: on a machine shared with other work the least disturbed round is the closest to
-the model's own latency, and interleaving exposes original and compact to the same load.
+target (and each --round-to), and timed original and compact on the backend's runner (the one
+`deploysparse bench` uses: ONNX Runtime CPU, ORT_ENABLE_ALL, --threads intra-op threads).
+
+Timing is interleaved by default: one runner per variant, run after run in rotating order,
+--rounds x --iters timed runs each after --warmup, reporting the median (p50) and the fastest run.
+On a machine shared with other work the load changes between models by more than the effect being
+measured; interleaving exposes original and compact to the same load. `--sequential` instead times
+each model alone with `deploysparse.bench.benchmark` (--rounds times, best p50): use it on a quiet
+machine.
 
 `--backend tensorrt` builds FP16 engines (optimisation profile batch 1..max(--batches)) and times
 them instead; it needs TensorRT and an NVIDIA GPU and stops with an error otherwise.
@@ -21,19 +26,22 @@ them instead; it needs TensorRT and an NVIDIA GPU and stops with an error otherw
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from deploysparse import api
 from deploysparse.atomic import write_text
 from deploysparse.backends import get_backend
-from deploysparse.bench import benchmark
+from deploysparse.bench import benchmark, random_input
 from deploysparse.errors import DeploysparseError
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.modelio import load_model, save_model
@@ -57,6 +65,7 @@ class Variant:
     params: int = 0
     artifact: Path | None = None
     p50_ms: dict[int, float] = field(default_factory=dict)
+    min_ms: dict[int, float] = field(default_factory=dict)
 
 
 def parse_list(text: str, kind: type) -> list:
@@ -102,7 +111,8 @@ def build_engines(variants: list[Variant], backend: str, max_batch: int, folder:
         v.artifact = engine.build(v.onnx_path, out, precision="fp16", shapes=shapes).artifact
 
 
-def time_variants(variants: list[Variant], args: argparse.Namespace) -> dict:
+def time_sequential(variants: list[Variant], args: argparse.Namespace) -> dict:
+    """`deploysparse.bench.benchmark` on each model in turn, --rounds times; keep each model's best p50."""
     report = {}
     for _ in range(args.rounds):
         for v in variants:
@@ -115,16 +125,50 @@ def time_variants(variants: list[Variant], args: argparse.Namespace) -> dict:
                 threads=args.threads,
             ).to_json()
             for timing in report["results"]:
-                batch, p50 = timing["batch"], timing["p50_ms"]
-                v.p50_ms[batch] = min(p50, v.p50_ms.get(batch, float("inf")))
-    return {key: report[key] for key in ("backend", "version", "device", "threads", "warmup", "iters")}
+                batch = timing["batch"]
+                v.p50_ms[batch] = min(timing["p50_ms"], v.p50_ms.get(batch, float("inf")))
+    return {key: report[key] for key in ("backend", "version", "device", "threads")}
+
+
+def time_interleaved(variants: list[Variant], args: argparse.Namespace) -> dict:
+    """One runner per variant (the runners `bench` uses), timed run by run in rotating order.
+
+    Each variant's k-th run happens within one round of the others' k-th runs, so a change in the
+    machine's load hits original and compact alike instead of whichever was being timed then.
+    """
+    engine = get_backend(args.backend)
+    rng = np.random.default_rng(0)
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(engine.runner(v.artifact, threads=args.threads)) for v in variants]
+        for batch in args.batches:
+            feeds = {spec.name: random_input(spec, batch, rng) for spec in runners[0].input_specs}
+            for _ in range(args.warmup):
+                for runner in runners:
+                    runner.run(feeds)
+            seconds = np.empty((len(runners), args.iters * args.rounds))
+            for i in range(seconds.shape[1]):
+                for j in np.roll(np.arange(len(runners)), i):
+                    start = time.perf_counter()
+                    runners[j].run(feeds)
+                    seconds[j, i] = time.perf_counter() - start
+            for v, row in zip(variants, seconds, strict=True):
+                v.p50_ms[batch] = float(np.median(row)) * 1e3
+                v.min_ms[batch] = float(row.min()) * 1e3
+        threads = getattr(runners[0], "threads", None)
+    return {
+        "backend": engine.name,
+        "version": engine.version(),
+        "device": engine.device(),
+        "threads": threads,
+    }
 
 
 def table(rows: list[tuple[str, list[Variant]]], batches: list[int], goal_batch: int) -> str:
+    """Speedup and efficiency from the median (p50) run, and from the fastest run (min) when timed."""
     header = ["model", "variant", "FLOPs kept", "params (M)"]
     for b in batches:
-        header += [f"b{b} orig ms", f"b{b} compact ms", f"b{b} speedup", f"b{b} efficiency"]
-    header.append(f"goal (b{goal_batch} efficiency >= {GOAL})")
+        header += [f"b{b} p50 ms orig / compact", f"b{b} speedup p50 (min)", f"b{b} efficiency p50 (min)"]
+    header.append(f"goal: b{goal_batch} efficiency p50 >= {GOAL}")
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for name, variants in rows:
         original = variants[0]
@@ -132,11 +176,11 @@ def table(rows: list[tuple[str, list[Variant]]], batches: list[int], goal_batch:
             cells = [name, v.label, f"{v.flops_kept:.3f}", f"{v.params / 1e6:.2f}"]
             for b in batches:
                 speedup = original.p50_ms[b] / v.p50_ms[b]
+                fastest = original.min_ms[b] / v.min_ms[b] if b in v.min_ms else None
                 cells += [
-                    f"{original.p50_ms[b]:.2f}",
-                    f"{v.p50_ms[b]:.2f}",
-                    f"{speedup:.2f}x",
-                    f"{speedup * v.flops_kept:.2f}",
+                    f"{original.p50_ms[b]:.1f} / {v.p50_ms[b]:.1f}",
+                    f"{speedup:.2f}x" + (f" ({fastest:.2f}x)" if fastest else ""),
+                    f"{speedup * v.flops_kept:.2f}" + (f" ({fastest * v.flops_kept:.2f})" if fastest else ""),
                 ]
             if v is original:
                 cells.append("")
@@ -159,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
+    parser.add_argument(
+        "--sequential", action="store_true", help="time each model alone with deploysparse.bench.benchmark"
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     args.batches = parse_list(args.batches, int)
@@ -178,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                     name, args.size, parse_list(args.targets, float), parse_list(args.round_to, int), folder
                 )
                 build_engines(variants, args.backend, max(args.batches), folder)
-                runtime = time_variants(variants, args)
+                timer = time_sequential if args.sequential else time_interleaved
+                runtime = timer(variants, args)
                 rows.append((name, variants))
                 print(f"{name}: timed", file=sys.stderr, flush=True)
     except DeploysparseError as exc:
@@ -202,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                         "flops_kept": v.flops_kept,
                         "params": v.params,
                         "p50_ms": {str(b): ms for b, ms in v.p50_ms.items()},
+                        "min_ms": {str(b): ms for b, ms in v.min_ms.items()},
                     }
                     for v in variants
                 ]
