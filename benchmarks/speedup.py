@@ -234,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"{runtime['backend']} {runtime['version']} on {runtime['device']}, threads={runtime['threads']}, "
-        f"input {args.size}x{args.size}, warmup {args.warmup}, iters {args.iters}, "
-        f"best p50 of {args.rounds} rounds"
+        f"input {args.size}x{args.size}, warmup {args.warmup}, "
+        + (
+            f"best p50 of {args.rounds} sequential rounds"
+            if args.sequential
+            else f"{args.rounds * args.iters} interleaved runs each"
+        )
     )
     print(table(rows, args.batches, goal_batch))
     if args.json:
