@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib", type=int, default=64, help="accuracy: calibration images")
     parser.add_argument("--pfp-calib", type=int, default=32, help="accuracy: calibration images for pfp")
     parser.add_argument("--resnet-epochs", type=int, default=6, help="accuracy: ResNet-20 training epochs")
-    parser.add_argument("--threads", type=int, default=1, help="accuracy: torch threads (more oversubscribe a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="accuracy: torch threads (more oversubscribe a shared machine)"
+    )
     parser.add_argument("--json", type=Path, help="accuracy: also write every row to this JSON file")
     args = parser.parse_args(argv)
     if args.part == "timing":
