@@ -152,13 +152,22 @@ def dead_plan(dead: DeadFilters) -> Plan:
     )
 
 
-def keep_all_but(ga: GraphAnalysis, removed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """group id -> kept indices, from group id -> removed indices."""
+def keep_all_but(
+    ga: GraphAnalysis, removed: Mapping[str, np.ndarray], round_to: int = 1
+) -> dict[str, np.ndarray]:
+    """group id -> kept indices, from group id -> removed indices. With round_to > 1 a few removed
+    channels are put back so kept counts are multiples of it (fast kernels want them; keeping a
+    dead channel is always exact). Grouped-conv groups keep their per-block balance instead."""
     keep = {}
     for gid, gone in removed.items():
-        size = ga.group(gid).size
+        group = ga.group(gid)
+        gone = np.asarray(gone, dtype=np.int64)
+        if round_to > 1 and group.block == 1:
+            kept = group.size - len(gone)
+            target = min(group.size, -(-kept // round_to) * round_to)
+            gone = gone[: len(gone) - (target - kept)]
         if len(gone):
-            keep[gid] = np.setdiff1d(np.arange(size), np.asarray(gone, dtype=np.int64))
+            keep[gid] = np.setdiff1d(np.arange(group.size), gone)
     return keep
 
 
@@ -189,8 +198,13 @@ def prune(
     if plan is not None:
         chosen = plan if isinstance(plan, Plan) else Plan.load(plan, ga)
     elif criterion == "dead":
+        unknown = set(budget) - {"round_to"}
+        if unknown:
+            raise UsageError(
+                f"criterion dead takes no budget ({', '.join(sorted(unknown))}); it removes what is dead"
+            )
         chosen = dead_plan(dead)
-        chosen.keep = keep_all_but(ga, dead.channels)
+        chosen.keep = keep_all_but(ga, dead.channels, budget.get("round_to", 1))
     else:
         chosen = _criterion_plan(ga, criterion, dead, feeds, budget, module)
     surgery = apply_plan(ga, chosen)

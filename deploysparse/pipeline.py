@@ -125,7 +125,9 @@ def _prune(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
     if len(ranking) > 1:
         raise UsageError(f"a recipe runs one ranking criterion after 'dead', got {ranking}")
     if not ranking:
-        return api.prune(source, criterion="dead", calib=calib, dead_threshold=p.dead_threshold)
+        return api.prune(
+            source, criterion="dead", calib=calib, dead_threshold=p.dead_threshold, round_to=p.round_to
+        )
     budget = {
         "ratio": p.ratio,
         "flops_target": p.flops_target,

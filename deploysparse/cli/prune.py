@@ -85,10 +85,12 @@ def command(
         "round_to": round_to,
         "protect": protect,
     }
-    if criterion in ("dead",) and (ratio is not None or flops_target is not None):
+    if criterion == "dead" and (ratio is not None or flops_target is not None):
         raise UsageError(
             "--ratio/--flops-target need a ranking criterion (l1, l2, bn-scale, pfp, similarity)"
         )
+    if criterion == "dead":  # dead filters go whatever the budget; only the rounding applies
+        budget = {"round_to": round_to}
     with tempfile.TemporaryDirectory(prefix="deploysparse-") as workdir:
         onnx_path, module = _resolve(model, weights, shapes, workdir, calib)
         result = api.prune(
@@ -99,7 +101,7 @@ def command(
             input_shapes=shapes,
             plan=plan_in,
             dead_threshold=dead_threshold,
-            **({k: v for k, v in budget.items() if v is not None} if criterion != "dead" else {}),
+            **{k: v for k, v in budget.items() if v is not None},
         )
         api.save_outputs(result, output, plan_out)
     summary = result.summary

@@ -54,6 +54,7 @@ DELTA = 1e-16
 FLOAT_EPS = float(np.finfo(np.float32).eps)
 CHUNK_ELEMENTS = 1 << 22
 LOG_EPS_RANGE = (math.log(1e-8), math.log(1e8))
+ZERO_SENSITIVITY_FLOOR = 1e-9  # departure from the paper: see GroupSensitivity.kept
 
 
 def as_points(a: np.ndarray) -> np.ndarray:
@@ -161,11 +162,17 @@ class GroupSensitivity:
         return self.alpha * float(self.s[mask].sum())
 
     def kept(self, eps: float, mask: np.ndarray) -> int:
-        """u(eps) over the channels in `mask` (the non-dead ones)."""
+        """u(eps) over the channels in `mask` (the non-dead ones).
+
+        A channel with zero sensitivity on the calibration data would never be drawn, so a loose
+        budget (keep 90% of the FLOPs) could not be met: such channels get a floor of
+        ZERO_SENSITIVITY_FLOOR x the largest sensitivity, which keeps them last, only at a tiny eps.
+        """
         s = self.s[mask]
         if s.sum() <= 0:
             return 1
-        return expected_kept(s / s.sum(), sample_size(eps, self.total(mask)))
+        s = np.maximum(s, ZERO_SENSITIVITY_FLOOR * s.max())
+        return expected_kept(s / s.sum(), sample_size(eps, self.alpha * float(s.sum())))
 
 
 def consumer_sensitivity(
