@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from _common import output_layers, stage
+from torch import nn
 
 # Torch-Pruning has no FLOPs budget: its iterative schedule raises the per-layer ratio by
 # TP_MAX_RATIO / TP_STEPS per step, and the workflow stops at the first step whose MACs (its own

@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from _common import Outcome, StageError, check_outcome, count, first_line, latency, test_archs, timed_median
 from _workflows import BUDGETS, Budget, deploysparse_workflow, torch_pruning_workflow
+from torch import nn
 
 DS, TP_CAREFUL, TP_DEFAULT = "deploysparse", "TP careful", "TP defaults"
 ARCH_BUDGETS = ("50% channels", "50% FLOPs")
@@ -98,7 +97,9 @@ def warm_up(folder: Path) -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2))
     example = torch.randn(2, 1, 4, 4)
     budget = BUDGETS[1]
-    deploysparse_workflow(model.eval(), example, budget, {"input": example.numpy()}, _fresh(folder / "warm-ds"))
+    deploysparse_workflow(
+        model.eval(), example, budget, {"input": example.numpy()}, _fresh(folder / "warm-ds")
+    )
     torch_pruning_workflow(model.eval(), example, budget, True, _fresh(folder / "warm-tp"))
 
 
@@ -335,11 +336,17 @@ def main() -> None:
         print(f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}", flush=True)
         warm_up(folder)
         arch_outcomes, baselines = arch_suite(names, folder, args.arch_repeats)
-        digits_outcomes, info = ([], {}) if args.no_digits else digits_suite(args.digits_weights, folder, args.repeats)
+        digits_outcomes, info = (
+            ([], {}) if args.no_digits else digits_suite(args.digits_weights, folder, args.repeats)
+        )
         print(f"\nfinished in {time.perf_counter() - start:.0f} s\n")
         if names:
             print("## Coverage (tests/archs)\n\n" + coverage_table(arch_outcomes, names) + "\n")
-            print("## Size, latency, wall time (tests/archs)\n\n" + metrics_table(arch_outcomes, baselines) + "\n")
+            print(
+                "## Size, latency, wall time (tests/archs)\n\n"
+                + metrics_table(arch_outcomes, baselines)
+                + "\n"
+            )
         if digits_outcomes:
             print("## Digits CNN\n\n" + digits_table(digits_outcomes, info) + "\n")
         print("## Summary\n\n" + summary(arch_outcomes + digits_outcomes))
