@@ -94,8 +94,13 @@ def check_outcome(outcome: Outcome, original: nn.Module, input_shape: Sequence[i
     want = [a.shape for a in outputs_of(original, torch.from_numpy(x))]
     got_module = None
     if outcome.module is not None:
-        got_module = outputs_of(outcome.module, torch.from_numpy(x))
-        outcome.shapes_ok = [a.shape for a in got_module] == want
+        try:
+            got_module = outputs_of(outcome.module, torch.from_numpy(x))
+        except Exception as exc:
+            outcome.extra["module_error"] = f"compact module does not run: {first_line(exc)}"
+            outcome.module = None
+        else:
+            outcome.shapes_ok = [a.shape for a in got_module] == want
     if outcome.onnx_path is None:
         return
     try:

@@ -90,6 +90,8 @@ def torch_pruning_workflow(
                 macs, _ = tp.utils.count_ops_and_params(pruned, example)
                 if macs <= budget.flops_target * base_macs:
                     break
+    with stage("pruned module forward"), torch.no_grad():
+        pruned(example)
     path = out / "compact.onnx"
     with stage("export"), quiet():
         torch.onnx.export(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -87,6 +88,8 @@ def measure(outcome: Outcome, original: nn.Module, example: torch.Tensor, seed: 
     check_outcome(outcome, original, tuple(example.shape[1:]), seed)
     if outcome.module is not None and outcome.shapes_ok:
         outcome.params, outcome.macs = count(outcome.module, example)
+    elif outcome.ort_ok and "original_onnx" in outcome.extra:
+        outcome.extra["onnx_kept"] = onnx_kept(outcome.onnx_path, outcome.extra["original_onnx"])
     if outcome.ort_ok:
         outcome.latency_ms = latency(outcome.onnx_path)
 
@@ -107,6 +110,15 @@ def warm_up(folder: Path) -> None:
 def _fresh(path: Path) -> Path:
     path.mkdir(parents=True)
     return path
+
+
+def onnx_kept(compact: Path, original: Path) -> tuple[float, float]:
+    """Fractions of params and MACs kept by deploysparse's ONNX counter: the fallback when no compact
+    nn.Module exists to count with Torch-Pruning's counter (marked with a dagger in the tables)."""
+    from deploysparse import api
+
+    before, after = api.analyze(original), api.analyze(compact)
+    return after.params / before.params, after.flops / before.flops
 
 
 def arch_suite(names: list[str], folder: Path, repeats: int) -> tuple[list[Outcome], dict]:
@@ -243,7 +255,8 @@ def status(o: Outcome) -> str:
         return f"FAILED {o.error}"
     if not o.shapes_ok:
         return "output shape differs from the original's"
-    extra = f"; apply_plan: {o.extra['apply_plan']}" if "apply_plan" in o.extra else ""
+    problems = [o.extra[k] for k in ("apply_plan", "module_error") if k in o.extra]
+    extra = "".join(f"; {p}" for p in problems)
     return f"ok ({o.wall_s:.2f} s){extra}"
 
 
@@ -254,11 +267,21 @@ def cell(o: Outcome | None) -> str:
         return f"fails ({o.error})"
     if not o.shapes_ok:
         return "wrong output shape"
+    if "apply_plan" in o.extra or "module_error" in o.extra:
+        return "ONNX ok, compact nn.Module broken"
     return "ok"
 
 
 def pct(value: int | None, base: int) -> str:
     return "—" if value is None else f"{100.0 * value / base:.1f}%"
+
+
+def kept(o: Outcome, params: int, macs: int) -> str:
+    """'params kept | MACs kept' cells: Torch-Pruning's counter on the module, else the ONNX fallback."""
+    if o.params is None and "onnx_kept" in o.extra:
+        p, m = o.extra["onnx_kept"]
+        return f"{100 * p:.1f}%† | {100 * m:.1f}%†"
+    return f"{pct(o.params, params)} | {pct(o.macs, macs)}"
 
 
 def ms(o: Outcome, batch: int) -> str:
@@ -302,7 +325,7 @@ def metrics_table(outcomes: list[Outcome], baselines: dict) -> str:
         params, macs = baselines[o.model]
         ratio = wall_ratio(outcomes, o.model, o.budget) if o.tool == DS else None
         lines.append(
-            f"| {o.model} | {o.budget} | {o.tool} | {pct(o.params, params)} | {pct(o.macs, macs)} | "
+            f"| {o.model} | {o.budget} | {o.tool} | {kept(o, params, macs)} | "
             f"{ms(o, 1)} | {ms(o, 8)} | {secs(o)} | {'' if ratio is None else f'{ratio:.2f}'} |"
         )
     return "\n".join(lines)
@@ -322,8 +345,8 @@ def digits_table(outcomes: list[Outcome], info: dict) -> str:
     ]
     for o in outcomes:
         lines.append(
-            f"| {o.budget} | {o.tool} | {cell(o)} | {pct(o.params, info['params'])} | "
-            f"{pct(o.macs, info['macs'])} | {acc(o.extra.get('acc'))} | {acc(o.extra.get('acc_ft'))} | "
+            f"| {o.budget} | {o.tool} | {cell(o)} | {kept(o, info['params'], info['macs'])} | "
+            f"{acc(o.extra.get('acc'))} | {acc(o.extra.get('acc_ft'))} | "
             f"{o.extra.get('dead_left', '—')} | {ms(o, 1)} | {ms(o, 8)} | {secs(o)} |"
         )
     return "\n".join(lines)
@@ -340,10 +363,11 @@ def summary(outcomes: list[Outcome]) -> str:
         runs = [o for o in outcomes if o.tool == tool]
         ok = sum(1 for o in runs if o.shapes_ok and o.ort_ok)
         lines.append(f"- {tool}: {ok}/{len(runs)} runs give the original's output shapes and run in ORT")
-    broken = [o for o in outcomes if o.tool == DS and "apply_plan" in o.extra]
-    lines.append(f"- deploysparse apply_plan failures: {len(broken)}")
+    broken = [o for o in outcomes if "apply_plan" in o.extra or "module_error" in o.extra]
+    lines.append(f"- compact nn.Modules that could not be built or do not run: {len(broken)}")
     for o in broken:
-        lines.append(f"  - {o.model}, {o.budget}: {o.extra['apply_plan']}")
+        problem = o.extra.get("apply_plan") or o.extra["module_error"]
+        lines.append(f"  - {o.tool}, {o.model}, {o.budget}: {problem}")
     drift = [o.onnx_vs_module for o in outcomes if o.onnx_vs_module is not None]
     if drift:
         lines.append(f"- max |compact ONNX - compact module| over all runs: {max(drift):.2e}")
@@ -377,12 +401,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="compare-tp-") as tmp:
         folder = Path(tmp)
         print(f"torch {torch.__version__}, torch-pruning {version('torch-pruning')}", flush=True)
+        print(f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
         warm_up(folder)
         arch_outcomes, baselines = arch_suite(names, folder, args.arch_repeats)
         digits_outcomes, info = (
             ([], {}) if args.no_digits else digits_suite(args.digits_weights, folder, args.repeats)
         )
-        print(f"\nfinished in {time.perf_counter() - start:.0f} s\n")
+        print(f"\nfinished in {time.perf_counter() - start:.0f} s, load average {os.getloadavg()[0]:.1f}\n")
         if names:
             print("## Coverage (tests/archs)\n\n" + coverage_table(arch_outcomes, names) + "\n")
             print(
