@@ -111,8 +111,12 @@ def deploysparse_workflow(
     budget: Budget,
     calib: Mapping[str, np.ndarray],
     out: Path,
+    dead_threshold: float | None = None,
 ):
-    """export_onnx(keep_bn=True) -> api.prune(criterion="l1") -> save_model; returns (PruneResult, path)."""
+    """export_onnx(keep_bn=True) -> api.prune(criterion="l1") -> save_model; returns (PruneResult, path).
+
+    dead_threshold None keeps deploysparse's default; 0 treats only exactly-constant filters as dead.
+    """
     from deploysparse import api
     from deploysparse.frontend.torch_export import export_onnx
     from deploysparse.modelio import save_model
@@ -120,6 +124,8 @@ def deploysparse_workflow(
     with stage("export"), quiet():
         source = export_onnx(model, example, out / "model.onnx", keep_bn=True)
     kwargs = {"ratio": budget.ratio} if budget.ratio is not None else {"flops_target": budget.flops_target}
+    if dead_threshold is not None:
+        kwargs["dead_threshold"] = dead_threshold
     with stage("prune"):
         result = api.prune(source, criterion="l1", calib=dict(calib), **kwargs)
     with stage("save"):

@@ -38,6 +38,8 @@ from torch import nn
 
 DS, TP_CAREFUL, TP_DEFAULT = "deploysparse", "TP careful", "TP defaults"
 ARCH_BUDGETS = ("50% channels", "50% FLOPs")
+# --ds-dead-threshold: None = deploysparse's default (a one-element list so main() can set it).
+DS_DEAD_THRESHOLD: list[float | None] = [None]
 FINE_TUNE_LR = 1e-4
 FINE_TUNE_BATCH = 32
 
@@ -58,7 +60,7 @@ def run_tool(
 
     def workflow(run_dir: Path):
         if tool == DS:
-            return deploysparse_workflow(original, example, budget, calib, run_dir)
+            return deploysparse_workflow(original, example, budget, calib, run_dir, DS_DEAD_THRESHOLD[0])
         return torch_pruning_workflow(original, example, budget, tool == TP_CAREFUL, run_dir)
 
     try:
@@ -386,7 +388,14 @@ def main() -> None:
     parser.add_argument("--arch-repeats", type=int, default=1, help="timed runs per architecture workflow")
     parser.add_argument("--digits-weights", default="bundled", help="digits checkpoint ('bundled' or a path)")
     parser.add_argument("--no-digits", action="store_true", help="skip the digits part")
+    parser.add_argument(
+        "--ds-dead-threshold",
+        type=float,
+        default=None,
+        help="deploysparse --dead-threshold (default: its own)",
+    )
     args = parser.parse_args()
+    DS_DEAD_THRESHOLD[0] = args.ds_dead_threshold
     from importlib.metadata import version
 
     torch.set_num_threads(2)
