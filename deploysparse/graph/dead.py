@@ -92,6 +92,9 @@ def find_dead(
                     f"{', '.join(n.name for n in read_tensors[tensor])} cannot absorb it exactly; kept"
                 )
         removable[ids[unfoldable]] = False
+        # Only removable dead channels carry a value to fold: a constant channel kept here and
+        # removed later by a ranking criterion is an ordinary (lossy, measured) removal.
+        result.constants[tensor] = np.where(removable[ids], result.constants[tensor], np.nan)
     for g, ids in enumerate(ga.group_identities):
         group = ga.groups[g]
         dead = np.setdiff1d(np.flatnonzero(removable[ids]), group.pinned_channels)
