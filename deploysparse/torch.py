@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from deploysparse.errors import PlanError
@@ -28,20 +29,26 @@ class SurgeryRecord(Protocol):
     values: Mapping[str, np.ndarray]
 
 
-def apply_plan(module: nn.Module, surgery: SurgeryRecord) -> nn.Module:
+def apply_plan(module: nn.Module, surgery: SurgeryRecord, verify: bool = True) -> nn.Module:
     """Return a compact deep copy of `module` with the channels surgery removed; `module` is untouched.
 
     `surgery` is a SurgeryResult, or the PruneResult `deploysparse.api.prune` returns (its
     `.surgery`). Raises PlanError when the record names a tensor of a submodule that does not exist,
-    or a slice or value does not fit the tensor.
+    or a slice or value does not fit the tensor. With `verify`, the compact module is run once on a
+    random input and compared with the compact ONNX model: a forward that hard-codes a channel
+    count (`x.chunk(2, 1)` after an uneven prune, `view(-1, 512)`) fails here with a PlanError
+    instead of later in training.
     """
     surgery = getattr(surgery, "surgery", surgery)
     compact = copy.deepcopy(module)
     tensors = _named_tensors(compact)
+    aliases = _aliases_of_graph_constants(surgery, tensors)
     groups_before = {
         name: m.groups for name, m in compact.named_modules() if isinstance(m, nn.modules.conv._ConvNd)
     }
     for name, axes in surgery.slices.items():
+        if name in aliases:
+            name, axes = aliases[name], {0: next(iter(axes.values()))}
         if _skip_graph_constant(name, tensors, compact):
             continue
         tensor = tensors[name]
@@ -68,7 +75,76 @@ def apply_plan(module: nn.Module, surgery: SurgeryRecord) -> nn.Module:
     for weight_name, bias in surgery.biases.items():
         _set_bias(compact, weight_name, bias)
     _fix_module_attributes(compact, groups_before, getattr(surgery, "model", None))
+    if verify and getattr(surgery, "model", None) is not None:
+        _verify_against_graph(compact, surgery.model)
     return compact
+
+
+def _aliases_of_graph_constants(
+    surgery: SurgeryRecord, tensors: Mapping[str, torch.Tensor]
+) -> dict[str, str]:
+    """Exporters fold some parameters into renamed constants (a PReLU slope reshaped to (C, 1, 1)
+    becomes `val_16`). A sliced constant whose kept values equal the same positions of exactly one
+    1-D module tensor is that tensor: slicing it keeps the module in step with the graph."""
+    model = getattr(surgery, "model", None)
+    if model is None:
+        return {}
+    compact_values = {init.name: init for init in model.graph.initializer}
+    aliases = {}
+    for name, axes in surgery.slices.items():
+        if name in tensors or name not in compact_values or len(axes) != 1:
+            continue
+        kept = np.asarray(next(iter(axes.values())), dtype=np.int64)
+        value = numpy_helper.to_array(compact_values[name]).reshape(-1)
+        if value.size != kept.size or not kept.size:
+            continue
+        matches = [
+            tname
+            for tname, t in tensors.items()
+            if t.dim() == 1 and t.shape[0] > int(kept.max()) and t.shape[0] != kept.size
+            and np.array_equal(t.detach().cpu().numpy()[kept], value)
+        ]  # fmt: skip
+        if len(matches) == 1:
+            aliases[name] = matches[0]
+    return aliases
+
+
+def _verify_against_graph(module: nn.Module, model: onnx.ModelProto) -> None:
+    """Run the compact module and the compact ONNX model on one random input; they must agree."""
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    shapes = []
+    for inp in inputs:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+        if any(d is None for d in dims[1:]):
+            return  # dynamic spatial dims: no shape to try; the caller's data will tell
+        shapes.append([2 if dims[0] is None else dims[0], *dims[1:]])
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.standard_normal(s).astype(np.float32) for i, s in zip(inputs, shapes, strict=True)}
+    from deploysparse.stats import session
+
+    expected = session(model).run(None, feeds)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            got = module(*(torch.from_numpy(feeds[i.name]) for i in inputs))
+    except Exception as exc:  # the module's own forward failed: name it
+        raise PlanError(
+            f"the compact module does not run ({type(exc).__name__}: {exc}); its forward probably "
+            "hard-codes a channel count (x.chunk, view with a literal size): edit it or prune that "
+            "group with --protect"
+        ) from exc
+    finally:
+        module.train(was_training)
+    got = [got] if isinstance(got, torch.Tensor) else list(got)
+    for i, (want, have) in enumerate(zip(expected, got, strict=False)):
+        have = have.detach().cpu().numpy()
+        scale = max(float(np.abs(want).max()), 1e-12)
+        if have.shape != want.shape or float(np.abs(have - want).max()) / scale > 1e-4:
+            raise PlanError(
+                f"output {i} of the compact module differs from the compact ONNX model's; its forward "
+                "probably depends on a channel count the plan changed"
+            )
 
 
 def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
