@@ -155,3 +155,14 @@ def validate_plan(plan: Plan, ga: GraphAnalysis) -> None:
                     f"group {gid} ({group.label}): a grouped conv needs the same number of channels kept in "
                     f"each of its {group.block} blocks, got {counts.tolist()}"
                 )
+
+
+def kept_identities(ga: GraphAnalysis, plan: Plan) -> np.ndarray:
+    """Per channel identity of the analysis: True when the plan keeps it."""
+    kept = np.ones(len(ga.identity_group), dtype=bool)
+    for gid, keep in plan.keep.items():
+        ids = ga.group_identities[ga.group_index(gid)]
+        mask = np.zeros(len(ids), dtype=bool)
+        mask[np.asarray(keep, dtype=np.int64)] = True
+        kept[ids[~mask]] = False
+    return kept

@@ -11,18 +11,13 @@ import onnx
 from onnx import numpy_helper
 
 from deploysparse.graph.analysis import GraphAnalysis
-from deploysparse.plan import Plan
+from deploysparse.plan import Plan, kept_identities
 
 
 def zero_channels(ga: GraphAnalysis, plan: Plan) -> onnx.ModelProto:
     """Copy of the normalised model where removed channels produce 0: producer rows, per-channel
     biases and BN scale/shift are zeroed (a zero BN scale and shift output 0 whatever the input)."""
-    kept = np.ones(len(ga.identity_group), dtype=bool)
-    for gid, keep in plan.keep.items():
-        ids = ga.group_identities[ga.group_index(gid)]
-        mask = np.zeros(len(ids), dtype=bool)
-        mask[np.asarray(keep, dtype=np.int64)] = True
-        kept[ids[~mask]] = False
+    kept = kept_identities(ga, plan)
     model = onnx.ModelProto()
     model.CopyFrom(ga.model)
     inits = {init.name: init for init in model.graph.initializer}

@@ -20,7 +20,7 @@ from deploysparse.errors import PlanError
 from deploysparse.graph.analysis import GraphAnalysis
 from deploysparse.graph.channels import Attachment
 from deploysparse.graph.rules import RULES, attr
-from deploysparse.plan import Plan, validate_plan
+from deploysparse.plan import Plan, kept_identities, validate_plan
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Surgeon:
 def apply_plan(ga: GraphAnalysis, plan: Plan) -> SurgeryResult:
     """Rewrite `ga.model` (not modified) so the plan's removed channels are gone."""
     validate_plan(plan, ga)
-    kept_identity = _kept_identities(ga, plan)
+    kept_identity = kept_identities(ga, plan)
     opset = next((i.version for i in ga.model.opset_import if i.domain in ("", "ai.onnx")), 13)
     s = Surgeon(ga, kept_identity, opset)
     result = SurgeryResult(model=onnx.ModelProto())
@@ -104,16 +104,6 @@ def apply_plan(ga: GraphAnalysis, plan: Plan) -> SurgeryResult:
 def _loses_channels(node: onnx.NodeProto, s: Surgeon) -> bool:
     """Only nodes whose tensors lose channels need a rewrite (a pinned node keeps all of them)."""
     return any(t in s.ga.table.base and not s.keep(t).all() for t in [*node.input, *node.output])
-
-
-def _kept_identities(ga: GraphAnalysis, plan: Plan) -> np.ndarray:
-    kept = np.ones(len(ga.identity_group), dtype=bool)
-    for gid, keep in plan.keep.items():
-        ids = ga.group_identities[ga.group_index(gid)]
-        mask = np.zeros(len(ids), dtype=bool)
-        mask[np.asarray(keep, dtype=np.int64)] = True
-        kept[ids[~mask]] = False
-    return kept
 
 
 # ---- pass 1: consumers absorb the removed channels -------------------------------------------------
