@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,6 @@ class Analysis:
     dead: DeadFilters
     params: int
     flops: int
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def groups(self):
@@ -70,7 +69,7 @@ class Analysis:
             "pinned": [p.to_json() for p in self.graph.pinned],
             "dead": {gid: [int(c) for c in ch] for gid, ch in self.dead.channels.items()},
             "dead_total": self.dead.count,
-            "warnings": [*self.warnings, *self.dead.kept],
+            "warnings": list(self.dead.kept),
         }
 
 
@@ -209,7 +208,7 @@ def prune(
         chosen = _criterion_plan(ga, criterion, dead, feeds, budget, module)
     surgery = apply_plan(ga, chosen)
     onnx.checker.check_model(surgery.model)
-    summary = summarize(ga, chosen, surgery, dead)
+    summary = summarize(ga, chosen, dead)
     if not dead.exact or chosen.criterion not in ("dead", ""):
         summary["output_change"] = measure_change(ga.model, surgery.model, feeds, ga)
     return PruneResult(model=surgery.model, plan=chosen, summary=summary, surgery=surgery, graph=ga)
@@ -230,7 +229,7 @@ def _criterion_plan(
     return make_criterion_plan(ga, criterion, dead=dead, feeds=feeds, values_fn=values_fn, **budget)
 
 
-def summarize(ga: GraphAnalysis, plan: Plan, surgery: SurgeryResult, dead: DeadFilters) -> dict:
+def summarize(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> dict:
     """The keys scripts rely on: params/flops before and after, groups, channels removed, pinned."""
     before = count_cost(ga)
     after = count_cost(ga, plan.keep)
@@ -257,7 +256,7 @@ def summarize(ga: GraphAnalysis, plan: Plan, surgery: SurgeryResult, dead: DeadF
         "channels_removed": int(sum(removed.values())),
         "dead_removed": _dead_removed(ga, plan, dead),
         "pinned": [p.to_json() for p in ga.pinned],
-        "warnings": [*dead.kept, *surgery.warnings, *plan.notes],
+        "warnings": [*dead.kept, *plan.notes],
         "exact": dead.exact and plan.criterion in ("dead", ""),
     }
 

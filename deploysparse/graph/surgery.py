@@ -37,7 +37,6 @@ class SurgeryResult:
     slices: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict)
     biases: dict[str, np.ndarray] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
 
 class Surgeon:
