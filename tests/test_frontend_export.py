@@ -59,9 +59,25 @@ def test_export_keeps_names_and_batchnorm_and_batch_is_dynamic(tmp_path: Path, e
 
 
 def test_dynamo_export_folds_shape_arithmetic_into_constants(tmp_path: Path) -> None:
-    path = export_onnx(VggBn().eval(), torch.randn(2, 3, 6, 6), tmp_path / "vgg.onnx")
+    path = export_onnx(VggBn().eval(), torch.randn(2, 3, 6, 6), tmp_path / "vgg.onnx", exporter="dynamo")
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert ops == {"Conv", "BatchNormalization", "Relu", "Clip", "Reshape", "Gemm"}
+
+
+def test_auto_export_falls_back_to_dynamo_when_tracing_fails(tmp_path: Path, monkeypatch) -> None:
+    """The default tries the fast TorchScript exporter first; a failure there is not the user's."""
+    from deploysparse.errors import ModelLoadError
+    from deploysparse.frontend import torch_export
+
+    def broken(*args, **kwargs):
+        raise ModelLoadError("the legacy ONNX exporter failed: tracing is not supported here")
+
+    monkeypatch.setattr(torch_export, "_export_legacy", broken)
+    module = VggBn().eval()
+    path = export_onnx(module, torch.randn(2, 3, 6, 6), tmp_path / "auto.onnx")
+    assert not any(p.name.startswith(".export-") for p in tmp_path.iterdir())
+    x = np.random.default_rng(4).standard_normal((3, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(_run(path, x), module(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
 
 
 def test_keep_bn_false_folds_batchnorm(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def resolve_model(
     input_shape: str | Sequence[int] | None = None,
     workdir: str | os.PathLike[str],
     calib_shape: Sequence[int] | None = None,
-    exporter: str = "dynamo",
+    exporter: str = "auto",
 ) -> ResolvedModel:
     """Resolve `model` (a path to .onnx, or `package.module:factory`) to an ONNX file.
 
