@@ -1,6 +1,7 @@
 """The two user workflows compared, each from a trained nn.Module to a compact ONNX file on disk.
 
-Torch-Pruning prunes the module, then the user exports it with torch's default (dynamo) exporter.
+Torch-Pruning prunes the module, then the user exports it with torch's default (dynamo) exporter, or
+the TorchScript one with --tp-exporter legacy.
 deploysparse exports first (keeping BatchNorm and parameter names), prunes the graph, then saves it;
 `deploysparse.torch.apply_plan` replays the same removal on the module for fine-tuning (not timed: the
 compact ONNX is already the deliverable).
@@ -57,9 +58,16 @@ def quiet() -> Iterator[None]:
 
 
 def torch_pruning_workflow(
-    model: nn.Module, example: torch.Tensor, budget: Budget, careful: bool, out: Path
+    model: nn.Module,
+    example: torch.Tensor,
+    budget: Budget,
+    careful: bool,
+    out: Path,
+    exporter: str = "dynamo",
 ) -> tuple[nn.Module, Path]:
     """Torch-Pruning 1.6 with L1 magnitude importance; `careful` ignores the layers writing outputs.
+    `exporter`: torch's default "dynamo", or "legacy" (TorchScript, what deploysparse's front end
+    tries first), so the export cost can be compared like for like.
 
     With its defaults (no ignored_layers) Torch-Pruning also removes output channels of the final
     Linear / head conv, so the model answers with fewer classes: that is what `careful=False` shows.
@@ -94,14 +102,24 @@ def torch_pruning_workflow(
         pruned(example)
     path = out / "compact.onnx"
     with stage("export"), quiet():
-        torch.onnx.export(
-            pruned,
-            (example,),
-            str(path),
-            dynamo=True,
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            input_names=["input"],
-        )
+        if exporter == "legacy":
+            torch.onnx.export(
+                pruned,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=["input"],
+                dynamic_axes={"input": {0: "batch"}},
+            )
+        else:
+            torch.onnx.export(
+                pruned,
+                (example,),
+                str(path),
+                dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                input_names=["input"],
+            )
     return pruned, path
 
 

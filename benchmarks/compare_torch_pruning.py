@@ -40,6 +40,7 @@ DS, TP_CAREFUL, TP_DEFAULT = "deploysparse", "TP careful", "TP defaults"
 ARCH_BUDGETS = ("50% channels", "50% FLOPs")
 # --ds-dead-threshold: None = deploysparse's default (a one-element list so main() can set it).
 DS_DEAD_THRESHOLD: list[float | None] = [None]
+TP_EXPORTER: list[str] = ["dynamo"]  # set from --tp-exporter
 FINE_TUNE_LR = 1e-4
 FINE_TUNE_BATCH = 32
 
@@ -61,7 +62,7 @@ def run_tool(
     def workflow(run_dir: Path):
         if tool == DS:
             return deploysparse_workflow(original, example, budget, calib, run_dir, DS_DEAD_THRESHOLD[0])
-        return torch_pruning_workflow(original, example, budget, tool == TP_CAREFUL, run_dir)
+        return torch_pruning_workflow(original, example, budget, tool == TP_CAREFUL, run_dir, TP_EXPORTER[0])
 
     try:
         result, outcome.seconds = timed_median(workflow, out, repeats)
@@ -106,7 +107,7 @@ def warm_up(folder: Path) -> None:
     deploysparse_workflow(
         model.eval(), example, budget, {"input": example.numpy()}, _fresh(folder / "warm-ds")
     )
-    torch_pruning_workflow(model.eval(), example, budget, True, _fresh(folder / "warm-tp"))
+    torch_pruning_workflow(model.eval(), example, budget, True, _fresh(folder / "warm-tp"), TP_EXPORTER[0])
 
 
 def _fresh(path: Path) -> Path:
@@ -394,8 +395,15 @@ def main() -> None:
         default=None,
         help="deploysparse --dead-threshold (default: its own)",
     )
+    parser.add_argument(
+        "--tp-exporter",
+        choices=("dynamo", "legacy"),
+        default="dynamo",
+        help="torch exporter in Torch-Pruning's workflow (dynamo: torch's default)",
+    )
     args = parser.parse_args()
     DS_DEAD_THRESHOLD[0] = args.ds_dead_threshold
+    TP_EXPORTER[0] = args.tp_exporter
     from importlib.metadata import version
 
     torch.set_num_threads(2)
