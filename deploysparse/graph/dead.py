@@ -24,6 +24,9 @@ _READERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # The paper's authors keep a channel only if |gamma| > 1e-3; on folded weights the same threshold is
 # read relative to the layer's median filter norm (rules._zero_magnitude).
 DEFAULT_DEAD_THRESHOLD = 1e-3
+# Samples read for the constant values: exact constants need one; a near-dead channel's mean is
+# settled long before 64 (its spread is tiny by definition), and the run is most of the check's cost.
+VALUE_SAMPLES = 64
 
 
 @dataclass
@@ -69,6 +72,7 @@ def find_dead(
         return result
     tensors = [t for t in read_tensors if candidate[ga.identity[table.elements(t)]].any()]
     data = feeds if feeds is not None else random_feeds(ga.model, ga.input_shapes)
+    data = {name: value[:VALUE_SAMPLES] for name, value in data.items()}
     values = intermediate_values(ga.model, data, tensors)
     removable = candidate.copy()
     for tensor in tensors:
