@@ -74,13 +74,21 @@ _UNARY = (
 )  # fmt: skip
 
 
-@rule(*_UNARY)
-def _unary(node: onnx.NodeProto, t: ChannelTable) -> None:
+def _same_channels(node: onnx.NodeProto, t: ChannelTable, reason: str) -> bool:
+    """Input 0's channels become output 0's one to one; pin everything (and say False) when the
+    counts differ or are unknown."""
     src, dst = node.input[0], node.output[0]
     if t.channels(src) is None or t.channels(dst) != t.channels(src):
-        pin_all(node, t, "channel count changes or is unknown")
-        return
+        pin_all(node, t, reason)
+        return False
     t.flow(src, dst)
+    return True
+
+
+@rule(*_UNARY)
+def _unary(node: onnx.NodeProto, t: ChannelTable) -> None:
+    if not _same_channels(node, t, "channel count changes or is unknown"):
+        return
     for extra in node.output[1:]:  # MaxPool indices, Dropout mask
         t.pin(extra, node, "secondary output")
 
@@ -580,11 +588,7 @@ def _reduce(node: onnx.NodeProto, t: ChannelTable) -> None:
 
 @rule("Resize", "Upsample", rewrite=lambda node, s: _resize_rewrite(node, s))
 def _resize(node: onnx.NodeProto, t: ChannelTable) -> None:
-    src, dst = node.input[0], node.output[0]
-    if t.channels(src) is None or t.channels(dst) != t.channels(src):
-        pin_all(node, t, "resize changes the channel count")
-        return
-    t.flow(src, dst)
+    _same_channels(node, t, "resize changes the channel count")
 
 
 def _resize_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
