@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -122,14 +123,25 @@ def polygraphy_error(models, tmp_path_factory) -> float:
 def test_validate_and_polygraphy_agree_on_max_abs_error(models, polygraphy_error):
     original, compact, data = models
     expected = polygraphy_error
-    report = validate(original, compact, {"input": data}, atol=None, rtol=None, min_cosine=None)
+    report = validate(
+        original, compact, {"input": data}, batch_size=len(data), atol=None, rtol=None, min_cosine=None
+    )
     assert report.samples == len(data)
     assert expected > 1e-3, "the pruned model must differ from the original for the check to mean anything"
     assert report.max_abs_err == pytest.approx(expected, rel=1e-6)
+
+
+# The largest accumulation in small_convnet is the Linear layer's 384-term dot product. Kernels chosen
+# per batch size may sum in another order, moving each output by at most ~384 float32 roundings of
+# the output's scale; a max of differences of two such outputs moves by at most twice that.
+_LONGEST_SUM = 24 * 4 * 4
 
 
 def test_agreement_survives_validate_batching(models, polygraphy_error):
     """validate runs in batches (here 6, leaving a short last batch); polygraphy runs all 20 at once."""
     original, compact, data = models
     report = validate(original, compact, {"input": data}, batch_size=6, atol=None, rtol=None, min_cosine=None)
-    assert report.max_abs_err == pytest.approx(polygraphy_error, rel=1e-6)
+    session = ort.InferenceSession(str(original), providers=["CPUExecutionProvider"])
+    scale = max(1.0, float(np.abs(session.run(None, {"input": data})[0]).max()))
+    batch_layout_bound = 2 * _LONGEST_SUM * float(np.finfo(np.float32).eps) * scale
+    assert report.max_abs_err == pytest.approx(polygraphy_error, abs=batch_layout_bound)
