@@ -39,6 +39,7 @@ from torch import nn
 
 from deploysparse import api
 from deploysparse.atomic import write_text
+from deploysparse.budget import Budget
 from deploysparse.criteria import CRITERIA, CriterionContext, plan_with
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.graph.analysis import analyze_graph
@@ -67,7 +68,7 @@ def timing() -> None:
         times = []
         for budget in ({"ratio": 0.3}, {"flops_target": 0.5}):
             start = time.perf_counter()
-            plan_with(name, ga, CriterionContext(ga, calib=feeds), **budget)
+            plan_with(name, ga, CriterionContext(ga, calib=feeds), Budget(**budget))
             times.append(time.perf_counter() - start)
         print(f"{name:12s} {times[0]:11.2f}s {times[1]:18.2f}s")
 

@@ -7,6 +7,7 @@ deploysparse.modelio.save_model(result.model, "compact.onnx")
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from deploysparse.budget import DEAD, Budget
 from deploysparse.errors import UsageError
 from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
 from deploysparse.graph.cost import count_cost
@@ -179,15 +181,17 @@ def prune(
     plan: Plan | str | os.PathLike[str] | None = None,
     dead_threshold: float = DEFAULT_DEAD_THRESHOLD,
     module=None,
-    **budget,
+    budget: Budget | None = None,
+    **budget_fields,
 ) -> PruneResult:
     """Prune `model` with a criterion and budget, or apply a saved plan; return the compact model.
 
-    Dead filters are always removed first, at no cost to the budget. Budget options (ratio,
-    flops_target, max_layer_ratio, min_channels, round_to, protect) go to the criterion's planner.
+    Dead filters are always removed first, at no cost to the budget. `budget` (a Budget) or its
+    fields as keywords (`flops_target=0.5`, see deploysparse.budget.Budget) go to the criterion.
     `module`: the nn.Module the ONNX model was exported from (names kept); criteria then read
     activations through its forward hooks instead of ONNX Runtime.
     """
+    chosen_budget = Budget.of(budget, **budget_fields)
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
     original = proto if proto is model else None  # a caller's ModelProto stays untouched
@@ -196,16 +200,12 @@ def prune(
     dead = find_dead(ga, dead_threshold, feeds)
     if plan is not None:
         chosen = plan if isinstance(plan, Plan) else Plan.load(plan, ga)
-    elif criterion == "dead":
-        unknown = set(budget) - {"round_to"}
-        if unknown:
-            raise UsageError(
-                f"criterion dead takes no budget ({', '.join(sorted(unknown))}); it removes what is dead"
-            )
+    elif criterion == DEAD:
+        _check_dead_budget(chosen_budget)
         chosen = dead_plan(dead)
-        chosen.keep = keep_all_but(ga, dead.channels, budget.get("round_to", 1))
+        chosen.keep = keep_all_but(ga, dead.channels, chosen_budget.round_to)
     else:
-        chosen = _criterion_plan(ga, criterion, dead, feeds, budget, module)
+        chosen = _criterion_plan(ga, criterion, dead, feeds, chosen_budget, module)
     surgery = apply_plan(ga, chosen)
     onnx.checker.check_model(surgery.model)
     summary = summarize(ga, chosen, dead)
@@ -214,8 +214,20 @@ def prune(
     return PruneResult(model=surgery.model, plan=chosen, summary=summary, surgery=surgery, graph=ga)
 
 
+def _check_dead_budget(budget: Budget) -> None:
+    """The dead criterion removes what is dead: of the budget only the rounding applies."""
+    default = Budget()
+    unknown = [
+        f.name
+        for f in dataclasses.fields(Budget)
+        if f.name != "round_to" and getattr(budget, f.name) != getattr(default, f.name)
+    ]
+    if unknown:
+        raise UsageError(f"criterion dead takes no budget ({', '.join(unknown)}); it removes what is dead")
+
+
 def _criterion_plan(
-    ga: GraphAnalysis, criterion: str, dead: DeadFilters, feeds, budget: dict, module
+    ga: GraphAnalysis, criterion: str, dead: DeadFilters, feeds, budget: Budget, module
 ) -> Plan:
     from deploysparse.criteria import make_criterion_plan
 
@@ -226,7 +238,7 @@ def _criterion_plan(
         def values_fn(names):
             return collect_torch_values(module, feeds, ga.model, names)
 
-    return make_criterion_plan(ga, criterion, dead=dead, feeds=feeds, values_fn=values_fn, **budget)
+    return make_criterion_plan(ga, criterion, budget, dead=dead, feeds=feeds, values_fn=values_fn)
 
 
 def summarize(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> dict:

@@ -16,6 +16,7 @@ A dead channel is kept only where a group would otherwise fall below its minimum
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,62 @@ from deploysparse.errors import PlanError, UsageError
 from deploysparse.graph.groups import ChannelGroup
 
 FLOPS_TOLERANCE = 0.02
+DEAD = "dead"  # the --criterion that removes only the dead filters: no ranking, no target
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a plan removes and under which limits; the one place these options and their defaults
+    live (the CLI, the API, recipes and every criterion take a Budget).
+
+    ratio: fraction of the live prunable channels to remove. flops_target: fraction of the original
+    MACs to keep. (At most one of them; with neither only dead channels go.)
+    max_layer_ratio: no group loses more than this fraction of its channels (None: no cap).
+    min_channels: no group keeps fewer. round_to: kept counts are multiples of it (see legal_counts).
+    protect: group ids or producer node names left whole.
+    """
+
+    ratio: float | None = None
+    flops_target: float | None = None
+    max_layer_ratio: float | None = None
+    min_channels: int = 1
+    round_to: int = 1
+    protect: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "protect", tuple(self.protect))
+        if self.ratio is not None and self.flops_target is not None:
+            raise UsageError("give either --ratio or --flops-target, not both")
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise UsageError(f"--ratio {self.ratio}: must be in [0, 1)")
+        if self.flops_target is not None and not 0.0 < self.flops_target <= 1.0:
+            raise UsageError(f"--flops-target {self.flops_target}: must be in (0, 1]")
+        if self.max_layer_ratio is not None and not 0.0 <= self.max_layer_ratio <= 1.0:
+            raise UsageError(f"--max-layer-ratio {self.max_layer_ratio}: must be in [0, 1]")
+        if self.min_channels < 1:
+            raise UsageError(f"--min-channels {self.min_channels}: must be at least 1")
+        if self.round_to < 1:
+            raise UsageError(f"--round-to {self.round_to}: must be at least 1")
+
+    @classmethod
+    def of(cls, budget: Budget | None = None, **fields: Any) -> Budget:
+        """`budget` with `fields` replaced (None values ignored); UsageError naming an unknown field."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise UsageError(f"unknown budget option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        given = {k: v for k, v in fields.items() if v is not None}
+        return dataclasses.replace(budget or cls(), **given)
+
+    @property
+    def targeted(self) -> bool:
+        """Whether the budget asks for more than the dead channels (a ratio or a FLOPs target)."""
+        return self.ratio is not None or self.flops_target is not None
+
+    @property
+    def limits(self) -> tuple[float | None, int, int]:
+        """(max_layer_ratio, min_channels, round_to): what shapes each group's legal counts."""
+        return self.max_layer_ratio, self.min_channels, self.round_to
 
 
 @dataclass
@@ -127,20 +184,15 @@ class Allocation:
 def group_budgets(
     groups: list[ChannelGroup],
     scores: dict[str, np.ndarray | None],
-    *,
-    max_layer_ratio: float | None = None,
-    min_channels: int = 1,
-    round_to: int = 1,
-    protect: Iterable[str] = (),
+    budget: Budget,
     dead: dict[str, np.ndarray] | None = None,
 ) -> list[GroupBudget]:
     """The groups a plan may touch (prunable, not protected, scored or with dead channels), with
     their constraints."""
-    _check_limits(max_layer_ratio, min_channels, round_to)
-    protected = _resolve_protect(groups, protect)
+    protected = _resolve_protect(groups, budget.protect)
     dead = dead or {}
     return [
-        _group_budget(g, scores.get(g.id), dead.get(g.id), min_channels, max_layer_ratio, round_to)
+        _group_budget(g, scores.get(g.id), dead.get(g.id), budget)
         for g in groups
         if g.prunable and g.id not in protected and (g.id in scores or g.id in dead)
     ]
@@ -155,18 +207,13 @@ class BudgetTarget:
     """
 
     budgets: list[GroupBudget]
-    ratio: float | None = None
-    flops_target: float | None = None
+    budget: Budget
     macs_of: Callable[[dict[str, int]], int] | None = None
 
     def __post_init__(self) -> None:
-        if self.ratio is not None and self.flops_target is not None:
-            raise UsageError("give either --ratio or --flops-target, not both")
-        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
-            raise UsageError(f"--ratio {self.ratio}: must be in [0, 1)")
+        self.ratio = self.budget.ratio
+        self.flops_target = self.budget.flops_target
         if self.flops_target is not None:
-            if not 0.0 < self.flops_target <= 1.0:
-                raise UsageError(f"--flops-target {self.flops_target}: must be in (0, 1]")
             if self.macs_of is None:
                 raise UsageError("--flops-target needs a cost model (macs_of)")
             self.original_macs = self.macs_of({})
@@ -222,14 +269,9 @@ class BudgetTarget:
 def allocate(
     groups: list[ChannelGroup],
     scores: dict[str, np.ndarray | None],
+    budget: Budget,
     *,
     macs_of: Callable[[dict[str, int]], int] | None = None,
-    ratio: float | None = None,
-    flops_target: float | None = None,
-    max_layer_ratio: float | None = None,
-    min_channels: int = 1,
-    round_to: int = 1,
-    protect: Iterable[str] = (),
     dead: dict[str, np.ndarray] | None = None,
 ) -> Allocation:
     """The budget search on its own: groups and scores in, kept channel indices out.
@@ -237,16 +279,8 @@ def allocate(
     macs_of(keep_counts) -> MACs of the model with those kept counts (needed for flops_target).
     Without ratio or flops_target only the dead channels go.
     """
-    budgets = group_budgets(
-        groups,
-        scores,
-        max_layer_ratio=max_layer_ratio,
-        min_channels=min_channels,
-        round_to=round_to,
-        protect=protect,
-        dead=dead,
-    )
-    target = BudgetTarget(budgets, ratio, flops_target, macs_of)
+    budgets = group_budgets(groups, scores, budget, dead)
+    target = BudgetTarget(budgets, budget, macs_of)
     rank_scores(budgets)
     live_scores = [b.scores[b.live] for b in budgets if b.scores is not None]
     thresholds = np.array([-np.inf])
@@ -261,7 +295,7 @@ def allocate(
         best = first_within(lambda i: target.excess(counts_at(i)), len(thresholds))
     counts = counts_at(best)
     allocation = Allocation(notes=target.verdict(counts, counts_at(len(thresholds) - 1)) if budgets else [])
-    finish(allocation, budgets, counts, round_to)
+    finish(allocation, budgets, counts, budget.round_to)
     return allocation
 
 
@@ -314,9 +348,7 @@ def _group_budget(
     group: ChannelGroup,
     scores: np.ndarray | None,
     dead: np.ndarray | None,
-    min_channels: int,
-    max_layer_ratio: float | None,
-    round_to: int,
+    budget: Budget,
 ) -> GroupBudget:
     if scores is not None:
         scores = np.asarray(scores, dtype=np.float64)
@@ -335,9 +367,9 @@ def _group_budget(
         group.block,
         pinned,
         dead_mask,
-        min_channels=min_channels,
-        max_layer_ratio=max_layer_ratio,
-        round_to=round_to,
+        min_channels=budget.min_channels,
+        max_layer_ratio=budget.max_layer_ratio,
+        round_to=budget.round_to,
     )
     return GroupBudget(group, scores, pinned, dead_mask, legal, met)
 
@@ -353,43 +385,18 @@ def _resolve_protect(groups: list[ChannelGroup], protect: Iterable[str]) -> set[
     return protected
 
 
-def _check_limits(max_layer_ratio: float | None, min_channels: int, round_to: int) -> None:
-    if max_layer_ratio is not None and not 0.0 <= max_layer_ratio <= 1.0:
-        raise UsageError(f"--max-layer-ratio {max_layer_ratio}: must be in [0, 1]")
-    if min_channels < 1:
-        raise UsageError(f"--min-channels {min_channels}: must be at least 1")
-    if round_to < 1:
-        raise UsageError(f"--round-to {round_to}: must be at least 1")
-
-
 def make_plan(
     ga: Any,
     scores: dict[str, np.ndarray | None],
+    budget: Budget,
     *,
-    ratio: float | None = None,
-    flops_target: float | None = None,
-    max_layer_ratio: float | None = None,
-    min_channels: int = 1,
-    round_to: int = 1,
-    protect: Iterable[str] = (),
     dead: dict[str, np.ndarray] | None = None,
     criterion: str = "",
 ) -> Any:
     """A Plan for `ga` from per-group scores (higher = more important) and one budget."""
     from deploysparse.plan import Plan
 
-    allocation = allocate(
-        ga.groups,
-        scores,
-        macs_of=macs_counter(ga),
-        ratio=ratio,
-        flops_target=flops_target,
-        max_layer_ratio=max_layer_ratio,
-        min_channels=min_channels,
-        round_to=round_to,
-        protect=protect,
-        dead=dead,
-    )
+    allocation = allocate(ga.groups, scores, budget, macs_of=macs_counter(ga), dead=dead)
     return Plan(keep=allocation.keep, criterion=criterion, notes=allocation.notes)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from deploysparse import api
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
+from deploysparse.budget import DEAD, Budget
 from deploysparse.errors import UsageError
 from deploysparse.modelio import load_model, save_model
 from deploysparse.progress import progress
@@ -121,27 +122,18 @@ def _resolve_source(inputs: RunInputs, staging: Path) -> str:
 
 def _prune(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
     p = recipe.prune
-    ranking = [c for c in p.criterion if c != "dead"]
+    ranking = [c for c in p.criterion if c != DEAD]
     if len(ranking) > 1:
         raise UsageError(f"a recipe runs one ranking criterion after 'dead', got {ranking}")
+    budget = p.budget()
     if not ranking:
-        return api.prune(
-            source, criterion="dead", calib=calib, dead_threshold=p.dead_threshold, round_to=p.round_to
-        )
-    budget = {
-        "ratio": p.ratio,
-        "flops_target": p.flops_target,
-        "max_layer_ratio": p.max_layer_ratio,
-        "min_channels": p.min_channels,
-        "round_to": p.round_to,
-        "protect": tuple(p.protect),
-    }
+        budget = Budget(round_to=budget.round_to)
     return api.prune(
         source,
-        criterion=ranking[0],
+        criterion=ranking[0] if ranking else DEAD,
         calib=calib,
         dead_threshold=p.dead_threshold,
-        **{k: v for k, v in budget.items() if v is not None},
+        budget=budget,
     )
 
 

@@ -8,12 +8,14 @@ error names the file and the line of the offending key.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,10 +25,21 @@ from pydantic import (
     model_validator,
 )
 
-from deploysparse.errors import DeploysparseError
+from deploysparse.budget import DEAD, Budget
+from deploysparse.errors import DeploysparseError, UsageError
 
-Criterion = Literal["dead", "l1", "l2", "bn-scale", "pfp", "similarity"]
-CRITERIA: tuple[str, ...] = get_args(Criterion)
+
+def _known_criterion(name: str) -> str:
+    """A recipe names criteria as `--criterion` does: dead or a name in the CRITERIA registry."""
+    from deploysparse.criteria import CRITERION_NAMES
+
+    if name not in CRITERION_NAMES:
+        raise ValueError(f"unknown criterion {name!r}; choose one of {', '.join(map(repr, CRITERION_NAMES))}")
+    return name
+
+
+Criterion = Annotated[str, AfterValidator(_known_criterion)]
+_BUDGET = Budget()
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Positive = Annotated[int, Field(ge=1)]
@@ -47,13 +60,14 @@ class PruneSettings(_Section):
     filters) go; with one of them, the criteria rank channels and the budget decides how many go.
     """
 
-    criterion: list[Criterion] = ["dead"]
-    ratio: Fraction | None = None  # fraction of prunable channels to remove, over the whole model
-    flops_target: Fraction | None = None  # fraction of the original FLOPs the compact model may keep
-    max_layer_ratio: Fraction = 0.8  # no group loses more than this fraction of its channels
-    min_channels: Positive = 1  # no group keeps fewer channels than this
-    round_to: Positive = 1  # kept channels per group rounded to a multiple (tensor-core friendly)
-    protect: list[str] = []  # group ids or node names whose channels are never removed
+    criterion: list[Criterion] = [DEAD]
+    # the budget: meanings, defaults and checks are deploysparse.budget.Budget's (as for the CLI)
+    ratio: Fraction | None = _BUDGET.ratio
+    flops_target: Fraction | None = _BUDGET.flops_target
+    max_layer_ratio: Fraction | None = _BUDGET.max_layer_ratio
+    min_channels: Positive = _BUDGET.min_channels
+    round_to: Positive = _BUDGET.round_to
+    protect: list[str] = list(_BUDGET.protect)
     dead_threshold: Annotated[float, Field(ge=0.0)] = 1e-3  # near-zero filters count as dead (measured)
 
     @field_validator("criterion", mode="before")
@@ -66,8 +80,17 @@ class PruneSettings(_Section):
         if self.ratio is not None and self.flops_target is not None:
             raise ValueError("give either ratio or flops_target, not both")
         if not self.criterion:
-            raise ValueError("criterion needs at least one of " + ", ".join(CRITERIA))
+            raise ValueError("criterion needs at least one criterion, e.g. [dead]")
+        try:
+            self.budget()
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
         return self
+
+    def budget(self) -> Budget:
+        """The Budget these settings describe."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(Budget)}
+        return Budget(**fields)
 
 
 class BuildSettings(_Section):

@@ -6,20 +6,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from deploysparse.cli.options import echo_json, parse_input_shapes
+from deploysparse.cli.options import analysis_options, echo_json, parse_input_shapes
 
 
 @click.command("analyze")
 @click.argument("model")
-@click.option("--calib", help="Calibration data (.npy for one input, .npz keyed by input name).")
-@click.option("--input-shape", "input_shape", multiple=True, help="NAME:1x3x32x32 or 1,3,32,32.")
-@click.option(
-    "--dead-threshold",
-    type=float,
-    default=1e-3,
-    show_default=True,
-    help="Also count filters this small (relative norm, or |BN scale|) as dead.",
-)
+@analysis_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(
     model: str, calib: str | None, input_shape: tuple[str, ...], dead_threshold: float, as_json: bool

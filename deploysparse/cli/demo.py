@@ -12,13 +12,19 @@ from pathlib import Path
 import click
 import numpy as np
 
+from deploysparse.cli.options import CriterionChoice
+
 DEMO_CRITERION = "l1"
 
 
 @click.command("demo")
 @click.option("-o", "--outdir", default="demo-out", show_default=True, help="Output folder.")
 @click.option(
-    "--criterion", default=DEMO_CRITERION, show_default=True, help="Ranking criterion after 'dead'."
+    "--criterion",
+    type=CriterionChoice(),
+    default=DEMO_CRITERION,
+    show_default=True,
+    help="Ranking criterion after 'dead'.",
 )
 @click.option("--flops-target", default=0.5, show_default=True, help="Fraction of the FLOPs to keep.")
 def command(outdir: str, criterion: str, flops_target: float) -> None:

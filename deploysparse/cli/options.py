@@ -2,11 +2,107 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
+from typing import Any
 
 import click
 
+from deploysparse.budget import DEAD, Budget
 from deploysparse.errors import UsageError
+
+_DEFAULT = Budget()
+
+# The budget's options: one click option per Budget field, named after it (--flops-target ->
+# flops_target), default from Budget. Help text is the only thing said here.
+_BUDGET_HELP: dict[str, tuple[type, str]] = {
+    "ratio": (float, "Remove this fraction of the prunable channels."),
+    "flops_target": (float, "Keep this fraction of the FLOPs (MACs)."),
+    "max_layer_ratio": (float, "Remove at most this fraction of any one group."),
+    "min_channels": (int, "Keep at least this many per group."),
+    "round_to": (
+        int,
+        "Keep channel counts a multiple of N (fast CPU kernels and tensor cores want 8; 1 turns it off).",
+    ),
+    "protect": (str, "Group id or producer node name to leave alone (repeatable)."),
+}
+
+
+def budget_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one option per Budget field to a click command; `budget_from(kwargs)` reads them back."""
+    names = [f.name for f in dataclasses.fields(Budget)]
+    if sorted(names) != sorted(_BUDGET_HELP):
+        raise AssertionError(f"cli/options.py: help for budget fields {names} out of date")
+    for name in reversed(names):
+        kind, help_text = _BUDGET_HELP[name]
+        default = getattr(_DEFAULT, name)
+        flag = "--" + name.replace("_", "-")
+        if name == "protect":
+            command = click.option(flag, multiple=True, help=help_text)(command)
+        else:
+            command = click.option(
+                flag, type=kind, default=default, show_default=default is not None, help=help_text
+            )(command)
+    return command
+
+
+def budget_from(options: dict[str, Any]) -> Budget:
+    """The Budget the budget_options of a command were given (removed from `options`)."""
+    fields = {f.name: options.pop(f.name) for f in dataclasses.fields(Budget)}
+    return Budget(**fields)
+
+
+class CriterionChoice(click.Choice):
+    """--criterion: `dead` or a name in the CRITERIA registry, read when first needed (not at import,
+    so `deploysparse --help` does not load scipy)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from deploysparse.criteria import CRITERION_NAMES
+
+        return CRITERION_NAMES
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:
+        pass
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The name, or the project's one-line UsageError (not click's usage block)."""
+        if value in self.choices:
+            return value
+        raise UsageError(f"--criterion {value}: unknown; choose one of {', '.join(self.choices)}")
+
+
+def criterion_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--criterion, default dead."""
+    return click.option(
+        "--criterion",
+        type=CriterionChoice(),
+        default=DEAD,
+        show_default=True,
+        help="How channels are ranked; dead removes only the provably constant filters.",
+    )(command)
+
+
+def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--calib, --input-shape and --dead-threshold: what `analyze` and `prune` read a model with."""
+    command = click.option(
+        "--dead-threshold",
+        type=float,
+        default=1e-3,
+        show_default=True,
+        help="Also treat filters this small (relative norm, or |BN scale|) as dead; not exact, measured.",
+    )(command)
+    command = click.option(
+        "--input-shape", "input_shape", multiple=True, help="NAME:1x3x32x32 or 1,3,32,32."
+    )(command)
+    return click.option("--calib", help="Calibration data (.npy for one input, .npz keyed by input name).")(
+        command
+    )
 
 
 def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]] | None:

@@ -3,48 +3,31 @@
 from __future__ import annotations
 
 import tempfile
+from typing import Any
 
 import click
 from rich.console import Console
 
-from deploysparse.cli.options import echo_json, parse_input_shapes
+from deploysparse.budget import DEAD, Budget
+from deploysparse.cli.options import (
+    analysis_options,
+    budget_from,
+    budget_options,
+    criterion_option,
+    echo_json,
+    parse_input_shapes,
+)
 from deploysparse.errors import UsageError
 
 
 @click.command("prune")
 @click.argument("model")
 @click.option("-o", "--output", required=True, help="Compact ONNX to write (never the input).")
-@click.option(
-    "--criterion",
-    default="dead",
-    show_default=True,
-    help="dead | inactive | l1 | l2 | bn-scale | pfp | pfp-random | similarity",
-)
-@click.option("--calib", help="Calibration data (.npy for one input, .npz keyed by input name).")
+@criterion_option
+@analysis_options
 @click.option("--plan", "plan_in", help="Apply this saved plan.json instead of a criterion.")
 @click.option("--plan-out", help="Write the plan that was applied (plan.json).")
-@click.option("--ratio", type=float, help="Remove this fraction of the prunable channels.")
-@click.option("--flops-target", type=float, help="Keep this fraction of the FLOPs (MACs).")
-@click.option("--max-layer-ratio", type=float, help="Remove at most this fraction of any one group.")
-@click.option(
-    "--min-channels", type=int, default=1, show_default=True, help="Keep at least this many per group."
-)
-@click.option(
-    "--round-to",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Keep channel counts a multiple of N (8 suits FP16 tensor cores).",
-)
-@click.option("--protect", multiple=True, help="Group id or producer node name to leave alone (repeatable).")
-@click.option(
-    "--dead-threshold",
-    type=float,
-    default=1e-3,
-    show_default=True,
-    help="Also remove filters this small (relative norm, or |BN scale|); not exact, measured.",
-)
-@click.option("--input-shape", "input_shape", multiple=True, help="NAME:1x3x32x32 or 1,3,32,32.")
+@budget_options
 @click.option("--weights", help="State dict for an entry-point MODEL (loaded with weights_only=True).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def command(
@@ -52,45 +35,29 @@ def command(
     output: str,
     criterion: str,
     calib: str | None,
+    input_shape: tuple[str, ...],
+    dead_threshold: float,
     plan_in: str | None,
     plan_out: str | None,
-    ratio: float | None,
-    flops_target: float | None,
-    max_layer_ratio: float | None,
-    min_channels: int,
-    round_to: int,
-    protect: tuple[str, ...],
-    dead_threshold: float,
-    input_shape: tuple[str, ...],
     weights: str | None,
     as_json: bool,
+    **budget_fields: Any,
 ) -> None:
     """Prune MODEL (.onnx or package.module:factory) and write the compact ONNX to OUTPUT."""
     from deploysparse import api
     from deploysparse.modelio import check_output_path
 
-    if criterion != "dead":  # an unknown name fails before a model is exported or loaded
-        from deploysparse.criteria import get_criterion
-
-        get_criterion(criterion)
+    budget = budget_from(budget_fields)
     check_output_path(output, model if model.endswith(".onnx") else None, calib, plan_in)
     if plan_out:
         check_output_path(plan_out, model if model.endswith(".onnx") else None, output)
     shapes = parse_input_shapes(input_shape)
-    budget = {
-        "ratio": ratio,
-        "flops_target": flops_target,
-        "max_layer_ratio": max_layer_ratio,
-        "min_channels": min_channels,
-        "round_to": round_to,
-        "protect": protect,
-    }
-    if criterion == "dead" and (ratio is not None or flops_target is not None):
+    if criterion == DEAD and budget.targeted:
         raise UsageError(
             "--ratio/--flops-target need a ranking criterion (l1, l2, bn-scale, pfp, similarity)"
         )
-    if criterion == "dead":  # dead filters go whatever the budget; only the rounding applies
-        budget = {"round_to": round_to}
+    if criterion == DEAD:  # dead filters go whatever the budget; only the rounding applies
+        budget = Budget(round_to=budget.round_to)
     with tempfile.TemporaryDirectory(prefix="deploysparse-") as workdir:
         onnx_path, module = _resolve(model, weights, shapes, workdir, calib)
         result = api.prune(
@@ -101,7 +68,7 @@ def command(
             input_shapes=shapes,
             plan=plan_in,
             dead_threshold=dead_threshold,
-            **{k: v for k, v in budget.items() if v is not None},
+            budget=budget,
         )
         api.save_outputs(result, output, plan_out)
     summary = result.summary

@@ -7,12 +7,11 @@ clustering and merges the rest into them, inactive reports the channels that nev
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from deploysparse.budget import make_plan
+from deploysparse.budget import DEAD, Budget, make_plan
 from deploysparse.criteria.base import Criterion, CriterionContext
 from deploysparse.criteria.bn_scale import BN_SCALE
 from deploysparse.criteria.inactive import INACTIVE
@@ -24,8 +23,17 @@ from deploysparse.errors import CalibrationError, UsageError
 CRITERIA: dict[str, Criterion] = {
     c.name: c for c in (L1, L2, BN_SCALE, INACTIVE, PFP, PFP_RANDOM, SIMILARITY)
 }
+CRITERION_NAMES: tuple[str, ...] = (DEAD, *CRITERIA)  # what --criterion and a recipe accept:
+# `dead` is no Criterion, the analysis' provably constant filters, which every plan removes first
 
-__all__ = ["CRITERIA", "CriterionContext", "get_criterion", "make_criterion_plan", "plan_with"]
+__all__ = [
+    "CRITERIA",
+    "CRITERION_NAMES",
+    "CriterionContext",
+    "get_criterion",
+    "make_criterion_plan",
+    "plan_with",
+]
 
 
 def get_criterion(name: str) -> Criterion:
@@ -42,13 +50,8 @@ def plan_with(
     criterion: str | Criterion,
     ga: Any,
     ctx: CriterionContext,
+    budget: Budget | None = None,
     *,
-    ratio: float | None = None,
-    flops_target: float | None = None,
-    max_layer_ratio: float | None = None,
-    min_channels: int = 1,
-    round_to: int = 1,
-    protect: Iterable[str] = (),
     dead: dict[str, np.ndarray] | None = None,
 ) -> Any:
     """A Plan for `ga` by one criterion under one budget (see deploysparse.budget for its meaning).
@@ -56,6 +59,7 @@ def plan_with(
     dead: channels known to be constant (from the analysis); they go first and free.
     """
     crit = get_criterion(criterion) if isinstance(criterion, str) else criterion
+    budget = budget or Budget()
     if crit.needs_data and not ctx.has_data:
         raise CalibrationError(f"criterion {crit.name} reads activations: pass calibration data (--calib)")
     check_model = getattr(crit, "check_model", None)
@@ -76,20 +80,11 @@ def plan_with(
             f"{crit.name}: {found} channels were zero on all {ctx.num_points or 'given'} calibration points; "
             "removing them is exact on those inputs only, unseen inputs may activate them"
         )
-    budget = dict(
-        ratio=ratio,
-        flops_target=flops_target,
-        max_layer_ratio=max_layer_ratio,
-        min_channels=min_channels,
-        round_to=round_to,
-        protect=tuple(protect),
-        dead=dead,
-    )
     own_allocation = getattr(crit, "allocate", None)
     if own_allocation is not None:
         from deploysparse.plan import Plan
 
-        allocation = own_allocation(ga, ctx, **budget)
+        allocation = own_allocation(ga, ctx, budget, dead=dead)
         plan = Plan(
             keep=allocation.keep, scales=allocation.scales, criterion=crit.name, notes=allocation.notes
         )
@@ -103,7 +98,7 @@ def plan_with(
                 notes.append(
                     f"{crit.name}: group {group.id} ({group.label}) has nothing to score; left whole"
                 )
-        plan = make_plan(ga, scores, criterion=crit.name, **budget)
+        plan = make_plan(ga, scores, budget, dead=dead, criterion=crit.name)
     merge = getattr(crit, "merges", None)
     if merge is not None:
         for gid, keep in list(plan.keep.items()):
@@ -117,18 +112,18 @@ def plan_with(
 def make_criterion_plan(
     ga: Any,
     criterion: str,
+    budget: Budget,
     *,
     dead: Any = None,
     feeds: dict[str, np.ndarray] | None = None,
     seed: int = 0,
     values_fn: Any = None,
-    **budget: Any,
 ) -> Any:
     """The API's entry point: `dead` is the analysis' DeadFilters (its channels go first, their
     constants are folded into the consumers), `feeds` the calibration data, `seed` PFP's sampling,
     `values_fn` another source of activations (the PyTorch front end's forward hooks)."""
     ctx = CriterionContext(ga, calib=feeds, rng=np.random.default_rng(seed), values_fn=values_fn)
-    plan = plan_with(criterion, ga, ctx, dead=dict(dead.channels) if dead is not None else None, **budget)
+    plan = plan_with(criterion, ga, ctx, budget, dead=dict(dead.channels) if dead is not None else None)
     if dead is not None:
         plan.constants = dict(dead.constants)
     return plan

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-import onnx
 
 from deploysparse.errors import CalibrationError
+from deploysparse.graph.producers import linear_read
 
 if TYPE_CHECKING:
     from deploysparse.graph.groups import ChannelGroup, Member
@@ -84,9 +84,10 @@ class Criterion(Protocol):
     """The one signature every criterion implements.
 
     Optional extras a criterion may define (looked up with getattr by `plan_with`):
-      merges(group, ctx, keep) -> (keep, [(src, dst, factor)])  re-chooses the kept set and merges
-      plan(ga, ctx, **budget) -> Plan                             allocates the budget itself (PFP)
-      dead(group, ctx) -> np.ndarray                              channels lossless to remove on the data
+      merges(group, ctx, keep, dead) -> (keep, [(src, dst, factor)])  re-chooses the kept set, merges
+      allocate(ga, ctx, budget, dead) -> Allocation with .scales        meets the Budget itself (PFP)
+      dead(group, ctx) -> np.ndarray                    channels lossless to remove on the data
+      check_model(groups, ga) -> None                   refuses a model the criterion cannot score
     """
 
     name: str
@@ -140,25 +141,10 @@ def weight_of(ga: Any, member: Member) -> np.ndarray:
 
 
 def consumer_input(ga: Any, member: Member) -> tuple[str, int] | None:
-    """The data tensor a consumer node reads and the axis of its features, or None if unsupported.
-
-    Conv and Gemm read (N, C, ...) / (N, F) with channels on axis 1; MatMul reads features on the
-    last axis. A weight fed as the *first* operand (W @ x) has no batch-first data view: None.
-    """
-    node = ga.node(member.node)
-    if member.input_index != 1 or len(node.input) < 2:
-        return None
-    if node.op_type == "Conv":
-        if node_attr(node, "group", 1) != 1:
-            return None
-        return node.input[0], 1
-    if node.op_type == "Gemm":
-        if node_attr(node, "transA", 0) != 0:
-            return None
-        return node.input[0], 1
-    if node.op_type == "MatMul":
-        return node.input[0], -1
-    return None
+    """The data tensor a consumer reads and the axis of its features, or None without a batch-first
+    view (the graph layer decides: deploysparse.graph.producers.linear_read)."""
+    read = linear_read(ga, member)
+    return None if read is None else (read.tensor, read.axis)
 
 
 def channel_activations(values: np.ndarray, member: Member, axis: int) -> np.ndarray:
@@ -172,11 +158,3 @@ def channel_activations(values: np.ndarray, member: Member, axis: int) -> np.nda
         values = values.reshape(-1, values.shape[-1])
     taken = np.take(values, positions_of(member), axis=1)
     return _absent_to_zero(taken.reshape(taken.shape[0], len(member.index), -1), member, axis=1)
-
-
-def node_attr(node: Any, name: str, default: Any) -> Any:
-    """An ONNX node attribute's value, or `default` when absent."""
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return onnx.helper.get_attribute_value(attribute)
-    return default

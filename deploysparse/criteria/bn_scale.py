@@ -20,16 +20,15 @@ import numpy as np
 from deploysparse.criteria.base import CriterionContext, channel_slices, weight_of
 from deploysparse.errors import PlanError
 from deploysparse.graph.groups import ChannelGroup
-
-GAMMA_INPUT = 1
+from deploysparse.graph.producers import normalization_params
 
 
 def bn_gammas(group: ChannelGroup, ga: object) -> np.ndarray | None:
     """Largest |gamma| over the group's BatchNormalization nodes, or None if it has none."""
     gammas = [
-        np.abs(channel_slices(weight_of(ga, m), m)[:, 0])
-        for m in group.params
-        if m.op == "BatchNormalization" and m.input_index == GAMMA_INPUT
+        np.abs(channel_slices(weight_of(ga, params["scale"]), params["scale"])[:, 0])
+        for params in normalization_params(group)
+        if "scale" in params
     ]
     if not gammas:
         return None

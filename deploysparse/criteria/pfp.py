@@ -39,16 +39,19 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.optimize import brentq
 
-from deploysparse.budget import Allocation, BudgetTarget, GroupBudget, finish, group_budgets, macs_counter
-from deploysparse.criteria.base import (
-    CriterionContext,
-    consumer_input,
-    node_attr,
-    positions_of,
-    weight_of,
+from deploysparse.budget import (
+    Allocation,
+    Budget,
+    BudgetTarget,
+    GroupBudget,
+    finish,
+    group_budgets,
+    macs_counter,
 )
+from deploysparse.criteria.base import CriterionContext, positions_of, weight_of
 from deploysparse.errors import UsageError
 from deploysparse.graph.groups import ChannelGroup, Member
+from deploysparse.graph.producers import LinearRead, linear_read
 
 DELTA = 1e-16
 FLOAT_EPS = float(np.finfo(np.float32).eps)
@@ -176,56 +179,40 @@ class GroupSensitivity:
 
 
 def consumer_sensitivity(
-    ga: Any, member: Member, activations: np.ndarray
+    ga: Any, member: Member, read: LinearRead, activations: np.ndarray
 ) -> tuple[np.ndarray, int, int, int]:
     """Sensitivity of each group channel in one consumer, and that consumer's P, k and output size."""
-    node = ga.node(member.node)
     weight = weight_of(ga, member)
-    if node.op_type == "Conv":
+    if read.conv is not None:
         if weight.ndim != 4:
-            raise UsageError(f"pfp: node {node.name}: only 2-D convs are supported")
+            raise UsageError(f"pfp: node {member.node}: only 2-D convs are supported")
         kh, kw = weight.shape[2:]
-        pads = tuple(node_attr(node, "pads", [0, 0, 0, 0]))
-        strides = tuple(node_attr(node, "strides", [1, 1]))
-        dilations = tuple(node_attr(node, "dilations", [1, 1]))
-        auto_pad = node_attr(node, "auto_pad", b"NOTSET")
-        if auto_pad not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-            pads = _same_pads(activations.shape[2:], (kh, kw), strides, dilations, auto_pad)
-        s_full = conv_sensitivity(activations, weight, strides, pads, dilations)
+        geometry = read.conv
+        pads = geometry.pads_for(activations.shape[2:], (kh, kw))
+        s_full = conv_sensitivity(activations, weight, geometry.strides, pads, geometry.dilations)
         s = np.where(np.asarray(member.index) >= 0, s_full[np.maximum(member.index, 0)], 0.0)
-        cols = conv_patches(activations[:1], (kh, kw), strides, pads, dilations)
+        cols = conv_patches(activations[:1], (kh, kw), geometry.strides, pads, geometry.dilations)
         positions = cols.shape[3]
         return s, positions, kh * kw, positions * weight.shape[0]
     dense = weight if member.axis == 1 else weight.T  # (O, F)
-    points = activations.reshape(-1, activations.shape[-1]) if node.op_type == "MatMul" else activations
+    points = activations.reshape(-1, activations.shape[-1]) if read.axis == -1 else activations
     s_features = dense_sensitivity(points, dense)
     per_channel = s_features[positions_of(member)].reshape(len(member.index), member.width).max(axis=1)
     return np.where(np.asarray(member.index) >= 0, per_channel, 0.0), 1, member.width, dense.shape[0]
 
 
-def _same_pads(spatial, kernel, strides, dilations, auto_pad) -> tuple[int, ...]:
-    begin, end = [], []
-    for size, k, stride, d in zip(spatial, kernel, strides, dilations, strict=True):
-        total = max((math.ceil(size / stride) - 1) * stride + (k - 1) * d + 1 - size, 0)
-        upper = auto_pad in (b"SAME_UPPER", "SAME_UPPER")
-        first = total // 2 if upper else total - total // 2
-        begin.append(first)
-        end.append(total - first)
-    return (*begin, *end)
-
-
 def group_sensitivity(group: ChannelGroup, ctx: CriterionContext) -> GroupSensitivity | None:
     """Max over the group's usable consumers of the channel sensitivities (None: no usable consumer)."""
-    reads = [(m, consumer_input(ctx.ga, m)) for m in group.consumers]
+    reads = [(m, linear_read(ctx.ga, m)) for m in group.consumers]
     reads = [(m, r) for m, r in reads if r is not None]
     if not reads:
         return None
-    ctx.prefetch(name for _, (name, _) in reads)
+    ctx.prefetch(r.tensor for _, r in reads)
     s = np.zeros(group.size)
     alpha, output_size = 0.0, 0
-    for member, (tensor, _axis) in reads:
-        values = ctx.activations(tensor)
-        s_c, positions, kernel, out_size = consumer_sensitivity(ctx.ga, member, values)
+    for member, read in reads:
+        values = ctx.activations(read.tensor)
+        s_c, positions, kernel, out_size = consumer_sensitivity(ctx.ga, member, read, values)
         s = np.maximum(s, s_c)
         alpha = max(alpha, layer_alpha(positions, kernel))
         output_size = max(output_size, out_size)
@@ -241,33 +228,20 @@ class PFPAllocation(Allocation):
 def pfp_allocate(
     groups: list[ChannelGroup],
     sens: dict[str, GroupSensitivity],
+    budget: Budget,
     *,
     rng: np.random.Generator,
     variant: str = "deterministic",
     macs_of: Any = None,
-    ratio: float | None = None,
-    flops_target: float | None = None,
-    max_layer_ratio: float | None = None,
-    min_channels: int = 1,
-    round_to: int = 1,
-    protect: tuple[str, ...] | list[str] = (),
     dead: dict[str, np.ndarray] | None = None,
 ) -> PFPAllocation:
     """One global eps (Brent's method over log eps) so that the plan meets the budget."""
     if variant not in ("deterministic", "random"):
         raise UsageError(f"pfp variant {variant!r}: choose deterministic or random")
-    if variant == "random" and round_to > 1:
+    if variant == "random" and budget.round_to > 1:
         raise UsageError("pfp random variant keeps the sampled channels: it cannot honour --round-to")
-    budgets = group_budgets(
-        groups,
-        {gid: g.s for gid, g in sens.items()},
-        max_layer_ratio=max_layer_ratio,
-        min_channels=min_channels,
-        round_to=round_to,
-        protect=protect,
-        dead=dead,
-    )
-    target = BudgetTarget(budgets, ratio, flops_target, macs_of)
+    budgets = group_budgets(groups, {gid: g.s for gid, g in sens.items()}, budget, dead)
+    target = BudgetTarget(budgets, budget, macs_of)
     scored = [b for b in budgets if b.scores is not None]
 
     def counts_at(log_eps: float) -> dict[str, int]:
@@ -294,11 +268,11 @@ def pfp_allocate(
     allocation.notes = target.verdict(counts, counts_at(hi)) if budgets else []
     allocation.notes.append(f"pfp: eps = {allocation.eps:.4g} ({variant})")
     if variant == "deterministic" or not scored:
-        finish(allocation, budgets, counts, round_to)
+        finish(allocation, budgets, counts, budget.round_to)
         return allocation
     for b in budgets:
         if b.scores is None or b.group.block > 1:
-            finish(allocation, [b], counts, round_to)
+            finish(allocation, [b], counts, budget.round_to)
             continue
         keep, scale = _sample(b, sens[b.group.id], allocation.eps, rng)
         if len(keep) < b.group.size:
@@ -335,7 +309,9 @@ class PFPCriterion:
         sens = group_sensitivity(group, ctx)
         return None if sens is None else sens.s
 
-    def allocate(self, ga: Any, ctx: CriterionContext, **budget: Any) -> PFPAllocation:
+    def allocate(
+        self, ga: Any, ctx: CriterionContext, budget: Budget, dead: dict[str, np.ndarray] | None = None
+    ) -> PFPAllocation:
         sens = {}
         for group in ga.groups:
             if group.prunable:
@@ -345,10 +321,11 @@ class PFPCriterion:
         allocation = pfp_allocate(
             ga.groups,
             sens,
+            budget,
             rng=ctx.rng,
             variant=self.variant,
             macs_of=macs_counter(ga),
-            **budget,
+            dead=dead,
         )
         if sens:
             largest = max(g.output_size for g in sens.values())
