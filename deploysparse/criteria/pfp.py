@@ -56,6 +56,7 @@ from deploysparse.graph.producers import LinearRead, linear_read
 DELTA = 1e-16
 FLOAT_EPS = float(np.finfo(np.float32).eps)
 CHUNK_ELEMENTS = 1 << 22
+CACHE_ELEMENTS = 1 << 18  # float32 elements of one block of conv_sensitivity's max-product (1 MiB)
 LOG_EPS_RANGE = (math.log(1e-8), math.log(1e8))
 ZERO_SENSITIVITY_FLOOR = 1e-9  # departure from the paper: see GroupSensitivity.kept
 
@@ -111,22 +112,44 @@ def conv_sensitivity(
     pads: tuple[int, ...] = (0, 0, 0, 0),
     dilations: tuple[int, int] = (1, 1),
 ) -> np.ndarray:
-    """s_j for a 2-D conv (group 1): a (N, C, H, W) input points, w (O, C, kh, kw). Returns (C,)."""
+    """s_j for a 2-D conv (group 1): a (N, C, H, W) input points, w (O, C, kh, kw). Returns (C,).
+
+    The max-product over points, filters, patches and kernel positions has no BLAS form, so its cost
+    is what matters: channels that are zero on every point (dead filters upstream, often half of a
+    net trained with Adam + L2) have s_j = 0 and are skipped, as are filters whose weights of this
+    sign are all zero; the products run in float32 (the shares lie in [0, 1]; z and the float-eps
+    test stay float64), one filter at a time over cache-sized blocks of points: max over filters of
+    W/z first, then one multiplication by the input."""
     a = as_points(np.asarray(a, dtype=np.float64))
     out_channels, channels, kh, kw = w.shape
-    cols = conv_patches(a, (kh, kw), strides, pads, dilations)  # (N, C, K, P)
     s = np.zeros(channels)
-    for part in (np.maximum(w, 0.0), np.minimum(w, 0.0)):
-        flat = part.reshape(out_channels, channels, kh * kw)
-        z = np.einsum("ock,nckp->nop", flat, cols)
-        inv = _inverse(z)
-        per_filter = channels * kh * kw * cols.shape[3]
-        step = max(1, CHUNK_ELEMENTS // max(per_filter, 1))
-        for n in range(a.shape[0]):
-            for o in range(0, out_channels, step):
-                share = flat[o : o + step, :, :, None] * inv[n, o : o + step, None, None, :]
-                share = share * cols[n][None]
-                s = np.maximum(s, share.max(axis=(0, 2, 3)))
+    live = np.flatnonzero(a.reshape(a.shape[0], channels, -1).max(axis=(0, 2)) > 0)
+    if not live.size:
+        return s
+    cols = conv_patches(a[:, live], (kh, kw), strides, pads, dilations)  # (N, L, K, P)
+    points, rows, positions = cols.shape[0], live.size * kh * kw, cols.shape[3]
+    cols = np.ascontiguousarray(cols.reshape(points, rows, positions))
+    by_position = np.ascontiguousarray(cols.transpose(0, 2, 1), dtype=np.float32)  # (N, P, R)
+    t = np.zeros(rows, dtype=np.float32)
+    step = max(1, CACHE_ELEMENTS // max(rows * positions, 1))  # points per block, sized for the cache
+    best = np.empty((step, positions, rows), dtype=np.float32)
+    share = np.empty_like(best)
+    for part in (np.maximum(w[:, live], 0.0), -np.minimum(w[:, live], 0.0)):  # both as nonnegative
+        flat = part.reshape(out_channels, rows)
+        z = (flat @ cols.transpose(1, 0, 2).reshape(rows, points * positions)).reshape(-1, points, positions)
+        inv = _inverse(z).astype(np.float32)  # (O, N, P)
+        flat32 = flat.astype(np.float32)
+        active = np.flatnonzero((flat.max(axis=1) > 0) & (inv.max(axis=(1, 2)) > 0))  # others add 0
+        for start in range(0, points, step):
+            n = min(step, points - start)
+            block, tmp = best[:n], share[:n]
+            block.fill(0.0)
+            for i in active:  # best = max over filters of W[i, r] / z[n, i, p]
+                np.multiply(flat32[i][None, None, :], inv[i, start : start + n, :, None], out=tmp)
+                np.maximum(block, tmp, out=block)
+            block *= by_position[start : start + n]  # times a[n, r, p]
+            np.maximum(t, block.reshape(-1, rows).max(axis=0), out=t)
+    s[live] = t.astype(np.float64).reshape(live.size, kh * kw).max(axis=1)
     return s
 
 
@@ -201,17 +224,36 @@ def consumer_sensitivity(
     return np.where(np.asarray(member.index) >= 0, per_channel, 0.0), 1, member.width, dense.shape[0]
 
 
-def group_sensitivity(group: ChannelGroup, ctx: CriterionContext) -> GroupSensitivity | None:
-    """Max over the group's usable consumers of the channel sensitivities (None: no usable consumer)."""
+def usable_reads(group: ChannelGroup, ctx: CriterionContext) -> list[tuple[Member, LinearRead]]:
+    """The group's consumers that read it batch-first (the only ones PFP can score)."""
     reads = [(m, linear_read(ctx.ga, m)) for m in group.consumers]
-    reads = [(m, r) for m, r in reads if r is not None]
+    return [(m, r) for m, r in reads if r is not None]
+
+
+def consumer_output_size(ga: Any, member: Member, read: LinearRead, values: np.ndarray) -> int:
+    """eta of one consumer: its output size per point (filters x output positions)."""
+    weight = ga.weights[member.name]
+    if read.conv is None:
+        return int(weight.shape[0] if member.axis == 1 else weight.shape[1])
+    kernel = tuple(weight.shape[2:])
+    pads = read.conv.pads_for(values.shape[2:], kernel)
+    positions = conv_patches(values[:1], kernel, read.conv.strides, pads, read.conv.dilations).shape[3]
+    return int(weight.shape[0]) * positions
+
+
+def group_sensitivity(
+    group: ChannelGroup, ctx: CriterionContext, points: int | None = None
+) -> GroupSensitivity | None:
+    """Max over the group's usable consumers of the channel sensitivities (None: no usable consumer),
+    from the first `points` calibration points (all when None)."""
+    reads = usable_reads(group, ctx)
     if not reads:
         return None
     ctx.prefetch(r.tensor for _, r in reads)
     s = np.zeros(group.size)
     alpha, output_size = 0.0, 0
     for member, read in reads:
-        values = ctx.activations(read.tensor)
+        values = ctx.activations(read.tensor)[:points]
         s_c, positions, kernel, out_size = consumer_sensitivity(ctx.ga, member, read, values)
         s = np.maximum(s, s_c)
         alpha = max(alpha, layer_alpha(positions, kernel))
@@ -312,12 +354,18 @@ class PFPCriterion:
     def allocate(
         self, ga: Any, ctx: CriterionContext, budget: Budget, dead: dict[str, np.ndarray] | None = None
     ) -> PFPAllocation:
+        prunable = [g for g in ga.groups if g.prunable]
+        reads = [(m, r) for g in prunable for m, r in usable_reads(g, ctx)]
+        ctx.prefetch(r.tensor for _, r in reads)
+        largest = max(
+            (consumer_output_size(ga, m, r, ctx.activations(r.tensor)) for m, r in reads), default=1
+        )
+        wanted = calibration_points(largest)  # the paper's |S|: more points cost time, add no guarantee
         sens = {}
-        for group in ga.groups:
-            if group.prunable:
-                found = group_sensitivity(group, ctx)
-                if found is not None:
-                    sens[group.id] = found
+        for group in prunable:
+            found = group_sensitivity(group, ctx, points=wanted)
+            if found is not None:
+                sens[group.id] = found
         allocation = pfp_allocate(
             ga.groups,
             sens,
@@ -327,13 +375,16 @@ class PFPCriterion:
             macs_of=macs_counter(ga),
             dead=dead,
         )
-        if sens:
-            largest = max(g.output_size for g in sens.values())
-            wanted = calibration_points(largest)
-            if ctx.num_points and ctx.num_points < wanted:
-                allocation.notes.append(
-                    f"pfp: {ctx.num_points} calibration points; the paper's bound asks for {wanted}"
-                )
+        available = next((len(ctx.activations(r.tensor)) for _, r in reads), 0)
+        if available and available < wanted:
+            allocation.notes.append(
+                f"pfp: {available} calibration points; the paper's bound asks for {wanted}"
+            )
+        elif available > wanted:
+            allocation.notes.append(
+                f"pfp: sensitivities from the first {wanted} of {available} calibration points "
+                "(the paper's bound |S| = ceil(3 log(8 eta*/delta)))"
+            )
         return allocation
 
 
