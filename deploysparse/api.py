@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from deploysparse.budget import DEAD, Budget
+from deploysparse.budget import DEAD, DEFAULT_ROUND_TO, Budget
 from deploysparse.errors import UsageError
 from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
 from deploysparse.graph.cost import count_cost
@@ -154,16 +154,17 @@ def dead_plan(dead: DeadFilters) -> Plan:
 
 
 def keep_all_but(
-    ga: GraphAnalysis, removed: Mapping[str, np.ndarray], round_to: int = 1
+    ga: GraphAnalysis, removed: Mapping[str, np.ndarray], round_to: int = DEFAULT_ROUND_TO
 ) -> dict[str, np.ndarray]:
     """group id -> kept indices, from group id -> removed indices. With round_to > 1 a few removed
     channels are put back so kept counts are multiples of it (fast kernels want them; keeping a
-    dead channel is always exact). Grouped-conv groups keep their per-block balance instead."""
+    dead channel is always exact). Groups smaller than round_to are not rounded (as in budget.py's
+    legal_counts); grouped-conv groups keep their per-block balance instead."""
     keep = {}
     for gid, gone in removed.items():
         group = ga.group(gid)
         gone = np.asarray(gone, dtype=np.int64)
-        if round_to > 1 and group.block == 1:
+        if 1 < round_to <= group.size and group.block == 1:
             kept = group.size - len(gone)
             target = min(group.size, -(-kept // round_to) * round_to)
             gone = gone[: len(gone) - (target - kept)]
@@ -211,6 +212,8 @@ def prune(
     summary = summarize(ga, chosen, dead)
     if not dead.exact or chosen.criterion not in ("dead", ""):
         summary["output_change"] = measure_change(ga.model, surgery.model, feeds, ga)
+    if chosen_budget.latency_target is not None and plan is None:
+        summary["latency"] = _latency_summary(ga, surgery.model, chosen_budget, chosen)
     return PruneResult(model=surgery.model, plan=chosen, summary=summary, surgery=surgery, graph=ga)
 
 
@@ -238,7 +241,31 @@ def _criterion_plan(
         def values_fn(names):
             return collect_torch_values(module, feeds, ga.model, names)
 
-    return make_criterion_plan(ga, criterion, budget, dead=dead, feeds=feeds, values_fn=values_fn)
+    latency = None
+    if budget.latency_target is not None:
+        from deploysparse.latency import latency_model
+
+        latency = latency_model(ga, budget)
+    return make_criterion_plan(
+        ga, criterion, budget, dead=dead, feeds=feeds, values_fn=values_fn, latency=latency
+    )
+
+
+def _latency_summary(ga: GraphAnalysis, compact: onnx.ModelProto, budget: Budget, plan: Plan) -> dict:
+    """Predicted (from the table) and measured (original and compact alternately) latency."""
+    from deploysparse.latency import measured_pair
+
+    original_ms, compact_ms = measured_pair(ga.model, compact, budget, ga.input_shapes)
+    return {
+        "backend": budget.backend,
+        "batch": budget.batch,
+        "target": budget.latency_target,
+        "predicted_original_ms": plan.latency.get("original_ms"),
+        "predicted_ms": plan.latency.get("predicted_ms"),
+        "measured_original_ms": original_ms,
+        "measured_ms": compact_ms,
+        "measured_fraction": compact_ms / original_ms,
+    }
 
 
 def summarize(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> dict:

@@ -29,6 +29,10 @@ from deploysparse.graph.groups import ChannelGroup
 
 FLOPS_TOLERANCE = 0.02
 DEAD = "dead"  # the --criterion that removes only the dead filters: no ranking, no target
+# Kept counts are rounded to multiples of 8 unless told otherwise: ONNX Runtime's blocked (NCHWc) CPU
+# convs and FP16/INT8 tensor cores want them, and odd counts lose more speed than pruning gains
+# (docs/benchmarks.md). `round_to=1` turns it off.
+DEFAULT_ROUND_TO = 8
 
 
 @dataclass(frozen=True)
@@ -37,27 +41,40 @@ class Budget:
     live (the CLI, the API, recipes and every criterion take a Budget).
 
     ratio: fraction of the live prunable channels to remove. flops_target: fraction of the original
-    MACs to keep. (At most one of them; with neither only dead channels go.)
+    MACs to keep. latency_target: fraction of the original latency to keep, on `backend` at `batch`
+    (deploysparse.latency). At most one of the three; with none only dead channels go.
     max_layer_ratio: no group loses more than this fraction of its channels (None: no cap).
-    min_channels: no group keeps fewer. round_to: kept counts are multiples of it (see legal_counts).
+    min_channels: no group keeps fewer. round_to: kept counts are multiples of it, 8 by default
+    (see legal_counts for groups that are smaller or not a multiple by design).
     protect: group ids or producer node names left whole.
     """
 
     ratio: float | None = None
     flops_target: float | None = None
+    latency_target: float | None = None
+    backend: str = "onnxruntime"
+    batch: int = 1
     max_layer_ratio: float | None = None
     min_channels: int = 1
-    round_to: int = 1
+    round_to: int = DEFAULT_ROUND_TO
     protect: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protect", tuple(self.protect))
-        if self.ratio is not None and self.flops_target is not None:
-            raise UsageError("give either --ratio or --flops-target, not both")
+        given = [n for n in ("ratio", "flops_target", "latency_target") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise UsageError(
+                f"give either {given[0]} or {given[1]}, not both (one of --ratio, --flops-target, "
+                "--latency-target)"
+            )
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
             raise UsageError(f"--ratio {self.ratio}: must be in [0, 1)")
         if self.flops_target is not None and not 0.0 < self.flops_target <= 1.0:
             raise UsageError(f"--flops-target {self.flops_target}: must be in (0, 1]")
+        if self.latency_target is not None and not 0.0 < self.latency_target <= 1.0:
+            raise UsageError(f"--latency-target {self.latency_target}: must be in (0, 1]")
+        if self.batch < 1:
+            raise UsageError(f"--batch {self.batch}: must be at least 1")
         if self.max_layer_ratio is not None and not 0.0 <= self.max_layer_ratio <= 1.0:
             raise UsageError(f"--max-layer-ratio {self.max_layer_ratio}: must be in [0, 1]")
         if self.min_channels < 1:
@@ -77,8 +94,8 @@ class Budget:
 
     @property
     def targeted(self) -> bool:
-        """Whether the budget asks for more than the dead channels (a ratio or a FLOPs target)."""
-        return self.ratio is not None or self.flops_target is not None
+        """Whether the budget asks for more than the dead channels (a ratio, FLOPs or latency target)."""
+        return self.ratio is not None or self.flops_target is not None or self.latency_target is not None
 
     @property
     def limits(self) -> tuple[float | None, int, int]:
@@ -151,7 +168,9 @@ def legal_counts(
 
     With `block` parts, each part keeps the same number, so counts step by the block count and the
     floor is set by the part with the most pinned channels; the ceiling (all dead removed) by the part
-    with the most dead ones.
+    with the most dead ones. Rounding: a group smaller than `round_to` is not rounded (no kernel block
+    fits it either way); a group whose size is not a multiple of it (odd by design, e.g. 3 or 10
+    channels) may also keep its original count.
     """
     block_size = size // block
     pinned_parts = pinned.reshape(block, block_size).sum(axis=1)
@@ -162,9 +181,14 @@ def legal_counts(
     lowest = floor
     if max_layer_ratio is not None:
         lowest = max(floor, min(ceiling, _round_up(math.ceil(size * (1.0 - max_layer_ratio)), block)))
+    if size < round_to:
+        round_to = 1
     step = math.lcm(max(round_to, 1), block)
-    counts = np.arange(_round_up(lowest, step), ceiling + 1, step)
+    top = ceiling if step == block else size  # rounding may keep a dead channel (exact) to reach a multiple
+    counts = np.arange(_round_up(lowest, step), top + 1, step)
     if counts.size:
+        if size % step:  # odd by design: keeping the group whole stays legal
+            counts = np.append(counts, size)
         return counts, True
     return np.arange(lowest, ceiling + 1, block), round_to <= 1
 
@@ -392,12 +416,24 @@ def make_plan(
     *,
     dead: dict[str, np.ndarray] | None = None,
     criterion: str = "",
+    latency: Any = None,
 ) -> Any:
-    """A Plan for `ga` from per-group scores (higher = more important) and one budget."""
+    """A Plan for `ga` from per-group scores (higher = more important) and one budget; `latency` (a
+    deploysparse.latency.LatencyModel) is what a --latency-target is met with."""
     from deploysparse.plan import Plan
 
-    allocation = allocate(ga.groups, scores, budget, macs_of=macs_counter(ga), dead=dead)
-    return Plan(keep=allocation.keep, criterion=criterion, notes=allocation.notes)
+    if budget.latency_target is not None:
+        from deploysparse.latency import allocate_latency
+
+        if latency is None:
+            raise UsageError("--latency-target needs a latency model of the target backend")
+        allocation = allocate_latency(ga.groups, scores, budget, latency, dead)
+    else:
+        allocation = allocate(ga.groups, scores, budget, macs_of=macs_counter(ga), dead=dead)
+    latency_ms = {
+        k: getattr(allocation, k) for k in ("predicted_ms", "original_ms") if hasattr(allocation, k)
+    }
+    return Plan(keep=allocation.keep, criterion=criterion, notes=allocation.notes, latency=latency_ms)
 
 
 def macs_counter(ga: Any) -> Callable[[dict[str, int]], int]:

@@ -8,6 +8,7 @@ report.json in OUTDIR always describes the files beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import platform
@@ -125,7 +126,7 @@ def _prune(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
     ranking = [c for c in p.criterion if c != DEAD]
     if len(ranking) > 1:
         raise UsageError(f"a recipe runs one ranking criterion after 'dead', got {ranking}")
-    budget = p.budget()
+    budget = dataclasses.replace(p.budget(), backend=recipe.build.backend, batch=recipe.build.batch[1])
     if not ranking:
         budget = Budget(round_to=budget.round_to)
     return api.prune(

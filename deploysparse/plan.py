@@ -41,6 +41,7 @@ class Plan:
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     criterion: str = ""
     notes: list[str] = field(default_factory=list)
+    latency: dict[str, float] = field(default_factory=dict)  # predicted_ms, original_ms (--latency-target)
 
     def kept(self, gid: str, size: int) -> np.ndarray:
         """Kept channel indices of a group of `size` channels."""

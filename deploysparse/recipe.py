@@ -64,6 +64,7 @@ class PruneSettings(_Section):
     # the budget: meanings, defaults and checks are deploysparse.budget.Budget's (as for the CLI)
     ratio: Fraction | None = _BUDGET.ratio
     flops_target: Fraction | None = _BUDGET.flops_target
+    latency_target: Fraction | None = _BUDGET.latency_target  # measured on build.backend at batch opt
     max_layer_ratio: Fraction | None = _BUDGET.max_layer_ratio
     min_channels: Positive = _BUDGET.min_channels
     round_to: Positive = _BUDGET.round_to
@@ -77,8 +78,6 @@ class PruneSettings(_Section):
 
     @model_validator(mode="after")
     def _one_budget(self) -> PruneSettings:
-        if self.ratio is not None and self.flops_target is not None:
-            raise ValueError("give either ratio or flops_target, not both")
         if not self.criterion:
             raise ValueError("criterion needs at least one criterion, e.g. [dead]")
         try:
@@ -88,8 +87,8 @@ class PruneSettings(_Section):
         return self
 
     def budget(self) -> Budget:
-        """The Budget these settings describe."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(Budget)}
+        """The Budget these settings describe (a latency target's backend and batch: Recipe.budget)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(Budget) if hasattr(self, f.name)}
         return Budget(**fields)
 
 

@@ -41,7 +41,7 @@ def rng() -> np.random.Generator:
 def test_ratio_removes_the_globally_lowest_scores(rng):
     groups = [make_group(f"g{i}", 10) for i in range(3)]
     scores = {g.id: rng.random(10) for g in groups}
-    alloc = allocate(groups, scores, Budget(ratio=0.3))
+    alloc = allocate(groups, scores, Budget(ratio=0.3, round_to=1))
     removed = {(g.id, c) for g in groups for c in range(10) if c not in alloc.keep.get(g.id, np.arange(10))}
     assert len(removed) == 9
     ranked = sorted((scores[g.id][c], g.id, c) for g in groups for c in range(10))[:9]
@@ -72,7 +72,7 @@ def test_legal_counts_respect_min_round_and_block():
 def test_min_channels_floor(rng):
     groups = [make_group("g0", 8), make_group("g1", 8)]
     scores = {"g0": rng.random(8) * 1e-3, "g1": 1.0 + rng.random(8)}
-    alloc = allocate(groups, scores, Budget(ratio=0.5, min_channels=3))
+    alloc = allocate(groups, scores, Budget(ratio=0.5, min_channels=3, round_to=1))
     assert len(alloc.keep["g0"]) == 3
     removed = 16 - len(alloc.keep["g0"]) - len(alloc.keep.get("g1", np.arange(8)))
     assert removed == 8
@@ -81,16 +81,16 @@ def test_min_channels_floor(rng):
 def test_protect_by_id_and_by_producer_node(rng):
     groups = [make_group(f"g{i}", 6) for i in range(3)]
     scores = {g.id: rng.random(6) for g in groups}
-    alloc = allocate(groups, scores, Budget(ratio=0.5, protect=["g0", "conv_g2"]))
+    alloc = allocate(groups, scores, Budget(ratio=0.5, protect=["g0", "conv_g2"], round_to=1))
     assert set(alloc.keep) == {"g1"}
     with pytest.raises(UsageError, match="nosuch"):
-        allocate(groups, scores, Budget(ratio=0.5, protect=["nosuch"]))
+        allocate(groups, scores, Budget(ratio=0.5, protect=["nosuch"], round_to=1))
 
 
 def test_block_keeps_equal_counts_per_block(rng):
     group = make_group("g0", 12, block=3)
     scores = {"g0": rng.random(12)}
-    alloc = allocate([group], scores, Budget(ratio=0.5))
+    alloc = allocate([group], scores, Budget(ratio=0.5, round_to=1))
     kept = alloc.keep["g0"]
     per_block = np.bincount(kept // 4, minlength=3)
     assert len(set(per_block.tolist())) == 1 and per_block[0] in (2, 3)
@@ -99,7 +99,7 @@ def test_block_keeps_equal_counts_per_block(rng):
 def test_pinned_channels_are_never_removed(rng):
     group = make_group("g0", 10, pinned=[0, 1, 2])
     scores = {"g0": np.r_[np.zeros(3), 1 + rng.random(7)]}
-    alloc = allocate([group], scores, Budget(ratio=0.9))
+    alloc = allocate([group], scores, Budget(ratio=0.9, round_to=1))
     assert {0, 1, 2} <= set(alloc.keep["g0"].tolist())
 
 
@@ -107,7 +107,7 @@ def test_dead_removed_first_and_free(rng):
     groups = [make_group("g0", 10), make_group("g1", 10)]
     scores = {g.id: 1 + rng.random(10) for g in groups}
     dead = {"g0": np.array([3, 4, 5, 6])}
-    alloc = allocate(groups, scores, Budget(ratio=0.25), dead=dead)
+    alloc = allocate(groups, scores, Budget(ratio=0.25, round_to=1), dead=dead)
     kept0 = set(alloc.keep["g0"].tolist())
     assert not kept0 & {3, 4, 5, 6}
     live_removed = 20 - 4 - len(kept0) - len(alloc.keep.get("g1", np.arange(10)))
@@ -117,7 +117,10 @@ def test_dead_removed_first_and_free(rng):
 def test_dead_kept_only_to_honour_min_channels():
     group = make_group("g0", 4)
     alloc = allocate(
-        [group], {"g0": np.array([0.1, 0.2, 0.3, 0.4])}, Budget(min_channels=1), dead={"g0": np.arange(4)}
+        [group],
+        {"g0": np.array([0.1, 0.2, 0.3, 0.4])},
+        Budget(min_channels=1, round_to=1),
+        dead={"g0": np.arange(4)},
     )
     assert alloc.keep["g0"].tolist() == [3]
 
@@ -127,7 +130,7 @@ def test_flops_target_met_within_two_percent(rng):
     scores = {g.id: rng.random(g.size) for g in groups}
     macs_of = chain_macs(groups)
     for target in (0.3, 0.5, 0.8):
-        alloc = allocate(groups, scores, Budget(flops_target=target), macs_of=macs_of)
+        alloc = allocate(groups, scores, Budget(flops_target=target, round_to=1), macs_of=macs_of)
         counts = {g: len(k) for g, k in alloc.keep.items()}
         assert abs(macs_of(counts) / macs_of({}) - target) <= 0.02
 
@@ -136,13 +139,15 @@ def test_flops_target_unreachable_raises(rng):
     groups = [make_group("g0", 8), make_group("g1", 8)]
     scores = {g.id: rng.random(8) for g in groups}
     with pytest.raises(PlanError, match="flops-target"):
-        allocate(groups, scores, Budget(flops_target=0.05, protect=["g1"]), macs_of=chain_macs(groups))
+        allocate(
+            groups, scores, Budget(flops_target=0.05, protect=["g1"], round_to=1), macs_of=chain_macs(groups)
+        )
 
 
 def test_max_layer_ratio_caps_one_group(rng):
     groups = [make_group("g0", 10), make_group("g1", 10)]
     scores = {"g0": rng.random(10) * 0.01, "g1": 1 + rng.random(10)}
-    alloc = allocate(groups, scores, Budget(ratio=0.5, max_layer_ratio=0.3))
+    alloc = allocate(groups, scores, Budget(ratio=0.5, max_layer_ratio=0.3, round_to=1))
     assert len(alloc.keep["g0"]) == 7
     assert len(alloc.keep["g1"]) == 7
 
@@ -150,8 +155,38 @@ def test_max_layer_ratio_caps_one_group(rng):
 def test_contradicting_options_raise():
     group = make_group("g0", 4)
     with pytest.raises(UsageError):
-        allocate([group], {"g0": np.ones(4)}, Budget(ratio=0.5, flops_target=0.5), macs_of=lambda k: 1)
+        allocate(
+            [group], {"g0": np.ones(4)}, Budget(ratio=0.5, flops_target=0.5, round_to=1), macs_of=lambda k: 1
+        )
     with pytest.raises(UsageError):
-        allocate([group], {"g0": np.ones(4)}, Budget(ratio=1.5))
+        allocate([group], {"g0": np.ones(4)}, Budget(ratio=1.5, round_to=1))
     with pytest.raises(PlanError):
-        allocate([group], {"g0": np.ones(3)}, Budget(ratio=0.5))
+        allocate([group], {"g0": np.ones(3)}, Budget(ratio=0.5, round_to=1))
+
+
+def test_round_to_8_is_the_default_and_spares_small_and_odd_groups():
+    assert Budget().round_to == 8
+    none = np.zeros(6, bool)
+    # smaller than round_to: no kernel block fits either way, so it is not rounded
+    counts, met = legal_counts(6, 1, none, none, min_channels=1, max_layer_ratio=None, round_to=8)
+    assert met and counts.tolist() == [1, 2, 3, 4, 5, 6]
+    # not a multiple by design (10 channels): the multiples, and the original count
+    counts, met = legal_counts(
+        10, 1, np.zeros(10, bool), np.zeros(10, bool), min_channels=1, max_layer_ratio=None, round_to=8
+    )
+    assert met and counts.tolist() == [8, 10]
+    # two dead channels of 8: rounding keeps them (exact) rather than leave the multiple
+    dead = np.zeros(8, bool)
+    dead[:2] = True
+    counts, met = legal_counts(
+        8, 1, np.zeros(8, bool), dead, min_channels=1, max_layer_ratio=None, round_to=8
+    )
+    assert met and counts.tolist() == [8]
+
+
+def test_budget_options_are_checked_once():
+    with pytest.raises(UsageError, match="either ratio or flops_target, not both"):
+        Budget(ratio=0.5, flops_target=0.5)
+    with pytest.raises(UsageError, match="unknown budget option 'flops'"):
+        Budget.of(flops=0.5)
+    assert Budget.of(Budget(ratio=0.2), round_to=None, min_channels=2) == Budget(ratio=0.2, min_channels=2)

@@ -16,7 +16,9 @@ def test_scores_are_abs_gamma_and_the_smallest_go_first():
     model = chain_model(np.random.default_rng(0), gammas=(g1, 0.5 + np.arange(12) / 10))
     ga, ctx = context(model)
     assert np.allclose(get_criterion("bn-scale").score(ga.group("g1"), ctx), np.abs(g1), atol=1e-7)
-    plan = plan_with("bn-scale", ga, ctx, Budget(ratio=0.1))  # 2 of 20 channels: the two tiny gammas
+    plan = plan_with(
+        "bn-scale", ga, ctx, Budget(ratio=0.1, round_to=1)
+    )  # 2 of 20 channels: the two tiny gammas
     assert plan.kept("g1", 8).tolist() == [0, 2, 3, 5, 6, 7] and "g2" not in plan.keep
 
 
@@ -38,4 +40,4 @@ def test_budgets_met():
 def test_folded_model_is_refused_with_advice():
     ga, ctx = context(flatten_model(np.random.default_rng(3)))
     with pytest.raises(PlanError, match="optimize=False"):
-        plan_with("bn-scale", ga, ctx, Budget(ratio=0.2))
+        plan_with("bn-scale", ga, ctx, Budget(ratio=0.2, round_to=1))

@@ -185,12 +185,12 @@ def check_budgets(criterion: str, model: onnx.ModelProto, x: np.ndarray | None) 
 
     ga, ctx = context(model, x)
     live = sum(g.size - len(g.pinned_channels) for g in ga.groups if g.prunable)
-    plan = plan_with(criterion, ga, ctx, Budget(ratio=0.25))
+    plan = plan_with(criterion, ga, ctx, Budget(ratio=0.25, round_to=1))
     assert removed_live(plan, ga) == round(0.25 * live)
     fresh = np.random.default_rng(99).normal(size=(3, 3, 8, 8)).astype(np.float32)
     out = run(apply_plan(ga, plan).model, fresh)
     assert out.shape == run(model, fresh).shape and np.all(np.isfinite(out))
-    plan = plan_with(criterion, ga, ctx, Budget(flops_target=0.6))
+    plan = plan_with(criterion, ga, ctx, Budget(flops_target=0.6, round_to=1))
     kept = {g: len(k) for g, k in plan.keep.items()}
     assert abs(count_cost(ga, kept).macs / count_cost(ga).macs - 0.6) <= 0.02
     assert np.all(np.isfinite(run(apply_plan(ga, plan).model, fresh)))

@@ -32,7 +32,7 @@ def test_never_firing_channels_removed_exactly_on_the_data():
     model = never_firing_model(rng)
     x = rng.random((10, 3, 8, 8)).astype(np.float32)
     ga, ctx = context(model, x)
-    plan = plan_with("inactive", ga, ctx, Budget())
+    plan = plan_with("inactive", ga, ctx, Budget(round_to=1))
     assert plan.kept("g1", 6).tolist() == [0, 2, 3, 5]
     assert any("exact on those inputs only" in n for n in plan.notes)
     fresh = np.random.default_rng(1).random((4, 3, 8, 8)).astype(np.float32)
@@ -42,7 +42,7 @@ def test_never_firing_channels_removed_exactly_on_the_data():
 def test_needs_calibration_data():
     ga, ctx = context(never_firing_model(np.random.default_rng(0)))
     with pytest.raises(CalibrationError, match="calib"):
-        plan_with("inactive", ga, ctx, Budget())
+        plan_with("inactive", ga, ctx, Budget(round_to=1))
 
 
 def test_budgets_met():

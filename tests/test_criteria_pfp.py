@@ -92,7 +92,7 @@ def synthetic(rng, sizes=(16, 32, 64)):
 def test_one_eps_meets_the_ratio():
     rng = np.random.default_rng(0)
     groups, sens = synthetic(rng)
-    result = pfp_allocate(groups, sens, Budget(ratio=0.5), rng=rng)
+    result = pfp_allocate(groups, sens, Budget(ratio=0.5, round_to=1), rng=rng)
     removed = sum(g.size - len(result.keep.get(g.id, range(g.size))) for g in groups)
     assert abs(removed - 56) <= 2
     for g in groups:  # deterministic: the kept channels are the top-u by sensitivity
@@ -115,7 +115,7 @@ def test_one_eps_meets_a_flops_target():
             previous = kept
         return total
 
-    result = pfp_allocate(groups, sens, Budget(flops_target=0.4), rng=rng, macs_of=macs_of)
+    result = pfp_allocate(groups, sens, Budget(flops_target=0.4, round_to=1), rng=rng, macs_of=macs_of)
     counts = {gid: len(k) for gid, k in result.keep.items()}
     assert abs(macs_of(counts) / macs_of({}) - 0.4) <= 0.02
 
@@ -124,7 +124,7 @@ def test_random_variant_reweighting_is_unbiased():
     group = make_group("g0", 5)
     s = np.array([0.1, 0.2, 0.3, 0.15, 0.25])
     sens = GroupSensitivity(s, 1.0, 10)
-    (budget,) = group_budgets([group], {"g0": s}, Budget())
+    (budget,) = group_budgets([group], {"g0": s}, Budget(round_to=1))
     rng = np.random.default_rng(5)
     eps = 3.0
     m = sample_size(eps, s.sum())
@@ -140,7 +140,7 @@ def test_random_variant_reweighting_is_unbiased():
 def test_random_variant_plan_carries_scales():
     rng = np.random.default_rng(2)
     groups, sens = synthetic(rng, sizes=(32, 32))
-    result = pfp_allocate(groups, sens, Budget(ratio=0.5), rng=rng, variant="random")
+    result = pfp_allocate(groups, sens, Budget(ratio=0.5, round_to=1), rng=rng, variant="random")
     assert result.scales
     for gid, scale in result.scales.items():
         kept = result.keep[gid]
@@ -177,7 +177,7 @@ def test_pfp_plans_on_a_residual_graph(variant):
         check_budgets("pfp", model, x)
         return
     ga, ctx = context(model, x)
-    plan = plan_with("pfp-random", ga, ctx, Budget(ratio=0.3))
+    plan = plan_with("pfp-random", ga, ctx, Budget(ratio=0.3, round_to=1))
     assert plan.scales and set(plan.scales) <= set(plan.keep)
     fresh = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
     assert np.all(np.isfinite(run(apply_plan(ga, plan).model, fresh)))

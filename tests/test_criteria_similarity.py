@@ -75,7 +75,7 @@ def test_merging_an_exact_copy_leaves_outputs_unchanged(with_data):
     x = rng.normal(size=(16, 3, 8, 8)).astype(np.float32)
     ga, ctx = context(model, x if with_data else None)
     group = ga.group("g1")
-    plan = plan_with("similarity", ga, ctx, Budget(ratio=1 / 8, protect=["g2"]))
+    plan = plan_with("similarity", ga, ctx, Budget(ratio=1 / 8, protect=["g2"], round_to=1))
     kept = plan.kept("g1", group.size)
     assert len(kept) == 7 and (2 in kept) != (5 in kept)
     (src, dst, factor), *_ = plan.merges["g1"]
@@ -89,7 +89,7 @@ def test_scaled_copy_merges_with_its_factor():
     model = copies_model(rng, scale=2.5)
     x = rng.normal(size=(16, 3, 8, 8)).astype(np.float32)
     ga, ctx = context(model, x)
-    plan = plan_with("similarity", ga, ctx, Budget(ratio=1 / 8, protect=["g2"]))
+    plan = plan_with("similarity", ga, ctx, Budget(ratio=1 / 8, protect=["g2"], round_to=1))
     (src, dst, factor), *_ = plan.merges["g1"]
     assert {src, dst} == {2, 5}
     assert factor == pytest.approx(2.5 if src == 5 else 0.4, rel=1e-4)

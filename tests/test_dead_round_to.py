@@ -10,7 +10,7 @@ from deploysparse import api
 
 def test_dead_with_round_to_keeps_multiples_and_is_exact(exported) -> None:
     path = exported("vgg_flatten", "dynamo")
-    plain = api.prune(str(path), criterion="dead")
+    plain = api.prune(str(path), criterion="dead", round_to=1)
     rounded = api.prune(str(path), criterion="dead", round_to=4)
     assert 0 < rounded.summary["channels_removed"] <= plain.summary["channels_removed"]
     for group in rounded.summary["groups"]:
@@ -43,10 +43,10 @@ def test_ranking_criterion_may_remove_a_constant_channel_that_dead_keeps(tmp_pat
         net[0].weight[2] *= 1e-3  # the smallest filter: L1 removes it first
     path = export_onnx(net, torch.randn(1, 3, 8, 8), tmp_path / "m.onnx", keep_bn=True)
     calib = {"input": np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)}
-    dead = api.prune(str(path), criterion="dead", calib=calib)
+    dead = api.prune(str(path), criterion="dead", calib=calib, round_to=1)
     assert dead.summary["channels_removed"] == 0
     assert any("cannot absorb it exactly" in w for w in dead.summary["warnings"])
-    ranked = api.prune(str(path), criterion="l1", ratio=0.25, calib=calib)
+    ranked = api.prune(str(path), criterion="l1", ratio=0.25, calib=calib, round_to=1)
     first_group = ranked.summary["groups"][1]
     assert first_group["removed"] > 0 and 2 not in ranked.plan.kept("g1", first_group["channels"])
     assert "output_change" in ranked.summary

@@ -60,7 +60,17 @@ def test_entry_point_with_dead_filter_is_pruned(project: tuple[str, Path], capsy
     torch.save(state, folder / "w.pt")
     out_path = folder / "compact.onnx"
     code, out, err = _prune(
-        [f"{name}:net", "--weights", str(folder / "w.pt"), "--input-shape", "1,3,8,8", "-o", str(out_path)],
+        [
+            f"{name}:net",
+            "--weights",
+            str(folder / "w.pt"),
+            "--input-shape",
+            "1,3,8,8",
+            "-o",
+            str(out_path),
+            "--round-to",
+            "1",
+        ],
         capsys,
     )
     assert code == 0, err

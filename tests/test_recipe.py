@@ -139,3 +139,16 @@ def test_the_example_in_docs_recipes_md_loads(tmp_path: Path) -> None:
     recipe = load_recipe(write(tmp_path, example, "my-model-orin.yaml"))
     assert recipe.prune.criterion == ["dead", "l1"] and recipe.prune.flops_target == 0.7
     assert recipe.validate_.atol is None and recipe.validate_.min_cosine == 0.98
+
+
+def test_criterion_names_and_budget_defaults_are_the_clis(tmp_path: Path) -> None:
+    from deploysparse.budget import Budget
+    from deploysparse.criteria import CRITERIA
+
+    for name in CRITERIA:  # every registered criterion, inactive and pfp-random included
+        recipe = load_recipe(write(tmp_path, f"prune:\n  criterion: [dead, {name}]\n  ratio: 0.2\n"))
+        assert recipe.prune.criterion == ["dead", name]
+    prune = load_recipe(write(tmp_path, "prune:\n  criterion: dead\n")).prune
+    assert prune.budget() == Budget()
+    with pytest.raises(RecipeError, match=r"prune\.min_channels"):
+        load_recipe(write(tmp_path, "prune:\n  min_channels: 0\n"))

@@ -80,7 +80,7 @@ def test_dead_pruning_is_exact(exported, tmp_path: Path, arch: str, exporter: st
     path = exported(arch, exporter, keep_bn)
     before = file_digest(path)
 
-    result = api.prune(str(path), criterion="dead")
+    result = api.prune(str(path), criterion="dead", round_to=1)
 
     out = tmp_path / "compact.onnx"
     save_model(result.model, out)
@@ -113,7 +113,7 @@ SIMPLE = ("vgg_flatten", "misc_acts", "two_head", "unet_nearest", "unet_bilinear
 )
 def test_every_planted_channel_is_removed(exported, arch: str, exporter: str, keep_bn: bool) -> None:
     planted = sum(len(c) for c in ARCHS[arch].planted_channels().values())
-    summary = api.prune(str(exported(arch, exporter, keep_bn)), criterion="dead").summary
+    summary = api.prune(str(exported(arch, exporter, keep_bn)), criterion="dead", round_to=1).summary
     assert summary["channels_removed"] == planted, [g for g in summary["groups"] if g["removed"]]
 
 
@@ -121,16 +121,17 @@ def test_every_planted_channel_is_removed(exported, arch: str, exporter: str, ke
 def test_exporters_find_the_same_dead_channels(exported, arch: str) -> None:
     """The same planted torch model exported two ways has the same dead channels; both must find them."""
     removed = {
-        e: api.prune(str(exported(arch, e)), criterion="dead").summary["channels_removed"] for e in EXPORTERS
+        e: api.prune(str(exported(arch, e)), criterion="dead", round_to=1).summary["channels_removed"]
+        for e in EXPORTERS
     }
     assert removed["dynamo"] == removed["legacy"], removed
 
 
 def test_folded_and_kept_bn_find_the_same_dead_channels(exported) -> None:
     removed = [
-        api.prune(str(exported("resnet_bottleneck", "legacy", keep_bn)), criterion="dead").summary[
-            "channels_removed"
-        ]
+        api.prune(
+            str(exported("resnet_bottleneck", "legacy", keep_bn)), criterion="dead", round_to=1
+        ).summary["channels_removed"]
         for keep_bn in (False, True)
     ]
     assert removed[0] == removed[1], removed
@@ -151,7 +152,9 @@ def test_cli_prune_writes_compact_and_plan(exported, tmp_path: Path, cli) -> Non
     path = exported("resnext", "dynamo")
     out = tmp_path / "out" / "compact.onnx"
     plan_path = tmp_path / "plan.json"
-    result = cli("prune", path, "--criterion", "dead", "-o", out, "--plan-out", plan_path, "--json")
+    result = cli(
+        "prune", path, "--criterion", "dead", "-o", out, "--plan-out", plan_path, "--json", "--round-to", "1"
+    )
     assert result.code == 0, result.err
     report = json.loads(result.out)
     assert report["channels_removed"] > 0
@@ -186,7 +189,7 @@ def test_constant_channels_are_folded_exactly(tmp_path: Path, arch: str, beta: f
     plant_dead(model, 0.3, np.random.default_rng(spec.seed + 3), beta=beta)
     path = export(model, spec.example(2), tmp_path / "src" / "model.onnx", exporter, outputs=spec.outputs)
 
-    result = api.prune(str(path), criterion="dead")
+    result = api.prune(str(path), criterion="dead", round_to=1)
     out = save_model(result.model, tmp_path / "compact.onnx")
     onnx.checker.check_model(str(out), full_check=True)
     assert result.summary["channels_removed"] > 0, "no constant channel was folded"
@@ -221,7 +224,7 @@ def test_dead_residual_stream_channel(tmp_path: Path, exporter: str) -> None:
             bn.weight[[1, 5]] = 0.0
             bn.bias[[1, 5]] = -4.0
     path = export(model, spec.example(2), tmp_path / "src" / "model.onnx", exporter)
-    result = api.prune(str(path), criterion="dead")
+    result = api.prune(str(path), criterion="dead", round_to=1)
     assert result.summary["channels_removed"] == 2, result.summary["groups"]
     out = save_model(result.model, tmp_path / "compact.onnx")
     assert_exact(path, out, seed=spec.seed, batch=2)
@@ -230,9 +233,9 @@ def test_dead_residual_stream_channel(tmp_path: Path, exporter: str) -> None:
 @pytest.mark.parametrize("arch", ["vgg_flatten", "unet_convtranspose", "mobilenet_v2", "resnext"])
 def test_pruning_the_compact_model_again_finds_nothing(exported, tmp_path: Path, arch: str) -> None:
     """Dead pruning is a fixed point: the compact model has no dead channel left and stays exact."""
-    first = api.prune(str(exported(arch, "legacy")), criterion="dead")
+    first = api.prune(str(exported(arch, "legacy")), criterion="dead", round_to=1)
     compact = save_model(first.model, tmp_path / "compact.onnx")
-    second = api.prune(str(compact), criterion="dead")
+    second = api.prune(str(compact), criterion="dead", round_to=1)
     assert second.summary["channels_removed"] == 0, second.summary["groups"]
     again = save_model(second.model, tmp_path / "again.onnx")
     assert weight_count(onnx.load(str(again))) == weight_count(onnx.load(str(compact)))
@@ -243,6 +246,6 @@ def test_api_leaves_a_model_proto_untouched(exported) -> None:
     """`api.prune` on an in-memory ModelProto must not edit the caller's object."""
     model = onnx.load(str(exported("densenet", "legacy")))
     before = model.SerializeToString(deterministic=True)
-    result = api.prune(model, criterion="dead")
+    result = api.prune(model, criterion="dead", round_to=1)
     assert result.summary["channels_removed"] > 0
     assert model.SerializeToString(deterministic=True) == before

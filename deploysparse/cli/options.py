@@ -16,9 +16,15 @@ _DEFAULT = Budget()
 
 # The budget's options: one click option per Budget field, named after it (--flops-target ->
 # flops_target), default from Budget. Help text is the only thing said here.
-_BUDGET_HELP: dict[str, tuple[type, str]] = {
+_BUDGET_HELP: dict[str, tuple[Any, str]] = {
     "ratio": (float, "Remove this fraction of the prunable channels."),
     "flops_target": (float, "Keep this fraction of the FLOPs (MACs)."),
+    "latency_target": (
+        float,
+        "Keep this fraction of the latency measured on --backend at --batch (per-layer tables, cached).",
+    ),
+    "backend": (click.Choice(["onnxruntime", "tensorrt"]), "Where --latency-target is measured."),
+    "batch": (int, "Batch size --latency-target is measured at."),
     "max_layer_ratio": (float, "Remove at most this fraction of any one group."),
     "min_channels": (int, "Keep at least this many per group."),
     "round_to": (
@@ -40,6 +46,10 @@ def budget_options(command: Callable[..., Any]) -> Callable[..., Any]:
         flag = "--" + name.replace("_", "-")
         if name == "protect":
             command = click.option(flag, multiple=True, help=help_text)(command)
+        elif name in ("backend", "batch"):
+            command = click.option(flag, name, type=kind, default=default, show_default=True, help=help_text)(
+                command
+            )
         else:
             command = click.option(
                 flag, type=kind, default=default, show_default=default is not None, help=help_text

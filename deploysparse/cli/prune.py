@@ -84,6 +84,13 @@ def command(
     if "output_change" in summary:
         change = summary["output_change"]
         console.print(f"output change on {change['samples']} samples: max abs {change['max_abs']:.3g}")
+    if "latency" in summary:
+        lat = summary["latency"]
+        console.print(
+            f"latency on {lat['backend']} at batch {lat['batch']}: predicted {lat['predicted_ms']:.3g} ms "
+            f"(original {lat['predicted_original_ms']:.3g}), measured {lat['measured_ms']:.3g} ms "
+            f"(original {lat['measured_original_ms']:.3g}, {lat['measured_fraction']:.1%})"
+        )
     for w in summary["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     console.print(f"wrote {output}" + (f" and {plan_out}" if plan_out else ""))

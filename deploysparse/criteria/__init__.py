@@ -53,10 +53,13 @@ def plan_with(
     budget: Budget | None = None,
     *,
     dead: dict[str, np.ndarray] | None = None,
+    latency: Any = None,
 ) -> Any:
     """A Plan for `ga` by one criterion under one budget (see deploysparse.budget for its meaning).
 
     dead: channels known to be constant (from the analysis); they go first and free.
+    latency: the LatencyModel a --latency-target is met with (deploysparse.latency); every criterion,
+    PFP included, then hands its scores to the latency knapsack.
     """
     crit = get_criterion(criterion) if isinstance(criterion, str) else criterion
     budget = budget or Budget()
@@ -81,7 +84,7 @@ def plan_with(
             "removing them is exact on those inputs only, unseen inputs may activate them"
         )
     own_allocation = getattr(crit, "allocate", None)
-    if own_allocation is not None:
+    if own_allocation is not None and budget.latency_target is None:
         from deploysparse.plan import Plan
 
         allocation = own_allocation(ga, ctx, budget, dead=dead)
@@ -98,7 +101,7 @@ def plan_with(
                 notes.append(
                     f"{crit.name}: group {group.id} ({group.label}) has nothing to score; left whole"
                 )
-        plan = make_plan(ga, scores, budget, dead=dead, criterion=crit.name)
+        plan = make_plan(ga, scores, budget, dead=dead, criterion=crit.name, latency=latency)
     merge = getattr(crit, "merges", None)
     if merge is not None:
         for gid, keep in list(plan.keep.items()):
@@ -118,12 +121,15 @@ def make_criterion_plan(
     feeds: dict[str, np.ndarray] | None = None,
     seed: int = 0,
     values_fn: Any = None,
+    latency: Any = None,
 ) -> Any:
     """The API's entry point: `dead` is the analysis' DeadFilters (its channels go first, their
     constants are folded into the consumers), `feeds` the calibration data, `seed` PFP's sampling,
     `values_fn` another source of activations (the PyTorch front end's forward hooks)."""
     ctx = CriterionContext(ga, calib=feeds, rng=np.random.default_rng(seed), values_fn=values_fn)
-    plan = plan_with(criterion, ga, ctx, budget, dead=dict(dead.channels) if dead is not None else None)
+    plan = plan_with(
+        criterion, ga, ctx, budget, dead=dict(dead.channels) if dead is not None else None, latency=latency
+    )
     if dead is not None:
         plan.constants = dict(dead.constants)
     return plan

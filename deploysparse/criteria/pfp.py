@@ -281,7 +281,10 @@ def pfp_allocate(
     if variant not in ("deterministic", "random"):
         raise UsageError(f"pfp variant {variant!r}: choose deterministic or random")
     if variant == "random" and budget.round_to > 1:
-        raise UsageError("pfp random variant keeps the sampled channels: it cannot honour --round-to")
+        raise UsageError(
+            f"pfp-random keeps the channels it samples: it cannot honour --round-to {budget.round_to} "
+            "(8 is the default); pass --round-to 1"
+        )
     budgets = group_budgets(groups, {gid: g.s for gid, g in sens.items()}, budget, dead)
     target = BudgetTarget(budgets, budget, macs_of)
     scored = [b for b in budgets if b.scores is not None]

@@ -1,0 +1,476 @@
+"""Latency budgets: a per-layer latency table measured on the target backend, and the allocation that
+keeps the most important channels under a latency target (HALP, Shen et al. NeurIPS 2022).
+
+FLOPs fall faster than latency: a conv with 61 channels runs no faster than one with 64, memory-bound
+layers barely shrink, and the first layers cost more per MAC than the last. So the budget asks the
+backend. Every Conv (2-D), Gemm and MatMul of the model is timed on its own, as a one-node ONNX model
+at the analysed input size and the requested batch, at a grid of input and output widths; a layer's
+latency at any width is interpolated in that grid. The rest of the model (pooling, adds, activations
+ONNX Runtime did not fuse) is the measured whole-model latency minus the layers' sum, scaled by the
+fraction of layer outputs kept. Tables are cached on disk keyed by backend, its version, the machine
+and the layer shape (~/.cache/deploysparse/latency, or $DEPLOYSPARSE_CACHE).
+
+The allocation is a greedy knapsack: from the model with only dead channels removed, repeatedly take
+the step (one group down to its next legal count, honouring --round-to, --min-channels, pinned
+channels) that loses the least importance (the criterion's scores of the channels it removes) per
+millisecond it saves, until the predicted latency meets the target.
+
+Building tables is pluggable: `TABLE_BUILDERS` maps a backend name to a LayerTimer; ONNX Runtime's
+runs here, TensorRT's builds one engine per layer shape through the TensorRT backend and needs a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from deploysparse.budget import Allocation, Budget, GroupBudget, finish, group_budgets
+from deploysparse.errors import UsageError
+from deploysparse.graph.rules import attr
+
+GRID = (0.25, 0.5, 0.75, 1.0)  # fractions of a layer's channels timed in the table
+WARMUP, ITERS = 2, 7
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """What decides one layer's latency besides its channel counts."""
+
+    op: str  # "conv" or "dense"
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    depthwise: bool = False
+    spatial: tuple[int, ...] = ()
+    batch: int = 1
+
+    def key(self, c_in: int, c_out: int) -> str:
+        return json.dumps(
+            [
+                self.op,
+                c_in,
+                c_out,
+                self.kernel,
+                self.strides,
+                self.pads,
+                self.dilations,
+                self.depthwise,
+                self.spatial,
+                self.batch,
+            ]
+        )
+
+    def model(self, c_in: int, c_out: int, null: bool = False) -> onnx.ModelProto:
+        """A one-node ONNX model of this layer with c_in inputs and c_out outputs (random weights).
+
+        null: the same inputs and outputs without the layer (the output is a broadcast constant): what
+        a session run costs around the layer (feeding, allocating and copying), subtracted from it."""
+        rng = np.random.default_rng(0)
+        if self.op == "dense":
+            weight = rng.standard_normal((c_out, c_in)).astype(np.float32)
+            node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+            x_shape, y_shape = [self.batch, c_in], [self.batch, c_out]
+        else:
+            group = c_in if self.depthwise else 1
+            c_out = c_in if self.depthwise else c_out
+            weight = rng.standard_normal((c_out, c_in // group, *self.kernel)).astype(np.float32)
+            node = helper.make_node(
+                "Conv",
+                ["x", "w", "b"],
+                ["y"],
+                strides=list(self.strides),
+                pads=list(self.pads),
+                dilations=list(self.dilations),
+                group=group,
+            )
+            x_shape, y_shape = [self.batch, c_in, *self.spatial], None
+        bias = np.zeros(c_out, np.float32)
+        if null:
+            out_shape = self.out_shape(c_in, c_out)
+            node = helper.make_node("Expand", ["b0", "s"], ["y"])
+            extra = [
+                numpy_helper.from_array(np.zeros(1, np.float32), "b0"),
+                numpy_helper.from_array(np.array(out_shape, np.int64), "s"),
+            ]
+            graph = helper.make_graph(
+                [node, helper.make_node("Identity", ["x"], ["x_out"])],
+                "null",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                [
+                    helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape),
+                    helper.make_tensor_value_info("x_out", TensorProto.FLOAT, x_shape),
+                ],
+                extra,
+            )
+            return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        graph = helper.make_graph(
+            [node],
+            "layer",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+            [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    def out_shape(self, c_in: int, c_out: int) -> list[int]:
+        if self.op == "dense":
+            return [self.batch, c_out]
+        c_out = c_in if self.depthwise else c_out
+        spatial = []
+        for i, size in enumerate(self.spatial):
+            span = (self.kernel[i] - 1) * self.dilations[i] + 1
+            spatial.append(
+                (size + self.pads[i] + self.pads[i + len(self.spatial)] - span) // self.strides[i] + 1
+            )
+        return [self.batch, c_out, *spatial]
+
+
+class LayerTimer:
+    """Times one-layer models on a backend: `milliseconds(model_path, feeds)` -> a robust latency."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, batch: int) -> None:
+        from deploysparse.backends import get_backend
+
+        self.batch = batch
+        self.engine = get_backend(self.backend)
+
+    def version(self) -> str:
+        return self.engine.version()
+
+    def milliseconds(self, path: Path, feeds: dict[str, np.ndarray]) -> float:
+        """The fastest of ITERS runs after WARMUP: the least disturbed by other work on the machine."""
+        with self.engine.runner(path) as runner:
+            return fastest_run(lambda: runner.run(feeds))
+
+
+class TensorRTTimer(LayerTimer):
+    """The TensorRT backend builds an FP16 engine per layer and times it (needs TensorRT and a GPU)."""
+
+    backend = "tensorrt"
+
+    def milliseconds(self, path: Path, feeds: dict[str, np.ndarray]) -> float:
+        built = self.engine.build(path, path.parent / (path.stem + "-engine"), precision="fp16")
+        with self.engine.runner(built.artifact) as runner:
+            return fastest_run(lambda: runner.run(feeds))
+
+
+TABLE_BUILDERS: dict[str, type[LayerTimer]] = {"onnxruntime": LayerTimer, "tensorrt": TensorRTTimer}
+
+
+def fastest_run(run: Callable[[], Any]) -> float:
+    for _ in range(WARMUP):
+        run()
+    best = math.inf
+    for _ in range(ITERS):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def cache_file(backend: str, version: str) -> Path:
+    """Where the tables of this backend, version and machine live."""
+    from deploysparse.backends.base import cpu_name
+
+    root = Path(os.environ.get("DEPLOYSPARSE_CACHE") or Path.home() / ".cache" / "deploysparse")
+    machine = hashlib.sha256(f"{cpu_name()}|{platform.machine()}|{platform.node()}".encode()).hexdigest()[:12]
+    return root / "latency" / f"{backend}-{version}-{machine}.json"
+
+
+@dataclass
+class LatencyTable:
+    """Measured layer latencies (ms) by LayerShape.key, persisted as JSON."""
+
+    timer: LayerTimer
+    path: Path
+    entries: dict[str, float] = field(default_factory=dict)
+    measured: int = 0
+
+    @classmethod
+    def open(cls, backend: str, batch: int) -> LatencyTable:
+        builder = TABLE_BUILDERS.get(backend)
+        if builder is None:
+            raise UsageError(
+                f"--backend {backend}: no latency table builder; choose {', '.join(TABLE_BUILDERS)}"
+            )
+        timer = builder(batch)
+        path = cache_file(backend, timer.version())
+        entries = json.loads(path.read_text()) if path.exists() else {}
+        return cls(timer, path, entries)
+
+    def latency(self, shape: LayerShape, c_in: int, c_out: int) -> float:
+        """The layer's own time (ms): its one-node model minus the same model without it."""
+        key = shape.key(c_in, c_out)
+        if key not in self.entries:
+            with tempfile.TemporaryDirectory(prefix="deploysparse-latency-") as folder:
+                x_shape = [shape.batch, c_in, *shape.spatial] if shape.op == "conv" else [shape.batch, c_in]
+                feeds = {"x": np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)}
+                times = []
+                for null in (False, True):
+                    path = Path(folder) / f"layer{int(null)}.onnx"
+                    onnx.save(shape.model(c_in, c_out, null), path)
+                    times.append(self.timer.milliseconds(path, feeds))
+                self.entries[key] = max(times[0] - times[1], 0.0)
+            self.measured += 1
+        return self.entries[key]
+
+    def save(self) -> None:
+        """Write the table atomically (a killed run leaves the previous one)."""
+        from deploysparse.atomic import write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(self.path, json.dumps(self.entries, sort_keys=True))
+
+
+def grid_widths(channels: int, round_to: int) -> list[int]:
+    """The widths a layer is timed at: GRID fractions of `channels`, rounded up to `round_to`."""
+    step = round_to if channels >= round_to else 1
+    return sorted({min(channels, max(step, -(-math.ceil(f * channels) // step) * step)) for f in GRID})
+
+
+@dataclass
+class Layer:
+    """One timed layer: its shape, the grid it was timed on, and which tensors give its widths."""
+
+    name: str
+    shape: LayerShape
+    inputs: list[int]
+    outputs: list[int]
+    grid: np.ndarray  # (len(inputs), len(outputs)) ms
+    in_tensor: str
+    out_tensor: str
+
+    def at(self, c_in: float, c_out: float) -> float:
+        """Bilinear interpolation (linear extrapolation below the smallest width, floored at 0)."""
+        if self.shape.depthwise:
+            return max(0.0, float(np.interp(c_out, self.outputs, self.grid[0])))
+        rows = np.array([np.interp(c_out, self.outputs, row) for row in self.grid])
+        return max(0.0, float(np.interp(c_in, self.inputs, rows)))
+
+
+class LatencyModel:
+    """Predicted latency of the model for kept counts per group, from a LatencyTable."""
+
+    def __init__(self, ga: Any, table: LatencyTable, whole_ms: float, round_to: int = 8) -> None:
+        self.ga = ga
+        self.backend, self.batch = table.timer.backend, table.timer.batch
+        self.layers = [layer for node in ga.model.graph.node if (layer := _layer(ga, node, table, round_to))]
+        table.save()
+        self.group_size = {g.id: g.size for g in ga.groups}
+        self.shares = {
+            layer.name: (_shares(ga, layer.in_tensor), _shares(ga, layer.out_tensor)) for layer in self.layers
+        }
+        # One-layer models pay for their own layout conversions and output copies, so on a busy CPU
+        # their sum can exceed the whole model: scale the layers so that the original is predicted
+        # as measured; the rest (pooling, adds, unfused activations) is what the layers do not explain.
+        full_layers = sum(float(layer.grid[-1, -1]) for layer in self.layers)
+        self.scale = min(1.0, whole_ms / full_layers) if full_layers > 0 else 1.0
+        self.rest = max(whole_ms - self.scale * full_layers, 0.0)
+        self.touches: dict[str, list[int]] = {}
+        for i, layer in enumerate(self.layers):
+            for part in self.shares[layer.name]:
+                for gid in part:
+                    self.touches.setdefault(gid, []).append(i)
+
+    def layer_ms(self, i: int, counts: dict[str, int]) -> float:
+        """Layer i's time at these counts, with its share of the rest: the rest is spread over the
+        layers and shrinks with the fraction of each layer's outputs kept (the tensors the pooling,
+        adds and activations around it read)."""
+        layer = self.layers[i]
+        ins, outs = self.shares[layer.name]
+        out_width = self._width(outs, counts, layer.shape.out_channels)
+        own = layer.at(self._width(ins, counts, layer.shape.in_channels), out_width)
+        return self.scale * own + self.rest / len(self.layers) * out_width / layer.shape.out_channels
+
+    def _width(self, shares: dict[str, int], counts: dict[str, int], channels: int) -> float:
+        """Kept channels of a tensor: its prunable groups' channels scale with their kept fraction."""
+        return channels - sum(
+            n * (1 - counts.get(g, self.group_size[g]) / self.group_size[g]) for g, n in shares.items()
+        )
+
+    def predict(self, counts: dict[str, int]) -> float:
+        """Milliseconds at these kept counts (groups not named keep every channel)."""
+        if not self.layers:
+            return self.rest
+        return float(sum(self.layer_ms(i, counts) for i in range(len(self.layers))))
+
+
+def _layer(ga: Any, node: onnx.NodeProto, table: LatencyTable, round_to: int) -> Layer | None:
+    """The timed layer for a Conv (2-D, dense or depthwise), Gemm or 2-D MatMul with a constant weight."""
+    if len(node.input) < 2 or node.input[1] not in ga.weights:
+        return None
+    weight = ga.weights[node.input[1]]
+    x_shape = ga.shapes.get(node.input[0])
+    if x_shape is None:
+        return None
+    batch = table.timer.batch
+    if node.op_type == "Conv" and weight.ndim == 4 and len(x_shape) == 4:
+        group = attr(node, "group", 1)
+        c_in, c_out = int(x_shape[1]), int(weight.shape[0])
+        depthwise = group == c_in == c_out
+        if group != 1 and not depthwise:
+            return None
+        auto_pad = attr(node, "auto_pad", b"NOTSET")
+        if auto_pad not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            return None
+        shape = LayerShape(
+            "conv",
+            c_in,
+            c_out,
+            tuple(weight.shape[2:]),
+            tuple(attr(node, "strides", [1, 1])),
+            tuple(attr(node, "pads", [0, 0, 0, 0])),
+            tuple(attr(node, "dilations", [1, 1])),
+            depthwise,
+            tuple(int(d) for d in x_shape[2:]),
+            batch,
+        )
+    elif node.op_type == "Gemm" and len(x_shape) == 2 and not attr(node, "transA", 0):
+        c_in = int(x_shape[1])
+        c_out = int(weight.shape[0] if attr(node, "transB", 0) else weight.shape[1])
+        shape = LayerShape("dense", c_in, c_out, batch=batch)
+    elif node.op_type == "MatMul" and len(x_shape) == 2 and weight.ndim == 2:
+        shape = LayerShape("dense", int(x_shape[1]), int(weight.shape[1]), batch=batch)
+    else:
+        return None
+    inputs, outputs = grid_widths(shape.in_channels, round_to), grid_widths(shape.out_channels, round_to)
+    if shape.depthwise:
+        grid = np.array([[table.latency(shape, c, c) for c in outputs]])
+        inputs = outputs
+    else:
+        grid = np.array([[table.latency(shape, i, o) for o in outputs] for i in inputs])
+    return Layer(node.name, shape, inputs, outputs, grid, node.input[0], node.output[0])
+
+
+def _shares(ga: Any, tensor: str) -> dict[str, int]:
+    """group id -> how many of the tensor's channels belong to it (prunable groups only)."""
+    if tensor not in ga.table.base:
+        return {}
+    groups = ga.identity_group[ga.tensor_identities(tensor)]
+    out: dict[str, int] = {}
+    for index, count in zip(*np.unique(groups, return_counts=True), strict=True):
+        group = ga.groups[int(index)]
+        if group.prunable:
+            out[group.id] = int(count)
+    return out
+
+
+def allocate_latency(
+    groups: list[Any],
+    scores: dict[str, np.ndarray | None],
+    budget: Budget,
+    model: LatencyModel,
+    dead: dict[str, np.ndarray] | None = None,
+) -> Allocation:
+    """Greedy knapsack: keep the most importance under budget.latency_target x the predicted original."""
+    budgets = [b for b in group_budgets(groups, scores, budget, dead) if b.scores is not None or b.dead.any()]
+    original = model.predict({})
+    target = budget.latency_target * original
+    counts = {b.group.id: b.snap(b.wanted_at(-np.inf)) for b in budgets}
+    now = model.predict(counts)
+    loss = {b.group.id: _sorted_scores(b) for b in budgets}
+    while now > target:
+        best, best_ratio = None, math.inf
+        for b in budgets:
+            gid = b.group.id
+            lower = b.legal[b.legal < counts[gid]]
+            if b.scores is None or not lower.size:
+                continue
+            new = int(lower[-1])
+            saved = _saved(model, counts, gid, new)
+            if saved <= 0:
+                continue
+            lost = float(loss[gid][new : counts[gid]].sum())
+            if lost / saved < best_ratio:
+                best, best_ratio = (gid, new, saved), lost / saved
+        if best is None:
+            break
+        counts[best[0]] = best[1]
+        now = model.predict(counts)
+    allocation = LatencyAllocation(predicted_ms=now, original_ms=original)
+    allocation.notes.append(
+        f"--latency-target {budget.latency_target}: predicted {now:.3g} ms of {original:.3g} ms "
+        f"({now / original:.1%}) on {model.backend} at batch {model.batch}"
+    )
+    if now > target * 1.02:
+        allocation.notes.append(
+            "latency target not reached under the constraints (pinned, --min-channels, --round-to)"
+        )
+    finish(allocation, budgets, counts, budget.round_to)
+    return allocation
+
+
+@dataclass
+class LatencyAllocation(Allocation):
+    """An allocation with the latency the table predicts for it and for the original (ms)."""
+
+    predicted_ms: float = 0.0
+    original_ms: float = 0.0
+
+
+def _sorted_scores(b: GroupBudget) -> np.ndarray:
+    """Scores of the live and pinned channels, most important first: keeping k costs the tail."""
+    scores = b.scores if b.scores is not None else np.zeros(b.group.size)
+    kept = ~b.dead
+    return np.sort(np.asarray(scores, dtype=np.float64)[kept])[::-1]
+
+
+def _saved(model: LatencyModel, counts: dict[str, int], gid: str, new: int) -> float:
+    touched = model.touches.get(gid, [])
+    before = sum(model.layer_ms(i, counts) for i in touched)
+    trial = {**counts, gid: new}
+    after = sum(model.layer_ms(i, trial) for i in touched)
+    return before - after
+
+
+def whole_model_ms(model: onnx.ModelProto, timer: LayerTimer, input_shapes: dict[str, list[int]]) -> float:
+    """The whole model's latency at the timer's batch (fastest run, as for the layers)."""
+    with tempfile.TemporaryDirectory(prefix="deploysparse-latency-") as folder:
+        path = Path(folder) / "model.onnx"
+        onnx.save(model, path)
+        rng = np.random.default_rng(0)
+        feeds = {
+            name: rng.standard_normal([timer.batch, *shape[1:]]).astype(np.float32)
+            for name, shape in input_shapes.items()
+        }
+        return timer.milliseconds(path, feeds)
+
+
+def latency_model(ga: Any, budget: Budget) -> LatencyModel:
+    """The LatencyModel of `ga` on the budget's backend and batch (tables from the cache or measured)."""
+    table = LatencyTable.open(budget.backend, budget.batch)
+    return LatencyModel(ga, table, whole_model_ms(ga.model, table.timer, ga.input_shapes), budget.round_to)
+
+
+def measured_pair(
+    original: onnx.ModelProto,
+    compact: onnx.ModelProto,
+    budget: Budget,
+    input_shapes: dict[str, list[int]],
+    rounds: int = 3,
+) -> tuple[float, float]:
+    """Original and compact latency (ms) measured alternately, so both see the same machine load."""
+    timer = TABLE_BUILDERS[budget.backend](budget.batch)
+    times: dict[str, list[float]] = {"original": [], "compact": []}
+    for _ in range(rounds):
+        for key, model in (("original", original), ("compact", compact)):
+            times[key].append(whole_model_ms(model, timer, input_shapes))
+    return min(times["original"]), min(times["compact"])

@@ -1,0 +1,130 @@
+"""Latency budgets: the greedy knapsack against a known latency function, the measured table (cached
+on disk), and `prune --latency-target` end to end on real ONNX Runtime runs (no timed assertions:
+what is checked is that the plan meets the *predicted* target and the compact model is exact where
+it must be)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploysparse import api
+from deploysparse.budget import Budget
+from deploysparse.errors import UsageError
+from deploysparse.graph.groups import ChannelGroup, Member
+from deploysparse.latency import Layer, LayerShape, allocate_latency, grid_widths
+from tests.exporting import random_feeds, relative_error, run
+
+
+def make_group(gid: str, size: int) -> ChannelGroup:
+    producer = Member(
+        "producer", f"{gid}.w", 0, np.arange(size), node=f"conv_{gid}", op="Conv", input_index=1
+    )
+    return ChannelGroup(gid, size, [producer])
+
+
+class LinearLatency:
+    """A latency model with a known answer: each group costs `per_channel[g]` ms per kept channel."""
+
+    def __init__(self, groups: list[ChannelGroup], per_channel: dict[str, float]) -> None:
+        self.size = {g.id: g.size for g in groups}
+        self.per_channel = per_channel
+        self.backend, self.batch = "test", 1
+        self.layers = list(per_channel)
+        self.touches = {gid: [i] for i, gid in enumerate(per_channel)}
+
+    def layer_ms(self, i: int, counts: dict[str, int]) -> float:
+        gid = self.layers[i]
+        return self.per_channel[gid] * counts.get(gid, self.size[gid])
+
+    def predict(self, counts: dict[str, int]) -> float:
+        return sum(self.layer_ms(i, counts) for i in range(len(self.layers)))
+
+
+def test_knapsack_meets_the_target_and_cuts_where_a_millisecond_costs_least():
+    groups = [make_group("cheap", 32), make_group("dear", 32)]
+    # equal importance per channel; "dear" channels cost 4x the time: removing them buys more ms
+    scores = {"cheap": np.ones(32), "dear": np.ones(32)}
+    model = LinearLatency(groups, {"cheap": 1.0, "dear": 4.0})
+    alloc = allocate_latency(groups, scores, Budget(latency_target=0.6, round_to=8), model)
+    counts = {g.id: len(alloc.keep.get(g.id, np.arange(g.size))) for g in groups}
+    assert model.predict(counts) <= 0.6 * model.predict({})
+    assert counts["dear"] < counts["cheap"] == 32
+    assert all(c % 8 == 0 for c in counts.values())
+    assert alloc.predicted_ms == pytest.approx(model.predict(counts))
+
+
+def test_knapsack_keeps_the_important_channels_of_a_group():
+    group = make_group("g", 16)
+    scores = {"g": np.r_[np.full(8, 10.0), np.full(8, 0.1)]}
+    model = LinearLatency([group], {"g": 1.0})
+    alloc = allocate_latency([group], scores, Budget(latency_target=0.5, round_to=1), model)
+    assert alloc.keep["g"].tolist() == list(range(8))
+
+
+def test_budget_takes_one_target_and_checks_it():
+    with pytest.raises(UsageError, match="latency_target"):
+        Budget(flops_target=0.5, latency_target=0.5)
+    with pytest.raises(UsageError, match=r"--latency-target 1\.5"):
+        Budget(latency_target=1.5)
+    with pytest.raises(UsageError, match="--batch 0"):
+        Budget(latency_target=0.5, batch=0)
+
+
+def test_grid_widths_round_and_interpolate():
+    assert grid_widths(64, 8) == [16, 32, 48, 64]
+    assert grid_widths(6, 8) == [2, 3, 5, 6]  # smaller than round_to: not rounded
+    layer = Layer(
+        "n", LayerShape("dense", 64, 64), [16, 64], [16, 64], np.array([[1.0, 2.0], [3.0, 4.0]]), "x", "y"
+    )
+    assert layer.at(64, 64) == 4.0
+    assert layer.at(40, 16) == pytest.approx(2.0)  # halfway between 1 and 3
+    assert layer.at(16, 40) == pytest.approx(1.5)
+
+
+def test_prune_latency_target_end_to_end_with_a_cached_table(exported, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("DEPLOYSPARSE_CACHE", str(tmp_path / "cache"))
+    path = exported("vgg_flatten")
+    result = api.prune(str(path), criterion="l1", latency_target=0.6, batch=2, round_to=1)
+    latency = result.summary["latency"]
+    assert latency["predicted_ms"] <= 0.6 * latency["predicted_original_ms"] * 1.02
+    assert latency["measured_ms"] > 0 and latency["measured_original_ms"] > 0
+    assert result.summary["flops_after"] < result.summary["flops_before"]
+    tables = list((tmp_path / "cache" / "latency").glob("onnxruntime-*.json"))
+    assert len(tables) == 1 and json.loads(tables[0].read_text())
+    # a second run reads the table back instead of measuring it again, and plans the same channels
+    before = tables[0].read_text()
+    again = api.prune(str(path), criterion="l1", latency_target=0.6, batch=2, round_to=1)
+    assert tables[0].read_text() == before
+    assert {g: k.tolist() for g, k in again.plan.keep.items()} == {
+        g: k.tolist() for g, k in result.plan.keep.items()
+    }
+    feeds = random_feeds(path, np.random.default_rng(0))
+    assert relative_error(run(result.model, feeds)[0], run(again.model, feeds)[0]) < 1e-6
+
+
+def test_cli_latency_target(exported, tmp_path: Path, cli, monkeypatch):
+    monkeypatch.setenv("DEPLOYSPARSE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "compact.onnx"
+    result = cli(
+        "prune",
+        exported("vgg_flatten"),
+        "--criterion",
+        "l2",
+        "--latency-target",
+        "0.7",
+        "--batch",
+        "2",
+        "-o",
+        out,
+        "--json",
+    )
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    assert summary["latency"]["backend"] == "onnxruntime" and summary["latency"]["batch"] == 2
+    assert out.exists()
+    bad = cli("prune", exported("vgg_flatten"), "--criterion", "dead", "--latency-target", "0.5", "-o", out)
+    assert bad.code == 2 and bad.err.startswith("error: ")
