@@ -32,6 +32,7 @@ from deploysparse.backends.base import (
     usable_cores,
 )
 from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
+from deploysparse.denormals import flush_for_build
 from deploysparse.errors import BackendError, CalibrationError, UsageError
 from deploysparse.modelio import check_output_path, load_model, save_model
 
@@ -144,8 +145,12 @@ class OnnxRuntimeBackend(Backend):
         calib: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
         shapes: Mapping[str, ShapeTriple] | None = None,
         workspace_mb: int | None = None,
+        keep_denormals: bool = False,
     ) -> BuildResult:
-        """Write `model.<precision>.onnx` (fp16/int8 only) and `model.optimized.onnx` (+ `.json`)."""
+        """Write `model.<precision>.onnx` (fp16/int8 only) and `model.optimized.onnx` (+ `.json`).
+
+        Denormal float32 weights are set to zero first unless `keep_denormals` (see denormals.py).
+        """
         check_precision(precision)
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
         model = load_model(onnx_path)
@@ -164,19 +169,21 @@ class OnnxRuntimeBackend(Backend):
 
         files: list[Path] = []
         extra: dict = {}
-        source = onnx_path
-        if precision == "fp16":
-            source = self._convert_fp16(model, converted)
-            files.append(source)
-        elif precision == "int8":
-            feeds = load_calibration(calib, specs)
-            source = _quantize_qdq(onnx_path, specs, feeds, converted)
-            files.append(source)
-            extra["calibration_samples"] = sample_count(feeds)
-            extra["quantization"] = (
-                "static QDQ, symmetric int8 activations and per-channel int8 weights, MinMax"
-            )
-        providers = self._optimize(source, artifact)
+        with tempfile.TemporaryDirectory(prefix=".flushed-", dir=out_dir) as work:
+            source, flushed = flush_for_build(model, onnx_path, work, keep_denormals)
+            extra["denormals_flushed"] = flushed.total
+            if precision == "fp16":
+                source = self._convert_fp16(model, converted)
+                files.append(source)
+            elif precision == "int8":
+                feeds = load_calibration(calib, specs)
+                source = _quantize_qdq(source, specs, feeds, converted)
+                files.append(source)
+                extra["calibration_samples"] = sample_count(feeds)
+                extra["quantization"] = (
+                    "static QDQ, symmetric int8 activations and per-channel int8 weights, MinMax"
+                )
+            providers = self._optimize(source, artifact)
         files.append(artifact)
 
         metadata = {
