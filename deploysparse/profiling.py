@@ -4,9 +4,10 @@ A whole-model speed-up says nothing about which layers earned it. ONNX Runtime's
 one `<node>_kernel_time` event per node and run; this module runs the models, drops the warm-up
 runs' events and reports each node's median time per run. Several models (the original, its flushed
 copy, the compact one) are run interleaved, run after run, so a shared machine's load falls on all
-of them alike. Node names are those of ONNX Runtime's optimised graph: a Conv fused with its ReLU
-appears once (op `FusedConv`); surgery keeps node names, so the original's and the compact model's
-rows line up by name.
+of them alike. Rows are the source model's nodes: ONNX Runtime's optimised graph fuses a conv with
+its BatchNormalization and activation (op `FusedConv`, or `Conv` in its blocked NCHWc layout, renamed
+after its output) and the row is named after the conv; surgery keeps node names, so the original's
+and the compact model's rows line up even when only one of them got the blocked layout.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ def profile_side_by_side(
             for label, sess in sessions.items():
                 sess.run(None, feeds[label])
         return {
-            label: _parse(Path(sess.end_profiling()), str(models[label]), batch, warmup, runs)
+            label: _parse(
+                Path(sess.end_profiling()), str(models[label]), batch, warmup, runs, _labeller(models[label])
+            )
             for label, sess in sessions.items()
         }
 
@@ -148,8 +151,41 @@ def _feeds(sess, batch: int, rng: np.random.Generator, model: str) -> dict[str, 
     return feeds
 
 
-def _parse(trace: Path, model: str, batch: int, warmup: int, runs: int) -> LayerProfile:
-    """Median kernel time per node over the timed runs (the first `warmup` events of a node dropped)."""
+_PASS_THROUGH = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "BatchNormalization"}
+_REORDERS = {"ReorderInput", "ReorderOutput"}
+REORDER_ROW = "(layout reorders)"
+
+
+def _labeller(path: str | os.PathLike[str]):
+    """Map an optimised-graph node to the source model's node it computes, so rows line up across models.
+
+    ONNX Runtime names a node it moved to its blocked (NCHWc) layout after its output tensor plus
+    `_nchwc`; a conv fused with its activation but left in NCHW keeps the conv's name. Both are
+    traced back to the conv: the tensor's producer, then through BatchNormalization and activations.
+    The layout reorders ONNX Runtime inserts are pooled into one row.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    names = {node.name for node in graph.node}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def label(node: str, op: str) -> str:
+        if op in _REORDERS:
+            return REORDER_ROW
+        if node in names or not node.endswith("_nchwc"):
+            return node
+        source = producer.get(node.removesuffix("_nchwc"))
+        while source is not None and source.op_type in _PASS_THROUGH and source.input:
+            source = producer.get(source.input[0])
+        return source.name if source is not None else node
+
+    return label
+
+
+def _parse(trace: Path, model: str, batch: int, warmup: int, runs: int, label) -> LayerProfile:
+    """Median kernel time per source node over the timed runs (each optimised node's first `warmup`
+    events dropped; optimised nodes that compute the same source node are summed)."""
     events = json.loads(trace.read_text(encoding="utf-8"))
     durations: dict[str, list[float]] = defaultdict(list)
     ops: dict[str, str] = {}
@@ -160,10 +196,13 @@ def _parse(trace: Path, model: str, batch: int, warmup: int, runs: int) -> Layer
         node = name.removesuffix("_kernel_time")
         durations[node].append(float(event["dur"]) / 1e3)
         ops[node] = event.get("args", {}).get("op_name", "")
-    layers = [
-        LayerTime(node, ops[node], statistics.median(times[warmup:] or times))
-        for node, times in durations.items()
-    ]
+    per_row: dict[str, float] = defaultdict(float)
+    row_ops: dict[str, set[str]] = defaultdict(set)
+    for node, times in durations.items():
+        row = label(node, ops[node])
+        per_row[row] += statistics.median(times[warmup:] or times)
+        row_ops[row].add(ops[node])
+    layers = [LayerTime(row, "+".join(sorted(row_ops[row])), ms) for row, ms in per_row.items()]
     total = sum(layer.ms for layer in layers) or 1.0
     for layer in layers:
         layer.share = layer.ms / total

@@ -80,7 +80,18 @@ def _sha(path: Path) -> str:
 
 def test_mask_finds_exactly_the_subnormals() -> None:
     values = np.array([0.0, -0.0, TINY, -TINY, TINY / 2, -TINY / 3, 1e-45, 1.0, np.inf, np.nan], np.float32)
-    assert denormal_mask(values).tolist() == [False, False, False, False, True, True, True, False, False, False]
+    assert denormal_mask(values).tolist() == [
+        False,
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_count_names_each_tensor_initializer_and_constant_node(planted) -> None:

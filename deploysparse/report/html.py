@@ -286,8 +286,9 @@ def _layers_section(rep: Report) -> str:
     return (
         '<section id="layers"><h2>Where the time goes</h2>'
         f'<p class="hint">ONNX Runtime profiler, batch {layers.batch}: median kernel time per run over '
-        f"{layers.runs} runs, the models run interleaved. Rows are the nodes of ONNX Runtime's optimised "
-        f"graph (a conv and its activation are one node), slowest in the {_e(_MODEL_NAMES[base])} first; "
+        f"{layers.runs} runs, the models run interleaved. One row per node of the model (a conv with the "
+        "BatchNormalization and activation ONNX Runtime fuses into it is one row; the layout reorders it "
+        f"inserts are pooled), slowest in the {_e(_MODEL_NAMES[base])} first; "
         f"<em>saved</em> is {_e(_MODEL_NAMES[base])} minus compact.</p>"
         + _legend((_ORIGINAL, _MODEL_NAMES[base]), (_COMPACT, "compact"))
         + f'<table id="layers-table"><tr><th>node</th><th>op</th>{head}<th class="num">saved ms</th>'
