@@ -25,7 +25,7 @@ from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
 from deploysparse.denormals import count_denormals, flushed_copy
 from deploysparse.errors import UsageError
-from deploysparse.modelio import load_model, save_model
+from deploysparse.modelio import external_data_files, load_model, save_model
 from deploysparse.profiling import profile_side_by_side, side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
@@ -113,6 +113,11 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
     }
     report["artifacts"] = {
         str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
+    }
+    report["artifact_data"] = {
+        str(p.relative_to(staging)): [str(d.relative_to(staging)) for d in external_data_files(p)]
+        for p in sorted(staging.rglob("*.onnx"))
+        if external_data_files(p)
     }
     write_report(report, staging)
     return report
