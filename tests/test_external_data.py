@@ -134,6 +134,7 @@ def test_forms_are_what_they_claim(forms: dict[str, Path]) -> None:
         assert [p.name for p in external_data_files(forms[form])] == ["model.onnx.data"], form
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", FORMS)
 def test_whole_cli_on_each_form(
     form: str,
