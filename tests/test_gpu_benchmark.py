@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--size", "32", "--width", "0.125", "--targets", "0.5"]
 MEASURE = ["--device", "cpu", "--batches", "1,2", "--warmup", "1", "--iters", "2", "--rounds", "1"]
@@ -27,6 +29,7 @@ runpy.run_path("benchmarks/gpu.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_prepared_plans_are_measured_with_torch_numpy_and_onnx_only(tmp_path: Path) -> None:
     prepared = tmp_path / "prepared"
     done = subprocess.run(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from deploysparse.report import render_html, write_report
 from deploysparse.report.schema import parse_report
 from tests.report_factory import _point, make_report
@@ -80,6 +82,7 @@ def test_reports_without_layers_or_flushed_original_still_validate_and_render() 
     assert '<section id="layers">' not in page and "speed-up vs flushed" not in page
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_layers_section_renders_in_headless_chromium(tmp_path: Path) -> None:
     report = report_with_layers()
