@@ -184,7 +184,7 @@ def _serialized_without_private_metadata(model: onnx.ModelProto) -> bytes | None
         _strip_private_metadata(model)
     try:
         return model.SerializeToString()
-    except ValueError:
+    except (ValueError, EncodeError):  # upb raises EncodeError over 2 GB, older protobufs ValueError
         return None
     finally:
         for key, value in private:
