@@ -29,6 +29,11 @@ from deploysparse.errors import UsageError
 @click.option("--plan-out", help="Write the plan that was applied (plan.json).")
 @budget_options
 @click.option("--weights", help="State dict for an entry-point MODEL (loaded with weights_only=True).")
+@click.option(
+    "--keep-denormals",
+    is_flag=True,
+    help="Keep denormal float32 weights (by default they are set to zero: slow on x86, below float32's resolution).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def command(
     model: str,
@@ -40,6 +45,7 @@ def command(
     plan_in: str | None,
     plan_out: str | None,
     weights: str | None,
+    keep_denormals: bool,
     as_json: bool,
     **budget_fields: Any,
 ) -> None:
@@ -68,6 +74,7 @@ def command(
             input_shapes=shapes,
             plan=plan_in,
             dead_threshold=dead_threshold,
+            keep_denormals=keep_denormals,
             budget=budget,
         )
         api.save_outputs(result, output, plan_out)
@@ -90,6 +97,13 @@ def command(
             f"latency on {lat['backend']} at batch {lat['batch']}: predicted {lat['predicted_ms']:.3g} ms "
             f"(original {lat['predicted_original_ms']:.3g}), measured {lat['measured_ms']:.3g} ms "
             f"(original {lat['measured_original_ms']:.3g}, {lat['measured_fraction']:.1%})"
+        )
+    flushed = summary.get("denormals_flushed") or {}
+    if flushed.get("total"):
+        from deploysparse.denormals import DenormalCount
+
+        console.print(
+            f"set {DenormalCount(flushed['tensors']).describe()} to zero (--keep-denormals keeps them)"
         )
     for w in summary["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
