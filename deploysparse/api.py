@@ -19,7 +19,8 @@ from deploysparse.errors import UsageError
 from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
 from deploysparse.graph.cost import count_cost
 from deploysparse.graph.dead import DEFAULT_DEAD_THRESHOLD, DeadFilters, find_dead
-from deploysparse.graph.surgery import SurgeryResult, apply_plan
+from deploysparse.graph.rules import ops_with
+from deploysparse.graph.surgery import SurgeryResult, rewrite_graph
 from deploysparse.modelio import load_model
 from deploysparse.plan import Plan
 
@@ -90,12 +91,13 @@ def as_model(model: ModelLike) -> onnx.ModelProto:
 
 
 def _require_layers(ga: GraphAnalysis, model: ModelLike) -> None:
-    """A model with no Conv, ConvTranspose, Gemm or MatMul has no filters: say so instead of writing
-    an unchanged copy."""
+    """A model with no op that carries filters (Conv, Gemm, ... : ops whose rule counts MACs) has
+    nothing to prune: say so instead of writing an unchanged copy."""
     if not any(att.role == "producer" for att in ga.attachments):
         name = "the model" if isinstance(model, onnx.ModelProto) else str(model)
+        ops = ops_with(lambda rule: rule.macs is not None)
         raise UsageError(
-            f"{name}: has no Conv, ConvTranspose, Gemm or MatMul with constant weights: nothing to prune"
+            f"{name}: has no {', '.join(ops[:-1])} or {ops[-1]} with constant weights: nothing to prune"
         )
 
 
@@ -206,7 +208,7 @@ def prune(
         chosen.keep = keep_all_but(ga, dead.channels, budget.get("round_to", 1))
     else:
         chosen = _criterion_plan(ga, criterion, dead, feeds, budget, module)
-    surgery = apply_plan(ga, chosen)
+    surgery = rewrite_graph(ga, chosen)
     onnx.checker.check_model(surgery.model)
     summary = summarize(ga, chosen, dead)
     if not dead.exact or chosen.criterion not in ("dead", ""):

@@ -128,35 +128,6 @@ def fingerprint(ga: GraphAnalysis) -> str:
     return h.hexdigest()[:16]
 
 
-def validate_plan(plan: Plan, ga: GraphAnalysis) -> None:
-    """Refuse a plan the surgery could not carry out exactly: pinned channels removed, an empty
-    group, uneven blocks of a grouped conv, indices out of range."""
-    for gid, keep in plan.keep.items():
-        try:
-            group = ga.group(gid)
-        except KeyError as exc:
-            raise PlanError(f"plan names unknown group {gid!r}") from exc
-        keep = np.asarray(keep, dtype=np.int64)
-        if len(keep) == 0:
-            raise PlanError(f"group {gid} ({group.label}): a plan must keep at least one channel")
-        if keep.min() < 0 or keep.max() >= group.size or len(np.unique(keep)) != len(keep):
-            raise PlanError(f"group {gid} ({group.label}): kept indices out of range or repeated")
-        removed = np.setdiff1d(np.arange(group.size), keep)
-        if len(removed) and not group.producers:
-            raise PlanError(f"group {gid}: has no producer, so its channels cannot be removed")
-        hit = np.intersect1d(removed, group.pinned_channels)
-        if len(hit):
-            by = ", ".join(f"{op} {node}" for op, node in group.pinned_by[:2]) or "a graph input/output"
-            raise PlanError(f"group {gid} ({group.label}): channels {hit[:5].tolist()} are pinned by {by}")
-        if group.block > 1:
-            counts = np.bincount(keep // (group.size // group.block), minlength=group.block)
-            if len(set(counts.tolist())) != 1:
-                raise PlanError(
-                    f"group {gid} ({group.label}): a grouped conv needs the same number of channels kept in "
-                    f"each of its {group.block} blocks, got {counts.tolist()}"
-                )
-
-
 def kept_identities(ga: GraphAnalysis, plan: Plan) -> np.ndarray:
     """Per channel identity of the analysis: True when the plan keeps it."""
     kept = np.ones(len(ga.identity_group), dtype=bool)

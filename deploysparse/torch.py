@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from deploysparse.errors import PlanError
+from deploysparse.graph.rules import attr, rule_for
 
 
 class SurgeryRecord(Protocol):
@@ -242,7 +243,7 @@ def _conv_groups_in_graph(model: onnx.ModelProto | None) -> dict[str, int]:
         return {}
     groups = {}
     for node in model.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            groups[node.input[1]] = group
+        rule = rule_for(node)
+        if rule is not None and rule.layer_output and len(node.input) > 1:
+            groups[node.input[1]] = int(attr(node, "group", 1))
     return groups

@@ -7,12 +7,13 @@ that consumes initializer "layer1.0.bn1.weight" is the one that module became, s
 name is known.
 
 Mapped here:
-- the output of every Conv/ConvTranspose, BatchNorm/InstanceNorm and Linear (as Gemm) module that runs
-  exactly once per forward pass and whose weight feeds exactly one ONNX node;
-- every tensor the ONNX graph derives from a mapped tensor by element-wise activations (Relu,
-  LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish, Tanh, Elu, Softplus, Gelu, Identity, Dropout) and
-  by Mul of two such tensors (SiLU = x * Sigmoid(x)). They are computed from the hooked output with
-  the ONNX op's own attributes, so functional activations (F.relu) are covered too.
+- the output of every Conv/ConvTranspose, BatchNorm/InstanceNorm and Linear module that runs exactly
+  once per forward pass and whose weight feeds exactly one ONNX node whose rule says it is a whole
+  layer's output (`Rule.layer_output`: Conv, ConvTranspose, BatchNormalization, Gemm, ...);
+- every tensor the ONNX graph derives from mapped tensors of one module by an op whose rule says how
+  to compute it (`Rule.compute`: activations such as Relu, Clip, HardSwish, Gelu, and the Mul of
+  SiLU = x * Sigmoid(x)). They are computed from the hooked output with the ONNX op's own
+  attributes, so functional activations (F.relu) are covered too.
 Everything else (pooling outputs, residual sums, concatenations, modules called twice) is computed by
 ONNX Runtime on the exported graph's intermediate values, when the caller asks for those tensors.
 """
@@ -30,10 +31,10 @@ from onnx import numpy_helper
 from torch import nn
 
 from deploysparse.errors import CalibrationError
+from deploysparse.graph.rules import attr, rule_for
 from deploysparse.stats import session
 
 _HOOKED_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Linear)
-_MODULE_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Gemm"}
 
 
 @dataclass
@@ -200,7 +201,7 @@ def map_tensors(module: nn.Module, onnx_model: onnx.ModelProto) -> dict[str, _De
         if not isinstance(sub, _HOOKED_MODULES):
             continue
         key = f"{name}.weight" if getattr(sub, "weight", None) is not None else f"{name}.running_mean"
-        nodes = [n for n in consumers.get(key, []) if n.op_type in _MODULE_OPS]
+        nodes = [n for n in consumers.get(key, []) if _layer_output(n)]
         if len(nodes) == 1 and len(consumers.get(key, [])) == 1:
             derived[nodes[0].output[0]] = _Derived(name, _identity)
     frontier = list(derived)
@@ -220,85 +221,37 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _attr(node: onnx.NodeProto, name: str, default: float | str) -> float | str:
-    for a in node.attribute:
-        if a.name == name:
-            return a.s.decode() if a.type == onnx.AttributeProto.STRING else a.f
-    return default
+def _layer_output(node: onnx.NodeProto) -> bool:
+    rule = rule_for(node)
+    return rule is not None and rule.layer_output
 
 
 def _elementwise(
     node: onnx.NodeProto, derived: Mapping[str, _Derived], constants: Mapping[str, np.ndarray]
 ) -> _Derived | None:
-    """The node's output as a function of a hooked output, if the node is an element-wise op on it."""
-    op = node.op_type
-    if op == "Mul" and len(node.input) == 2 and all(i in derived for i in node.input):
-        a, b = derived[node.input[0]], derived[node.input[1]]
-        if a.module != b.module:
-            return None
-        return _Derived(a.module, lambda x, fa=a.fn, fb=b.fn: fa(x) * fb(x))
-    source = derived.get(node.input[0]) if node.input else None
-    if source is None:
+    """The node's output as a function of one hooked output, when its rule can compute it from
+    activations that all derive from that module's output."""
+    rule = rule_for(node)
+    if rule is None or rule.compute is None or not node.input:
         return None
-    fn = _unary(node, constants)
+    operands = [name for name in node.input if name and name not in constants]
+    sources = [derived.get(name) for name in operands]
+    if not sources or any(d is None for d in sources) or len({d.module for d in sources}) != 1:
+        return None
+    fn = rule.compute(node, constants)
     if fn is None:
         return None
-    return _Derived(source.module, lambda x, f=fn, g=source.fn: f(g(x)))
-
-
-def _unary(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) -> Callable | None:
-    op = node.op_type
-    if op in ("Identity", "Dropout") and len(node.input) == 1:
-        return _identity
-    if len(node.input) != 1 and op != "Clip":
-        return None
-    simple = {
-        "Relu": torch.relu,
-        "Sigmoid": torch.sigmoid,
-        "Tanh": torch.tanh,
-        "HardSwish": F.hardswish,
-        "Softplus": F.softplus,
-    }
-    if op in simple:
-        return simple[op]
-    if op == "LeakyRelu":
-        alpha = float(_attr(node, "alpha", 0.01))
-        return lambda x: F.leaky_relu(x, alpha)
-    if op == "Elu":
-        alpha = float(_attr(node, "alpha", 1.0))
-        return lambda x: F.elu(x, alpha)
-    if op == "HardSigmoid":
-        alpha, beta = float(_attr(node, "alpha", 0.2)), float(_attr(node, "beta", 0.5))
-        return lambda x: torch.clamp(alpha * x + beta, 0.0, 1.0)
-    if op == "Gelu":
-        approximate = str(_attr(node, "approximate", "none"))
-        return lambda x: F.gelu(x, approximate=approximate)
-    if op == "Clip":
-        return _clip(node, constants)
-    return None
-
-
-def _clip(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) -> Callable | None:
-    bounds: list[float | None] = [None, None]
-    for slot, name in enumerate(node.input[1:3]):
-        if not name:
-            continue
-        if name not in constants:
-            return None
-        bounds[slot] = float(constants[name])
-    if len(node.input) == 1:
-        bounds = [_attr(node, "min", None), _attr(node, "max", None)]
-    low, high = bounds
-    return lambda x: torch.clamp(x, low, high)
+    fns = [d.fn for d in sources]
+    return _Derived(sources[0].module, lambda x, f=fn, gs=fns: f([g(x) for g in gs], F))
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Scalar initializers and the values of constant nodes (no input, a `value` tensor)."""
     values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _small(t.dims)}
     for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(a.t)
+        value = attr(node, "value") if not node.input else None
+        if isinstance(value, onnx.TensorProto):
+            values[node.output[0]] = numpy_helper.to_array(value)
     return values
 
 

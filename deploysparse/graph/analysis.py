@@ -19,7 +19,7 @@ from scipy.sparse.csgraph import connected_components
 from deploysparse.graph.channels import Attachment, ChannelTable, Pin
 from deploysparse.graph.groups import ChannelGroup, Member, PinnedSpace
 from deploysparse.graph.normalize import normalize
-from deploysparse.graph.rules import RULES, pin_all
+from deploysparse.graph.rules import pin_all, rule_for
 from deploysparse.graph.shapes import infer_shapes, resolve_input_shapes
 
 
@@ -93,9 +93,10 @@ def analyze_graph(
     for inp in model.graph.input:
         table.pin(inp.name, None, "graph input")
     for node in model.graph.node:
-        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        rule = rule_for(node)
         if rule is None:
-            pin_all(node, table, f"no channel rule for {node.op_type}")
+            where = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+            pin_all(node, table, f"no channel rule for {where}")
         else:
             rule.analyze(node, table)
     for out in model.graph.output:
