@@ -20,7 +20,7 @@ from deploysparse.graph.rules import rule_for
 from deploysparse.stats import intermediate_values, random_feeds
 
 # The paper's authors keep a channel only if |gamma| > 1e-3; on folded weights the same threshold is
-# read relative to the layer's median filter norm (rules._zero_magnitude).
+# read relative to the layer's median filter norm (rules.filter_magnitude).
 DEFAULT_DEAD_THRESHOLD = 1e-3
 # Samples read for the constant values: exact constants need one; a near-dead channel's mean is
 # settled long before 64 (its spread is tiny by definition), and the run is most of the check's cost.

@@ -13,7 +13,9 @@ onnx-graphsurgeon's `Graph.register` (extension by registration). It says:
   check and the surgery both ask this one object, so they cannot disagree);
 - `zeroes`: which per-channel parameter inputs must be zeroed for a removed channel to output 0;
 - `zero_to_zero`: whether an all-zero input channel gives an all-zero output channel;
-- `layer_output` / `compute`: how a framework layer's output maps to the node (hooks on torch modules).
+- `layer_output` / `compute`: how a framework layer's output maps to the node (hooks on torch modules);
+- `scale_shift`: the inputs holding a normalisation's learned per-channel scale and shift (BN's
+  gamma and beta: the evidence of the bn-scale and similarity criteria).
 An op with no rule pins every channel tensor it touches: never pruned, never a crash. `register_rule`
 adds an op, including a custom-domain one, without editing this package.
 """
@@ -50,6 +52,7 @@ class Reading:
     input_index: int
     axis: int
     kind: str
+    weight_input: int = 1
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Rule:
     zero_to_zero: bool | Callable[[onnx.NodeProto, ChannelTable], bool] = False
     layer_output: bool = False
     compute: ComputeFn | None = None
+    scale_shift: tuple[int, int] | None = None
 
     def reading(self, node: onnx.NodeProto) -> Reading | None:
         """Where this node reads channels with its weights, None when it does not."""
@@ -116,6 +120,7 @@ def register_rule(
     zero_to_zero: bool | Callable[[onnx.NodeProto, ChannelTable], bool] = False,
     layer_output: bool = False,
     compute: ComputeFn | None = None,
+    scale_shift: tuple[int, int] | None = None,
     replace: bool = False,
 ) -> Rule:
     """Teach the package an op: how its channels flow and everything else asked of it.
@@ -141,6 +146,7 @@ def register_rule(
         zero_to_zero=zero_to_zero,
         layer_output=layer_output,
         compute=compute,
+        scale_shift=scale_shift,
     )
     for op in names:
         key = _key(op, domain)
@@ -315,7 +321,6 @@ def _average_pool(node: onnx.NodeProto, t: ChannelTable) -> None:
         t.not_constant(node.output[0])  # zero padding averaged in makes the border differ
 
 
-@rule("BatchNormalization", "InstanceNormalization", zeroes=(1, 2), layer_output=True)
 def _normalization(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     params = [i for i in range(1, len(node.input)) if node.input[i]]
@@ -330,6 +335,10 @@ def _normalization(node: onnx.NodeProto, t: ChannelTable) -> None:
     for i in params:
         t.attach("param", node, i, 0, dst)
     t.constant_source(dst, np.abs(t.weights[node.input[1]]).astype(np.float64))
+
+
+register_rule("BatchNormalization", _normalization, zeroes=(1, 2), layer_output=True, scale_shift=(1, 2))
+register_rule("InstanceNormalization", _normalization, zeroes=(1, 2), layer_output=True)
 
 
 @rule("PRelu", zero_to_zero=True)
@@ -403,7 +412,7 @@ register_rule("Pow", _elementwise)
 # ---- producers and consumers -----------------------------------------------------------------------
 
 
-def _zero_magnitude(weight: np.ndarray, axis: int) -> np.ndarray:
+def filter_magnitude(weight: np.ndarray, axis: int) -> np.ndarray:
     """Per output channel: the filter's L2 norm relative to the layer's median (0 for a zero filter).
 
     Relative, because a folded BN scales every filter by gamma/sqrt(var): an absolute threshold
@@ -515,7 +524,7 @@ def _conv(node: onnx.NodeProto, t: ChannelTable) -> None:
         return
     if has_bias:
         t.attach("param", node, 2, 0, dst)
-    t.constant_source(dst, _zero_magnitude(weight, 0))
+    t.constant_source(dst, filter_magnitude(weight, 0))
 
 
 def _conv_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
@@ -568,7 +577,7 @@ def _conv_transpose(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.attach("consumer", node, 1, 0, src)
     if len(node.input) > 2 and node.input[2]:
         t.attach("param", node, 2, 0, dst)
-    t.constant_source(dst, _zero_magnitude(weight, 1))
+    t.constant_source(dst, filter_magnitude(weight, 1))
 
 
 def _gemm_contribution(node: onnx.NodeProto, weight: np.ndarray, axis: int, values: np.ndarray) -> np.ndarray:
@@ -603,7 +612,7 @@ def _gemm(node: onnx.NodeProto, t: ChannelTable) -> None:
             return
         if bias.ndim >= 1 and bias.shape[-1] == t.channels(dst) and t.channels(dst) > 1:
             t.attach("param", node, 2, bias.ndim - 1, dst)
-    t.constant_source(dst, _zero_magnitude(weight, out_axis))
+    t.constant_source(dst, filter_magnitude(weight, out_axis))
 
 
 @rule(
@@ -626,7 +635,7 @@ def _matmul(node: onnx.NodeProto, t: ChannelTable) -> None:
         return
     t.attach("producer", node, 1, 1, dst)
     t.attach("consumer", node, 1, 0, src)
-    t.constant_source(dst, _zero_magnitude(weight, 1))
+    t.constant_source(dst, filter_magnitude(weight, 1))
 
 
 # ---- ops that move channels ------------------------------------------------------------------------
