@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from deploysparse.errors import ModelLoadError, UsageError
-from deploysparse.frontend.model_source import parse_input_shape
 
-__all__ = ["export_onnx", "parse_input_shape"]
+__all__ = ["export_onnx"]
 
 _EXPORTERS = ("auto", "dynamo", "legacy")
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "onnxscript")
