@@ -278,7 +278,7 @@ def measure_change(
     ga: GraphAnalysis,
 ) -> dict:
     """Largest absolute and relative output difference on the calibration data (or random data)."""
-    from deploysparse.stats import random_feeds, run_batched, session
+    from deploysparse.ort_intermediates import random_feeds, run_batched, session
 
     data = dict(feeds) if feeds is not None else random_feeds(original, ga.input_shapes)
     data = {k: v[:64] for k, v in data.items()}

@@ -121,7 +121,7 @@ def _verify_against_graph(module: nn.Module, model: onnx.ModelProto) -> None:
         shapes.append([2 if dims[0] is None else dims[0], *dims[1:]])
     rng = np.random.default_rng(0)
     feeds = {i.name: rng.standard_normal(s).astype(np.float32) for i, s in zip(inputs, shapes, strict=True)}
-    from deploysparse.stats import session
+    from deploysparse.ort_intermediates import session
 
     expected = session(model).run(None, feeds)
     was_training = module.training

@@ -32,12 +32,12 @@ def command(
     as_json: bool,
 ) -> None:
     """Entropy of the data, the conv depth it can use, and residual blocks past it that do nothing."""
-    from deploysparse.criteria import ebcle
+    from deploysparse import depth_advisor
 
     if drop_out and not model_path:
         raise UsageError("--drop-blocks needs --model")
     images = _load(data)
-    bound = ebcle.depth_bound(images)
+    bound = depth_advisor.depth_bound(images)
     report: dict = {"data": data, **bound.to_json(), "blocks": [], "candidates": []}
     if model_path:
         report.update(
@@ -74,8 +74,8 @@ def _load(path: str) -> np.ndarray:
 def _advise_model(
     model_path: str, images: np.ndarray, bound: int, threshold: float, samples: int, drop_out: str | None
 ) -> dict:
+    from deploysparse import depth_advisor
     from deploysparse.calibration import load_calibration
-    from deploysparse.criteria import ebcle
     from deploysparse.modelio import check_output_path, load_model, save_model
 
     model = load_model(model_path)
@@ -83,9 +83,9 @@ def _advise_model(
         raise UsageError(f"{model_path}: advise-depth feeds the images to a single-input model")
     picked = images[np.linspace(0, len(images) - 1, min(samples, len(images))).astype(np.int64)]
     feeds = load_calibration({model.graph.input[0].name: picked.astype(np.float32)}, model)
-    blocks = ebcle.find_residual_blocks(model)
-    ebcle.measure_blocks(model, feeds, blocks)
-    chosen = ebcle.candidates(blocks, bound, threshold)
+    blocks = depth_advisor.find_residual_blocks(model)
+    depth_advisor.measure_blocks(model, feeds, blocks)
+    chosen = depth_advisor.candidates(blocks, bound, threshold)
     result = {
         "model": model_path,
         "blocks": [b.to_json() for b in blocks],
@@ -94,7 +94,7 @@ def _advise_model(
     }
     if drop_out:
         check_output_path(drop_out, model_path)
-        dropped = ebcle.drop_blocks(model, [b.add for b in chosen])
+        dropped = depth_advisor.drop_blocks(model, [b.add for b in chosen])
         save_model(dropped, drop_out)
         result["dropped_model"] = drop_out
     return result

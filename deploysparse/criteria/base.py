@@ -31,7 +31,7 @@ class CriterionContext:
     calib: calibration feeds (input name -> array, batch first), or None when there is no data.
     rng: the one source of randomness (PFP's random variant), seeded by the caller for reproducibility.
     values_fn: computes intermediate tensors by name; defaults to ONNX Runtime on `ga.model` with the
-        calibration feeds (deploysparse.stats.intermediate_values). Tests and callers with their own
+        calibration feeds (deploysparse.ort_intermediates.intermediate_values). Tests and callers with their own
         runner inject it.
     """
 
@@ -74,7 +74,7 @@ class CriterionContext:
         return self._cache[tensor_name]
 
     def _run_onnxruntime(self, names: list[str]) -> dict[str, np.ndarray]:
-        from deploysparse.stats import intermediate_values
+        from deploysparse.ort_intermediates import intermediate_values
 
         return intermediate_values(self.ga.model, self.calib, names)
 

@@ -132,7 +132,7 @@ def _complete_with_a_run(
     ]
     if not unknown and not bounds:
         return {}
-    from deploysparse.stats import intermediate_values
+    from deploysparse.ort_intermediates import intermediate_values
 
     rng = np.random.default_rng(0)
     elem = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}

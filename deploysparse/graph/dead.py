@@ -17,7 +17,7 @@ import numpy as np
 
 from deploysparse.graph.analysis import GraphAnalysis
 from deploysparse.graph.rules import rule_for
-from deploysparse.stats import intermediate_values, random_feeds
+from deploysparse.ort_intermediates import intermediate_values, random_feeds
 
 # The paper's authors keep a channel only if |gamma| > 1e-3; on folded weights the same threshold is
 # read relative to the layer's median filter norm (rules.filter_magnitude).
