@@ -84,9 +84,12 @@ class Criterion(Protocol):
     """The one signature every criterion implements.
 
     Optional extras a criterion may define (looked up with getattr by `plan_with`):
-      merges(group, ctx, keep) -> (keep, [(src, dst, factor)])  re-chooses the kept set and merges
-      plan(ga, ctx, **budget) -> Plan                             allocates the budget itself (PFP)
-      dead(group, ctx) -> np.ndarray                              channels lossless to remove on the data
+      check_model(groups, ga) -> None                    refuses a model it has no evidence in (bn-scale)
+      dead(group, ctx) -> np.ndarray                     channels lossless to remove on the data
+      allocate(ga, ctx, **budget) -> Allocation          allocates the budget itself (PFP): kept
+                                                         channels, per-channel scales and notes
+      merges(group, ctx, keep, dead) -> (keep, [(src, dst, factor)])
+                                                         re-chooses the kept set and merges (similarity)
     """
 
     name: str

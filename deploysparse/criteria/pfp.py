@@ -325,7 +325,7 @@ def _sample(b: GroupBudget, sens: GroupSensitivity, eps: float, rng: np.random.G
 
 @dataclass(frozen=True)
 class PFPCriterion:
-    """Scores are the raw sensitivities s_j; `plan` allocates the budget the paper's way."""
+    """Scores are the raw sensitivities s_j; `allocate` allocates the budget the paper's way."""
 
     name: str = "pfp"
     needs_data: bool = True
