@@ -104,7 +104,7 @@ def custom_rules():
             int(np.prod(t.shapes[node.output[0]][1:])) * t.channels(node.input[0]),
             (node.input[0], node.output[0]),
         ),
-        reads=lambda node: Reading(0, 1, "conv"),
+        reads=lambda node, t: Reading(0, 1, "conv"),
         fold=Fold(
             exact=lambda node: True,  # no kernel, no padding: a constant input is constant everywhere
             contribution=lambda node, w, axis, values: w[:, :, 0, 0] @ values,

@@ -124,8 +124,7 @@ def channel_slices(weight: np.ndarray, member: Member) -> np.ndarray:
 
 def positions_of(member: Member) -> np.ndarray:
     """Positions along the member's axis of every channel's `width` entries (absent channels: 0)."""
-    index = np.maximum(np.asarray(member.index, dtype=np.int64), 0)
-    return (index[:, None] + np.arange(member.width)[None, :]).reshape(-1)
+    return member.positions()
 
 
 def _absent_to_zero(per_channel: np.ndarray, member: Member, axis: int = 0) -> np.ndarray:

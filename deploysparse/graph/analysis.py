@@ -256,16 +256,35 @@ def _members_of(
         np.minimum.at(index, chan, pos)
         width = np.bincount(chan, minlength=size)
         present = width > 0
+        widest = int(width[present].max()) if present.any() else 0
         groups[g].members.append(
             Member(
                 role=role,
                 name=name,
                 axis=axis,
                 index=np.where(present, index, -1),
-                width=int(width[present].max()) if present.any() else 0,
+                width=widest,
+                layout=_layout(pos, chan, index, size, widest),
                 **extra,
             )
         )
+
+
+def _layout(pos: np.ndarray, chan: np.ndarray, first: np.ndarray, size: int, width: int) -> np.ndarray | None:
+    """(size, width) positions per channel, or None when every channel's entries are `width`
+    consecutive positions from its first (the usual case: one position, or a flattened channel).
+    A channel with fewer entries repeats its first one; an absent channel is -1."""
+    order = np.lexsort((pos, chan))
+    pos, chan = pos[order], chan[order]
+    rank = np.arange(len(chan)) - np.searchsorted(chan, chan, side="left")
+    layout = np.full((size, width), -1, dtype=np.int64)
+    layout[chan, rank] = pos
+    present = layout[:, 0] >= 0
+    layout = np.where((layout < 0) & present[:, None], layout[:, :1], layout)
+    consecutive = first[:, None] + np.arange(width)[None, :]
+    if np.array_equal(layout[present], consecutive[present]):
+        return None
+    return layout
 
 
 def _add_members(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deploysparse.graph.analysis import GraphAnalysis
+from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.rules import rule_for
 from deploysparse.ort_intermediates import intermediate_values, random_feeds
 
@@ -54,7 +55,9 @@ def find_dead(
     table = ga.table
     constant = table.constant_elements(threshold)
     exactly = table.constant_elements(0.0) if threshold > 0 else constant
-    readers = [(n, t) for n in ga.model.graph.node if (t := _read_tensor(n)) is not None and t in table.base]
+    readers = [
+        (n, t) for n in ga.model.graph.node if (t := _read_tensor(n, table)) is not None and t in table.base
+    ]
     n_ident = len(ga.identity_group)
     all_const = np.ones(n_ident, dtype=bool)
     all_exact = np.ones(n_ident, dtype=bool)
@@ -68,10 +71,18 @@ def find_dead(
     result = DeadFilters()
     if not candidate.any():
         return result
+    conditions = table.zero_conditions(threshold)
+    conditions = conditions[candidate[ga.identity[conditions]]]
+    zero_checks = list(table.tensor_channels(conditions).items())
     tensors = [t for t in read_tensors if candidate[ga.identity[table.elements(t)]].any()]
     data = feeds if feeds is not None else random_feeds(ga.model, ga.input_shapes)
     data = {name: value[:VALUE_SAMPLES] for name, value in data.items()}
-    values = intermediate_values(ga.model, data, tensors)
+    values = intermediate_values(ga.model, data, list(dict.fromkeys(tensors + [t for t, _ in zero_checks])))
+    for tensor, channels in zero_checks:
+        # A constant passed zero padding: only an exact 0 stays constant at the border.
+        moved = np.moveaxis(values[tensor], 1, 0).reshape(values[tensor].shape[1], -1)[channels]
+        nonzero = np.any(moved != 0, axis=1)
+        candidate[ga.identity[table.elements(tensor, channels[nonzero])]] = False
     removable = candidate.copy()
     for tensor in tensors:
         ids = ga.identity[table.elements(tensor)]
@@ -125,10 +136,10 @@ def _channel_values(value: np.ndarray, exact: bool) -> np.ndarray:
     return np.where(spread <= 1e-6 * scale, mean, np.nan)
 
 
-def _read_tensor(node) -> str | None:
+def _read_tensor(node, table: ChannelTable) -> str | None:
     """The tensor a final reader multiplies by its weights (its rule says which input), else None."""
     rule = rule_for(node)
-    reading = rule.reading(node) if rule is not None else None
+    reading = rule.reading(node, table) if rule is not None else None
     return node.input[reading.input_index] if reading is not None else None
 
 

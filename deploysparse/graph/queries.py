@@ -63,7 +63,7 @@ def consumer_input(ga: GraphAnalysis, member: Member) -> ConsumerView | None:
     plain per-channel view (grouped or transposed convs, a weight fed as the first operand)."""
     node = ga.node(member.node)
     rule = rule_for(node)
-    reading = rule.reading(node) if rule is not None else None
+    reading = rule.reading(node, ga.table) if rule is not None else None
     if reading is None or reading.kind not in ("conv", "dense") or member.input_index != reading.weight_input:
         return None
     if len(node.input) <= reading.weight_input:

@@ -77,7 +77,7 @@ class Rule:
     analyze: AnalyzeFn
     rewrite: RewriteFn | None = None
     macs: MacsFn | None = None
-    reads: Callable[[onnx.NodeProto], Reading | None] | None = None
+    reads: Callable[[onnx.NodeProto, ChannelTable], Reading | None] | None = None
     fold: Fold | None = None
     zeroes: frozenset[int] = field(default_factory=frozenset)
     zero_to_zero: bool | Callable[[onnx.NodeProto, ChannelTable], bool] = False
@@ -85,9 +85,9 @@ class Rule:
     compute: ComputeFn | None = None
     scale_shift: tuple[int, int] | None = None
 
-    def reading(self, node: onnx.NodeProto) -> Reading | None:
+    def reading(self, node: onnx.NodeProto, table: ChannelTable) -> Reading | None:
         """Where this node reads channels with its weights, None when it does not."""
-        return self.reads(node) if self.reads is not None else None
+        return self.reads(node, table) if self.reads is not None else None
 
     def folds_exactly(self, node: onnx.NodeProto) -> bool:
         """Can a non-zero constant input channel move into this node's bias without error?"""
@@ -114,7 +114,7 @@ def register_rule(
     domain: str = "",
     rewrite: RewriteFn | None = None,
     macs: MacsFn | None = None,
-    reads: Callable[[onnx.NodeProto], Reading | None] | None = None,
+    reads: Callable[[onnx.NodeProto, ChannelTable], Reading | None] | None = None,
     fold: Fold | None = None,
     zeroes: Sequence[int] = (),
     zero_to_zero: bool | Callable[[onnx.NodeProto, ChannelTable], bool] = False,
@@ -218,14 +218,14 @@ _KEEP_ZERO = (
 _MOVE_ZERO = ("Sigmoid", "HardSigmoid", "Softplus", "Exp", "Log", "Reciprocal", "Cos")
 
 
-def _same_channels(node: onnx.NodeProto, t: ChannelTable, reason: str) -> bool:
+def _same_channels(node: onnx.NodeProto, t: ChannelTable, reason: str, constant_if: str = "all") -> bool:
     """Input 0's channels become output 0's one to one; pin everything (and say False) when the
     counts differ or are unknown."""
     src, dst = node.input[0], node.output[0]
     if t.channels(src) is None or t.channels(dst) != t.channels(src):
         pin_all(node, t, reason)
         return False
-    t.flow(src, dst)
+    t.flow(src, dst, constant_if=constant_if)
     return True
 
 
@@ -316,9 +316,11 @@ register_rule("Clip", _unary, zero_to_zero=_clip_keeps_zero, compute=_clip_compu
 
 @rule("AveragePool", zero_to_zero=True)
 def _average_pool(node: onnx.NodeProto, t: ChannelTable) -> None:
-    _unary(node, t)
-    if has_padding(node) and attr(node, "count_include_pad", 0) and t.channels(node.output[0]) is not None:
-        t.not_constant(node.output[0])  # zero padding averaged in makes the border differ
+    # Zero padding averaged in makes a non-zero constant's border differ; a 0 stays 0.
+    zero_padded = has_padding(node) and attr(node, "count_include_pad", 0)
+    _same_channels(
+        node, t, "channel count changes or is unknown", constant_if="zero" if zero_padded else "all"
+    )
 
 
 def _normalization(node: onnx.NodeProto, t: ChannelTable) -> None:
@@ -456,7 +458,11 @@ def _is_depthwise(node: onnx.NodeProto, t: ChannelTable) -> bool:
     return group > 1 and group == t.count.get(node.input[0], -1)
 
 
-def _conv_reading(node: onnx.NodeProto) -> Reading:
+def _conv_reading(node: onnx.NodeProto, t: ChannelTable) -> Reading | None:
+    """A depthwise conv is no final reader: it maps each channel to its own outputs (a constant to a
+    constant, zero through zero padding to a constant), so liveness is judged where they are read."""
+    if _is_depthwise(node, t):
+        return None
     return Reading(0, 1, "conv" if int(attr(node, "group", 1)) == 1 else "other")
 
 
@@ -510,11 +516,9 @@ def _conv(node: onnx.NodeProto, t: ChannelTable) -> None:
         m = cout // cin
         t.attach("param", node, 1, 0, dst)
         out_ch = np.arange(cout)
-        if has_padding(node):
-            t.tie(src, dst, out_ch // m, out_ch)
-            t.not_constant(dst)
-        else:
-            t.flow(src, dst, out_ch // m, out_ch)
+        # Unpadded, a constant input channel gives a constant output; padded, only a 0 does (the
+        # border sees the zero padding), and then the output is the bias, constant too.
+        t.flow(src, dst, out_ch // m, out_ch, constant_if="zero" if has_padding(node) else "all")
     elif cin % group == 0 and cout % group == 0:
         t.attach("producer", node, 1, 0, dst, sliced=False)
         t.block(src, group)
@@ -556,7 +560,7 @@ def _conv_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
             else _per_sample(t, n.input[0]) * int(np.prod(w.shape[1:]))
         )
     ),
-    reads=lambda node: Reading(0, 1, "other"),
+    reads=lambda node, t: Reading(0, 1, "other"),
     zeroes=(1, 2),
     zero_to_zero=_conv_keeps_zero,
     layer_output=True,
@@ -589,7 +593,7 @@ def _gemm_contribution(node: onnx.NodeProto, weight: np.ndarray, axis: int, valu
     macs=_weight_macs(
         lambda n, t, w: _per_sample(t, n.output[0]) * int(w.shape[1] if attr(n, "transB", 0) else w.shape[0])
     ),
-    reads=lambda node: Reading(0, 1, "other" if attr(node, "transA", 0) else "dense"),
+    reads=lambda node, t: Reading(0, 1, "other" if attr(node, "transA", 0) else "dense"),
     fold=Fold(lambda node: not attr(node, "transA", 0), _gemm_contribution),
     zeroes=(1, 2),
     zero_to_zero=_conv_keeps_zero,
@@ -618,7 +622,7 @@ def _gemm(node: onnx.NodeProto, t: ChannelTable) -> None:
 @rule(
     "MatMul",
     macs=_weight_macs(lambda n, t, w: _per_sample(t, n.output[0]) * int(w.shape[0])),
-    reads=lambda node: Reading(0, -1, "dense"),
+    reads=lambda node, t: Reading(0, -1, "dense"),
     zero_to_zero=True,
 )
 def _matmul(node: onnx.NodeProto, t: ChannelTable) -> None:
@@ -950,9 +954,13 @@ def _pad(node: onnx.NodeProto, t: ChannelTable) -> None:
     if len(node.input) > 3 and node.input[3]:
         pin_all(node, t, "pad with explicit axes")
         return
-    t.flow(src, dst)
-    mode = attr(node, "mode", b"constant")
-    if mode == b"constant" and np.any(pads > 0):
+    padded = _text(attr(node, "mode", b"constant")) == "constant" and np.any(pads > 0)
+    if not padded:
+        t.flow(src, dst)
+    elif _pad_keeps_zero(node, t):
+        t.flow(src, dst, constant_if="zero")  # a 0 channel padded with 0 stays 0
+    else:
+        t.flow(src, dst)
         t.not_constant(dst)
 
 
