@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-import onnx
 
 from deploysparse.errors import CalibrationError
+from deploysparse.graph.rules import attr
 
 if TYPE_CHECKING:
     from deploysparse.graph.groups import ChannelGroup, Member
@@ -177,8 +177,5 @@ def channel_activations(values: np.ndarray, member: Member, axis: int) -> np.nda
 
 
 def node_attr(node: Any, name: str, default: Any) -> Any:
-    """An ONNX node attribute's value, or `default` when absent."""
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return onnx.helper.get_attribute_value(attribute)
-    return default
+    """An ONNX node attribute's value, or `default` when absent (the graph layer's one reader)."""
+    return attr(node, name, default)
