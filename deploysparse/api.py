@@ -21,7 +21,7 @@ from deploysparse.graph.cost import count_cost
 from deploysparse.graph.dead import DEFAULT_DEAD_THRESHOLD, DeadFilters, find_dead
 from deploysparse.graph.rules import ops_with
 from deploysparse.graph.surgery import SurgeryResult, rewrite_graph
-from deploysparse.modelio import load_model
+from deploysparse.modelio import check_model, load_model
 from deploysparse.plan import Plan
 
 ModelLike = str | os.PathLike[str] | onnx.ModelProto
@@ -209,7 +209,7 @@ def prune(
     else:
         chosen = _criterion_plan(ga, criterion, dead, feeds, budget, module)
     surgery = rewrite_graph(ga, chosen)
-    onnx.checker.check_model(surgery.model)
+    check_model(surgery.model)
     summary = summarize(ga, chosen, dead)
     if not dead.exact or chosen.criterion not in ("dead", ""):
         summary["output_change"] = measure_change(ga.model, surgery.model, feeds, ga)
