@@ -162,3 +162,30 @@ def test_a_rule_cannot_be_registered_twice_by_accident(custom_rules) -> None:
     register_rule("ChannelScale", _scale, domain=DOMAIN, replace=True, zero_to_zero=True)
     node = helper.make_node("ChannelScale", ["a", "b"], ["c"], domain=DOMAIN)
     assert rule_for(node) is not None and rule_for(helper.make_node("ChannelScale", ["a"], ["c"])) is None
+
+
+ZERO_CASES = [
+    *[(op, {}) for op in ("Relu", "LeakyRelu", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softsign")],
+    *[(op, {}) for op in ("Erf", "Abs", "Neg", "Sqrt", "Floor", "Ceil", "Round", "Sign", "Identity")],
+    *[(op, {}) for op in ("ThresholdedRelu", "Sin", "GlobalAveragePool", "GlobalMaxPool")],
+    *[(op, {}) for op in ("Sigmoid", "HardSigmoid", "Softplus", "Exp", "Cos")],
+    ("MaxPool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    ("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+]
+
+
+@pytest.mark.parametrize(("op", "attrs"), ZERO_CASES, ids=[op for op, _ in ZERO_CASES])
+def test_zero_to_zero_says_what_onnx_runtime_computes(op: str, attrs: dict) -> None:
+    """A rule's `zero_to_zero` is what lets a 0 channel pass zero padding: it must be true of the op."""
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (out,) = run(model, {"x": np.zeros((1, 2, 4, 4), np.float32)})
+    ga = analyze_graph(model)
+    assert rule_for(node).keeps_zero(ga.model.graph.node[0], ga.table) == (not np.any(out))

@@ -318,9 +318,18 @@ register_rule("Clip", _unary, zero_to_zero=_clip_keeps_zero, compute=_clip_compu
 def _average_pool(node: onnx.NodeProto, t: ChannelTable) -> None:
     # Zero padding averaged in makes a non-zero constant's border differ; a 0 stays 0.
     zero_padded = has_padding(node) and attr(node, "count_include_pad", 0)
-    _same_channels(
-        node, t, "channel count changes or is unknown", constant_if="zero" if zero_padded else "all"
-    )
+    if _same_channels(
+        node, t, "channel count changes or is unknown", constant_if="all" if not zero_padded else "zero"
+    ):
+        _padded_constant(node, t, zero_padded)
+
+
+def _padded_constant(node: onnx.NodeProto, t: ChannelTable, padded: bool) -> None:
+    """Where an op meets a border (zero padding), a constant channel stays constant only if the op
+    maps 0 to 0 (its rule's `zero_to_zero`) and the constant is 0 (the flow was written with
+    constant_if="zero", which the dead check confirms); otherwise the border breaks constancy."""
+    if padded and not rule_for(node).keeps_zero(node, t):
+        t.not_constant(node.output[0])
 
 
 def _normalization(node: onnx.NodeProto, t: ChannelTable) -> None:
@@ -954,14 +963,9 @@ def _pad(node: onnx.NodeProto, t: ChannelTable) -> None:
     if len(node.input) > 3 and node.input[3]:
         pin_all(node, t, "pad with explicit axes")
         return
-    padded = _text(attr(node, "mode", b"constant")) == "constant" and np.any(pads > 0)
-    if not padded:
-        t.flow(src, dst)
-    elif _pad_keeps_zero(node, t):
-        t.flow(src, dst, constant_if="zero")  # a 0 channel padded with 0 stays 0
-    else:
-        t.flow(src, dst)
-        t.not_constant(dst)
+    padded = bool(_text(attr(node, "mode", b"constant")) == "constant" and np.any(pads > 0))
+    t.flow(src, dst, constant_if="zero" if padded else "all")  # a 0 channel padded with 0 stays 0
+    _padded_constant(node, t, padded)
 
 
 def _pad_keeps_zero(node: onnx.NodeProto, t: ChannelTable) -> bool:
