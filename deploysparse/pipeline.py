@@ -59,7 +59,6 @@ def run_recipe(recipe: Recipe, inputs: RunInputs, outdir: str | os.PathLike[str]
 
 def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) -> dict:
     source = _resolve_source(inputs, staging)
-    original = load_model(source)
     calib = inputs.calib or (str(recipe.calibration_path()) if recipe.calibration_path() else None)
     if calib is None and recipe.build.precision == "int8":
         raise UsageError("INT8 needs calibration data: give --calib or `build.calibration` in the recipe")
@@ -68,11 +67,39 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
         raise UsageError("validation needs data: give --data (or --calib) with inputs the model accepts")
 
     with progress("prune"):
-        result = _prune(recipe, source, calib)
-    compact_path = staging / "compact.onnx"
-    save_model(result.model, compact_path)
-    result.plan.save(staging / "plan.json", result.graph)
+        result = prune_with_recipe(recipe, source, calib)
+    compact_path = save_compact(result, staging)
+    labels = np.load(inputs.labels) if inputs.labels else None
+    built, validation = build_and_validate(recipe, source, compact_path, staging, calib, data, labels)
+    latency = measure_latency(recipe, source, built.artifact)
+    report = assemble_report(
+        recipe, inputs.model, source, result, built, validation, latency, started, staging
+    )
+    write_report(report, staging)
+    return report
 
+
+# The steps of one run, public so that a sweep (deploysparse.sweep) runs each point with the same code.
+
+
+def save_compact(result: api.PruneResult, staging: Path, model=None) -> Path:
+    """Write compact.onnx (the pruned model, or `model` when given: e.g. a fine-tuned re-export) and plan.json."""
+    compact_path = staging / "compact.onnx"
+    save_model(result.model if model is None else model, compact_path)
+    result.plan.save(staging / "plan.json", result.graph)
+    return compact_path
+
+
+def build_and_validate(
+    recipe: Recipe,
+    source: str,
+    compact_path: Path,
+    staging: Path,
+    calib: str | None,
+    data: str,
+    labels: np.ndarray | None,
+):
+    """Build the compact model for the recipe's backend and compare it with the original on `data`."""
     backend = get_backend(recipe.build.backend)
     with progress(f"build ({recipe.build.backend}, {recipe.build.precision})"):
         built = backend.build(
@@ -80,11 +107,10 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
             staging / "build",
             precision=recipe.build.precision,
             calib=calib,
-            shapes=_shapes(recipe, original),
+            shapes=_shapes(recipe, load_model(source)),
             workspace_mb=recipe.build.workspace_mb,
         )
     v = recipe.validate_
-    labels = np.load(inputs.labels) if inputs.labels else None
     with progress("validate"):
         validation = validate(
             source,
@@ -98,13 +124,26 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
             min_top1=v.min_top1_agreement,
             max_accuracy_drop=v.max_accuracy_drop,
         )
-    latency = _latency(recipe, source, built.artifact)
+    return built, validation
+
+
+def assemble_report(
+    recipe: Recipe,
+    model_label: str,
+    source: str,
+    result: api.PruneResult,
+    built,
+    validation,
+    latency: dict,
+    started: datetime,
+    staging: Path,
+) -> dict:
+    """The report.json dict of one run, with the sha256 of every file in `staging`."""
     finished = datetime.now(timezone.utc)
-    report = _report(recipe, inputs, source, original, result, built, validation, latency, started, finished)
+    report = _report(recipe, model_label, source, result, built, validation, latency, started, finished)
     report["artifacts"] = {
         str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
     }
-    write_report(report, staging)
     return report
 
 
@@ -119,7 +158,8 @@ def _resolve_source(inputs: RunInputs, staging: Path) -> str:
     return str(resolved.onnx_path)
 
 
-def _prune(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
+def prune_with_recipe(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
+    """The recipe's `prune` section applied to `source`: dead filters, then one ranking criterion."""
     p = recipe.prune
     ranking = [c for c in p.criterion if c != "dead"]
     if len(ranking) > 1:
@@ -159,7 +199,7 @@ def _shapes(recipe: Recipe, model) -> dict[str, tuple] | None:
     return shapes
 
 
-def _latency(recipe: Recipe, original: str, compact: Path) -> dict:
+def measure_latency(recipe: Recipe, original: str, compact: str | Path) -> dict:
     """p50/p99 of each repeated run, original and compact alternating so both see the same machine
     load (a shared CI runner drifts by more than pruning gains); the reported point is the run with
     the median p50."""
@@ -199,12 +239,12 @@ def _latency(recipe: Recipe, original: str, compact: Path) -> dict:
     return out
 
 
-def _report(recipe, inputs, source, original, result, built, validation, latency, started, finished) -> dict:
+def _report(recipe, model_label, source, result, built, validation, latency, started, finished) -> dict:
     s = result.summary
     groups = s["groups"]
     return {
         "model": {
-            "path": inputs.model,
+            "path": model_label,
             "sha256": _sha256(Path(source)),
             "inputs": {name: [int(d) for d in dims] for name, dims in result.graph.input_shapes.items()},
         },
