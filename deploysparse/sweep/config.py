@@ -160,6 +160,9 @@ class RaySettings(_Section):
     latency_resource: str = "deploysparse-bench"  # custom resource every benchmarking node offers
     max_retries: Annotated[int, Field(ge=0)] = 2  # a crashed point is run again this many times
     max_concurrent: Positive | None = None
+    storage: str | None = (
+        None  # where Tune keeps trial files: shared by all nodes (NFS, s3://); default OUTDIR/tune
+    )
 
 
 class Sweep(_Section):

@@ -43,22 +43,31 @@ class SweepOutcome:
 
 
 def make_job(
-    sweep: Sweep, inputs: PreparedInputs, model: PreparedModel, settings: dict[str, Any]
+    sweep: Sweep,
+    inputs: PreparedInputs,
+    model: PreparedModel,
+    settings: dict[str, Any],
+    paths: dict[str, Path] | None = None,
 ) -> PointJob:
-    """One point: the base recipe with `settings`, keyed by the hash of model, data and settings."""
+    """One point: the base recipe with `settings`, keyed by the hash of model, data and settings.
+
+    `paths` maps a blob's sha256 to where it lies on this machine (a Ray worker's cache); by default
+    the driver's store. The key depends on hashes only, so it is the same on every machine.
+    """
     recipe = point_recipe(sweep.base_recipe, settings)
     finetune = sweep.finetune.model_dump(mode="json") if sweep.finetune else None
     identity = recipe.model_dump(mode="json", by_alias=True, exclude={"name", "description", "check"})
+    local = {**inputs.blobs, **(paths or {})}
     return PointJob(
         key=point_key(model.onnx, inputs, identity, finetune),
         model=model.spec.model,
         model_label=model.spec.label,
         settings=dict(settings),
         recipe=recipe,
-        source=str(model.onnx.path),
-        calib=str(inputs.calib.path),
-        data=str(inputs.val.path),
-        labels=str(inputs.labels.path) if inputs.labels else None,
+        source=str(local[model.onnx.sha256]),
+        calib=str(local[inputs.calib.sha256]),
+        data=str(local[inputs.val.sha256]),
+        labels=str(local[inputs.labels.sha256]) if inputs.labels else None,
         module=model.module,
         finetune=inputs.finetune,
         finetune_args=dict(sweep.finetune.args) if sweep.finetune else None,
@@ -94,17 +103,23 @@ def run_sweep(
             if ray_address is None:
                 _run_here(pending, store, bar)
             else:
-                from deploysparse.sweep.ray_runner import run_on_ray
-
+                run_on_ray = _ray_runner().run_on_ray
                 run_on_ray(sweep, inputs, pending, store, bar, ray_address)
         keys = [job.key for job in jobs]
     else:
-        from deploysparse.sweep.ray_runner import search_on_ray
-
+        search_on_ray = _ray_runner().search_on_ray
         with SweepProgress(sweep.search.samples * len(inputs.models), done=0) as bar:
             keys = search_on_ray(sweep, inputs, store, bar, ray_address or "auto")
         pending = keys
     return finish(sweep, store, keys, ran=len(pending), skipped=len(keys) - len(pending))
+
+
+def _ray_runner():
+    try:
+        from deploysparse.sweep import ray_runner
+    except ImportError as exc:
+        raise UsageError(f"--ray needs Ray Tune: pip install 'deploysparse[scale]' ({exc})") from exc
+    return ray_runner
 
 
 def _run_here(jobs: list[PointJob], store: ResultStore, bar: SweepProgress) -> None:
