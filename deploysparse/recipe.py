@@ -256,20 +256,29 @@ def read_yaml_mapping(
 
 
 def describe_validation_error(
-    exc: ValidationError, root: yaml.Node | None, path: Path, schema: type[BaseModel]
+    exc: ValidationError,
+    root: yaml.Node | None,
+    path: Path,
+    schema: type[BaseModel],
+    prefix: tuple[str, ...] = (),
 ) -> str:
-    """`file:line: key: what is wrong` for the first error of validating `path` against `schema`."""
-    return _describe(exc, root, path, schema)
+    """`file:line: key: what is wrong` for the first error of validating `path` against `schema`;
+    `prefix` is where the validated mapping sits in the file (e.g. a recipe inline in a sweep)."""
+    return _describe(exc, root, path, schema, prefix)
 
 
 def _describe(
-    exc: ValidationError, root: yaml.Node | None, path: Path, schema: type[BaseModel] | None = None
+    exc: ValidationError,
+    root: yaml.Node | None,
+    path: Path,
+    schema: type[BaseModel] | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> str:
     """One line for the first error: `file:line: key: what is wrong`."""
     error = exc.errors()[0]
     loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
-    key = ".".join(str(part) for part in loc)
-    line = _line_of(root, loc)
+    key = ".".join(str(part) for part in (*prefix, *loc))
+    line = _line_of(root, [*prefix, *loc])
     where = f"{path}:{line}" if line else str(path)
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1], schema or Recipe)

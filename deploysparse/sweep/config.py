@@ -141,13 +141,14 @@ class Select(_Section):
 class Search(_Section):
     """How points are chosen: every combination (`grid`) or a Ray Tune search algorithm.
 
-    A search algorithm (random, optuna) draws `samples` points and maximises the selection rule's
-    score (its goal among points that meet the limits), so "the largest FLOPs cut whose accuracy
-    drop stays under a limit" is `goal: min_flops, max_accuracy_drop: ...` with a `flops_target`
-    range. Only `grid` runs without Ray.
+    A search algorithm (`random`: Tune's seeded sampler) draws `samples` points per model from the
+    axes (a `flops_target` or `ratio` axis may be a {min, max} range); every trial reports the
+    selection rule's score, so "the largest FLOPs cut whose accuracy drop stays under a limit" is
+    `goal: min_flops, max_accuracy_drop: ...` with a `flops_target` range. Only `grid` runs
+    without Ray.
     """
 
-    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    algorithm: Literal["grid", "random"] = "grid"
     samples: Positive = 8
     seed: int = 0
 
@@ -201,7 +202,7 @@ class Sweep(_Section):
     def _axes_fit_search(self) -> Sweep:
         ranges = [k for k in BUDGET_KEYS if isinstance(getattr(self.axes, k), Range)]
         if ranges and self.search.algorithm == "grid":
-            raise ValueError(f"axes.{ranges[0]}: a range needs a search algorithm (search: random or optuna)")
+            raise ValueError(f"axes.{ranges[0]}: a range needs a search algorithm (search: random)")
         if self.axes.flops_target is not None and self.axes.ratio is not None and ranges:
             raise ValueError("with a search algorithm give one budget axis, flops_target or ratio")
         return self
@@ -244,21 +245,19 @@ def load_sweep(path: str | Path) -> Sweep:
     except ValidationError as exc:
         raise SweepError(describe_validation_error(exc, root, path, Sweep)) from exc
     sweep._source = path
-    sweep._base = _base_recipe(sweep.recipe, path)
+    sweep._base = _base_recipe(sweep.recipe, path, root)
     for spec in sweep.model_specs():
         if spec.model.lower().endswith(".onnx") and spec.weights is not None:
             raise SweepError(f"{path}: models: weights apply to an entry point, not to {spec.model}")
     return sweep
 
 
-def _base_recipe(recipe: str | dict[str, Any], sweep_path: Path) -> Recipe:
+def _base_recipe(recipe: str | dict[str, Any], sweep_path: Path, root: Any) -> Recipe:
     if isinstance(recipe, dict):
         try:
             return Recipe.model_validate({"name": sweep_path.stem, **recipe})
         except ValidationError as exc:
-            error = exc.errors()[0]
-            key = ".".join(str(p) for p in ("recipe", *error["loc"]))
-            raise SweepError(f"{sweep_path}: {key}: {error['msg'].removeprefix('Value error, ')}") from exc
+            raise SweepError(describe_validation_error(exc, root, sweep_path, Recipe, ("recipe",))) from exc
     candidate = sweep_path.parent / recipe
     try:
         return load_recipe(candidate if candidate.is_file() else recipe)

@@ -96,12 +96,9 @@ def _finetuned(job: PointJob, result, staging: Path):
     if job.module is None:
         raise DeploysparseError(f"fine-tuning {job.model} needs its PyTorch module")
     compact = apply_plan(job.module, result)
-    try:
-        trained = job.finetune(compact, **(job.finetune_args or {}))
-    except DeploysparseError:
-        raise
-    except Exception as exc:
-        raise DeploysparseError(f"finetune {job.finetune_name} failed: {type(exc).__name__}: {exc}") from exc
+    # An exception from the user's training propagates as it is: on Ray it may be transient (a lost
+    # node, out of memory) and is retried; in-process the point is recorded as failed with it.
+    trained = job.finetune(compact, **(job.finetune_args or {}))
     if not isinstance(trained, torch.nn.Module):
         raise DeploysparseError(
             f"finetune {job.finetune_name} returned {type(trained).__name__}, expected the trained nn.Module"

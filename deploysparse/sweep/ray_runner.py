@@ -214,7 +214,7 @@ def _by_value(inputs: PreparedInputs) -> None:
             ray.cloudpickle.register_pickle_by_value(module)
 
 
-def _tuner(
+def _fit(
     sweep: Sweep,
     inputs: PreparedInputs,
     store: ResultStore,
@@ -222,25 +222,33 @@ def _tuner(
     tune_config: tune.TuneConfig,
     callback: _Collect,
     done: dict,
-) -> tune.Tuner:
+) -> None:
+    """Run the trials. Their files reach OUTDIR through the callback, so Tune's own copy under the
+    default storage (OUTDIR/tune) is removed afterwards; a shared `ray.storage` is left as it is."""
     _require_label(sweep.ray.latency_resource)
     _by_value(inputs)
     blobs = {sha: ray.put(path.read_bytes()) for sha, path in inputs.blobs.items()}
     trainable = tune.with_parameters(_trial, sweep=sweep, inputs=inputs, blobs=blobs, done=done)
     resources = {"cpu": sweep.ray.cpus_per_point, **sweep.ray.resources_per_point}
     storage = sweep.ray.storage or str((store.outdir / "tune").resolve())
-    return tune.Tuner(
+    name = f"{sweep.name or 'sweep'}-{os.getpid()}"
+    tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=param_space,
         tune_config=tune_config,
         run_config=tune.RunConfig(
-            name=f"{sweep.name or 'sweep'}-{os.getpid()}",
+            name=name,
             storage_path=storage,
             verbose=0,
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=sweep.ray.max_retries),
         ),
     )
+    tuner.fit()
+    if sweep.ray.storage is None:
+        shutil.rmtree(Path(storage) / name, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path(storage).rmdir()
 
 
 def run_on_ray(
@@ -262,7 +270,7 @@ def run_on_ray(
             max_concurrent_trials=sweep.ray.max_concurrent,
             trial_dirname_creator=lambda trial: trial.trial_id,
         )
-        _tuner(sweep, inputs, store, {"point": tune.grid_search(points)}, tune_config, callback, {}).fit()
+        _fit(sweep, inputs, store, {"point": tune.grid_search(points)}, tune_config, callback, {})
 
 
 def search_on_ray(
@@ -286,7 +294,7 @@ def search_on_ray(
             max_concurrent_trials=sweep.ray.max_concurrent,
             trial_dirname_creator=lambda trial: trial.trial_id,
         )
-        _tuner(sweep, inputs, store, space, tune_config, callback, done).fit()
+        _fit(sweep, inputs, store, space, tune_config, callback, done)
     return callback.keys
 
 
@@ -315,13 +323,7 @@ def _search_space(sweep: Sweep, inputs: PreparedInputs) -> dict[str, Any]:
 
 
 def _search_algorithm(sweep: Sweep) -> Any:
-    if sweep.search.algorithm == "random":
-        from ray.tune.search.basic_variant import BasicVariantGenerator
+    """The Tune search algorithm the sweep names (`random`: Tune's seeded random sampler)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=sweep.search.seed)
-    try:
-        from ray.tune.search.optuna import OptunaSearch
-
-        return OptunaSearch(seed=sweep.search.seed)
-    except (ImportError, AssertionError) as exc:
-        raise UsageError("search: optuna needs the optuna package: pip install optuna") from exc
+    return BasicVariantGenerator(random_state=sweep.search.seed)
