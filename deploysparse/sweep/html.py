@@ -115,6 +115,7 @@ def _chart(
     ys = [r["accuracy"] for r in rows]
     x0, x1 = _padded(min(xs), max(xs), floor_zero=True)
     y0, y1 = _padded(min(ys), max(ys))
+    y1 = min(y1, max(1.0, max(ys) + 1e-3))  # accuracy never exceeds 1: no axis above it
     left, top = MARGIN["left"], MARGIN["top"]
     inner_w = WIDTH - left - MARGIN["right"]
     inner_h = HEIGHT - top - MARGIN["bottom"]
@@ -130,7 +131,7 @@ def _chart(
     ]
     for i in range(5):
         xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
-        parts.append(f'<text x="{px(xv):.1f}" y="{top + inner_h + 16}" text-anchor="middle">{xv:.3g}</text>')
+        parts.append(f'<text x="{px(xv):.1f}" y="{top + inner_h + 16}" text-anchor="middle">{_tick(xv)}</text>')
         parts.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv:.4f}</text>')
     parts.append(f'<text x="{left + inner_w / 2}" y="{HEIGHT - 8}" text-anchor="middle">{_e(label)}</text>')
     parts.append(
@@ -164,9 +165,13 @@ def _chart(
     return f"<figure><figcaption>accuracy vs {_e(label)}</figcaption>{svg}</figure>"
 
 
+def _tick(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _padded(low: float, high: float, floor_zero: bool = False) -> tuple[float, float]:
     span = high - low
-    pad = span * 0.08 if span > 0 else max(abs(high) * 0.05, 1e-3)
+    pad = span * 0.08 if span > 0 else max(abs(high) * 0.01, 1e-3)
     low, high = low - pad, high + pad
     if floor_zero:
         low = max(low, 0.0)

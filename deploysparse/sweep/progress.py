@@ -70,7 +70,7 @@ def describe(row: dict[str, Any]) -> str:
         return f"{head}: FAILED after {row.get('attempts', 1)} attempt(s): {row.get('error')}"
     accuracy = "accuracy n/a" if row.get("accuracy") is None else f"accuracy {row['accuracy']:.4f}"
     if row.get("accuracy_drop") is not None:
-        accuracy += f" ({-row['accuracy_drop'] * 100:+.2f} pt)"
+        accuracy += f" ({0.0 - row['accuracy_drop'] * 100 + 0.0:+.2f} pt)"
     return (
         f"{head}: {accuracy}, p50 {row['p50_ms']:.3f} ms, {row['size_bytes'] / 1024:.0f} KiB, "
         f"FLOPs {row['flops_ratio']:.0%}{'' if row.get('passed') else ', validation FAILED'} ({row['seconds']:.1f} s)"
