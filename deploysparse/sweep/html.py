@@ -131,7 +131,9 @@ def _chart(
     ]
     for i in range(5):
         xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
-        parts.append(f'<text x="{px(xv):.1f}" y="{top + inner_h + 16}" text-anchor="middle">{_tick(xv)}</text>')
+        parts.append(
+            f'<text x="{px(xv):.1f}" y="{top + inner_h + 16}" text-anchor="middle">{_tick(xv)}</text>'
+        )
         parts.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv:.4f}</text>')
     parts.append(f'<text x="{left + inner_w / 2}" y="{HEIGHT - 8}" text-anchor="middle">{_e(label)}</text>')
     parts.append(
