@@ -121,3 +121,14 @@ def test_resume_without_a_previous_sweep_is_refused(tmp_path: Path, cli) -> None
     path = write(tmp_path, MINIMAL)
     result = cli("sweep", path, "-o", tmp_path / "out", "--resume")
     assert result.code == 2 and "holds no sweep to resume" in result.err
+
+
+def test_ray_without_ray_installed_says_how_to_install_it(tmp_path: Path, cli, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    monkeypatch.delitem(sys.modules, "deploysparse.sweep.ray_runner", raising=False)
+    result = cli("sweep", write(tmp_path, MINIMAL), "-o", tmp_path / "out", "--ray", "auto")
+    assert result.code == 2
+    assert "--ray needs Ray Tune: pip install 'deploysparse[scale]'" in result.err
+    assert not (tmp_path / "out").exists()

@@ -90,6 +90,9 @@ def test_ray_gives_the_in_process_results(tmp_path: Path, local_ray) -> None:
         assert (point / "compact.onnx").read_bytes() == (
             tmp_path / "here" / "points" / row["key"] / "compact.onnx"
         ).read_bytes()
+    tune_logs = tmp_path / "ray" / "tune"
+    assert len(list(tune_logs.rglob("progress.csv"))) == 2, "Tune's per-trial result logs are kept"
+    assert not list(tune_logs.rglob("checkpoint_*")), "the points' files are not kept twice"
     best = json.loads((tmp_path / "ray" / "best.json").read_text())
     assert best["target"]["device"]  # measured by the task on the labelled node
 

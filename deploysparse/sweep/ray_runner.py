@@ -187,6 +187,8 @@ class _Collect(tune.Callback):
         if row["status"] == "ok":
             staging = self.store.staging()
             trial.checkpoint.to_directory(str(staging))
+            if self.sweep.ray.storage is None:  # a local copy in OUTDIR/tune: keep only Tune's logs
+                shutil.rmtree(trial.checkpoint.path, ignore_errors=True)
         row["attempts"] = trial.num_failures + 1
         self.bar.finished(self.store.publish(row["key"], staging, row))
 
@@ -223,8 +225,8 @@ def _fit(
     callback: _Collect,
     done: dict,
 ) -> None:
-    """Run the trials. Their files reach OUTDIR through the callback, so Tune's own copy under the
-    default storage (OUTDIR/tune) is removed afterwards; a shared `ray.storage` is left as it is."""
+    """Run the trials. Tune logs every trial's results under OUTDIR/tune/NAME (or `ray.storage`);
+    the points' files reach OUTDIR/points through the callback."""
     _require_label(sweep.ray.latency_resource)
     _by_value(inputs)
     blobs = {sha: ray.put(path.read_bytes()) for sha, path in inputs.blobs.items()}
@@ -245,10 +247,6 @@ def _fit(
         ),
     )
     tuner.fit()
-    if sweep.ray.storage is None:
-        shutil.rmtree(Path(storage) / name, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            Path(storage).rmdir()
 
 
 def run_on_ray(

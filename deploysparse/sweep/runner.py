@@ -90,6 +90,8 @@ def run_sweep(
         raise UsageError(
             f"search: {sweep.search.algorithm} runs on Ray Tune; add --ray auto (or --ray ADDRESS)"
         )
+    if ray_address is not None:
+        _ray_runner()  # Ray missing: say so before any export
     outdir.mkdir(parents=True, exist_ok=True)
     store = ResultStore(outdir)
     store.clean_staging()
