@@ -24,7 +24,7 @@ from deploysparse import api
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
 from deploysparse.errors import UsageError
-from deploysparse.modelio import load_model, save_model
+from deploysparse.modelio import external_data_files, load_model, save_model
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
 from deploysparse.report import write_report
@@ -143,6 +143,11 @@ def assemble_report(
     report = _report(recipe, model_label, source, result, built, validation, latency, started, finished)
     report["artifacts"] = {
         str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
+    }
+    report["artifact_data"] = {
+        str(p.relative_to(staging)): [str(d.relative_to(staging)) for d in external_data_files(p)]
+        for p in sorted(staging.rglob("*.onnx"))
+        if external_data_files(p)
     }
     return report
 

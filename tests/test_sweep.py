@@ -21,10 +21,11 @@ from deploysparse.check import compare_reports
 from deploysparse.report import load_report
 from deploysparse.sweep import load_sweep, run_sweep
 from deploysparse.sweep import runner as sweep_runner
-from deploysparse.sweep.select import choose, pareto_front
+from deploysparse.sweep.select import choose
 from deploysparse.zoo.digits import validation_set
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test here runs real sweep points (seconds each)
 
 SWEEP = """\
 name: test-digits
@@ -242,16 +243,6 @@ def test_no_point_meeting_the_rule_writes_no_best_json(finished, tmp_path: Path,
     assert result.code == 1
     assert "no point meets the selection rule" in result.out
     assert not (copy / "best.json").exists()
-
-
-def test_pareto_front_drops_dominated_points() -> None:
-    rows = [
-        {"key": "a", "status": "ok", "accuracy": 0.99, "p50_ms": 2.0},
-        {"key": "b", "status": "ok", "accuracy": 0.98, "p50_ms": 1.0},
-        {"key": "c", "status": "ok", "accuracy": 0.97, "p50_ms": 1.5},  # worse than b on both
-        {"key": "d", "status": "failed"},
-    ]
-    assert [r["key"] for r in pareto_front(rows, "p50_ms")] == ["b", "a"]
 
 
 def test_finetune_recovers_through_apply_plan_and_reexport(tmp_path: Path) -> None:

@@ -87,6 +87,7 @@ def test_user_text_is_escaped(sweep) -> None:
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_page_renders_in_headless_chromium(sweep, tmp_path: Path) -> None:
     path = write_sweep_html(sweep, ROWS, choose(ROWS, sweep.select), tmp_path / "sweep.html")

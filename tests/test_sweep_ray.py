@@ -19,6 +19,7 @@ from deploysparse.sweep import load_sweep, run_sweep  # noqa: E402
 from deploysparse.sweep.config import RaySettings  # noqa: E402
 from tests.test_sweep import SWEEP, write_sweep  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a local Ray and real sweep points
 LABEL = RaySettings().latency_resource
 TIMING = {"p50_ms", "p99_ms", "original_p50_ms", "seconds", "device", "attempts", "report"}
 
