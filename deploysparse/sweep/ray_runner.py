@@ -122,7 +122,10 @@ def _trial(config: dict, *, sweep: Sweep, inputs: PreparedInputs, blobs: dict, d
             {"row": json.dumps({**done[key], "reused": True}), "score": score(done[key], sweep.select)}
         )
         return
-    job = make_job(sweep, inputs, model, settings, paths=_materialise(blobs, suffixes))
+    needed = {model.onnx.sha256, *filter(None, inputs.data_hashes())}
+    job = make_job(
+        sweep, inputs, model, settings, paths=_materialise({sha: blobs[sha] for sha in needed}, suffixes)
+    )
     label = sweep.ray.latency_resource
     original_ref = blobs[model.onnx.sha256]
 
