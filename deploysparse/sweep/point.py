@@ -20,7 +20,7 @@ from deploysparse.modelio import load_model
 from deploysparse.pipeline import (
     assemble_report,
     build_and_validate,
-    measure_latency,
+    measure_speed,
     prune_with_recipe,
     save_compact,
 )
@@ -51,10 +51,12 @@ class PointJob:
 
 
 def measure_here(recipe: Recipe, original: str, compact: Path) -> tuple[dict, str]:
-    """Latency measured in this process (original and compact interleaved, as `deploysparse run` does)."""
+    """Latency measured in this process (original, its denormal-flushed copy and compact interleaved,
+    as `deploysparse run` does; no per-layer profile, to keep points short)."""
     from deploysparse.backends import get_backend
 
-    return measure_latency(recipe, original, compact), get_backend(recipe.build.backend).device()
+    latency, _ = measure_speed(recipe, original, compact)
+    return latency, get_backend(recipe.build.backend).device()
 
 
 def run_point(job: PointJob, staging: Path, measure: MeasureLatency = measure_here) -> dict[str, Any]:
