@@ -23,8 +23,10 @@ import numpy as np
 from deploysparse import api
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
+from deploysparse.denormals import count_denormals, flushed_copy
 from deploysparse.errors import UsageError
 from deploysparse.modelio import external_data_files, load_model, save_model
+from deploysparse.profiling import profile_side_by_side, side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
 from deploysparse.report import write_report
@@ -59,7 +61,6 @@ def run_recipe(recipe: Recipe, inputs: RunInputs, outdir: str | os.PathLike[str]
 
 def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) -> dict:
     source = _resolve_source(inputs, staging)
-    original = load_model(source)
     calib = inputs.calib or (str(recipe.calibration_path()) if recipe.calibration_path() else None)
     if calib is None and recipe.build.precision == "int8":
         raise UsageError("INT8 needs calibration data: give --calib or `build.calibration` in the recipe")
@@ -68,11 +69,39 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
         raise UsageError("validation needs data: give --data (or --calib) with inputs the model accepts")
 
     with progress("prune"):
-        result = _prune(recipe, source, calib)
-    compact_path = staging / "compact.onnx"
-    save_model(result.model, compact_path)
-    result.plan.save(staging / "plan.json", result.graph)
+        result = prune_with_recipe(recipe, source, calib)
+    compact_path = save_compact(result, staging)
+    labels = np.load(inputs.labels) if inputs.labels else None
+    built, validation = build_and_validate(recipe, source, compact_path, staging, calib, data, labels)
+    latency, layers = measure_speed(recipe, source, built.artifact, compact_path)
+    report = assemble_report(
+        recipe, inputs.model, source, result, built, validation, latency, started, staging, layers
+    )
+    write_report(report, staging)
+    return report
 
+
+# The steps of one run, public so that a sweep (deploysparse.sweep) runs each point with the same code.
+
+
+def save_compact(result: api.PruneResult, staging: Path, model=None) -> Path:
+    """Write compact.onnx (the pruned model, or `model` when given: e.g. a fine-tuned re-export) and plan.json."""
+    compact_path = staging / "compact.onnx"
+    save_model(result.model if model is None else model, compact_path)
+    result.plan.save(staging / "plan.json", result.graph)
+    return compact_path
+
+
+def build_and_validate(
+    recipe: Recipe,
+    source: str,
+    compact_path: Path,
+    staging: Path,
+    calib: str | None,
+    data: str,
+    labels: np.ndarray | None,
+):
+    """Build the compact model for the recipe's backend and compare it with the original on `data`."""
     backend = get_backend(recipe.build.backend)
     with progress(f"build ({recipe.build.backend}, {recipe.build.precision})"):
         built = backend.build(
@@ -80,11 +109,10 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
             staging / "build",
             precision=recipe.build.precision,
             calib=calib,
-            shapes=_shapes(recipe, original),
+            shapes=_shapes(recipe, load_model(source)),
             workspace_mb=recipe.build.workspace_mb,
         )
     v = recipe.validate_
-    labels = np.load(inputs.labels) if inputs.labels else None
     with progress("validate"):
         validation = validate(
             source,
@@ -98,9 +126,44 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
             min_top1=v.min_top1_agreement,
             max_accuracy_drop=v.max_accuracy_drop,
         )
-    latency = _latency(recipe, source, built.artifact)
+    return built, validation
+
+
+def measure_speed(
+    recipe: Recipe, original: str, artifact: str | Path, compact_onnx: Path | None = None
+) -> tuple[dict, dict | None]:
+    """Latency of the original (and its denormal-flushed copy) and the compact artifact, interleaved;
+    with `compact_onnx`, the per-layer profile too (ONNX Runtime recipes; None otherwise)."""
+    with tempfile.TemporaryDirectory(prefix="deploysparse-flushed-") as work:
+        flushed_original = _flushed_original(load_model(original), Path(work))
+        latency = _latency(recipe, original, Path(artifact), flushed_original)
+        layers = None
+        if compact_onnx is not None:
+            layers = _layers(recipe, original, compact_onnx, flushed_original)
+    return latency, layers
+
+
+def assemble_report(
+    recipe: Recipe,
+    model_label: str,
+    source: str,
+    result: api.PruneResult,
+    built,
+    validation,
+    latency: dict,
+    started: datetime,
+    staging: Path,
+    layers: dict | None = None,
+) -> dict:
+    """The report.json dict of one run, with the sha256 of every file in `staging`."""
+    original = load_model(source)
     finished = datetime.now(timezone.utc)
-    report = _report(recipe, inputs, source, original, result, built, validation, latency, started, finished)
+    report = _report(recipe, model_label, source, result, built, validation, latency, started, finished)
+    report["layers"] = layers
+    report["extra"]["denormals"] = {
+        "original": count_denormals(original).to_json(),
+        "flushed_by_prune": result.summary.get("denormals_flushed"),
+    }
     report["artifacts"] = {
         str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
     }
@@ -109,7 +172,6 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
         for p in sorted(staging.rglob("*.onnx"))
         if external_data_files(p)
     }
-    write_report(report, staging)
     return report
 
 
@@ -124,7 +186,8 @@ def _resolve_source(inputs: RunInputs, staging: Path) -> str:
     return str(resolved.onnx_path)
 
 
-def _prune(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
+def prune_with_recipe(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
+    """The recipe's `prune` section applied to `source`: dead filters, then one ranking criterion."""
     p = recipe.prune
     ranking = [c for c in p.criterion if c != "dead"]
     if len(ranking) > 1:
@@ -164,14 +227,43 @@ def _shapes(recipe: Recipe, model) -> dict[str, tuple] | None:
     return shapes
 
 
-def _latency(recipe: Recipe, original: str, compact: Path) -> dict:
-    """p50/p99 of each repeated run, original and compact alternating so both see the same machine
-    load (a shared CI runner drifts by more than pruning gains); the reported point is the run with
-    the median p50."""
+def _flushed_original(original, folder: Path) -> Path | None:
+    """The original with its denormal weights set to zero, written into `folder`; None when it has none.
+
+    prune flushes the compact model, so timing the original as it is would credit pruning with
+    what flushing did: the report gives the speed-up against this copy too.
+    """
+    flushed, count = flushed_copy(original)
+    if not count.total:
+        return None
+    return save_model(flushed, folder / "original.flushed.onnx")
+
+
+def _layers(recipe: Recipe, original: str, compact: Path, flushed: Path | None) -> dict | None:
+    """Per-layer latency of the fp32 original, its flushed copy and the compact ONNX, side by side,
+    at the recipe's largest batch; only for ONNX Runtime recipes (the profiler is ONNX Runtime's,
+    and CPU figures would say nothing about a TensorRT engine)."""
+    if recipe.build.backend != "onnxruntime":
+        return None
     bench = recipe.bench
-    models = {"original": (original, "onnxruntime"), "compact": (compact, recipe.build.backend)}
+    models = {"original": original, **({"original_flushed": flushed} if flushed else {}), "compact": compact}
+    batch = max(bench.batches)
+    with progress("per-layer profile"):
+        profiles = profile_side_by_side(models, batch=batch, warmup=bench.warmup, runs=bench.iters)
+    return {"batch": batch, "runs": bench.iters, "models": list(models), "rows": side_by_side_rows(profiles)}
+
+
+def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None = None) -> dict:
+    """p50/p99 of each repeated run, original (and its flushed copy) and compact alternating so all
+    see the same machine load (a shared CI runner drifts by more than pruning gains); the reported
+    point is the run with the median p50."""
+    bench = recipe.bench
+    models = {"original": (original, "onnxruntime")}
+    if flushed is not None:
+        models["original_flushed"] = (flushed, "onnxruntime")
+    models["compact"] = (compact, recipe.build.backend)
     runs: dict[str, list] = {key: [] for key in models}
-    with progress("benchmark", total=2 * bench.repeats) as advance:
+    with progress("benchmark", total=len(models) * bench.repeats) as advance:
         for repeat in range(bench.repeats):
             for key, (path, backend) in models.items():
                 runs[key].append(
@@ -204,12 +296,12 @@ def _latency(recipe: Recipe, original: str, compact: Path) -> dict:
     return out
 
 
-def _report(recipe, inputs, source, original, result, built, validation, latency, started, finished) -> dict:
+def _report(recipe, model_label, source, result, built, validation, latency, started, finished) -> dict:
     s = result.summary
     groups = s["groups"]
     return {
         "model": {
-            "path": inputs.model,
+            "path": model_label,
             "sha256": _sha256(Path(source)),
             "inputs": {name: [int(d) for d in dims] for name, dims in result.graph.input_shapes.items()},
         },
