@@ -16,6 +16,7 @@ from deploysparse.graph.analysis import analyze_graph
 from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.cost import count_cost
 from deploysparse.graph.masking import zero_channels
+from deploysparse.graph.queries import ConsumerView, consumer_input, group_producers
 from deploysparse.graph.rules import Fold, Reading, filter_magnitude, register_rule, rule_for, unregister_rule
 from deploysparse.graph.surgery import rewrite_graph
 from deploysparse.plan import Plan
@@ -189,3 +190,44 @@ def test_zero_to_zero_says_what_onnx_runtime_computes(op: str, attrs: dict) -> N
     (out,) = run(model, {"x": np.zeros((1, 2, 4, 4), np.float32)})
     ga = analyze_graph(model)
     assert rule_for(node).keeps_zero(ga.model.graph.node[0], ga.table) == (not np.any(out))
+
+
+def test_queries_answer_what_criteria_ask_without_naming_ops() -> None:
+    """group_producers: a conv's filters and its BN's scale/shift; consumer_input: how each consumer
+    reads the group (an ungrouped conv over patches, a Gemm on flattened features, none for depthwise)."""
+    rng = np.random.default_rng(5)
+    arrays = {
+        "w0": rng.standard_normal((6, 3, 3, 3)).astype(np.float32),
+        "g": rng.uniform(0.5, 1.5, 6).astype(np.float32),
+        "b": rng.normal(0, 0.1, 6).astype(np.float32),
+        "m": rng.normal(0, 0.1, 6).astype(np.float32),
+        "v": rng.uniform(0.5, 1.5, 6).astype(np.float32),
+        "w1": rng.standard_normal((6, 1, 3, 3)).astype(np.float32),
+        "w2": rng.standard_normal((4, 6, 1, 1)).astype(np.float32),
+        "wf": rng.standard_normal((4 * 16, 5)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["a", "g", "b", "m", "v"], ["bn"], name="bn0"),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w1"], ["d"], name="dw", group=6, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["d", "w2"], ["p"], name="pw"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        [numpy_helper.from_array(v, n) for n, v in arrays.items()],
+    )
+    ga = analyze_graph(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    conv_group = next(g for g in ga.groups if any(m.node == "conv0" for m in g.producers))
+    found = group_producers(ga, conv_group)
+    assert [m.node for m in found.filters] == ["conv0"]
+    assert [(n.node, n.scale.name, n.shift.name) for n in found.norms] == [("bn0", "g", "b")]
+    reads = {m.node: consumer_input(ga, m) for m in conv_group.consumers}
+    assert reads == {"pw": ConsumerView("d", 1, "conv")}  # the depthwise conv is a param, not a reader
+    pw_group = next(g for g in ga.groups if any(m.node == "pw" for m in g.producers))
+    assert [consumer_input(ga, m) for m in pw_group.consumers] == [ConsumerView("f", 1, "dense")]
