@@ -26,6 +26,9 @@ TOLERANCE = 1e-5
 EXPORTS = [(e, keep_bn) for e in EXPORTERS for keep_bn in (False, True)]
 
 
+pytestmark = pytest.mark.slow  # about 100 s on 2 shared cores: 8 architectures x 4 exports
+
+
 @pytest.fixture(scope="module")
 def hidden(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("hiding")
