@@ -113,11 +113,40 @@ def _shapes_from(
     given: Mapping[str, Sequence[int]] | None,
     model: onnx.ModelProto,
 ):
-    """Shapes for the analysis: given ones (a nameless one is the only input's), else the data's."""
+    """Shapes for the analysis: given ones (a nameless one is the only input's), else the data's.
+
+    A given shape must name a real input and have its rank: a typo would otherwise be ignored and
+    the analysis run at another shape than the user asked for."""
     if given:
-        given = dict(given)
+        from deploysparse.calibration import model_input_specs
+
+        specs = {spec.name: spec for spec in model_input_specs(model)}
+        given = {name: list(dims) for name, dims in given.items()}
         if "" in given:
-            given[model.graph.input[0].name] = given.pop("")
+            if len(specs) != 1:
+                raise UsageError(
+                    f"--input-shape without an input name, but the model has inputs {', '.join(specs)}; "
+                    "write NAME:1,3,32,32"
+                )
+            given[next(iter(specs))] = given.pop("")
+        for name, dims in given.items():
+            if name not in specs:
+                raise UsageError(
+                    f"--input-shape names '{name}', but the model's inputs are {', '.join(specs) or 'none'}"
+                )
+            rank = len(specs[name].shape)
+            if rank and len(dims) != rank:
+                raise UsageError(
+                    f"--input-shape {name}: {len(dims)} sizes given, but the input has rank {rank} "
+                    f"{specs[name].shape_text()}"
+                )
+            if any(
+                isinstance(want, int) and want != got
+                for want, got in zip(specs[name].shape[1:], dims[1:], strict=False)
+            ):
+                raise UsageError(
+                    f"--input-shape {name}: {dims} does not fit the input's static shape {specs[name].shape_text()}"
+                )
         return given
     if feeds:
         return {name: [1, *arr.shape[1:]] for name, arr in feeds.items()}

@@ -42,12 +42,30 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise ModelLoadError(
             f"{path}: not an ONNX model (the graph has no nodes; truncated or another format?)"
         )
-    model.metadata_props.add(key="deploysparse.external_data", value=str(int(uses_external_data(model))))
+    external = uses_external_data(model)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: external data could not be read ({exc})") from exc
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise ModelLoadError(f"{path}: external data could not be read ({_first_line(exc)})") from exc
+    _check_structure(model, path)
+    model.metadata_props.add(key="deploysparse.external_data", value=str(int(external)))
     return model
+
+
+def _check_structure(model: onnx.ModelProto, path: Path) -> None:
+    """Run the ONNX checker on what was loaded: a cycle, a tensor with two producers or a node input
+    nothing produces is bad input, named here, not a failure deep inside the analysis or surgery."""
+    if model.ByteSize() > _TWO_GB:
+        return  # the checker needs a path for such models; ONNX Runtime will report what it finds
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def loaded_with_external_data(model: onnx.ModelProto) -> bool:

@@ -1,30 +1,37 @@
 """`deploysparse run`: the whole pipeline a recipe describes, into one output folder.
 
 prune -> build -> validate -> bench (original and compact, repeated) -> report.json + report.html.
-Everything is written into a staging folder first and moved into OUTDIR at the end, report.json
-last: a run that fails or is killed half-way leaves the previous artifacts as they were, and a
-report.json in OUTDIR always describes the files beside it.
+Everything is written into a staging folder beside OUTDIR, the report last (its artifact hashes
+read from the staged files, which are the published files), and the staging folder then becomes
+OUTDIR in one step (`atomic.replace_folder`): a run that fails or is killed at any point leaves the
+previous OUTDIR as it was, and a report.json in OUTDIR always describes the files beside it. Paths
+inside the folder are written relative to it, so a copied or moved output folder still loads.
+
+OUTDIR is replaced as a whole, so it may not hold an input, and an existing OUTDIR must be empty or
+a previous run's output (it has a report.json): a folder of other files is never swept away.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from deploysparse import api
+from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
 from deploysparse.errors import UsageError
 from deploysparse.modelio import load_model, save_model
+from deploysparse.output_guard import reads, refuse_overlap, writes
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
 from deploysparse.report import write_report
@@ -43,18 +50,58 @@ class RunInputs:
     input_shape: list[int] | None = None
 
 
-def run_recipe(recipe: Recipe, inputs: RunInputs, outdir: str | os.PathLike[str]) -> dict:
-    """Run every step of `recipe` on `inputs.model`; return the report written to OUTDIR."""
+def run_recipe(
+    recipe: Recipe,
+    inputs: RunInputs,
+    outdir: str | os.PathLike[str],
+    extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
+) -> dict:
+    """Run every step of `recipe` on `inputs.model`; return the report written to OUTDIR.
+
+    extra_files: name in OUTDIR -> file to copy there (published with the rest, e.g. demo data)."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    _refuse_unsafe_outdir(recipe, inputs, outdir)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=outdir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.staging-", dir=outdir.parent))
     try:
         report = _run(recipe, inputs, staging, started)
-        _publish(staging, outdir)
+        for name, source in (extra_files or {}).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / name)
+        report["artifacts"] = {
+            p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
+        }
+        write_report(report, staging)
+        replace_folder(staging, outdir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _refuse_unsafe_outdir(recipe: Recipe, inputs: RunInputs, outdir: Path) -> None:
+    model = inputs.model if Path(inputs.model).exists() else None
+    refuse_overlap(
+        writes("-o", outdir, "folder"),
+        [
+            *reads("--model", model, "model"),
+            *reads("--calib", inputs.calib),
+            *reads("--data", inputs.data),
+            *reads("--labels", inputs.labels),
+            *reads("--weights", inputs.weights),
+            *reads("the recipe", recipe.source),
+            *reads("the recipe's calibration", recipe.calibration_path()),
+        ],
+    )
+    if inputs.labels is not None:
+        from deploysparse.validate import load_labels
+
+        load_labels(inputs.labels)
+    if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / "report.json").is_file():
+        raise UsageError(
+            f"-o {outdir}: the folder holds files but no report.json, so it is not the output of an "
+            "earlier run; the output folder is replaced as a whole: give a new or empty folder"
+        )
 
 
 def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) -> dict:
@@ -83,29 +130,43 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
             shapes=_shapes(recipe, original),
             workspace_mb=recipe.build.workspace_mb,
         )
+    _relative_metadata(built.files, staging)
     v = recipe.validate_
-    labels = np.load(inputs.labels) if inputs.labels else None
     with progress("validate"):
         validation = validate(
             source,
             built.artifact,
             data,
-            labels=labels,
+            labels=inputs.labels,
             backend=recipe.build.backend,
             atol=v.atol,
             rtol=v.rtol,
             min_cosine=v.min_cosine,
             min_top1=v.min_top1_agreement,
             max_accuracy_drop=v.max_accuracy_drop,
+            precision=recipe.build.precision,
         )
+    validation.compact = built.artifact.relative_to(staging).as_posix()
+    validation.original = inputs.model
     latency = _latency(recipe, source, built.artifact)
     finished = datetime.now(timezone.utc)
-    report = _report(recipe, inputs, source, original, result, built, validation, latency, started, finished)
-    report["artifacts"] = {
-        str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
-    }
-    write_report(report, staging)
-    return report
+    return _report(recipe, inputs, source, original, result, built, validation, latency, started, finished)
+
+
+def _relative_metadata(files: list[Path], staging: Path) -> None:
+    """Build metadata names the model it was built from; inside the staging folder that path is
+    rewritten relative to the metadata file, so it stays right once the folder is published."""
+    for path in files:
+        if path.suffix != ".json" or not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        changed = False
+        for key, value in data.items():
+            if isinstance(value, str) and value.startswith(str(staging)):
+                data[key] = os.path.relpath(value, path.parent)
+                changed = True
+        if changed:
+            write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _resolve_source(inputs: RunInputs, staging: Path) -> str:
@@ -264,12 +325,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _publish(staging: Path, outdir: Path) -> None:
-    """Move every staged file into OUTDIR with an atomic rename, report.json last."""
-    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "report.json")
-    for path in files:
-        target = outdir / path.relative_to(staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)

@@ -16,10 +16,9 @@ from deploysparse.errors import BackendError
 
 def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()):
     """An ONNX Runtime CPU session on `model` with `extra_outputs` exposed."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise BackendError("onnxruntime is not installed: pip install 'deploysparse[cpu]'") from exc
+    from deploysparse.backends.onnxruntime import _ort
+
+    ort = _ort()
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     present = {o.name for o in exposed.graph.output}
