@@ -55,6 +55,12 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
 def _check_structure(model: onnx.ModelProto, path: Path) -> None:
     """Run the ONNX checker on what was loaded: a cycle, a tensor with two producers or a node input
     nothing produces is bad input, named here, not a failure deep inside the analysis or surgery."""
+    initializers = {init.name for init in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name not in initializers and not value.type.tensor_type.HasField("shape"):
+            raise ModelLoadError(
+                f"{path}: input '{value.name}' declares no shape; export the model with input shapes"
+            )
     if model.ByteSize() > _TWO_GB:
         return  # the checker needs a path for such models; ONNX Runtime will report what it finds
     try:

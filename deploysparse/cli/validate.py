@@ -124,9 +124,14 @@ def _print(report) -> None:
         if tol.elementwise
         else "no element-wise bound"
     )
-    click.echo(
-        f"  criteria ({report.precision}): {bound}; cosine >= {tol.min_cosine}; top-1 >= {tol.min_top1}"
-    )
+    criteria = [bound]
+    if tol.min_cosine is not None:
+        criteria.append(f"cosine >= {tol.min_cosine}")
+    if tol.min_top1 is not None:
+        criteria.append(f"top-1 agreement >= {tol.min_top1}")
+    if tol.max_accuracy_drop is not None:
+        criteria.append(f"accuracy drop <= {tol.max_accuracy_drop}")
+    click.echo(f"  criteria ({report.precision} defaults unless given): {'; '.join(criteria)}")
     for out in report.outputs:
         top1 = "" if out.top1_agreement is None else f"  top-1 agreement {out.top1_agreement:.4f}"
         click.echo(
