@@ -11,6 +11,10 @@ import click
 from deploysparse import progress
 
 
+def _tolerance(ctx: click.Context, param: click.Parameter, value: str | None):
+    return _off_or_float(value)
+
+
 def _off_or_float(value: str | None):
     """Tolerance options take a number >= 0, 'off' to skip that check, or nothing for the default of
     the precision being validated."""
@@ -46,14 +50,28 @@ def _off_or_float(value: str | None):
     help="Runs COMPACT (an .onnx, or an engine for tensorrt); the original always runs on ONNX Runtime.",
 )
 @click.option(
-    "--atol", help="Absolute tolerance per element ('off' to skip) [fp32 1e-4, fp16 1e-2, int8 off]."
+    "--atol",
+    callback=_tolerance,
+    help="Absolute tolerance per element ('off' to skip) [fp32 1e-4, fp16 1e-2, int8 off].",
 )
-@click.option("--rtol", help="Tolerance relative to |original| per element [fp32 1e-3, fp16 1e-2, int8 off].")
 @click.option(
-    "--min-cosine", help="Minimum cosine similarity per output [fp32 0.999, fp16 0.995, int8 0.98]."
+    "--rtol",
+    callback=_tolerance,
+    help="Tolerance relative to |original| per element [fp32 1e-3, fp16 1e-2, int8 off].",
 )
-@click.option("--min-top1", help="Minimum top-1 agreement for (N, classes) outputs [int8 0.9, else off].")
-@click.option("--max-acc-drop", help="Maximum accuracy drop (fraction) with --labels [off].")
+@click.option(
+    "--min-cosine",
+    callback=_tolerance,
+    help="Minimum cosine similarity per output [fp32 0.999, fp16 0.995, int8 0.98].",
+)
+@click.option(
+    "--min-top1",
+    callback=_tolerance,
+    help="Minimum top-1 agreement for (N, classes) outputs [int8 0.9, else off].",
+)
+@click.option(
+    "--max-acc-drop", callback=_tolerance, help="Maximum accuracy drop (fraction) with --labels [off]."
+)
 @click.option(
     "--batch",
     "batch_size",
@@ -99,11 +117,11 @@ def command(
         data,
         labels=labels,
         backend=backend,
-        atol=_off_or_float(atol),
-        rtol=_off_or_float(rtol),
-        min_cosine=_off_or_float(min_cosine),
-        min_top1=_off_or_float(min_top1),
-        max_accuracy_drop=_off_or_float(max_acc_drop),
+        atol=atol,
+        rtol=rtol,
+        min_cosine=min_cosine,
+        min_top1=min_top1,
+        max_accuracy_drop=max_acc_drop,
         batch_size=batch_size,
         precision=None if precision == "auto" else precision,
     )
