@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from deploysparse.atomic import atomic_path
+from deploysparse.atomic import atomic_path, current_umask
 from deploysparse.errors import ModelLoadError, UsageError
 
 _TWO_GB = 2**31 - 1
@@ -127,9 +127,9 @@ def save_model(
         )
         written_data = tmp_dir / data_name
         if written_data.exists():  # every tensor may be under the size threshold: then no data file
-            written_data.chmod(0o644)
+            written_data.chmod(0o666 & ~current_umask())
             os.replace(written_data, path.parent / data_name)
-        (tmp_dir / path.name).chmod(0o644)
+        (tmp_dir / path.name).chmod(0o666 & ~current_umask())
         os.replace(tmp_dir / path.name, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

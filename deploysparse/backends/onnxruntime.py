@@ -236,6 +236,7 @@ class OnnxRuntimeBackend(Backend):
 
 def _quantize_qdq(source: Path, specs: list[InputSpec], feeds: dict[str, np.ndarray], target: Path) -> Path:
     """Static QDQ quantisation: symmetric int8 (zero point 0, as TensorRT requires), per-channel weights."""
+    _ort()  # quieten ONNX Runtime's logger before quantisation opens its sessions
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
