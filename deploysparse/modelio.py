@@ -2,24 +2,34 @@
 
 torch 2.13's exporter writes weights to `model.onnx.data` next to the file; converters from other
 frameworks inline them. `load_model` takes both and turns every failure into a `ModelLoadError` that
-names the file; `save_model` writes atomically, keeps external data when the original used it (or the
-model is over 2 GB), and never overwrites the input model.
+names the file. `save_model` keeps external data when the original used it (or the model is over
+protobuf's 2 GB limit) and publishes the pair atomically: the weights go to a file that only the new
+graph references (`compact.onnx.data`, or `compact.onnx.<sha>.data` while the old graph still reads
+that name), then the graph is renamed into place in one step. A reader therefore sees the old pair or the new pair, never the new graph
+beside old weights, whenever the process is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
-import shutil
-import tempfile
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
-from deploysparse.atomic import atomic_path, current_umask
+from deploysparse.atomic import atomic_path
 from deploysparse.errors import ModelLoadError, UsageError
 
-_TWO_GB = 2**31 - 1
+# Above this size a model cannot be one protobuf message: its weights must live in an external file.
+# A module constant so tests can push small models down the external-data path.
+INLINE_LIMIT = 2**31 - 1
+# Tensors smaller than this stay inline even in an external-data model (shapes, small biases).
+EXTERNAL_TENSOR_MIN_BYTES = 1024
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
@@ -42,6 +52,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise ModelLoadError(
             f"{path}: not an ONNX model (the graph has no nodes; truncated or another format?)"
         )
+    _strip_private_metadata(model)  # a model saved by other means after load_model may carry it
     external = uses_external_data(model)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
@@ -61,7 +72,7 @@ def _check_structure(model: onnx.ModelProto, path: Path) -> None:
             raise ModelLoadError(
                 f"{path}: input '{value.name}' declares no shape; export the model with input shapes"
             )
-    if model.ByteSize() > _TWO_GB:
+    if model.ByteSize() > INLINE_LIMIT:
         return  # the checker needs a path for such models; ONNX Runtime will report what it finds
     try:
         onnx.checker.check_model(model)
@@ -93,44 +104,201 @@ def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike
             raise UsageError(f"output path {output} is the input model; choose another file name")
 
 
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """True when the model is too large to be written as one protobuf message."""
+    return model.ByteSize() > INLINE_LIMIT
+
+
+def external_data_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files an ONNX model on disk reads its external data from (resolved beside it)."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError):
+        return []
+    locations = {
+        entry.value
+        for tensor in _all_tensors(model)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [path.parent / location for location in sorted(locations)]
+
+
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike[str],
     external_data: bool | None = None,
 ) -> Path:
-    """Write `model` to `path` atomically; external data goes to `<name>.data` beside it.
+    """Write `model` to `path` atomically; external data goes to one content-named file beside it.
 
-    external_data=None keeps what the loaded original had, and switches it on above 2 GB.
+    external_data=None keeps what the loaded original had, and switches it on above 2 GB. The data
+    file is `<name>.data`, or `<name>.<sha>.data` when the graph being replaced reads `<name>.data`,
+    so a new pair never overwrites the file the old graph still reads; data files of the replaced
+    graph (and leftovers of killed writes) are removed afterwards. `model`'s values are unchanged.
     """
     path = Path(path)
-    model = onnx.ModelProto.FromString(model.SerializeToString())
     if external_data is None:
-        external_data = loaded_with_external_data(model) or model.ByteSize() > _TWO_GB
-    _strip_private_metadata(model)
+        external_data = loaded_with_external_data(model) or needs_external_data(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not external_data:
-        with atomic_path(path, suffix=".onnx") as tmp:
-            onnx.save_model(model, str(tmp))
-        return path
-    data_name = path.name + ".data"
-    # Both files are written into a fresh temporary folder beside the target, then renamed: data
-    # first, so a reader that sees the new .onnx always finds its data.
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        onnx.save_model(
-            model,
-            str(tmp_dir / path.name),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=1024,
-        )
-        written_data = tmp_dir / data_name
-        if written_data.exists():  # every tensor may be under the size threshold: then no data file
-            written_data.chmod(0o666 & ~current_umask())
-            os.replace(written_data, path.parent / data_name)
-        (tmp_dir / path.name).chmod(0o666 & ~current_umask())
-        os.replace(tmp_dir / path.name, path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    previous_data = external_data_files(path) if path.exists() else []
+    new_data: Path | None = None
+    with _detached_weights(model, external_data) as (graph_only, weights):
+        if weights:
+            new_data = _write_data_file(path, weights, in_use=previous_data)
+            for tensor, offset, length in _layout(weights):
+                _point_to(tensor, new_data.name, offset, length)
+        _strip_private_metadata(graph_only)
+        _write_graph(graph_only, path)
+    _remove_stale_data(path, previous_data, keep=new_data)
     return path
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """A graph and every subgraph below it (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attribute.g)
+            for sub in attribute.graphs:
+                yield from _graphs(sub)
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor that can hold external data: initializers, and constant attributes."""
+    for graph in _graphs(model.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.TENSOR:
+                    yield attribute.t
+                yield from attribute.tensors
+
+
+def _initializers(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """The tensors `save_model` moves to the data file (initializers, as onnx.save does)."""
+    for graph in _graphs(model.graph):
+        yield from graph.initializer
+
+
+@contextlib.contextmanager
+def _detached_weights(
+    model: onnx.ModelProto, external_data: bool
+) -> Iterator[tuple[onnx.ModelProto, list[tuple[onnx.TensorProto, bytes]]]]:
+    """A graph-only copy of `model` and its large tensors' bytes, without copying the weights.
+
+    The large tensors' bytes are moved out of `model` while the (then small) message is copied, and
+    put back afterwards whatever happens: protobuf cannot copy or serialise a message over 2 GB.
+    """
+    moved: dict[int, bytes] = {}
+    tensors = list(_initializers(model))
+    try:
+        if external_data:
+            for index, tensor in enumerate(tensors):
+                data = _raw_bytes(tensor)
+                if data is not None and len(data) >= EXTERNAL_TENSOR_MIN_BYTES:
+                    moved[index] = data
+                    tensor.ClearField("raw_data")
+        graph_only = onnx.ModelProto()
+        graph_only.CopyFrom(model)
+    finally:
+        for index, data in moved.items():
+            tensors[index].raw_data = data
+    copies = list(_initializers(graph_only))
+    yield graph_only, [(copies[index], data) for index, data in sorted(moved.items())]
+
+
+def _raw_bytes(tensor: onnx.TensorProto) -> bytes | None:
+    """The tensor's bytes in raw little-endian form (typed fields are converted, values unchanged)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        raise ModelLoadError(f"tensor {tensor.name!r} has no data loaded; load the model with load_model")
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    if _byte_size(tensor) < EXTERNAL_TENSOR_MIN_BYTES:
+        return None
+    tensor.raw_data = numpy_helper.to_array(tensor).tobytes()
+    _clear_typed_fields(tensor)
+    return tensor.raw_data
+
+
+def _byte_size(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def _clear_typed_fields(tensor: onnx.TensorProto) -> None:
+    for name in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
+        tensor.ClearField(name)
+
+
+_ALIGNMENT = 4096  # page-aligned offsets let ONNX Runtime memory-map each tensor
+
+
+def _layout(weights: list[tuple[onnx.TensorProto, bytes]]) -> Iterator[tuple[onnx.TensorProto, int, int]]:
+    offset = 0
+    for tensor, data in weights:
+        offset = -(-offset // _ALIGNMENT) * _ALIGNMENT
+        yield tensor, offset, len(data)
+        offset += len(data)
+
+
+def _write_data_file(path: Path, weights: list[tuple[onnx.TensorProto, bytes]], in_use: list[Path]) -> Path:
+    """Write the weights, page-aligned, to `<model>.data` (atomically).
+
+    When the graph now at `path` reads `<model>.data`, the new weights go to `<model>.<sha>.data`
+    instead: a graph must never see another graph's weights under the name it references.
+    """
+    chunks: list[bytes] = []
+    position = 0
+    for (_, data), (_, offset, _) in zip(weights, _layout(weights), strict=True):
+        chunks += [b"\0" * (offset - position), data]
+        position = offset + len(data)
+    target = path.with_name(f"{path.name}.data")
+    if any(p.name == target.name for p in in_use):
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+        target = path.with_name(f"{path.name}.{digest.hexdigest()[:16]}.data")
+    with atomic_path(target, suffix=".data") as tmp, open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+    return target
+
+
+def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _write_graph(graph_only: onnx.ModelProto, path: Path) -> None:
+    try:
+        data = graph_only.SerializeToString()
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: the model is too large to serialise ({exc})") from exc
+    with atomic_path(path, suffix=".onnx") as tmp:
+        tmp.write_bytes(data)
+
+
+def _remove_stale_data(path: Path, previous: list[Path], keep: Path | None) -> None:
+    """Remove data files that belonged to the graph this one replaced, and leftovers of killed writes.
+
+    Only files named after this model (`<name>.data`, `<name>.<hash>.data`) are touched: a data
+    file of another name may belong to another model (a user's original), and is never removed.
+    """
+    owned = re.compile(re.escape(path.name) + r"(\.[0-9a-f]{16})?\.data")
+    candidates = set(previous) | {p for p in path.parent.iterdir() if owned.fullmatch(p.name)}
+    for stale in candidates:
+        if (
+            owned.fullmatch(stale.name)
+            and stale.parent == path.parent
+            and (keep is None or stale.name != keep.name)
+        ):
+            stale.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ because it is replaced as a whole.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,22 +56,9 @@ def external_data_files(model_path: Path) -> list[Path]:
     reports the problem later)."""
     if not model_path.is_file():
         return []
-    try:
-        import onnx
+    from deploysparse.modelio import external_data_files as named_by
 
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception:  # not ONNX: the loader says so with the file's name
-        return []
-    locations = set()
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors.extend(attr.t for attr in node.attribute if attr.HasField("t"))
-    for tensor in tensors:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    locations.add(entry.value)
-    return [model_path.parent / loc for loc in sorted(locations)]
+    return named_by(model_path)
 
 
 def refuse_overlap(outputs: Iterable[Item], inputs: Iterable[Item]) -> None:
@@ -80,7 +68,7 @@ def refuse_overlap(outputs: Iterable[Item], inputs: Iterable[Item]) -> None:
     for out in outputs:
         _check_writable(out)
         for inp in inputs:
-            if _same(out.path, inp.path):
+            if _same(out.path, inp.path) or (out.kind == "model" and _content_named_data(out.path, inp.path)):
                 raise UsageError(f"{out.label} {out.path} is {inp.label} ({inp.path}); choose another path")
             if out.kind == "folder" and _inside(inp.path, out.path):
                 raise UsageError(
@@ -91,6 +79,13 @@ def refuse_overlap(outputs: Iterable[Item], inputs: Iterable[Item]) -> None:
         for second in outputs[i + 1 :]:
             if _same(first.path, second.path):
                 raise UsageError(f"{first.label} and {second.label} are the same path {first.path}")
+
+
+def _content_named_data(model: Path, other: Path) -> bool:
+    """`save_model` may name a model's data `<name>.<hash>.data` (and removes stale ones): such a
+    name beside the output is the output's, whatever file the user keeps there."""
+    pattern = re.compile(re.escape(model.name) + r"\.[0-9a-f]{16}\.data")
+    return bool(pattern.fullmatch(other.name)) and _same(model.parent, other.parent)
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -30,7 +30,7 @@ from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
 from deploysparse.errors import UsageError
-from deploysparse.modelio import load_model, save_model
+from deploysparse.modelio import external_data_files, load_model, save_model
 from deploysparse.output_guard import reads, refuse_overlap, writes
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
@@ -71,6 +71,11 @@ def run_recipe(
             shutil.copyfile(source, staging / name)
         report["artifacts"] = {
             p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
+        }
+        report["artifact_data"] = {  # model -> the external data files it reads
+            p.relative_to(staging).as_posix(): [d.relative_to(staging).as_posix() for d in data]
+            for p in sorted(staging.rglob("*.onnx"))
+            if (data := external_data_files(p))
         }
         write_report(report, staging)
         replace_folder(staging, outdir)

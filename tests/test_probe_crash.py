@@ -101,9 +101,7 @@ EXTERNAL_DATA_PENDING = pytest.mark.xfail(
 )
 
 
-@pytest.mark.parametrize(
-    "source", ["inline", pytest.param("external data", marks=[pytest.mark.slow, EXTERNAL_DATA_PENDING])]
-)
+@pytest.mark.parametrize("source", ["inline", pytest.param("external data", marks=pytest.mark.slow)])
 def test_prune_killed_anywhere_leaves_the_old_or_the_new_model(ws: Workspace, source: str) -> None:
     external = source == "external data"
     model = ws.ext_model if external else ws.model

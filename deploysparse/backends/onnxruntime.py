@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import onnx
 
 from deploysparse import progress
-from deploysparse.atomic import atomic_path, write_text
+from deploysparse.atomic import write_text
 from deploysparse.backends.base import (
     Backend,
     BuildResult,
@@ -33,7 +34,14 @@ from deploysparse.backends.base import (
 )
 from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
 from deploysparse.errors import BackendError, CalibrationError, UsageError
-from deploysparse.modelio import check_output_path, load_model, save_model
+from deploysparse.modelio import (
+    check_output_path,
+    external_data_files,
+    load_model,
+    loaded_with_external_data,
+    needs_external_data,
+    save_model,
+)
 
 # Preference order when the user does not choose: a GPU provider when the installed wheel has one.
 # The TensorRT execution provider is used only on request: its first run builds an engine (minutes).
@@ -168,20 +176,30 @@ class OnnxRuntimeBackend(Backend):
 
         files: list[Path] = []
         extra: dict = {}
-        source = onnx_path
-        if precision == "fp16":
-            source = self._convert_fp16(model, converted)
-            files.append(source)
-        elif precision == "int8":
-            feeds = load_calibration(calib, specs)
-            source = _quantize_qdq(onnx_path, specs, feeds, converted)
-            files.append(source)
-            extra["calibration_samples"] = sample_count(feeds)
-            extra["quantization"] = (
-                "static QDQ, symmetric int8 activations and per-channel int8 weights, MinMax"
-            )
-        providers = self._optimize(source, artifact)
-        files.append(artifact)
+        external = loaded_with_external_data(model) or needs_external_data(model)
+        # ONNX Runtime's optimiser and quantiser resolve external data against folders of their own
+        # (temporary ones included), so they work on a copy staged in a private folder, inline
+        # whenever protobuf allows. Each result is then re-read with its weights and written where
+        # it belongs by save_model, so every artefact carries its own data file beside it.
+        with tempfile.TemporaryDirectory(prefix=".build-", dir=out_dir) as work_dir:
+            work = Path(work_dir)
+            source = save_model(model, work / "source.onnx", external_data=needs_external_data(model))
+            if precision == "fp16":
+                source = self._convert_fp16(model, work / "fp16.onnx")
+            elif precision == "int8":
+                feeds = load_calibration(calib, specs)
+                source = _quantize_qdq(source, specs, feeds, work / "int8.onnx")
+                extra["calibration_samples"] = sample_count(feeds)
+                extra["quantization"] = (
+                    "static QDQ, symmetric int8 activations and per-channel int8 weights, MinMax"
+                )
+            if precision != "fp32":
+                files.append(_publish(source, converted, external))
+            providers = self._optimize(source, work / "optimized.onnx")
+            files.append(_publish(work / "optimized.onnx", artifact, external))
+        for written in list(files):
+            self.runner(written, threads=1)  # an artefact that ONNX Runtime cannot load is never "built"
+            files.extend(external_data_files(written))
 
         metadata = {
             "backend": self.name,
@@ -202,21 +220,24 @@ class OnnxRuntimeBackend(Backend):
         files.append(metadata_path)
         return BuildResult(self.name, precision, artifact, files, metadata)
 
-    def _optimize(self, source: Path, artifact: Path) -> list[str]:
-        """Let ONNX Runtime apply every graph optimisation once and save the result."""
+    def _optimize(self, source: Path, target: Path) -> list[str]:
+        """Let ONNX Runtime apply every graph optimisation once and save the result to `target`."""
         ort = _ort()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        with atomic_path(artifact, suffix=".onnx") as tmp:
-            options.optimized_model_filepath = str(tmp)
-            try:
-                session = ort.InferenceSession(str(source), options, providers=self.providers())
-            except Exception as exc:
-                raise BackendError(
-                    f"{source}: ONNX Runtime cannot optimise the model ({_first_line(exc)})"
-                ) from exc
-            return session.get_providers()
+        options.optimized_model_filepath = str(target)
+        if external_data_files(source):
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", target.name + ".data"
+            )
+        try:
+            session = ort.InferenceSession(str(source), options, providers=self.providers())
+        except Exception as exc:
+            raise BackendError(
+                f"{source}: ONNX Runtime cannot optimise the model ({_first_line(exc)})"
+            ) from exc
+        return session.get_providers()
 
     @staticmethod
     def _convert_fp16(model: onnx.ModelProto, target: Path) -> Path:
@@ -228,10 +249,12 @@ class OnnxRuntimeBackend(Backend):
                 "or build fp16 with --backend tensorrt on a GPU"
             ) from exc
         try:
-            converted = float16.convert_float_to_float16(model, keep_io_types=True)
+            with warnings.catch_warnings():  # one warning per weight below fp16's range: noise
+                warnings.simplefilter("ignore")
+                converted = float16.convert_float_to_float16(model, keep_io_types=True)
         except Exception as exc:
             raise BackendError(f"fp16 conversion failed ({_first_line(exc)})") from exc
-        return save_model(converted, target)
+        return save_model(converted, target, external_data=needs_external_data(converted))
 
 
 def _quantize_qdq(source: Path, specs: list[InputSpec], feeds: dict[str, np.ndarray], target: Path) -> Path:
@@ -260,30 +283,33 @@ def _quantize_qdq(source: Path, specs: list[InputSpec], feeds: dict[str, np.ndar
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with (
-        progress.progress("calibrating int8", total=len(calibration)) as advance,
-        atomic_path(target, suffix=".onnx") as tmp,
-        tempfile.TemporaryDirectory(dir=target.parent) as work,
-    ):
-        prepared = Path(work) / "prepared.onnx"
+    big = bool(external_data_files(source))
+    with progress.progress("calibrating int8", total=len(calibration)) as advance:
+        prepared = target.with_name("prepared.onnx")
         try:
             # Shape inference and basic fusions first, as ONNX Runtime recommends: quantisation
             # needs every tensor's type and shape, and must see Conv+BN already folded.
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, save_as_external_data=big)
             quantize_static(
                 str(prepared),
-                str(tmp),
+                str(target),
                 _Reader(advance),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                use_external_data_format=big,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )
         except Exception as exc:
             raise BackendError(f"{source}: int8 quantisation failed ({_first_line(exc)})") from exc
     return target
+
+
+def _publish(staged: Path, target: Path, external: bool) -> Path:
+    """Re-read a model ONNX Runtime wrote in the staging folder and write it self-contained at `target`."""
+    return save_model(load_model(staged), target, external_data=external or None)
 
 
 def _calibration_batches(

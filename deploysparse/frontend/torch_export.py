@@ -28,6 +28,7 @@ from torch import nn
 
 from deploysparse.errors import ModelLoadError, UsageError
 from deploysparse.frontend.model_source import parse_input_shape
+from deploysparse.modelio import load_model, save_model
 
 __all__ = ["export_onnx", "parse_input_shape"]
 
@@ -78,7 +79,8 @@ def export_onnx(
                     _export_checked("dynamo", module, args, tmp_path, options)
             else:
                 _export_checked(exporter, module, args, tmp_path, options)
-            _move_into_place(tmp_path, path)
+            # Re-written by save_model: the graph and its data file are published as one pair.
+            save_model(load_model(tmp_path), path)
     finally:
         module.train(was_training)
     return path
@@ -198,6 +200,10 @@ def _export_legacy(
             export_params=True,
             keep_initializers_as_inputs=False,
             do_constant_folding=not keep_bn,
+            # torch 2.14 folds BN into the conv even without constant folding unless the export
+            # preserves the module's mode (eval here): PRESERVE skips the eval-only BN fusion on
+            # 2.13 and 2.14 alike.
+            **({"training": torch.onnx.TrainingMode.PRESERVE} if keep_bn else {}),
             dynamic_axes=dynamic_axes,
             input_names=input_names,
             output_names=output_names,
@@ -251,19 +257,6 @@ def _check_parameter_names(module: nn.Module, onnx_path: Path) -> None:
             f"the ONNX export renamed every parameter (e.g. {params[0]!r} is not an initializer); "
             "deploysparse needs parameter names kept"
         )
-
-
-def _move_into_place(tmp_path: Path, path: Path) -> None:
-    """Data file first, then the graph: a reader that sees the new .onnx always finds its weights."""
-    tmp_data = tmp_path.with_name(tmp_path.name + ".data")
-    data = path.with_name(path.name + ".data")
-    if tmp_data.exists():
-        os.replace(tmp_data, data)
-        os.replace(tmp_path, path)
-    else:
-        os.replace(tmp_path, path)
-        if data.exists():
-            data.unlink()
 
 
 @contextlib.contextmanager

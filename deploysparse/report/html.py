@@ -354,7 +354,8 @@ def _plan_section(rep: Report) -> str:
 def _provenance_section(rep: Report) -> str:
     versions = ", ".join(f"{_e(k)} {_e(v or 'not installed')}" for k, v in rep.versions.items())
     artifacts = "".join(
-        f"<tr><td><code>{_e(name)}</code></td><td><code>{_e(digest)}</code></td></tr>"
+        f"<tr><td><code>{_e(name)}</code></td><td><code>{_e(digest)}</code></td>"
+        f"<td>{', '.join(f'<code>{_e(d)}</code>' for d in rep.artifact_data.get(name, []))}</td></tr>"
         for name, digest in rep.artifacts.items()
     )
     settings = _e(json.dumps(rep.recipe.settings, indent=2))
@@ -368,7 +369,8 @@ def _provenance_section(rep: Report) -> str:
         f"<tr><th>run</th><td>{_e(started.isoformat())} → {_e(finished.isoformat())} "
         f"({(finished - started).total_seconds():.1f} s)</td></tr></table>"
         + (
-            f"<h2>Artifacts</h2><table><tr><th>file</th><th>sha256</th></tr>{artifacts}</table>"
+            "<h2>Artifacts</h2><table><tr><th>file</th><th>sha256</th><th>reads its weights from</th></tr>"
+            f"{artifacts}</table>"
             if artifacts
             else ""
         )

@@ -184,6 +184,8 @@ class Report(_Strict):
     warnings: list[str] = []
     timestamps: Timestamps
     artifacts: dict[str, str] = {}  # file name in the output folder -> sha256
+    # model file in the output folder -> the external-data files it reads (relative, beside it)
+    artifact_data: dict[str, list[str]] = {}
     extra: dict[str, Any] = {}
 
     @field_validator("versions")
