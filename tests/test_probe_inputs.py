@@ -447,7 +447,57 @@ BAD: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
         lambda w: _prune(w, "--calib", _image_folder(w, "resize: 8x8\n", truncate=True)),
         ("1.png",),
     ),
+    "calib is an empty folder": (lambda w: _prune(w, "--calib", _folder(w, "empty")), ("preprocess.yaml",)),
+    "calib is a model": (lambda w: ["analyze", w.model, "--calib", w.model], ("model.onnx",)),
+    "entry point module missing": (
+        lambda w: ["prune", "nosuch_pkg.models:build", "-o", w.root / "o.onnx", "--input-shape", "1,3,8,8"],
+        ("nosuch_pkg",),
+    ),
+    "entry point weights missing": (
+        lambda w: [
+            "prune",
+            "deploysparse.zoo.digits:digits_model",
+            "-o",
+            w.root / "o.onnx",
+            "--weights",
+            w.root / "w.pt",
+        ],
+        ("w.pt",),
+    ),
+    "weights file given as the model": (
+        lambda w: ["prune", _file(w, "net.pt", b"x"), "-o", w.root / "o.onnx"],
+        ("net.pt",),
+    ),
+    "--ratio above 1": (
+        lambda w: _prune(w, "--criterion", "l1", "--ratio", "1.5", "--calib", w.calib),
+        ("--ratio",),
+    ),
+    "--flops-target 0": (
+        lambda w: _prune(w, "--criterion", "l1", "--flops-target", "0", "--calib", w.calib),
+        ("--flops-target",),
+    ),
+    "--min-channels 0": (
+        lambda w: _prune(w, "--criterion", "l1", "--ratio", "0.3", "--min-channels", "0", "--calib", w.calib),
+        ("--min-channels",),
+    ),
+    "demo --flops-target 2": (
+        lambda w: ["demo", "--flops-target", "2", "-o", w.root / "d"],
+        ("--flops-target",),
+    ),
+    "validate: models with other inputs": (
+        lambda w: ["validate", w.model, _other_input_name(w), "--data", w.calib],
+        ("inputs",),
+    ),
     # reports
+    "check: report is binary": (lambda w: ["check", w.calib, "--baseline", w.baseline], ("calib.npy",)),
+    "check: report is a JSON list": (
+        lambda w: ["check", _file(w, "l.json", "[]"), "--baseline", w.baseline],
+        ("l.json",),
+    ),
+    "check: report lacks a key": (
+        lambda w: ["check", _file(w, "k.json", json.dumps({"model": {}})), "--baseline", w.baseline],
+        ("k.json",),
+    ),
     "check: report is not JSON": (
         lambda w: ["check", _file(w, "r.json", "{"), "--baseline", w.baseline],
         ("r.json",),
@@ -461,6 +511,23 @@ BAD: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
         ("--latency-tolerance",),
     ),
 }
+
+
+def _folder(ws: Workspace, name: str) -> Path:
+    folder = ws.root / name
+    folder.mkdir()
+    return folder
+
+
+def _other_input_name(ws: Workspace) -> Path:
+    model = dead_convnet()
+    old = model.graph.input[0].name
+    model.graph.input[0].name = "images"
+    for node in model.graph.node:
+        node.input[:] = ["images" if i == old else i for i in node.input]
+    path = ws.root / "images.onnx"
+    onnx.save(model, str(path))
+    return path
 
 
 def _npz(ws: Workspace, **arrays: np.ndarray) -> Path:
@@ -563,3 +630,66 @@ def test_pickled_labels_never_unpickle(cli, ws: Workspace, tmp_path: Path) -> No
     assert_bad_input(cli(*_validate(ws, "--labels", path)), "evil.npy")
     assert not marker.exists()
     pickle.loads(pickle.dumps(1))  # pickle itself still works: the refusal is ours
+
+
+def test_output_in_a_folder_the_file_system_refuses(
+    cli, ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import tempfile
+
+    folder = ws.root / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anyway: let the file system say no, as it would to a user
+        real = tempfile.mkstemp
+
+        def denied(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir) == folder:
+                raise PermissionError(13, "Permission denied", str(dir))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", denied)
+    before = snapshot(ws.root)
+    assert_bad_input(cli("prune", ws.model, "-o", folder / "c.onnx"), "ro")
+    assert_untouched(before, ws.root)
+    folder.chmod(0o755)
+
+
+def test_interrupt_is_one_line_and_exit_130(cli, ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deploysparse import api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "prune", interrupted)
+    result = cli("prune", ws.model, "-o", ws.root / "out.onnx")
+    assert result.code == 130 and result.err.strip() == "interrupted"
+
+
+def test_a_broken_onnxruntime_is_not_reported_as_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An import that fails inside onnxruntime (a bad DLL, an interrupted import) says so."""
+    import builtins
+
+    from deploysparse.backends.onnxruntime import _ort
+    from deploysparse.errors import BackendError
+
+    real_import = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("libonnxruntime.so: cannot open shared object file", name="onnxruntime.capi")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    with pytest.raises(BackendError, match=r"installed but cannot be imported.*libonnxruntime"):
+        _ort()
+
+    def missing(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'", name="onnxruntime")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", missing)
+    with pytest.raises(BackendError, match="not installed"):
+        _ort()
