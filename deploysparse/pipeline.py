@@ -34,7 +34,7 @@ from deploysparse.modelio import external_data_files, load_model, save_model
 from deploysparse.output_guard import reads, refuse_overlap, writes
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
-from deploysparse.report import write_report
+from deploysparse.report import ReportError, write_report
 from deploysparse.validate import validate
 
 
@@ -77,7 +77,10 @@ def run_recipe(
             for p in sorted(staging.rglob("*.onnx"))
             if (data := external_data_files(p))
         }
-        write_report(report, staging)
+        try:
+            write_report(report, staging)
+        except ReportError as exc:  # our own report breaking our own schema is a bug, not bad input
+            raise RuntimeError(f"the run's report does not fit the report schema ({exc})") from exc
         replace_folder(staging, outdir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
