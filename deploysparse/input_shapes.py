@@ -22,7 +22,9 @@ def parse_shape(text: str, option: str = "--input-shape") -> tuple[int, ...]:
     parts = cleaned.split(",")
     if parts and parts[-1] == "":
         parts.pop()
-    if not parts or any(p == "" for p in parts):
+    if not parts:
+        raise UsageError(f"{option} {text!r} is empty; {_EXAMPLE}")
+    if any(p == "" for p in parts):
         raise UsageError(f"{option} {text!r}: {_EXAMPLE}")
     try:
         dims = tuple(int(p) for p in parts)

@@ -65,7 +65,10 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 def _check_structure(model: onnx.ModelProto, path: Path) -> None:
     """Run the ONNX checker on what was loaded: a cycle, a tensor with two producers or a node input
-    nothing produces is bad input, named here, not a failure deep inside the analysis or surgery."""
+    nothing produces is bad input, named here, not a failure deep inside the analysis or surgery.
+
+    A graph output without a declared shape is accepted (ONNX Runtime writes such models, e.g. its
+    QDQ quantiser); a real input without one is refused, since the analysis needs its shape."""
     initializers = {init.name for init in model.graph.initializer}
     for value in model.graph.input:
         if value.name not in initializers and not value.type.tensor_type.HasField("shape"):
@@ -74,10 +77,20 @@ def _check_structure(model: onnx.ModelProto, path: Path) -> None:
             )
     if model.ByteSize() > INLINE_LIMIT:
         return  # the checker needs a path for such models; ONNX Runtime will report what it finds
+    shapeless = [
+        v.type.tensor_type
+        for v in [*model.graph.output, *model.graph.value_info]
+        if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
+    ]
+    for tensor_type in shapeless:  # rank unknown, for the checker only; removed again below
+        tensor_type.shape.SetInParent()
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise ModelLoadError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from exc
+    finally:
+        for tensor_type in shapeless:
+            tensor_type.ClearField("shape")
 
 
 def _first_line(exc: BaseException) -> str:
