@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-fast lint venv clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check deploysparse tests benchmarks examples
 	$(BIN)/python -m pytest -n 2 -q tests
+
+# The inner loop: everything but the tests marked slow (browser, hadolint, subprocess CLIs, full-size
+# hypothesis). `make test` (and CI) still runs them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check deploysparse tests benchmarks examples

@@ -20,7 +20,7 @@ from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
 from deploysparse.graph.cost import count_cost
 from deploysparse.graph.dead import DEFAULT_DEAD_THRESHOLD, DeadFilters, find_dead
 from deploysparse.graph.surgery import SurgeryResult, apply_plan
-from deploysparse.modelio import load_model
+from deploysparse.modelio import check_model, load_model
 from deploysparse.plan import Plan
 
 ModelLike = str | os.PathLike[str] | onnx.ModelProto
@@ -236,7 +236,7 @@ def prune(
     else:
         chosen = _criterion_plan(ga, criterion, dead, feeds, budget, module)
     surgery = apply_plan(ga, chosen)
-    onnx.checker.check_model(surgery.model)
+    check_model(surgery.model)
     summary = summarize(ga, chosen, dead)
     if not dead.exact or chosen.criterion not in ("dead", ""):
         summary["output_change"] = measure_change(ga.model, surgery.model, feeds, ga)

@@ -15,11 +15,12 @@ import contextlib
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx import numpy_helper
 
 from deploysparse.atomic import atomic_path
@@ -75,8 +76,6 @@ def _check_structure(model: onnx.ModelProto, path: Path) -> None:
             raise ModelLoadError(
                 f"{path}: input '{value.name}' declares no shape; export the model with input shapes"
             )
-    if model.ByteSize() > INLINE_LIMIT:
-        return  # the checker needs a path for such models; ONNX Runtime will report what it finds
     shapeless = [
         v.type.tensor_type
         for v in [*model.graph.output, *model.graph.value_info]
@@ -85,7 +84,7 @@ def _check_structure(model: onnx.ModelProto, path: Path) -> None:
     for tensor_type in shapeless:  # rank unknown, for the checker only; removed again below
         tensor_type.shape.SetInParent()
     try:
-        onnx.checker.check_model(model)
+        check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise ModelLoadError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from exc
     finally:
@@ -118,8 +117,34 @@ def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    """True when the model is too large to be written as one protobuf message."""
-    return model.ByteSize() > INLINE_LIMIT
+    """True when the model is too large to be written as one protobuf message.
+
+    Summed per tensor first: protobuf cannot even measure a message over 2 GB as a whole.
+    """
+    if sum(tensor.ByteSize() for tensor in _all_tensors(model)) > INLINE_LIMIT:
+        return True
+    try:
+        return model.ByteSize() > INLINE_LIMIT
+    except (ValueError, OverflowError, EncodeError):
+        return True
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker on a model of any size (it cannot take an in-memory message over 2 GB).
+
+    A large model is checked as its graph with the weights declared external, against a placeholder
+    data file: the checker verifies the graph and that each external tensor names a file, not bytes.
+    """
+    if not needs_external_data(model):
+        onnx.checker.check_model(model)
+        return
+    with detached_weights(model) as (graph_only, weights), tempfile.TemporaryDirectory() as tmp:
+        for tensor, data in weights:
+            _point_to(tensor, "weights.data", 0, len(data))
+        (Path(tmp) / "weights.data").touch()
+        _strip_private_metadata(graph_only)
+        (Path(tmp) / "model.onnx").write_bytes(graph_only.SerializeToString())
+        onnx.checker.check_model(str(Path(tmp) / "model.onnx"))
 
 
 def external_data_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -157,7 +182,7 @@ def save_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     previous_data = external_data_files(path) if path.exists() else []
     new_data: Path | None = None
-    with _detached_weights(model, external_data) as (graph_only, weights):
+    with detached_weights(model, external_data) as (graph_only, weights):
         if weights:
             new_data = _write_data_file(path, weights, in_use=previous_data)
             for tensor, offset, length in _layout(weights):
@@ -197,18 +222,19 @@ def _initializers(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 
 @contextlib.contextmanager
-def _detached_weights(
-    model: onnx.ModelProto, external_data: bool
+def detached_weights(
+    model: onnx.ModelProto, detach: bool = True
 ) -> Iterator[tuple[onnx.ModelProto, list[tuple[onnx.TensorProto, bytes]]]]:
-    """A graph-only copy of `model` and its large tensors' bytes, without copying the weights.
+    """A graph-only copy of `model` and its large initializers' bytes, without copying the weights.
 
     The large tensors' bytes are moved out of `model` while the (then small) message is copied, and
     put back afterwards whatever happens: protobuf cannot copy or serialise a message over 2 GB.
+    Yields the copy and, for each detached initializer, its (emptied) copy in the copy with its bytes.
     """
     moved: dict[int, bytes] = {}
     tensors = list(_initializers(model))
     try:
-        if external_data:
+        if detach:
             for index, tensor in enumerate(tensors):
                 data = _raw_bytes(tensor)
                 if data is not None and len(data) >= EXTERNAL_TENSOR_MIN_BYTES:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from deploysparse.errors import BackendError
+from deploysparse.modelio import detached_weights, needs_external_data
 
 
 def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()):
@@ -19,17 +20,36 @@ def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()):
     from deploysparse.backends.onnxruntime import _ort
 
     ort = _ort()
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    for name in extra_outputs:
-        if name not in present:
-            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-            present.add(name)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    # Over protobuf's 2 GB limit the model cannot be handed over as one message: its large weights
+    # go to ONNX Runtime as arrays beside the graph (no copy), the graph alone as the message.
+    with detached_weights(model, detach=needs_external_data(model)) as (exposed, weights):
+        present = {o.name for o in exposed.graph.output}
+        for name in extra_outputs:
+            if name not in present:
+                exposed.graph.output.append(onnx.ValueInfoProto(name=name))
+                present.add(name)
+        arrays = []
+        for tensor, data in weights:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            arrays.append(np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.dims)))
+            _mark_supplied(tensor, len(data))
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+        if weights:
+            options.add_external_initializers([t.name for t, _ in weights], values)
+        sess = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    sess.supplied_initializers = (arrays, values)  # ONNX Runtime reads them for the session's lifetime
+    return sess
+
+
+def _mark_supplied(tensor: onnx.TensorProto, length: int) -> None:
+    """Declare an initializer as external: ONNX Runtime takes its values from add_external_initializers."""
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", "supplied-by-deploysparse"), ("offset", "0"), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
 
 
 def intermediate_values(

@@ -15,26 +15,41 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+def exported(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Callable[..., Path]:
     """`exported(arch, exporter="dynamo", keep_bn=False, opset=None)`: the path of that architecture's
     ONNX export with dead channels planted (30% of every BN layer), exported at batch 2 with a dynamic
-    batch (opset None: the exporter's default)."""
+    batch (opset None: the exporter's default).
+
+    Under pytest-xdist the cache lives in the folder all workers share, each file made once under a
+    file lock: the second worker that asks waits for the first one's export instead of repeating it.
+    """
+    from filelock import FileLock
+
     from tests.archs import ARCHS
     from tests.exporting import export
 
-    root = tmp_path_factory.mktemp("exports")
-    cache: dict[tuple[str, str, bool, int | None], Path] = {}
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if worker_id != "master" else base) / "exports"
+    root.mkdir(exist_ok=True)
 
     def get(arch: str, exporter: str = "dynamo", keep_bn: bool = False, opset: int | None = None) -> Path:
-        key = (arch, exporter, keep_bn, opset)
-        if key not in cache:
-            spec = ARCHS[arch]
-            path = root / f"{arch}-{exporter}{'-bn' if keep_bn else ''}-{opset or 'default'}" / "model.onnx"
-            export(
-                spec.planted(), spec.example(2), path, exporter, keep_bn, outputs=spec.outputs, opset=opset
-            )
-            cache[key] = path
-        return cache[key]
+        folder = root / f"{arch}-{exporter}{'-bn' if keep_bn else ''}-{opset or 'default'}"
+        path = folder / "model.onnx"
+        done = folder / "complete"
+        with FileLock(str(folder) + ".lock"):
+            if not done.exists():
+                spec = ARCHS[arch]
+                export(
+                    spec.planted(),
+                    spec.example(2),
+                    path,
+                    exporter,
+                    keep_bn,
+                    outputs=spec.outputs,
+                    opset=opset,
+                )
+                done.touch()
+        return path
 
     return get
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+pytestmark = pytest.mark.slow  # runs the polygraphy CLI as subprocesses
 polygraphy = pytest.importorskip("polygraphy")
 
 from polygraphy.comparator import Comparator, CompareFunc, RunResults  # noqa: E402

@@ -175,6 +175,7 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_console_error_detection_works(tmp_path: Path) -> None:
     """Guard for the test below: a page with a script error must be caught."""
@@ -184,6 +185,7 @@ def test_console_error_detection_works(tmp_path: Path) -> None:
     assert any("Uncaught ReferenceError" in line for line in errors)
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     _, html_path = write_report(make_report(), tmp_path / "out")
