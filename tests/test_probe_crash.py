@@ -196,6 +196,7 @@ def _relative(files: dict[str, str], root: Path) -> dict[str, str]:
     return {str(Path(p).relative_to(root)): d for p, d in files.items()}
 
 
+@pytest.mark.slow
 def test_run_killed_while_publishing_leaves_the_old_or_the_new_folder(ws: Workspace) -> None:
     _kill_run_at(ws, [(0, "before"), (0, "after"), (-1, "after")])
 

@@ -193,6 +193,7 @@ def test_a_bug_of_ours_is_one_line_and_exit_1(cli, ws: Workspace, monkeypatch: p
         cli("prune", ws.model, "-o", ws.root / "out.onnx", "--debug")
 
 
+@pytest.mark.slow
 def test_onnx_runtime_log_lines_stay_out_of_the_output(ws: Workspace) -> None:
     """ONNX Runtime writes its warnings (coloured) from C++ straight to stderr: a real process shows them."""
     model = dead_convnet()
