@@ -102,8 +102,11 @@ def loaded_with_external_data(model: onnx.ModelProto) -> bool:
     return any(p.key == "deploysparse.external_data" and p.value == "1" for p in model.metadata_props)
 
 
+_PRIVATE = "deploysparse.external_data"  # the metadata key load_model adds; never written to a file
+
+
 def _strip_private_metadata(model: onnx.ModelProto) -> None:
-    keep = [p for p in model.metadata_props if not p.key.startswith("deploysparse.external_data")]
+    keep = [p for p in model.metadata_props if not p.key.startswith(_PRIVATE)]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
 
@@ -177,12 +180,27 @@ def save_model(
     graph (and leftovers of killed writes) are removed afterwards. `model`'s values are unchanged.
     """
     path = Path(path)
-    if external_data is None:
-        external_data = loaded_with_external_data(model) or needs_external_data(model)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None and loaded_with_external_data(model):
+        external_data = True
+    if not external_data:
+        # One serialisation and no copy (a 100 MB model: one pass instead of three); its length
+        # also tells whether the model fits inline, so no ByteSize() pass is needed either.
+        data = _serialized_without_private_metadata(model)
+        if data is not None and (external_data is False or len(data) <= INLINE_LIMIT):
+            with atomic_path(path, suffix=".onnx") as tmp:
+                tmp.write_bytes(data)
+            # Only files named after this model are ever removed, and those are found by name: the
+            # replaced graph need not be parsed (0.6 s for a 100 MB one) to know its data files.
+            _remove_stale_data(path, [], keep=None)
+            return path
+        if external_data is False:
+            raise ModelLoadError(
+                f"{path}: the model is too large to serialise inline; save it with external data"
+            )
     previous_data = external_data_files(path) if path.exists() else []
     new_data: Path | None = None
-    with detached_weights(model, external_data) as (graph_only, weights):
+    with detached_weights(model, True) as (graph_only, weights):
         if weights:
             new_data = _write_data_file(path, weights, in_use=previous_data)
             for tensor, offset, length in _layout(weights):
@@ -191,6 +209,21 @@ def save_model(
         _write_graph(graph_only, path)
     _remove_stale_data(path, previous_data, keep=new_data)
     return path
+
+
+def _serialized_without_private_metadata(model: onnx.ModelProto) -> bytes | None:
+    """`model`'s bytes without deploysparse's private metadata (removed for the duration, then put
+    back), or None when it is over protobuf's 2 GB limit."""
+    private = [(p.key, p.value) for p in model.metadata_props if p.key.startswith(_PRIVATE)]
+    if private:
+        _strip_private_metadata(model)
+    try:
+        return model.SerializeToString()
+    except (ValueError, EncodeError):  # upb raises EncodeError over 2 GB, older protobufs ValueError
+        return None
+    finally:
+        for key, value in private:
+            model.metadata_props.add(key=key, value=value)
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

@@ -29,9 +29,11 @@ from deploysparse import api
 from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
+from deploysparse.denormals import count_denormals, flushed_copy
 from deploysparse.errors import UsageError
 from deploysparse.modelio import external_data_files, load_model, save_model
 from deploysparse.output_guard import reads, refuse_overlap, writes
+from deploysparse.profiling import profile_side_by_side, side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
 from deploysparse.report import ReportError, write_report
@@ -156,9 +158,18 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
         )
     validation.compact = built.artifact.relative_to(staging).as_posix()
     validation.original = inputs.model
-    latency = _latency(recipe, source, built.artifact)
+    with tempfile.TemporaryDirectory(prefix="deploysparse-flushed-") as work:
+        flushed_original = _flushed_original(original, Path(work))
+        latency = _latency(recipe, source, built.artifact, flushed_original)
+        layers = _layers(recipe, source, compact_path, flushed_original)
     finished = datetime.now(timezone.utc)
-    return _report(recipe, inputs, source, original, result, built, validation, latency, started, finished)
+    report = _report(recipe, inputs, source, original, result, built, validation, latency, started, finished)
+    report["layers"] = layers
+    report["extra"]["denormals"] = {
+        "original": count_denormals(original).to_json(),
+        "flushed_by_prune": result.summary.get("denormals_flushed"),
+    }
+    return report
 
 
 def _relative_metadata(files: list[Path], staging: Path) -> None:
@@ -228,14 +239,43 @@ def _shapes(recipe: Recipe, model) -> dict[str, tuple] | None:
     return shapes
 
 
-def _latency(recipe: Recipe, original: str, compact: Path) -> dict:
-    """p50/p99 of each repeated run, original and compact alternating so both see the same machine
-    load (a shared CI runner drifts by more than pruning gains); the reported point is the run with
-    the median p50."""
+def _flushed_original(original, folder: Path) -> Path | None:
+    """The original with its denormal weights set to zero, written into `folder`; None when it has none.
+
+    prune flushes the compact model, so timing the original as it is would credit pruning with
+    what flushing did: the report gives the speed-up against this copy too.
+    """
+    flushed, count = flushed_copy(original)
+    if not count.total:
+        return None
+    return save_model(flushed, folder / "original.flushed.onnx")
+
+
+def _layers(recipe: Recipe, original: str, compact: Path, flushed: Path | None) -> dict | None:
+    """Per-layer latency of the fp32 original, its flushed copy and the compact ONNX, side by side,
+    at the recipe's largest batch; only for ONNX Runtime recipes (the profiler is ONNX Runtime's,
+    and CPU figures would say nothing about a TensorRT engine)."""
+    if recipe.build.backend != "onnxruntime":
+        return None
     bench = recipe.bench
-    models = {"original": (original, "onnxruntime"), "compact": (compact, recipe.build.backend)}
+    models = {"original": original, **({"original_flushed": flushed} if flushed else {}), "compact": compact}
+    batch = max(bench.batches)
+    with progress("per-layer profile"):
+        profiles = profile_side_by_side(models, batch=batch, warmup=bench.warmup, runs=bench.iters)
+    return {"batch": batch, "runs": bench.iters, "models": list(models), "rows": side_by_side_rows(profiles)}
+
+
+def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None = None) -> dict:
+    """p50/p99 of each repeated run, original (and its flushed copy) and compact alternating so all
+    see the same machine load (a shared CI runner drifts by more than pruning gains); the reported
+    point is the run with the median p50."""
+    bench = recipe.bench
+    models = {"original": (original, "onnxruntime")}
+    if flushed is not None:
+        models["original_flushed"] = (flushed, "onnxruntime")
+    models["compact"] = (compact, recipe.build.backend)
     runs: dict[str, list] = {key: [] for key in models}
-    with progress("benchmark", total=2 * bench.repeats) as advance:
+    with progress("benchmark", total=len(models) * bench.repeats) as advance:
         for repeat in range(bench.repeats):
             for key, (path, backend) in models.items():
                 runs[key].append(

@@ -93,8 +93,12 @@ class Backend(ABC):
         calib: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
         shapes: Mapping[str, ShapeTriple] | None = None,
         workspace_mb: int | None = None,
+        keep_denormals: bool = False,
     ) -> BuildResult:
-        """Build `onnx_path` for this runtime at `precision`, writing the artifact into `out_dir`."""
+        """Build `onnx_path` for this runtime at `precision`, writing the artifact into `out_dir`.
+
+        Denormal float32 weights are set to zero in the built artifact unless `keep_denormals`.
+        """
 
     @abstractmethod
     def runner(self, path: str | os.PathLike[str], threads: int | None = None) -> Runner:

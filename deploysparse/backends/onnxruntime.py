@@ -33,6 +33,7 @@ from deploysparse.backends.base import (
     usable_cores,
 )
 from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
+from deploysparse.denormals import DenormalCount, flush_denormals
 from deploysparse.errors import BackendError, CalibrationError, UsageError
 from deploysparse.modelio import (
     check_output_path,
@@ -156,8 +157,12 @@ class OnnxRuntimeBackend(Backend):
         calib: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
         shapes: Mapping[str, ShapeTriple] | None = None,
         workspace_mb: int | None = None,
+        keep_denormals: bool = False,
     ) -> BuildResult:
-        """Write `model.<precision>.onnx` (fp16/int8 only) and `model.optimized.onnx` (+ `.json`)."""
+        """Write `model.<precision>.onnx` (fp16/int8 only) and `model.optimized.onnx` (+ `.json`).
+
+        Denormal float32 weights are set to zero first unless `keep_denormals` (see denormals.py).
+        """
         check_precision(precision)
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
         model = load_model(onnx_path)
@@ -176,6 +181,9 @@ class OnnxRuntimeBackend(Backend):
 
         files: list[Path] = []
         extra: dict = {}
+        # Denormal weights go first (prune does the same): the staged copy below is built from `model`.
+        flushed = DenormalCount() if keep_denormals else flush_denormals(model)
+        extra["denormals_flushed"] = flushed.total
         external = loaded_with_external_data(model) or needs_external_data(model)
         # ONNX Runtime's optimiser and quantiser resolve external data against folders of their own
         # (temporary ones included), so they work on a copy staged in a private folder, inline

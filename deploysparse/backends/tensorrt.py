@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from deploysparse.backends.base import (
 )
 from deploysparse.backends.trt_support import check_onnx
 from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
+from deploysparse.denormals import flush_for_build
 from deploysparse.errors import BackendError, UsageError
 from deploysparse.modelio import check_output_path, load_model
 
@@ -152,8 +154,12 @@ class TensorRTBackend(Backend):
         calib: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
         shapes: Mapping[str, ShapeTriple] | None = None,
         workspace_mb: int | None = None,
+        keep_denormals: bool = False,
     ) -> BuildResult:
-        """Write `model.engine`, `model.engine.json`, `timing.cache` (and the INT8 calibration cache)."""
+        """Write `model.engine`, `model.engine.json`, `timing.cache` (and the INT8 calibration cache).
+
+        The engine is built from a copy with denormal float32 weights set to zero unless `keep_denormals`.
+        """
         check_precision(precision)
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
         model = load_model(onnx_path)
@@ -207,8 +213,13 @@ class TensorRTBackend(Backend):
             ),
             load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
         )
-        network = NetworkFromOnnxPath(str(onnx_path))
-        with progress.progress("building TensorRT engine"), atomic_path(engine_path, suffix=".engine") as tmp:
+        with (
+            progress.progress("building TensorRT engine"),
+            atomic_path(engine_path, suffix=".engine") as tmp,
+            tempfile.TemporaryDirectory(prefix=".flushed-", dir=out_dir) as work,
+        ):
+            source, flushed = flush_for_build(model, onnx_path, work, keep_denormals)
+            network = NetworkFromOnnxPath(str(source))
             try:
                 SaveEngine(
                     EngineFromNetwork(network, config=config, save_timing_cache=str(timing_cache)), str(tmp)
@@ -230,6 +241,7 @@ class TensorRTBackend(Backend):
             "workspace_mb": workspace_mb,
             "source_model": str(onnx_path),
             "source_sha256": source_sha,
+            "denormals_flushed": flushed.total,
         }
         write_text(metadata_path, metadata_json(metadata))
         files.append(metadata_path)

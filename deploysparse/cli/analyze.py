@@ -53,5 +53,14 @@ def command(
         f"params {data['params']:,}  MACs {data['flops']:,}  dead filters {data['dead_total']}  "
         f"groups {len(data['groups'])} ({data['prunable_groups']} prunable)"
     )
+    if analysis.denormals.total:
+        console.print(f"[yellow]denormals:[/yellow] {analysis.denormals.describe()}")
+        cost = analysis.denormal_cost
+        if cost is not None:
+            console.print(
+                f"  on this CPU (ONNX Runtime, batch {cost.batch}, {cost.runs} runs each, interleaved): "
+                f"{cost.as_is_ms:.3f} ms as is, {cost.flushed_ms:.3f} ms flushed ({cost.slowdown:.2f}x); "
+                "prune and build set them to zero unless --keep-denormals"
+            )
     for w in data["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")

@@ -44,18 +44,44 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
     type=click.IntRange(min=1),
     help="Intra-op threads (ONNX Runtime); default: all usable cores.",
 )
+@click.option(
+    "--per-layer",
+    is_flag=True,
+    help="Also profile each node with ONNX Runtime's profiler (median ms per run, per batch size).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Nodes shown by --per-layer (0: all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def command(model, backend, batch_sizes, warmup, iters, threads, as_json, quiet):
+def command(model, backend, batch_sizes, warmup, iters, threads, per_layer, top, as_json, quiet):
     """Time MODEL (an .onnx, or an engine for tensorrt) on random inputs after warm-up."""
     from deploysparse.bench import benchmark
+    from deploysparse.errors import UsageError
 
+    if per_layer and backend != "onnxruntime":
+        raise UsageError("--per-layer uses ONNX Runtime's profiler; use it with --backend onnxruntime")
     progress.set_quiet(quiet or as_json)
     report = benchmark(
         model, backend=backend, batches=batch_sizes, warmup=warmup, iters=iters, threads=threads
     )
+    profiles = []
+    if per_layer:
+        from deploysparse.profiling import profile_layers
+
+        with progress.progress("profiling layers", total=len(batch_sizes)) as advance:
+            for batch in batch_sizes:
+                profiles.append(profile_layers(model, batch, warmup=warmup, runs=iters, threads=threads))
+                advance(1)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        data = report.to_json()
+        if per_layer:
+            data["per_layer"] = [p.to_json() for p in profiles]
+        click.echo(json.dumps(data, indent=2))
         return 0
     click.echo(
         f"{report.model}: {report.backend} {report.version} on {report.device}, threads {report.threads}"
@@ -65,4 +91,20 @@ def command(model, backend, batch_sizes, warmup, iters, threads, as_json, quiet)
         click.echo(
             f"{r.batch:>6} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} {r.p99_ms:>9.3f} {r.throughput_per_s:>11.1f}"
         )
+    for profile in profiles:
+        _print_layers(profile, top)
     return 0
+
+
+def _print_layers(profile, top: int) -> None:
+    shown = profile.layers if top <= 0 else profile.layers[:top]
+    click.echo(
+        f"\nper layer, batch {profile.batch}: median ms per run over {profile.runs} runs "
+        f"(ONNX Runtime profiler; nodes of the optimised graph), total {profile.total_ms:.3f} ms"
+    )
+    width = max([4, *(len(t.node) for t in shown)])
+    click.echo(f"{'node':<{width}} {'op':<16} {'ms':>9} {'share':>7}")
+    for t in shown:
+        click.echo(f"{t.node:<{width}} {t.op:<16} {t.ms:>9.3f} {t.share:>7.1%}")
+    if len(shown) < len(profile.layers):
+        click.echo(f"({len(profile.layers) - len(shown)} more nodes; --top 0 shows all)")

@@ -33,10 +33,28 @@ from deploysparse import progress
     is_flag=True,
     help="TensorRT: only check op support (no TensorRT needed).",
 )
+@click.option(
+    "--keep-denormals",
+    is_flag=True,
+    help="Keep denormal float32 weights (by default the build sets them to zero; the input file is untouched).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def command(ctx, model, backend, precision, calib, shapes, workspace_mb, out_dir, check_only, as_json, quiet):
+def command(
+    ctx,
+    model,
+    backend,
+    precision,
+    calib,
+    shapes,
+    workspace_mb,
+    out_dir,
+    check_only,
+    keep_denormals,
+    as_json,
+    quiet,
+):
     """Build MODEL for a backend: an optimised ONNX Runtime model or a TensorRT engine, plus metadata."""
     from deploysparse.backends import get_backend, parse_shapes
     from deploysparse.errors import UsageError
@@ -54,11 +72,17 @@ def command(ctx, model, backend, precision, calib, shapes, workspace_mb, out_dir
         calib=calib,
         shapes=parse_shapes(shapes),
         workspace_mb=workspace_mb,
+        keep_denormals=keep_denormals,
     )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         click.echo(f"built {result.artifact} ({backend}, {precision})")
+        if result.metadata.get("denormals_flushed"):
+            click.echo(
+                f"  set {result.metadata['denormals_flushed']:,} denormal float32 weights to zero "
+                "(--keep-denormals keeps them)"
+            )
         for path in result.files:
             if path != result.artifact:
                 click.echo(f"  wrote {path}")

@@ -47,6 +47,11 @@ from deploysparse.errors import UsageError
 )
 @click.option("--input-shape", "input_shape", multiple=True, help="NAME:1x3x32x32 or 1,3,32,32.")
 @click.option("--weights", help="State dict for an entry-point MODEL (loaded with weights_only=True).")
+@click.option(
+    "--keep-denormals",
+    is_flag=True,
+    help="Keep denormal float32 weights (by default they are set to zero: slow on x86, below float32's resolution).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def command(
     model: str,
@@ -64,6 +69,7 @@ def command(
     dead_threshold: float,
     input_shape: tuple[str, ...],
     weights: str | None,
+    keep_denormals: bool,
     as_json: bool,
 ) -> None:
     """Prune MODEL (.onnx or package.module:factory) and write the compact ONNX to OUTPUT."""
@@ -108,6 +114,7 @@ def command(
             input_shapes=shapes,
             plan=plan_in,
             dead_threshold=dead_threshold,
+            keep_denormals=keep_denormals,
             **{k: v for k, v in budget.items() if v is not None},
         )
         api.save_outputs(result, output, plan_out)
@@ -124,6 +131,13 @@ def command(
     if "output_change" in summary:
         change = summary["output_change"]
         console.print(f"output change on {change['samples']} samples: max abs {change['max_abs']:.3g}")
+    flushed = summary.get("denormals_flushed") or {}
+    if flushed.get("total"):
+        from deploysparse.denormals import DenormalCount
+
+        console.print(
+            f"set {DenormalCount(flushed['tensors']).describe()} to zero (--keep-denormals keeps them)"
+        )
     for w in summary["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     console.print(f"wrote {output}" + (f" and {plan_out}" if plan_out else ""))

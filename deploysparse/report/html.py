@@ -41,6 +41,7 @@ def render_html(report: Report | dict[str, Any]) -> str:
             _warnings(rep),
             _channels_section(rep),
             _latency_section(rep),
+            _layers_section(rep),
             _validation_section(rep),
             _pinned_section(rep),
             _plan_section(rep),
@@ -110,12 +111,19 @@ def _cards(rep: Report) -> str:
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
-def _speedup(rep: Report, batch: int) -> tuple[str, str] | None:
-    original, compact = rep.latency.original_at(batch), rep.latency.compact_at(batch)
+def _speedup(rep: Report, batch: int, flushed: bool = False) -> tuple[str, str] | None:
+    """Speed-up of the compact model over the original (`flushed`: over the original with its
+    denormal weights set to zero, which is what pruning alone bought)."""
+    at = rep.latency.original_flushed_at if flushed else rep.latency.original_at
+    original, compact = at(batch), rep.latency.compact_at(batch)
     if original is None or compact is None or compact.median_p50 == 0:
         return None
     ratio = original.median_p50 / compact.median_p50
-    return f"{ratio:.2f}×", f"p50 at batch {batch}: {original.median_p50:.3f} → {compact.median_p50:.3f} ms"
+    sub = f"p50 at batch {batch}: {original.median_p50:.3f} → {compact.median_p50:.3f} ms"
+    if not flushed and rep.latency.original_flushed_at(batch):
+        by_pruning = _speedup(rep, batch, flushed=True)
+        sub += f"; {by_pruning[0]} over the original with denormals flushed" if by_pruning else ""
+    return f"{ratio:.2f}×", sub
 
 
 def _si(value: float) -> str:
@@ -201,13 +209,20 @@ def _latency_section(rep: Report) -> str:
     charts = "".join(
         _latency_chart(b, rep.latency.original_at(b), rep.latency.compact_at(b)) for b in batches
     )
+    flushed = bool(rep.latency.original_flushed)
     rows = []
     for b in batches:
         original, compact = rep.latency.original_at(b), rep.latency.compact_at(b)
         speed = _speedup(rep, b)
+        cells = f"<td class='num'>{_e(speed[0]) if speed else '–'}</td>"
+        if flushed:
+            point = rep.latency.original_flushed_at(b)
+            honest = _speedup(rep, b, flushed=True)
+            cells += (
+                f"<td class='num'>{point.median_p50:.3f}</td>" if point else "<td class='num'>–</td>"
+            ) + f"<td class='num'>{_e(honest[0]) if honest else '–'}</td>"
         rows.append(
-            f"<tr><td class='num'>{b}</td>{_latency_cells(original)}{_latency_cells(compact)}"
-            f"<td class='num'>{_e(speed[0]) if speed else '–'}</td>"
+            f"<tr><td class='num'>{b}</td>{_latency_cells(original)}{_latency_cells(compact)}{cells}"
             f"<td>{_e(_spread(compact)) if compact else '–'}</td></tr>"
         )
     head = "".join(
@@ -216,16 +231,87 @@ def _latency_section(rep: Report) -> str:
             "batch",
             *(f"{w} {m}" for w in ("original", "compact") for m in ("p50", "p99", "per s")),
             "speed-up",
+            *(("original flushed p50", "speed-up vs flushed") if flushed else ()),
         )
+    )
+    note = (
+        " The original carries denormal float32 weights, which prune sets to zero: "
+        "<em>speed-up vs flushed</em> compares with the original with them flushed too, so it is "
+        "what pruning alone bought."
+        if flushed
+        else ""
     )
     return (
         '<section id="latency"><h2>Latency before and after</h2>'
         '<p class="hint">Bars: median over repeated runs of each run\'s p50 (ms); the dark tick marks p99. '
-        "Each batch size has its own scale.</p>"
+        f"Each batch size has its own scale.{note}</p>"
         + _legend((_ORIGINAL, "original"), (_COMPACT, "compact"))
         + f'<div class="charts">{charts}</div>'
         + f'<table id="latency-table"><tr>{head}<th>compact runs</th></tr>{"".join(rows)}</table></section>'
     )
+
+
+_LAYER_ROWS = 30
+_MODEL_NAMES = {
+    "original": "original",
+    "original_flushed": "original, denormals flushed",
+    "compact": "compact",
+}
+
+
+def _layers_section(rep: Report) -> str:
+    """Per-layer latency, original beside compact: which layers the pruning made faster."""
+    layers = rep.layers
+    if layers is None or not layers.rows:
+        return ""
+    models = [m for m in layers.models if m in _MODEL_NAMES]
+    base = "original_flushed" if "original_flushed" in models else "original"
+    rows = layers.rows[:_LAYER_ROWS]
+    totals = {m: sum(r.ms.get(m, 0.0) for r in layers.rows) for m in models}
+    head = "".join(f"<th class='num'>{_e(_MODEL_NAMES[m])} ms</th>" for m in models)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f"<td class='num'>{row.ms[m]:.3f}</td>" if m in row.ms else "<td class='num'>removed</td>"
+            for m in models
+        )
+        saved = row.ms.get(base, 0.0) - row.ms.get("compact", 0.0)
+        body.append(
+            f"<tr><td><code>{_e(_clip(row.node, 60))}</code></td><td>{_e(row.op)}</td>{cells}"
+            f"<td class='num'>{saved:+.3f}</td><td>{_layer_bars(row, base, rows)}</td></tr>"
+        )
+    total_cells = "".join(f"<td class='num'><b>{totals[m]:.3f}</b></td>" for m in models)
+    saved_total = totals.get(base, 0.0) - totals.get("compact", 0.0)
+    more = len(layers.rows) - len(rows)
+    return (
+        '<section id="layers"><h2>Where the time goes</h2>'
+        f'<p class="hint">ONNX Runtime profiler, batch {layers.batch}: median kernel time per run over '
+        f"{layers.runs} runs, the models run interleaved. One row per node of the model (a conv with the "
+        "BatchNormalization and activation ONNX Runtime fuses into it is one row; the layout reorders it "
+        f"inserts are pooled), slowest in the {_e(_MODEL_NAMES[base])} first; "
+        f"<em>saved</em> is {_e(_MODEL_NAMES[base])} minus compact.</p>"
+        + _legend((_ORIGINAL, _MODEL_NAMES[base]), (_COMPACT, "compact"))
+        + f'<table id="layers-table"><tr><th>node</th><th>op</th>{head}<th class="num">saved ms</th>'
+        f"<th></th></tr>{''.join(body)}"
+        f"<tr><td><b>all {len(layers.rows)} nodes</b></td><td></td>{total_cells}"
+        f"<td class='num'><b>{saved_total:+.3f}</b></td><td></td></tr></table>"
+        + (f'<p class="hint">{more} faster nodes not shown.</p>' if more > 0 else "")
+        + "</section>"
+    )
+
+
+def _layer_bars(row, base: str, rows) -> str:
+    """Two thin bars on the table's common scale: the reference original (grey) and the compact (blue)."""
+    width = 160
+    peak = max((max(r.ms.values(), default=0.0) for r in rows), default=0.0) or 1.0
+    parts = [f'<svg class="layer-bars" width="{width}" height="16" viewBox="0 0 {width} 16" role="img">']
+    for y, name, color in ((1, base, _ORIGINAL), (9, "compact", _COMPACT)):
+        if name in row.ms:
+            length = max(width * row.ms[name] / peak, 1.0)
+            parts.append(
+                f'<rect class="layer-{name}" x="0" y="{y}" width="{length:.1f}" height="6" fill="{color}"/>'
+            )
+    return "".join(parts) + "</svg>"
 
 
 def _latency_cells(point: LatencyPoint | None) -> str:

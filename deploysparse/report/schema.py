@@ -154,6 +154,9 @@ class LatencyPoint(_Strict):
 
 class Latency(_Strict):
     original: list[LatencyPoint] = []
+    # The original with its denormal float32 weights set to zero, timed only when it has any: the
+    # speed-up against it is what pruning did, the rest is what flushing did (see denormals.py).
+    original_flushed: list[LatencyPoint] = []
     compact: list[LatencyPoint]
 
     def compact_at(self, batch: int) -> LatencyPoint | None:
@@ -161,6 +164,26 @@ class Latency(_Strict):
 
     def original_at(self, batch: int) -> LatencyPoint | None:
         return next((p for p in self.original if p.batch == batch), None)
+
+    def original_flushed_at(self, batch: int) -> LatencyPoint | None:
+        return next((p for p in self.original_flushed if p.batch == batch), None)
+
+
+class LayerRow(_Strict):
+    """One node of ONNX Runtime's optimised graph: median kernel time per run in each model that has it."""
+
+    node: str
+    op: str = ""
+    ms: dict[str, Millis]  # "original", "original_flushed", "compact" -> ms; absent where removed
+
+
+class Layers(_Strict):
+    """Per-layer latency (ONNX Runtime profiler), the models run interleaved (see profiling.py)."""
+
+    batch: Annotated[int, Field(ge=1)]
+    runs: Annotated[int, Field(ge=1)]
+    models: list[str]
+    rows: list[LayerRow]
 
 
 class Timestamps(_Strict):
@@ -181,6 +204,7 @@ class Report(_Strict):
     plan: Plan
     validation: Validation
     latency: Latency
+    layers: Layers | None = None
     warnings: list[str] = []
     timestamps: Timestamps
     artifacts: dict[str, str] = {}  # file name in the output folder -> sha256

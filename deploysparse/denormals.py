@@ -1,0 +1,224 @@
+"""Denormal float32 weights: find them, flush them to zero, and measure what they cost on this CPU.
+
+Adam with coupled L2 drives the weights of filters it has given up on towards zero, and many stop in
+float32's subnormal range (|x| < 1.18e-38). x86 arithmetic on subnormal operands takes a slow
+microcode path, so a conv holding them can run several times slower than a neighbour of the same
+size; ONNX Runtime's `session.set_denormal_as_zero` does not help, because it sets the flush-to-zero
+mode for activations while the weights are already stored subnormal. Replacing them by zero changes
+every output by less than float32 can resolve next to any normal product, so `prune` and `build` do
+it by default (`--keep-denormals` opts out), and `analyze` says what they cost before anything else.
+Pruning is then credited only with what pruning did: reports time the flushed original too.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+_EXPONENT = np.uint32(0x7F800000)
+_MANTISSA = np.uint32(0x007FFFFF)
+
+
+@dataclass
+class DenormalCount:
+    """Denormal float32 values per weight tensor (only tensors that hold any)."""
+
+    tensors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.tensors.values())
+
+    def to_json(self) -> dict:
+        return {"total": self.total, "tensors": dict(self.tensors)}
+
+    def describe(self, limit: int = 4) -> str:
+        """'47,861 denormal float32 weights in 2 tensors (conv6.weight 34,680, conv5.weight 13,181)'."""
+        largest = sorted(self.tensors.items(), key=lambda item: -item[1])
+        shown = ", ".join(f"{name} {n:,}" for name, n in largest[:limit])
+        more = f", {len(largest) - limit} more" if len(largest) > limit else ""
+        plural = "s" if len(largest) != 1 else ""
+        return f"{self.total:,} denormal float32 weights in {len(largest)} tensor{plural} ({shown}{more})"
+
+
+def denormal_mask(values: np.ndarray) -> np.ndarray:
+    """True where a float32 array holds a subnormal number (zero exponent, non-zero mantissa)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return ((bits & _EXPONENT) == 0) & ((bits & _MANTISSA) != 0)
+
+
+def _weight_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """Every float32 tensor stored in the graph: initializers and Constant nodes' values."""
+    for tensor in model.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.FLOAT:
+            yield tensor.name, tensor
+    for node in model.graph.node:
+        if node.op_type != "Constant":
+            continue
+        for attr in node.attribute:
+            if attr.name == "value" and attr.t.data_type == onnx.TensorProto.FLOAT:
+                yield node.output[0], attr.t
+
+
+def _values(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """The tensor's values without a copy where the bytes are inline; None for unloaded external data."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    if tensor.HasField("raw_data"):
+        return np.frombuffer(tensor.raw_data, dtype="<f4")
+    return numpy_helper.to_array(tensor).reshape(-1)
+
+
+def count_denormals(model: onnx.ModelProto) -> DenormalCount:
+    """How many denormal float32 weights each tensor of `model` holds."""
+    found: dict[str, int] = {}
+    for name, tensor in _weight_tensors(model):
+        values = _values(tensor)
+        if values is None or not values.size:
+            continue
+        n = int(np.count_nonzero(denormal_mask(values)))
+        if n:
+            found[name] = n
+    return DenormalCount(found)
+
+
+def flush_denormals(model: onnx.ModelProto) -> DenormalCount:
+    """Set every denormal float32 weight of `model` to zero, in place; return what was flushed.
+
+    Only tensors that hold denormals are rewritten (as raw little-endian bytes), so a model without
+    any costs one vectorised pass over its weights and no copy.
+    """
+    flushed: dict[str, int] = {}
+    for name, tensor in _weight_tensors(model):
+        values = _values(tensor)
+        if values is None or not values.size:
+            continue
+        mask = denormal_mask(values)
+        n = int(np.count_nonzero(mask))
+        if not n:
+            continue
+        clean = values.astype("<f4", copy=True)
+        clean[mask] = 0.0
+        del tensor.float_data[:]
+        tensor.raw_data = clean.tobytes()
+        flushed[name] = n
+    return DenormalCount(flushed)
+
+
+def flushed_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, DenormalCount]:
+    """A copy of `model` with its denormal weights flushed; `model` itself is left as it is."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy, flush_denormals(copy)
+
+
+@dataclass
+class DenormalCost:
+    """Latency of the model as it is and with its denormal weights flushed, timed side by side."""
+
+    batch: int
+    as_is_ms: float
+    flushed_ms: float
+    runs: int
+
+    @property
+    def slowdown(self) -> float:
+        return self.as_is_ms / self.flushed_ms if self.flushed_ms else float("nan")
+
+    def to_json(self) -> dict:
+        return {
+            "batch": self.batch,
+            "as_is_ms": self.as_is_ms,
+            "flushed_ms": self.flushed_ms,
+            "slowdown": self.slowdown,
+            "runs": self.runs,
+        }
+
+
+def measure_cost(
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]],
+    rounds: int = 5,
+    iters: int = 5,
+    threads: int | None = None,
+    seed: int = 0,
+) -> DenormalCost:
+    """Time `model` as it is and flushed on ONNX Runtime CPU (all graph optimisations, as `bench`).
+
+    The two sessions run interleaved: `rounds` rounds of `iters` runs each, the order alternating
+    from round to round, so both see the same load on a shared machine; each figure is the median
+    of its runs. The batch is the analysed input shape's (usually 1).
+    """
+    flushed, _ = flushed_copy(model)
+    feeds = _random_feeds(model, input_shapes, seed)
+    sessions = [_cpu_session(model, threads), _cpu_session(flushed, threads)]
+    for sess in sessions:  # warm-up: allocation and kernel selection are not what is measured
+        sess.run(None, feeds)
+        sess.run(None, feeds)
+    times: list[list[float]] = [[], []]
+    for r in range(rounds):
+        order = (0, 1) if r % 2 == 0 else (1, 0)
+        for i in order:
+            for _ in range(iters):
+                start = time.perf_counter()
+                sessions[i].run(None, feeds)
+                times[i].append(time.perf_counter() - start)
+    batch = int(next(iter(input_shapes.values()))[0]) if input_shapes else 1
+    return DenormalCost(
+        batch=batch,
+        as_is_ms=statistics.median(times[0]) * 1e3,
+        flushed_ms=statistics.median(times[1]) * 1e3,
+        runs=rounds * iters,
+    )
+
+
+def _cpu_session(model: onnx.ModelProto, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _random_feeds(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int
+) -> dict[str, np.ndarray]:
+    """Standard-normal float inputs (small positive integers for integer inputs): never zeros."""
+    rng = np.random.default_rng(seed)
+    elem = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    feeds = {}
+    for name, shape in input_shapes.items():
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem.get(name, onnx.TensorProto.FLOAT)))
+        shape = [int(d) for d in shape]
+        if dtype.kind == "f":
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[name] = rng.integers(1, 10, size=shape).astype(dtype)
+    return feeds
+
+
+def flush_for_build(
+    model: onnx.ModelProto, onnx_path: str | os.PathLike[str], workdir: str | os.PathLike[str], keep: bool
+) -> tuple[Path, DenormalCount]:
+    """The file a backend builds from: `onnx_path` itself when there is nothing to flush (or `keep`),
+    else `model` (the backend's own loaded copy) flushed in place and written into `workdir`, with
+    external data if the original had it. The user's file is never touched."""
+    if keep:
+        return Path(onnx_path), DenormalCount()
+    flushed = flush_denormals(model)
+    if not flushed.total:
+        return Path(onnx_path), flushed
+    from deploysparse.modelio import save_model
+
+    return save_model(model, Path(workdir) / Path(onnx_path).name), flushed
