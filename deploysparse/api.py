@@ -7,6 +7,7 @@ deploysparse.modelio.save_model(result.model, "compact.onnx")
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,12 @@ def _require_layers(ga: GraphAnalysis, model: ModelLike) -> None:
         )
 
 
+def _check_dead_threshold(value: float) -> None:
+    """A negative or NaN threshold would silently find nothing (every comparison with NaN is false)."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise UsageError(f"--dead-threshold must be a finite number >= 0, got {value!r}")
+
+
 def load_feeds(calib: CalibLike, model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
     """Calibration data checked against the model's inputs (None when not given)."""
     if calib is None:
@@ -174,6 +181,7 @@ def analyze(
     When the model carries denormal float32 weights and `time_denormals` is on, the model is also
     timed as it is and flushed, side by side on ONNX Runtime CPU, to say what they cost here.
     """
+    _check_dead_threshold(dead_threshold)
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
     ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=proto is model)
@@ -244,6 +252,7 @@ def prune(
     in the compact model are set to zero (`denormals_flushed` in the summary) unless
     `keep_denormals`: an output change below float32's resolution that x86 CPUs can be slow on.
     """
+    _check_dead_threshold(dead_threshold)
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
     original = proto if proto is model else None  # a caller's ModelProto stays untouched

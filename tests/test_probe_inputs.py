@@ -202,6 +202,10 @@ BAD: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "--dead-threshold negative": (lambda w: _prune(w, "--dead-threshold", "-1"), ("--dead-threshold",)),
     "--dead-threshold NaN": (lambda w: _prune(w, "--dead-threshold", "nan"), ("--dead-threshold",)),
     "--dead-threshold inf": (lambda w: _prune(w, "--dead-threshold", "inf"), ("--dead-threshold",)),
+    "analyze --dead-threshold NaN": (
+        lambda w: ["analyze", w.model, "--dead-threshold", "nan"],
+        ("--dead-threshold",),
+    ),
     "--round-to 0 with dead": (lambda w: _prune(w, "--round-to", "0"), ("--round-to",)),
     "--ratio with dead": (lambda w: _prune(w, "--ratio", "0.5"), ("--ratio",)),
     "--criterion unknown": (lambda w: _prune(w, "--criterion", "magic"), ("magic",)),
@@ -585,10 +589,10 @@ def test_one_parser_for_every_shape_option() -> None:
 
 
 def test_old_opset_models_prune_exactly(cli, ws: Workspace) -> None:
-    """Opset 11 and 13 models are valid before and after surgery (the checker ran on them)."""
+    """Opset 9, 11 and 13 models are valid before and after surgery (the checker ran on them)."""
     import onnxruntime as ort
 
-    for opset in (11, 13):
+    for opset in (9, 11, 13):
         path = ws.root / f"op{opset}.onnx"
         onnx.save(dead_convnet(opset=opset), str(path))
         out = ws.root / f"op{opset}-compact.onnx"
