@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 from deploysparse import api
 from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
@@ -67,18 +69,10 @@ def run_recipe(
     started = datetime.now(timezone.utc)
     staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.staging-", dir=outdir.parent))
     try:
-        report = _run(recipe, inputs, staging, started)
         for name, source in (extra_files or {}).items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / name)
-        report["artifacts"] = {
-            p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
-        }
-        report["artifact_data"] = {  # model -> the external data files it reads
-            p.relative_to(staging).as_posix(): [d.relative_to(staging).as_posix() for d in data]
-            for p in sorted(staging.rglob("*.onnx"))
-            if (data := external_data_files(p))
-        }
+        report = _run(recipe, inputs, staging, started)  # its artifact hashes: every staged file
         try:
             write_report(report, staging)
         except ReportError as exc:  # our own report breaking our own schema is a bug, not bad input
@@ -116,7 +110,6 @@ def _refuse_unsafe_outdir(recipe: Recipe, inputs: RunInputs, outdir: Path) -> No
 
 def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) -> dict:
     source = _resolve_source(inputs, staging)
-    original = load_model(source)
     calib = inputs.calib or (str(recipe.calibration_path()) if recipe.calibration_path() else None)
     if calib is None and recipe.build.precision == "int8":
         raise UsageError("INT8 needs calibration data: give --calib or `build.calibration` in the recipe")
@@ -125,11 +118,36 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
         raise UsageError("validation needs data: give --data (or --calib) with inputs the model accepts")
 
     with progress("prune"):
-        result = _prune(recipe, source, calib)
-    compact_path = staging / "compact.onnx"
-    save_model(result.model, compact_path)
-    result.plan.save(staging / "plan.json", result.graph)
+        result = prune_with_recipe(recipe, source, calib)
+    compact_path = save_compact(result, staging)
+    built, validation = build_and_validate(recipe, source, compact_path, staging, calib, data, inputs.labels)
+    latency, layers = measure_speed(recipe, source, built.artifact, compact_path)
+    return assemble_report(
+        recipe, inputs.model, source, result, built, validation, latency, started, staging, layers
+    )
 
+
+# The steps of one run, public so that a sweep (deploysparse.sweep) runs each point with the same code.
+
+
+def save_compact(result: api.PruneResult, staging: Path, model=None) -> Path:
+    """Write compact.onnx (the pruned model, or `model` when given: e.g. a fine-tuned re-export) and plan.json."""
+    compact_path = staging / "compact.onnx"
+    save_model(result.model if model is None else model, compact_path)
+    result.plan.save(staging / "plan.json", result.graph)
+    return compact_path
+
+
+def build_and_validate(
+    recipe: Recipe,
+    source: str,
+    compact_path: Path,
+    staging: Path,
+    calib: str | None,
+    data: str,
+    labels: str | np.ndarray | None,
+):
+    """Build the compact model for the recipe's backend and compare it with the original on `data`."""
     backend = get_backend(recipe.build.backend)
     with progress(f"build ({recipe.build.backend}, {recipe.build.precision})"):
         built = backend.build(
@@ -137,7 +155,7 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
             staging / "build",
             precision=recipe.build.precision,
             calib=calib,
-            shapes=_shapes(recipe, original),
+            shapes=_shapes(recipe, load_model(source)),
             workspace_mb=recipe.build.workspace_mb,
         )
     _relative_metadata(built.files, staging)
@@ -147,7 +165,7 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
             source,
             built.artifact,
             data,
-            labels=inputs.labels,
+            labels=labels,
             backend=recipe.build.backend,
             atol=v.atol,
             rtol=v.rtol,
@@ -157,17 +175,52 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
             precision=recipe.build.precision,
         )
     validation.compact = built.artifact.relative_to(staging).as_posix()
-    validation.original = inputs.model
+    return built, validation
+
+
+def measure_speed(
+    recipe: Recipe, original: str, artifact: str | Path, compact_onnx: Path | None = None
+) -> tuple[dict, dict | None]:
+    """Latency of the original (and its denormal-flushed copy) and the compact artifact, interleaved;
+    with `compact_onnx`, the per-layer profile too (ONNX Runtime recipes; None otherwise)."""
     with tempfile.TemporaryDirectory(prefix="deploysparse-flushed-") as work:
-        flushed_original = _flushed_original(original, Path(work))
-        latency = _latency(recipe, source, built.artifact, flushed_original)
-        layers = _layers(recipe, source, compact_path, flushed_original)
+        flushed_original = _flushed_original(load_model(original), Path(work))
+        latency = _latency(recipe, original, Path(artifact), flushed_original)
+        layers = None
+        if compact_onnx is not None:
+            layers = _layers(recipe, original, compact_onnx, flushed_original)
+    return latency, layers
+
+
+def assemble_report(
+    recipe: Recipe,
+    model_label: str,
+    source: str,
+    result: api.PruneResult,
+    built,
+    validation,
+    latency: dict,
+    started: datetime,
+    staging: Path,
+    layers: dict | None = None,
+) -> dict:
+    """The report.json dict of one run, with the sha256 of every file in `staging`."""
+    original = load_model(source)
     finished = datetime.now(timezone.utc)
-    report = _report(recipe, inputs, source, original, result, built, validation, latency, started, finished)
+    validation.original = model_label
+    report = _report(recipe, model_label, source, result, built, validation, latency, started, finished)
     report["layers"] = layers
     report["extra"]["denormals"] = {
         "original": count_denormals(original).to_json(),
         "flushed_by_prune": result.summary.get("denormals_flushed"),
+    }
+    report["artifacts"] = {
+        p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
+    }
+    report["artifact_data"] = {  # model -> the external data files it reads
+        p.relative_to(staging).as_posix(): [d.relative_to(staging).as_posix() for d in data]
+        for p in sorted(staging.rglob("*.onnx"))
+        if (data := external_data_files(p))
     }
     return report
 
@@ -199,7 +252,8 @@ def _resolve_source(inputs: RunInputs, staging: Path) -> str:
     return str(resolved.onnx_path)
 
 
-def _prune(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
+def prune_with_recipe(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
+    """The recipe's `prune` section applied to `source`: dead filters, then one ranking criterion."""
     p = recipe.prune
     ranking = [c for c in p.criterion if c != "dead"]
     if len(ranking) > 1:
@@ -308,12 +362,12 @@ def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None 
     return out
 
 
-def _report(recipe, inputs, source, original, result, built, validation, latency, started, finished) -> dict:
+def _report(recipe, model_label, source, result, built, validation, latency, started, finished) -> dict:
     s = result.summary
     groups = s["groups"]
     return {
         "model": {
-            "path": inputs.model,
+            "path": model_label,
             "sha256": _sha256(Path(source)),
             "inputs": {name: [int(d) for d in dims] for name, dims in result.graph.input_shapes.items()},
         },

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "check": "check",
     "run": "run",
+    "sweep": "sweep",
     "demo": "demo",
     "advise-depth": "advise_depth",
 }
