@@ -7,6 +7,7 @@ deploysparse.modelio.save_model(result.model, "compact.onnx")
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,12 @@ def _require_layers(ga: GraphAnalysis, model: ModelLike) -> None:
         )
 
 
+def _check_dead_threshold(value: float) -> None:
+    """A negative or NaN threshold would silently find nothing (every comparison with NaN is false)."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise UsageError(f"--dead-threshold must be a finite number >= 0, got {value!r}")
+
+
 def load_feeds(calib: CalibLike, model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
     """Calibration data checked against the model's inputs (None when not given)."""
     if calib is None:
@@ -123,11 +130,40 @@ def _shapes_from(
     given: Mapping[str, Sequence[int]] | None,
     model: onnx.ModelProto,
 ):
-    """Shapes for the analysis: given ones (a nameless one is the only input's), else the data's."""
+    """Shapes for the analysis: given ones (a nameless one is the only input's), else the data's.
+
+    A given shape must name a real input and have its rank: a typo would otherwise be ignored and
+    the analysis run at another shape than the user asked for."""
     if given:
-        given = dict(given)
+        from deploysparse.calibration import model_input_specs
+
+        specs = {spec.name: spec for spec in model_input_specs(model)}
+        given = {name: list(dims) for name, dims in given.items()}
         if "" in given:
-            given[model.graph.input[0].name] = given.pop("")
+            if len(specs) != 1:
+                raise UsageError(
+                    f"--input-shape without an input name, but the model has inputs {', '.join(specs)}; "
+                    "write NAME:1,3,32,32"
+                )
+            given[next(iter(specs))] = given.pop("")
+        for name, dims in given.items():
+            if name not in specs:
+                raise UsageError(
+                    f"--input-shape names '{name}', but the model's inputs are {', '.join(specs) or 'none'}"
+                )
+            rank = len(specs[name].shape)
+            if rank and len(dims) != rank:
+                raise UsageError(
+                    f"--input-shape {name}: {len(dims)} sizes given, but the input has rank {rank} "
+                    f"{specs[name].shape_text()}"
+                )
+            if any(
+                isinstance(want, int) and want != got
+                for want, got in zip(specs[name].shape[1:], dims[1:], strict=False)
+            ):
+                raise UsageError(
+                    f"--input-shape {name}: {dims} does not fit the input's static shape {specs[name].shape_text()}"
+                )
         return given
     if feeds:
         return {name: [1, *arr.shape[1:]] for name, arr in feeds.items()}
@@ -147,6 +183,7 @@ def analyze(
     When the model carries denormal float32 weights and `time_denormals` is on, the model is also
     timed as it is and flushed, side by side on ONNX Runtime CPU, to say what they cost here.
     """
+    _check_dead_threshold(dead_threshold)
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
     ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=proto is model)
@@ -217,6 +254,7 @@ def prune(
     in the compact model are set to zero (`denormals_flushed` in the summary) unless
     `keep_denormals`: an output change below float32's resolution that x86 CPUs can be slow on.
     """
+    _check_dead_threshold(dead_threshold)
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
     original = proto if proto is model else None  # a caller's ModelProto stays untouched

@@ -158,8 +158,23 @@ def _check_against_specs(
         if arr.shape[0] == 0:
             raise CalibrationError(f"{origin}: input '{spec.name}' holds no samples")
         feeds[spec.name] = _cast(arr, spec, origin)
+        _check_finite(feeds[spec.name], spec.name, origin)
     sample_count(feeds)
     return feeds
+
+
+def _check_finite(arr: np.ndarray, name: str, origin: str) -> None:
+    """NaN or Inf in the data would make every statistic NaN (a dead channel then looks alive and
+    a ranking is noise): refuse it, saying where the first one is."""
+    if arr.dtype.kind not in "fc":
+        return
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        raise CalibrationError(
+            f"{origin}: input '{name}' holds {bad.shape[0]} NaN or Inf values (the first in sample "
+            f"{int(bad[0][0])}); clean the data first"
+        )
 
 
 def _cast(arr: np.ndarray, spec: InputSpec, origin: str) -> np.ndarray:

@@ -58,19 +58,48 @@ def _read_preprocess(folder: Path) -> Preprocess:
             height, width = (
                 int(v) for v in (size if isinstance(size, list) else str(size).lower().split("x"))
             )
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise CalibrationError(f"{spec_path}: resize must be HxW (e.g. 32x32), got {size!r}") from exc
+        if height <= 0 or width <= 0:
+            raise CalibrationError(f"{spec_path}: resize must be positive sizes HxW, got {size!r}")
         size = (height, width)
+    mean = _numbers(spec_path, "mean", spec.get("mean", [0.0]))
+    std = _numbers(spec_path, "std", spec.get("std", [1.0]))
+    if any(v == 0 for v in std):
+        raise CalibrationError(f"{spec_path}: std must not be 0 (every pixel is divided by it)")
+    (scale,) = _numbers(spec_path, "scale", spec.get("scale", 1 / 255))
+    try:
+        dtype = np.dtype(spec.get("dtype", "float32"))
+    except TypeError as exc:
+        raise CalibrationError(f"{spec_path}: dtype {spec.get('dtype')!r} is not a numpy dtype") from exc
+    if dtype.kind != "f":
+        raise CalibrationError(f"{spec_path}: dtype must be a float type (float32, float16), got {dtype}")
+    name = spec.get("input")
+    if name is not None and not isinstance(name, str):
+        raise CalibrationError(f"{spec_path}: input must be an input name, got {name!r}")
+    grayscale = spec.get("grayscale", False)
+    if not isinstance(grayscale, bool):
+        raise CalibrationError(f"{spec_path}: grayscale must be true or false, got {grayscale!r}")
     return Preprocess(
-        input=spec.get("input"),
+        input=name,
         size=size,
-        mean=tuple(float(v) for v in _as_list(spec.get("mean", [0.0]))),
-        std=tuple(float(v) for v in _as_list(spec.get("std", [1.0]))),
-        scale=float(spec.get("scale", 1 / 255)),
+        mean=mean,
+        std=std,
+        scale=scale,
         layout=layout,
-        dtype=np.dtype(spec.get("dtype", "float32")),
-        grayscale=bool(spec.get("grayscale", False)),
+        dtype=dtype,
+        grayscale=grayscale,
     )
+
+
+def _numbers(spec_path: Path, key: str, value: object) -> tuple[float, ...]:
+    """A number or a list of numbers, all finite."""
+    values = _as_list(value)
+    if not values or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in values
+    ):
+        raise CalibrationError(f"{spec_path}: {key} must be a finite number or a list of them, got {value!r}")
+    return tuple(float(v) for v in values)
 
 
 def _as_list(value: object) -> list:
@@ -134,7 +163,15 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
 
 def _read_png(path: Path) -> np.ndarray:
-    """Decode an 8-bit, non-interlaced PNG into HxWxC uint8 (Pillow is not a dependency)."""
+    """Decode an 8-bit, non-interlaced PNG into HxWxC uint8 (Pillow is not a dependency); a
+    truncated or corrupt file is a CalibrationError naming it."""
+    try:
+        return _decode_png(path)
+    except (struct.error, zlib.error, ValueError, IndexError) as exc:
+        raise CalibrationError(f"{path}: truncated or corrupt PNG ({exc})") from exc
+
+
+def _decode_png(path: Path) -> np.ndarray:
     data = path.read_bytes()
     if not data.startswith(_PNG_SIGNATURE):
         raise CalibrationError(f"{path}: not a PNG file")

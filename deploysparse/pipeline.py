@@ -1,18 +1,25 @@
 """`deploysparse run`: the whole pipeline a recipe describes, into one output folder.
 
 prune -> build -> validate -> bench (original and compact, repeated) -> report.json + report.html.
-Everything is written into a staging folder first and moved into OUTDIR at the end, report.json
-last: a run that fails or is killed half-way leaves the previous artifacts as they were, and a
-report.json in OUTDIR always describes the files beside it.
+Everything is written into a staging folder beside OUTDIR, the report last (its artifact hashes
+read from the staged files, which are the published files), and the staging folder then becomes
+OUTDIR in one step (`atomic.replace_folder`): a run that fails or is killed at any point leaves the
+previous OUTDIR as it was, and a report.json in OUTDIR always describes the files beside it. Paths
+inside the folder are written relative to it, so a copied or moved output folder still loads.
+
+OUTDIR is replaced as a whole, so it may not hold an input, and an existing OUTDIR must be empty or
+a previous run's output (it has a report.json): a folder of other files is never swept away.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -21,15 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from deploysparse import api
+from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
 from deploysparse.denormals import count_denormals, flushed_copy
 from deploysparse.errors import UsageError
 from deploysparse.modelio import external_data_files, load_model, save_model
+from deploysparse.output_guard import reads, refuse_overlap, writes
 from deploysparse.profiling import profile_side_by_side, side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
-from deploysparse.report import write_report
+from deploysparse.report import ReportError, write_report
 from deploysparse.validate import validate
 
 
@@ -45,18 +54,58 @@ class RunInputs:
     input_shape: list[int] | None = None
 
 
-def run_recipe(recipe: Recipe, inputs: RunInputs, outdir: str | os.PathLike[str]) -> dict:
-    """Run every step of `recipe` on `inputs.model`; return the report written to OUTDIR."""
+def run_recipe(
+    recipe: Recipe,
+    inputs: RunInputs,
+    outdir: str | os.PathLike[str],
+    extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
+) -> dict:
+    """Run every step of `recipe` on `inputs.model`; return the report written to OUTDIR.
+
+    extra_files: name in OUTDIR -> file to copy there (published with the rest, e.g. demo data)."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    _refuse_unsafe_outdir(recipe, inputs, outdir)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=outdir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.staging-", dir=outdir.parent))
     try:
-        report = _run(recipe, inputs, staging, started)
-        _publish(staging, outdir)
+        for name, source in (extra_files or {}).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / name)
+        report = _run(recipe, inputs, staging, started)  # its artifact hashes: every staged file
+        try:
+            write_report(report, staging)
+        except ReportError as exc:  # our own report breaking our own schema is a bug, not bad input
+            raise RuntimeError(f"the run's report does not fit the report schema ({exc})") from exc
+        replace_folder(staging, outdir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _refuse_unsafe_outdir(recipe: Recipe, inputs: RunInputs, outdir: Path) -> None:
+    model = inputs.model if Path(inputs.model).exists() else None
+    refuse_overlap(
+        writes("-o", outdir, "folder"),
+        [
+            *reads("--model", model, "model"),
+            *reads("--calib", inputs.calib),
+            *reads("--data", inputs.data),
+            *reads("--labels", inputs.labels),
+            *reads("--weights", inputs.weights),
+            *reads("the recipe", recipe.source),
+            *reads("the recipe's calibration", recipe.calibration_path()),
+        ],
+    )
+    if inputs.labels is not None:
+        from deploysparse.validate import load_labels
+
+        load_labels(inputs.labels)
+    if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / "report.json").is_file():
+        raise UsageError(
+            f"-o {outdir}: the folder holds files but no report.json, so it is not the output of an "
+            "earlier run; the output folder is replaced as a whole: give a new or empty folder"
+        )
 
 
 def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) -> dict:
@@ -71,14 +120,11 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
     with progress("prune"):
         result = prune_with_recipe(recipe, source, calib)
     compact_path = save_compact(result, staging)
-    labels = np.load(inputs.labels) if inputs.labels else None
-    built, validation = build_and_validate(recipe, source, compact_path, staging, calib, data, labels)
+    built, validation = build_and_validate(recipe, source, compact_path, staging, calib, data, inputs.labels)
     latency, layers = measure_speed(recipe, source, built.artifact, compact_path)
-    report = assemble_report(
+    return assemble_report(
         recipe, inputs.model, source, result, built, validation, latency, started, staging, layers
     )
-    write_report(report, staging)
-    return report
 
 
 # The steps of one run, public so that a sweep (deploysparse.sweep) runs each point with the same code.
@@ -99,7 +145,7 @@ def build_and_validate(
     staging: Path,
     calib: str | None,
     data: str,
-    labels: np.ndarray | None,
+    labels: str | np.ndarray | None,
 ):
     """Build the compact model for the recipe's backend and compare it with the original on `data`."""
     backend = get_backend(recipe.build.backend)
@@ -112,6 +158,7 @@ def build_and_validate(
             shapes=_shapes(recipe, load_model(source)),
             workspace_mb=recipe.build.workspace_mb,
         )
+    _relative_metadata(built.files, staging)
     v = recipe.validate_
     with progress("validate"):
         validation = validate(
@@ -125,7 +172,9 @@ def build_and_validate(
             min_cosine=v.min_cosine,
             min_top1=v.min_top1_agreement,
             max_accuracy_drop=v.max_accuracy_drop,
+            precision=recipe.build.precision,
         )
+    validation.compact = built.artifact.relative_to(staging).as_posix()
     return built, validation
 
 
@@ -158,6 +207,7 @@ def assemble_report(
     """The report.json dict of one run, with the sha256 of every file in `staging`."""
     original = load_model(source)
     finished = datetime.now(timezone.utc)
+    validation.original = model_label
     report = _report(recipe, model_label, source, result, built, validation, latency, started, finished)
     report["layers"] = layers
     report["extra"]["denormals"] = {
@@ -165,14 +215,30 @@ def assemble_report(
         "flushed_by_prune": result.summary.get("denormals_flushed"),
     }
     report["artifacts"] = {
-        str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
+        p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
     }
-    report["artifact_data"] = {
-        str(p.relative_to(staging)): [str(d.relative_to(staging)) for d in external_data_files(p)]
+    report["artifact_data"] = {  # model -> the external data files it reads
+        p.relative_to(staging).as_posix(): [d.relative_to(staging).as_posix() for d in data]
         for p in sorted(staging.rglob("*.onnx"))
-        if external_data_files(p)
+        if (data := external_data_files(p))
     }
     return report
+
+
+def _relative_metadata(files: list[Path], staging: Path) -> None:
+    """Build metadata names the model it was built from; inside the staging folder that path is
+    rewritten relative to the metadata file, so it stays right once the folder is published."""
+    for path in files:
+        if path.suffix != ".json" or not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        changed = False
+        for key, value in data.items():
+            if isinstance(value, str) and value.startswith(str(staging)):
+                data[key] = os.path.relpath(value, path.parent)
+                changed = True
+        if changed:
+            write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _resolve_source(inputs: RunInputs, staging: Path) -> str:
@@ -361,12 +427,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _publish(staging: Path, outdir: Path) -> None:
-    """Move every staged file into OUTDIR with an atomic rename, report.json last."""
-    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "report.json")
-    for path in files:
-        target = outdir / path.relative_to(staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)

@@ -67,6 +67,10 @@ class PruneSettings(_Section):
             raise ValueError("give either ratio or flops_target, not both")
         if not self.criterion:
             raise ValueError("criterion needs at least one of " + ", ".join(CRITERIA))
+        if set(self.criterion) == {"dead"} and (self.ratio is not None or self.flops_target is not None):
+            raise ValueError(
+                "ratio/flops_target need a ranking criterion after dead (l1, l2, bn-scale, pfp, similarity)"
+            )
         return self
 
 

@@ -63,12 +63,16 @@ CALIBRATION_BATCH = 32
 
 
 def _ort():
+    """onnxruntime, with its default logger at ERROR: its coloured warning lines (unused
+    initializers, fused nodes) are not ours to print. A broken install is told apart from a missing one."""
     try:
         import onnxruntime
     except ImportError as exc:
-        raise BackendError(
-            "ONNX Runtime is not installed: pip install 'deploysparse[cpu]' (or [gpu] for onnxruntime-gpu)"
-        ) from exc
+        if exc.name == "onnxruntime":
+            raise BackendError(
+                "ONNX Runtime is not installed: pip install 'deploysparse[cpu]' (or [gpu] for onnxruntime-gpu)"
+            ) from exc
+        raise BackendError(f"ONNX Runtime is installed but cannot be imported ({exc})") from exc
     onnxruntime.set_default_logger_severity(3)
     return onnxruntime
 
@@ -263,6 +267,7 @@ class OnnxRuntimeBackend(Backend):
 
 def _quantize_qdq(source: Path, specs: list[InputSpec], feeds: dict[str, np.ndarray], target: Path) -> Path:
     """Static QDQ quantisation: symmetric int8 (zero point 0, as TensorRT requires), per-channel weights."""
+    _ort()  # quieten ONNX Runtime's logger before quantisation opens its sessions
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,

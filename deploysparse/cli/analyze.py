@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from deploysparse.cli.options import echo_json, parse_input_shapes
+from deploysparse.cli.options import FINITE_NON_NEGATIVE, echo_json, parse_input_shapes
 
 
 @click.command("analyze")
@@ -15,7 +15,7 @@ from deploysparse.cli.options import echo_json, parse_input_shapes
 @click.option("--input-shape", "input_shape", multiple=True, help="NAME:1x3x32x32 or 1,3,32,32.")
 @click.option(
     "--dead-threshold",
-    type=float,
+    type=FINITE_NON_NEGATIVE,
     default=1e-3,
     show_default=True,
     help="Also count filters this small (relative norm, or |BN scale|) as dead.",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 
 import click
 from rich.console import Console
 
-from deploysparse.cli.options import echo_json, parse_input_shapes
+from deploysparse.cli.options import FINITE_NON_NEGATIVE, echo_json, parse_input_shapes
 from deploysparse.errors import UsageError
 
 
@@ -31,7 +32,7 @@ from deploysparse.errors import UsageError
 )
 @click.option(
     "--round-to",
-    type=int,
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Keep channel counts a multiple of N (8 suits FP16 tensor cores).",
@@ -39,7 +40,7 @@ from deploysparse.errors import UsageError
 @click.option("--protect", multiple=True, help="Group id or producer node name to leave alone (repeatable).")
 @click.option(
     "--dead-threshold",
-    type=float,
+    type=FINITE_NON_NEGATIVE,
     default=1e-3,
     show_default=True,
     help="Also remove filters this small (relative norm, or |BN scale|); not exact, measured.",
@@ -73,15 +74,21 @@ def command(
 ) -> None:
     """Prune MODEL (.onnx or package.module:factory) and write the compact ONNX to OUTPUT."""
     from deploysparse import api
-    from deploysparse.modelio import check_output_path
+    from deploysparse.output_guard import reads, refuse_overlap, writes
 
     if criterion != "dead":  # an unknown name fails before a model is exported or loaded
         from deploysparse.criteria import get_criterion
 
         get_criterion(criterion)
-    check_output_path(output, model if model.endswith(".onnx") else None, calib, plan_in)
-    if plan_out:
-        check_output_path(plan_out, model if model.endswith(".onnx") else None, output)
+    refuse_overlap(
+        [*writes("-o", output, "model"), *writes("--plan-out", plan_out)],
+        [
+            *reads("the input model", model if Path(model).exists() else None, "model"),
+            *reads("--calib", calib),
+            *reads("--plan", plan_in),
+            *reads("--weights", weights),
+        ],
+    )
     shapes = parse_input_shapes(input_shape)
     budget = {
         "ratio": ratio,
@@ -147,7 +154,12 @@ def _resolve(model: str, weights: str | None, shapes, workdir: str, calib: str |
     if calib and calib.endswith(".npy"):
         import numpy as np
 
-        calib_shape = (1, *np.load(calib, mmap_mode="r").shape[1:])
+        from deploysparse.errors import CalibrationError
+
+        try:
+            calib_shape = (1, *np.load(calib, mmap_mode="r").shape[1:])
+        except (OSError, ValueError) as exc:
+            raise CalibrationError(f"{calib}: not a readable .npy array ({exc})") from exc
     shape = next(iter(shapes.values())) if shapes else None
     resolved = resolve_model(
         model, weights=weights, input_shape=shape, workdir=workdir, calib_shape=calib_shape
