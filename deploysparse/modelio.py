@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import numpy_helper
 
 from deploysparse.atomic import atomic_path
-from deploysparse.errors import ModelLoadError, UsageError
+from deploysparse.errors import ModelLoadError
 
 # Above this size a model cannot be one protobuf message: its weights must live in an external file.
 # A module constant so tests can push small models down the external-data path.
@@ -109,14 +109,6 @@ def _strip_private_metadata(model: onnx.ModelProto) -> None:
     keep = [p for p in model.metadata_props if not p.key.startswith(_PRIVATE)]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
-
-
-def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> None:
-    """Refuse an output path that is one of the inputs: the input model is never overwritten."""
-    out = Path(output).resolve()
-    for inp in inputs:
-        if inp is not None and Path(inp).resolve() == out:
-            raise UsageError(f"output path {output} is the input model; choose another file name")
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deploysparse.recipe import Recipe
@@ -109,6 +110,21 @@ def test_cli_names_a_missing_data_file(tmp_path: Path, cli, exported) -> None:
     result = cli("sweep", path, "-o", tmp_path / "out")
     assert result.code == 2
     assert "data.calib" in result.err and "missing.npy: no such file" in result.err
+
+
+def test_output_folder_holding_an_input_is_refused(tmp_path: Path, cli, exported) -> None:
+    """The sweep writes into OUTDIR: a model, data file or the sweep file inside it is refused up front."""
+    out = tmp_path / "out"
+    out.mkdir()
+    model = exported("resnet_basic")
+    np.save(out / "calib.npy", np.ones((4, 3, 16, 16), np.float32))
+    before = (out / "calib.npy").read_bytes()
+    path = write(tmp_path, f"models: [{model}]\ndata: {{calib: out/calib.npy}}\n")
+    result = cli("sweep", path, "-o", out)
+    assert result.code == 2 and "holds data.calib" in result.err, result.err
+    assert (
+        sorted(p.name for p in out.iterdir()) == ["calib.npy"] and (out / "calib.npy").read_bytes() == before
+    )
 
 
 def test_search_algorithm_without_ray_is_refused(tmp_path: Path, cli) -> None:

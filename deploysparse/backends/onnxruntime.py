@@ -36,13 +36,13 @@ from deploysparse.calibration import InputSpec, batches, load_calibration, model
 from deploysparse.denormals import DenormalCount, flush_denormals
 from deploysparse.errors import BackendError, CalibrationError, UsageError
 from deploysparse.modelio import (
-    check_output_path,
     external_data_files,
     load_model,
     loaded_with_external_data,
     needs_external_data,
     save_model,
 )
+from deploysparse.output_guard import reads, refuse_overlap, writes
 
 # Preference order when the user does not choose: a GPU provider when the installed wheel has one.
 # The TensorRT execution provider is used only on request: its first run builds an engine (minutes).
@@ -175,8 +175,13 @@ class OnnxRuntimeBackend(Backend):
             )
         artifact = out_dir / "model.optimized.onnx"
         converted = out_dir / f"model.{precision}.onnx"
-        check_output_path(artifact, onnx_path)
-        check_output_path(converted, onnx_path)
+        refuse_overlap(
+            [
+                *writes("the optimised model", artifact, "model"),
+                *writes("the converted model", converted, "model"),
+            ],
+            reads("the input model", onnx_path, "model"),
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
 
         files: list[Path] = []

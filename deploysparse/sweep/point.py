@@ -13,8 +13,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from deploysparse.errors import DeploysparseError
 from deploysparse.modelio import load_model
 from deploysparse.pipeline import (
@@ -26,6 +24,7 @@ from deploysparse.pipeline import (
 )
 from deploysparse.recipe import Recipe
 from deploysparse.report import write_report
+from deploysparse.validate import load_labels
 
 # (recipe, original model path, compact artifact path) -> (latency section of report.json, device)
 MeasureLatency = Callable[[Recipe, str, Path], tuple[dict, str]]
@@ -68,7 +67,7 @@ def run_point(job: PointJob, staging: Path, measure: MeasureLatency = measure_he
     result = prune_with_recipe(recipe, job.source, job.calib)
     compact_model = _finetuned(job, result, staging) if job.finetune is not None else None
     compact_path = save_compact(result, staging, compact_model)
-    labels = np.load(job.labels) if job.labels else None
+    labels = load_labels(job.labels) if job.labels else None
     built, validation = build_and_validate(
         recipe, job.source, compact_path, staging, job.calib, job.data, labels
     )

@@ -17,7 +17,8 @@ from typing import Any
 
 from deploysparse.atomic import write_text
 from deploysparse.errors import DeploysparseError, UsageError
-from deploysparse.sweep.config import Sweep, grid_settings
+from deploysparse.output_guard import Item, reads, refuse_overlap, writes
+from deploysparse.sweep.config import Sweep, grid_settings, is_entry_point
 from deploysparse.sweep.html import write_sweep_html
 from deploysparse.sweep.inputs import prepare_inputs
 from deploysparse.sweep.jobs import failed_row, make_job
@@ -60,6 +61,7 @@ def run_sweep(
         )
     if ray_address is not None:
         _ray_runner()  # Ray missing: say so before any export
+    refuse_overlap(writes("-o", outdir, "folder"), _files_read(sweep))
     outdir.mkdir(parents=True, exist_ok=True)
     store = ResultStore(outdir)
     store.clean_staging()
@@ -135,3 +137,19 @@ def _write_sweep_json(sweep: Sweep, outdir: Path) -> None:
         "base_recipe": sweep.base_recipe.to_report(),
     }
     write_text(outdir / "sweep.json", json.dumps(data, indent=1) + "\n")
+
+
+def _files_read(sweep: Sweep) -> list[Item]:
+    """Every user file the sweep reads (the sweep file, model files with their data, weights, data):
+    none may lie in the output folder, which the sweep writes into."""
+    items = reads("the sweep file", sweep.source)
+    for entry in sweep.models:
+        model, weights = (entry, None) if isinstance(entry, str) else (entry.model, entry.weights)
+        if not is_entry_point(model):
+            items += reads("a sweep model", sweep.resolve(model), "model")
+        items += reads("its weights", sweep.resolve(weights))
+    for key in ("calib", "val", "labels"):
+        text = getattr(sweep.data, key)
+        if text is not None and not is_entry_point(text):
+            items += reads(f"data.{key}", sweep.resolve(text))
+    return items
