@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	# torch 2.13.0 first: its CPU wheel lies on disk here; the pin in pyproject then installs nothing more.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,torch,dev]'
+	$(BIN)/pip install -q -e '.[cpu,torch,dev,scale]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -44,7 +44,7 @@ from deploysparse.criteria import CRITERIA, CriterionContext, plan_with
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.modelio import load_model
-from deploysparse.stats import session
+from deploysparse.ort_intermediates import session
 from deploysparse.torch import apply_plan
 from deploysparse.zoo.digits import digits_model, load_digits_data, validation_set
 from deploysparse.zoo.resnet import cifar_resnet

@@ -22,7 +22,7 @@ import torch
 
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.graph.dead import find_dead
-from deploysparse.graph.surgery import apply_plan
+from deploysparse.graph.surgery import rewrite_graph
 from deploysparse.modelio import load_model
 from deploysparse.plan import Plan
 from deploysparse.zoo.resnet import resnet
@@ -87,7 +87,7 @@ def measure(path: Path) -> dict:
         ga = analyze_graph(model, copy=False)
         find_dead(ga)
         t1 = time.perf_counter()
-        result = apply_plan(ga, half_plan(ga))
+        result = rewrite_graph(ga, half_plan(ga))
         t2 = time.perf_counter()
     kept = sum(int(np.prod(i.dims)) for i in result.model.graph.initializer)
     return {

@@ -8,6 +8,7 @@ deploysparse.modelio.save_model(result.model, "compact.onnx")
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from deploysparse.errors import UsageError
 from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
 from deploysparse.graph.cost import count_cost
 from deploysparse.graph.dead import DEFAULT_DEAD_THRESHOLD, DeadFilters, find_dead
+from deploysparse.graph.rules import ops_with
 from deploysparse.graph.shapes import skeleton
-from deploysparse.graph.surgery import SurgeryResult, apply_plan
+from deploysparse.graph.surgery import SurgeryResult, rewrite_graph
 from deploysparse.modelio import check_model, load_model
 from deploysparse.plan import Plan
 
@@ -100,13 +102,20 @@ def as_model(model: ModelLike) -> onnx.ModelProto:
 
 
 def _require_layers(ga: GraphAnalysis, model: ModelLike) -> None:
-    """A model with no Conv, ConvTranspose, Gemm or MatMul has no filters: say so instead of writing
-    an unchanged copy."""
+    """A model with no op that carries filters (Conv, Gemm, ... : ops whose rule counts MACs) has
+    nothing to prune: say so instead of writing an unchanged copy."""
     if not any(att.role == "producer" for att in ga.attachments):
         name = "the model" if isinstance(model, onnx.ModelProto) else str(model)
+        ops = ops_with(lambda rule: rule.macs is not None)
         raise UsageError(
-            f"{name}: has no Conv, ConvTranspose, Gemm or MatMul with constant weights: nothing to prune"
+            f"{name}: has no {', '.join(ops[:-1])} or {ops[-1]} with constant weights: nothing to prune"
         )
+
+
+def _check_dead_threshold(value: float) -> None:
+    """A negative or NaN threshold would silently find nothing (every comparison with NaN is false)."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise UsageError(f"--dead-threshold must be a finite number >= 0, got {value!r}")
 
 
 def load_feeds(calib: CalibLike, model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
@@ -123,11 +132,40 @@ def _shapes_from(
     given: Mapping[str, Sequence[int]] | None,
     model: onnx.ModelProto,
 ):
-    """Shapes for the analysis: given ones (a nameless one is the only input's), else the data's."""
+    """Shapes for the analysis: given ones (a nameless one is the only input's), else the data's.
+
+    A given shape must name a real input and have its rank: a typo would otherwise be ignored and
+    the analysis run at another shape than the user asked for."""
     if given:
-        given = dict(given)
+        from deploysparse.calibration import model_input_specs
+
+        specs = {spec.name: spec for spec in model_input_specs(model)}
+        given = {name: list(dims) for name, dims in given.items()}
         if "" in given:
-            given[model.graph.input[0].name] = given.pop("")
+            if len(specs) != 1:
+                raise UsageError(
+                    f"--input-shape without an input name, but the model has inputs {', '.join(specs)}; "
+                    "write NAME:1,3,32,32"
+                )
+            given[next(iter(specs))] = given.pop("")
+        for name, dims in given.items():
+            if name not in specs:
+                raise UsageError(
+                    f"--input-shape names '{name}', but the model's inputs are {', '.join(specs) or 'none'}"
+                )
+            rank = len(specs[name].shape)
+            if rank and len(dims) != rank:
+                raise UsageError(
+                    f"--input-shape {name}: {len(dims)} sizes given, but the input has rank {rank} "
+                    f"{specs[name].shape_text()}"
+                )
+            if any(
+                isinstance(want, int) and want != got
+                for want, got in zip(specs[name].shape[1:], dims[1:], strict=False)
+            ):
+                raise UsageError(
+                    f"--input-shape {name}: {dims} does not fit the input's static shape {specs[name].shape_text()}"
+                )
         return given
     if feeds:
         return {name: [1, *arr.shape[1:]] for name, arr in feeds.items()}
@@ -147,6 +185,7 @@ def analyze(
     When the model carries denormal float32 weights and `time_denormals` is on, the model is also
     timed as it is and flushed, side by side on ONNX Runtime CPU, to say what they cost here.
     """
+    _check_dead_threshold(dead_threshold)
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
     ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=proto is model)
@@ -219,6 +258,7 @@ def prune(
     in the compact model are set to zero (`denormals_flushed` in the summary) unless
     `keep_denormals`: an output change below float32's resolution that x86 CPUs can be slow on.
     """
+    _check_dead_threshold(dead_threshold)
     chosen_budget = Budget.of(budget, **budget_fields)
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
@@ -234,7 +274,7 @@ def prune(
         chosen.keep = keep_all_but(ga, dead.channels, chosen_budget.round_to)
     else:
         chosen = _criterion_plan(ga, criterion, dead, feeds, chosen_budget, module)
-    surgery = apply_plan(ga, chosen)
+    surgery = rewrite_graph(ga, chosen)
     # The checker serialises whatever it is given: on the weight-free skeleton it checks the same
     # nodes, edges, types and opsets in under a millisecond instead of 0.4 s for a ResNet-50.
     check_model(skeleton(surgery.model))
@@ -346,7 +386,7 @@ def measure_change(
     ga: GraphAnalysis,
 ) -> dict:
     """Largest absolute and relative output difference on the calibration data (or random data)."""
-    from deploysparse.stats import random_feeds, run_batched, session
+    from deploysparse.ort_intermediates import random_feeds, run_batched, session
 
     data = dict(feeds) if feeds is not None else random_feeds(original, ga.input_shapes)
     data = {k: v[:64] for k, v in data.items()}

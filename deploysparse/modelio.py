@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import numpy_helper
 
 from deploysparse.atomic import atomic_path
-from deploysparse.errors import ModelLoadError, UsageError
+from deploysparse.errors import ModelLoadError
 
 # Above this size a model cannot be one protobuf message: its weights must live in an external file.
 # A module constant so tests can push small models down the external-data path.
@@ -54,12 +54,47 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
             f"{path}: not an ONNX model (the graph has no nodes; truncated or another format?)"
         )
     _strip_private_metadata(model)  # a model saved by other means after load_model may carry it
-    model.metadata_props.add(key="deploysparse.external_data", value=str(int(uses_external_data(model))))
+    external = uses_external_data(model)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: external data could not be read ({exc})") from exc
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise ModelLoadError(f"{path}: external data could not be read ({_first_line(exc)})") from exc
+    _check_structure(model, path)
+    model.metadata_props.add(key="deploysparse.external_data", value=str(int(external)))
     return model
+
+
+def _check_structure(model: onnx.ModelProto, path: Path) -> None:
+    """Run the ONNX checker on what was loaded: a cycle, a tensor with two producers or a node input
+    nothing produces is bad input, named here, not a failure deep inside the analysis or surgery.
+
+    A graph output without a declared shape is accepted (ONNX Runtime writes such models, e.g. its
+    QDQ quantiser); a real input without one is refused, since the analysis needs its shape."""
+    initializers = {init.name for init in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name not in initializers and not value.type.tensor_type.HasField("shape"):
+            raise ModelLoadError(
+                f"{path}: input '{value.name}' declares no shape; export the model with input shapes"
+            )
+    shapeless = [
+        v.type.tensor_type
+        for v in [*model.graph.output, *model.graph.value_info]
+        if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
+    ]
+    for tensor_type in shapeless:  # rank unknown, for the checker only; removed again below
+        tensor_type.shape.SetInParent()
+    try:
+        check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from exc
+    finally:
+        for tensor_type in shapeless:
+            tensor_type.ClearField("shape")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def loaded_with_external_data(model: onnx.ModelProto) -> bool:
@@ -74,14 +109,6 @@ def _strip_private_metadata(model: onnx.ModelProto) -> None:
     keep = [p for p in model.metadata_props if not p.key.startswith(_PRIVATE)]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
-
-
-def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> None:
-    """Refuse an output path that is one of the inputs: the input model is never overwritten."""
-    out = Path(output).resolve()
-    for inp in inputs:
-        if inp is not None and Path(inp).resolve() == out:
-            raise UsageError(f"output path {output} is the input model; choose another file name")
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:

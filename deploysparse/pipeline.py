@@ -1,19 +1,26 @@
 """`deploysparse run`: the whole pipeline a recipe describes, into one output folder.
 
 prune -> build -> validate -> bench (original and compact, repeated) -> report.json + report.html.
-Everything is written into a staging folder first and moved into OUTDIR at the end, report.json
-last: a run that fails or is killed half-way leaves the previous artifacts as they were, and a
-report.json in OUTDIR always describes the files beside it.
+Everything is written into a staging folder beside OUTDIR, the report last (its artifact hashes
+read from the staged files, which are the published files), and the staging folder then becomes
+OUTDIR in one step (`atomic.replace_folder`): a run that fails or is killed at any point leaves the
+previous OUTDIR as it was, and a report.json in OUTDIR always describes the files beside it. Paths
+inside the folder are written relative to it, so a copied or moved output folder still loads.
+
+OUTDIR is replaced as a whole, so it may not hold an input, and an existing OUTDIR must be empty or
+a previous run's output (it has a report.json): a folder of other files is never swept away.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -22,16 +29,18 @@ from pathlib import Path
 import numpy as np
 
 from deploysparse import api
+from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
 from deploysparse.budget import DEAD, Budget
 from deploysparse.denormals import count_denormals, flushed_copy
 from deploysparse.errors import UsageError
 from deploysparse.modelio import external_data_files, load_model, save_model
+from deploysparse.output_guard import reads, refuse_overlap, writes
 from deploysparse.profiling import profile_side_by_side, side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
-from deploysparse.report import write_report
+from deploysparse.report import ReportError, write_report
 from deploysparse.validate import validate
 
 
@@ -47,23 +56,62 @@ class RunInputs:
     input_shape: list[int] | None = None
 
 
-def run_recipe(recipe: Recipe, inputs: RunInputs, outdir: str | os.PathLike[str]) -> dict:
-    """Run every step of `recipe` on `inputs.model`; return the report written to OUTDIR."""
+def run_recipe(
+    recipe: Recipe,
+    inputs: RunInputs,
+    outdir: str | os.PathLike[str],
+    extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
+) -> dict:
+    """Run every step of `recipe` on `inputs.model`; return the report written to OUTDIR.
+
+    extra_files: name in OUTDIR -> file to copy there (published with the rest, e.g. demo data)."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    _refuse_unsafe_outdir(recipe, inputs, outdir)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=outdir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.staging-", dir=outdir.parent))
     try:
-        report = _run(recipe, inputs, staging, started)
-        _publish(staging, outdir)
+        for name, source in (extra_files or {}).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / name)
+        report = _run(recipe, inputs, staging, started)  # its artifact hashes: every staged file
+        try:
+            write_report(report, staging)
+        except ReportError as exc:  # our own report breaking our own schema is a bug, not bad input
+            raise RuntimeError(f"the run's report does not fit the report schema ({exc})") from exc
+        replace_folder(staging, outdir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
 
 
+def _refuse_unsafe_outdir(recipe: Recipe, inputs: RunInputs, outdir: Path) -> None:
+    model = inputs.model if Path(inputs.model).exists() else None
+    refuse_overlap(
+        writes("-o", outdir, "folder"),
+        [
+            *reads("--model", model, "model"),
+            *reads("--calib", inputs.calib),
+            *reads("--data", inputs.data),
+            *reads("--labels", inputs.labels),
+            *reads("--weights", inputs.weights),
+            *reads("the recipe", recipe.source),
+            *reads("the recipe's calibration", recipe.calibration_path()),
+        ],
+    )
+    if inputs.labels is not None:
+        from deploysparse.validate import load_labels
+
+        load_labels(inputs.labels)
+    if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / "report.json").is_file():
+        raise UsageError(
+            f"-o {outdir}: the folder holds files but no report.json, so it is not the output of an "
+            "earlier run; the output folder is replaced as a whole: give a new or empty folder"
+        )
+
+
 def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) -> dict:
     source = _resolve_source(inputs, staging)
-    original = load_model(source)
     calib = inputs.calib or (str(recipe.calibration_path()) if recipe.calibration_path() else None)
     if calib is None and recipe.build.precision == "int8":
         raise UsageError("INT8 needs calibration data: give --calib or `build.calibration` in the recipe")
@@ -72,11 +120,36 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
         raise UsageError("validation needs data: give --data (or --calib) with inputs the model accepts")
 
     with progress("prune"):
-        result = _prune(recipe, source, calib)
-    compact_path = staging / "compact.onnx"
-    save_model(result.model, compact_path)
-    result.plan.save(staging / "plan.json", result.graph)
+        result = prune_with_recipe(recipe, source, calib)
+    compact_path = save_compact(result, staging)
+    built, validation = build_and_validate(recipe, source, compact_path, staging, calib, data, inputs.labels)
+    latency, layers = measure_speed(recipe, source, built.artifact, compact_path)
+    return assemble_report(
+        recipe, inputs.model, source, result, built, validation, latency, started, staging, layers
+    )
 
+
+# The steps of one run, public so that a sweep (deploysparse.sweep) runs each point with the same code.
+
+
+def save_compact(result: api.PruneResult, staging: Path, model=None) -> Path:
+    """Write compact.onnx (the pruned model, or `model` when given: e.g. a fine-tuned re-export) and plan.json."""
+    compact_path = staging / "compact.onnx"
+    save_model(result.model if model is None else model, compact_path)
+    result.plan.save(staging / "plan.json", result.graph)
+    return compact_path
+
+
+def build_and_validate(
+    recipe: Recipe,
+    source: str,
+    compact_path: Path,
+    staging: Path,
+    calib: str | None,
+    data: str,
+    labels: str | np.ndarray | None,
+):
+    """Build the compact model for the recipe's backend and compare it with the original on `data`."""
     backend = get_backend(recipe.build.backend)
     with progress(f"build ({recipe.build.backend}, {recipe.build.precision})"):
         built = backend.build(
@@ -84,11 +157,11 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
             staging / "build",
             precision=recipe.build.precision,
             calib=calib,
-            shapes=_shapes(recipe, original),
+            shapes=_shapes(recipe, load_model(source)),
             workspace_mb=recipe.build.workspace_mb,
         )
+    _relative_metadata(built.files, staging)
     v = recipe.validate_
-    labels = np.load(inputs.labels) if inputs.labels else None
     with progress("validate"):
         validation = validate(
             source,
@@ -101,28 +174,73 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
             min_cosine=v.min_cosine,
             min_top1=v.min_top1_agreement,
             max_accuracy_drop=v.max_accuracy_drop,
+            precision=recipe.build.precision,
         )
+    validation.compact = built.artifact.relative_to(staging).as_posix()
+    return built, validation
+
+
+def measure_speed(
+    recipe: Recipe, original: str, artifact: str | Path, compact_onnx: Path | None = None
+) -> tuple[dict, dict | None]:
+    """Latency of the original (and its denormal-flushed copy) and the compact artifact, interleaved;
+    with `compact_onnx`, the per-layer profile too (ONNX Runtime recipes; None otherwise)."""
     with tempfile.TemporaryDirectory(prefix="deploysparse-flushed-") as work:
-        flushed_original = _flushed_original(original, Path(work))
-        latency = _latency(recipe, source, built.artifact, flushed_original)
-        layers = _layers(recipe, source, compact_path, flushed_original)
+        flushed_original = _flushed_original(load_model(original), Path(work))
+        latency = _latency(recipe, original, Path(artifact), flushed_original)
+        layers = None
+        if compact_onnx is not None:
+            layers = _layers(recipe, original, compact_onnx, flushed_original)
+    return latency, layers
+
+
+def assemble_report(
+    recipe: Recipe,
+    model_label: str,
+    source: str,
+    result: api.PruneResult,
+    built,
+    validation,
+    latency: dict,
+    started: datetime,
+    staging: Path,
+    layers: dict | None = None,
+) -> dict:
+    """The report.json dict of one run, with the sha256 of every file in `staging`."""
+    original = load_model(source)
     finished = datetime.now(timezone.utc)
-    report = _report(recipe, inputs, source, original, result, built, validation, latency, started, finished)
+    validation.original = model_label
+    report = _report(recipe, model_label, source, result, built, validation, latency, started, finished)
     report["layers"] = layers
     report["extra"]["denormals"] = {
         "original": count_denormals(original).to_json(),
         "flushed_by_prune": result.summary.get("denormals_flushed"),
     }
     report["artifacts"] = {
-        str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
+        p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
     }
-    report["artifact_data"] = {
-        str(p.relative_to(staging)): [str(d.relative_to(staging)) for d in external_data_files(p)]
+    report["artifact_data"] = {  # model -> the external data files it reads
+        p.relative_to(staging).as_posix(): [d.relative_to(staging).as_posix() for d in data]
         for p in sorted(staging.rglob("*.onnx"))
-        if external_data_files(p)
+        if (data := external_data_files(p))
     }
-    write_report(report, staging)
     return report
+
+
+def _relative_metadata(files: list[Path], staging: Path) -> None:
+    """Build metadata names the model it was built from; inside the staging folder that path is
+    rewritten relative to the metadata file, so it stays right once the folder is published."""
+    for path in files:
+        if path.suffix != ".json" or not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        changed = False
+        for key, value in data.items():
+            if isinstance(value, str) and value.startswith(str(staging)):
+                data[key] = os.path.relpath(value, path.parent)
+                changed = True
+        if changed:
+            write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _resolve_source(inputs: RunInputs, staging: Path) -> str:
@@ -136,7 +254,8 @@ def _resolve_source(inputs: RunInputs, staging: Path) -> str:
     return str(resolved.onnx_path)
 
 
-def _prune(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
+def prune_with_recipe(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
+    """The recipe's `prune` section applied to `source`: dead filters, then one ranking criterion."""
     p = recipe.prune
     ranking = [c for c in p.criterion if c != DEAD]
     if len(ranking) > 1:
@@ -236,12 +355,12 @@ def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None 
     return out
 
 
-def _report(recipe, inputs, source, original, result, built, validation, latency, started, finished) -> dict:
+def _report(recipe, model_label, source, result, built, validation, latency, started, finished) -> dict:
     s = result.summary
     groups = s["groups"]
     return {
         "model": {
-            "path": inputs.model,
+            "path": model_label,
             "sha256": _sha256(Path(source)),
             "inputs": {name: [int(d) for d in dims] for name, dims in result.graph.input_shapes.items()},
         },
@@ -301,12 +420,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _publish(staging: Path, outdir: Path) -> None:
-    """Move every staged file into OUTDIR with an atomic rename, report.json last."""
-    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "report.json")
-    for path in files:
-        target = outdir / path.relative_to(staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)

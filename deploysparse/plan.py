@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,34 +75,41 @@ class Plan:
             "model_fingerprint": fingerprint(ga),
             "notes": self.notes,
             "groups": groups,
-            "constants": {
-                k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in self.constants.items()
+            "constants": {  # null: the channel is not constant (JSON has no NaN)
+                k: [float(x) if np.isfinite(x) else None for x in np.asarray(v, dtype=np.float64).reshape(-1)]
+                for k, v in self.constants.items()
             },
         }
 
     @classmethod
     def from_json(cls, data: dict, ga: GraphAnalysis, source: str = "plan") -> Plan:
-        """Read a plan written by `to_json` for the same model; mismatches raise PlanError."""
+        """Read a plan written by `to_json` for the same model; mismatches raise PlanError.
+
+        Every value is checked before anything is applied (a plan is a file a person may edit): a
+        fractional or string index, a NaN scale or a group of the wrong type is refused, naming the
+        group and the key, instead of being coerced into another plan than the one written."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or "groups" not in data:
             raise PlanError(f"{source}: not a deploysparse plan (format {PLAN_FORMAT})")
         if data.get("model_fingerprint") != fingerprint(ga):
             raise PlanError(
                 f"{source}: the plan was made for another model (its channel groups differ from this one's)"
             )
-        plan = cls(criterion=str(data.get("criterion", "")), notes=list(data.get("notes", [])))
         sizes = {g.id: g.size for g in ga.groups}
+        _check_plan_json(data, sizes, source)
+        plan = cls(criterion=data.get("criterion", ""), notes=list(data.get("notes", [])))
         for entry in data["groups"]:
-            gid = entry.get("id")
-            if gid not in sizes:
-                raise PlanError(f"{source}: unknown group {gid!r}")
-            keep = np.asarray(entry.get("keep", []), dtype=np.int64)
+            gid = entry["id"]
+            keep = np.asarray(entry.get("keep", list(range(sizes[gid]))), dtype=np.int64)
             if len(keep) != sizes[gid]:
                 plan.keep[gid] = keep
             if "merges" in entry:
                 plan.merges[gid] = [(int(a), int(b), float(f)) for a, b, f in entry["merges"]]
             if "scales" in entry:
                 plan.scales[gid] = np.asarray(entry["scales"], dtype=np.float64)
-        plan.constants = {k: np.asarray(v, dtype=np.float64) for k, v in data.get("constants", {}).items()}
+        plan.constants = {
+            k: np.asarray([np.nan if x is None else x for x in v], dtype=np.float64)
+            for k, v in data.get("constants", {}).items()
+        }
         return plan
 
     def save(self, path: str | Path, ga: GraphAnalysis) -> None:
@@ -118,6 +126,87 @@ class Plan:
         return cls.from_json(data, ga, source=str(path))
 
 
+_GROUP_KEYS = {"id", "label", "channels", "keep", "members", "merges", "scales"}
+_PLAN_KEYS = {"format", "criterion", "model_fingerprint", "notes", "groups", "constants"}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_plan_json(data: dict, sizes: dict[str, int], source: str) -> None:
+    """The schema of plan.json, checked in full; the first violation raises PlanError naming it."""
+
+    def fail(where: str, what: str) -> None:
+        raise PlanError(f"{source}: {where}: {what}")
+
+    unknown = sorted(set(data) - _PLAN_KEYS)
+    if unknown:
+        fail("top level", f"unknown key(s) {', '.join(unknown)}")
+    if not isinstance(data.get("criterion", ""), str):
+        fail("criterion", "must be a string")
+    notes = data.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        fail("notes", "must be a list of strings")
+    if not isinstance(data["groups"], list):
+        fail("groups", "must be a list of group objects")
+    seen: set[str] = set()
+    for i, entry in enumerate(data["groups"]):
+        if not isinstance(entry, dict):
+            fail(f"groups[{i}]", f"must be an object, got {type(entry).__name__}")
+        gid = entry.get("id")
+        if not isinstance(gid, str):
+            fail(f"groups[{i}].id", "must be a string")
+        if gid not in sizes:
+            fail(f"groups[{i}]", f"unknown group {gid!r}")
+        if gid in seen:
+            fail(f"group {gid}", "listed twice")
+        seen.add(gid)
+        size = sizes[gid]
+        extra = sorted(set(entry) - _GROUP_KEYS)
+        if extra:
+            fail(f"group {gid}", f"unknown key(s) {', '.join(extra)}")
+        if "channels" in entry and (not _is_int(entry["channels"]) or entry["channels"] != size):
+            fail(f"group {gid}.channels", f"must be {size}, got {entry['channels']!r}")
+        keep = entry.get("keep", [])
+        if not isinstance(keep, list) or not all(_is_int(k) for k in keep):
+            fail(f"group {gid}.keep", "must be a list of integer channel indices")
+        if any(not 0 <= k < size for k in keep) or len(set(keep)) != len(keep):
+            fail(f"group {gid}.keep", f"indices must be distinct and in 0..{size - 1}")
+        if "merges" in entry:
+            merges = entry["merges"]
+            if not isinstance(merges, list) or not all(
+                isinstance(m, list)
+                and len(m) == 3
+                and _is_int(m[0])
+                and _is_int(m[1])
+                and _is_finite(m[2])
+                and 0 <= m[0] < size
+                and 0 <= m[1] < size
+                and m[0] != m[1]
+                for m in merges
+            ):
+                fail(
+                    f"group {gid}.merges",
+                    f"must be [removed, kept, factor] triples: two distinct indices in 0..{size - 1} and "
+                    "a finite factor",
+                )
+        if "scales" in entry:
+            scales = entry["scales"]
+            if not isinstance(scales, list) or len(scales) != size or not all(_is_finite(v) for v in scales):
+                fail(f"group {gid}.scales", f"must be {size} finite numbers")
+    constants = data.get("constants", {})
+    if not isinstance(constants, dict):
+        fail("constants", "must map tensor names to lists of numbers")
+    for name, values in constants.items():
+        if not isinstance(values, list) or not all(v is None or _is_finite(v) or v != v for v in values):
+            fail(f"constants[{name!r}]", "must be a list of finite numbers (null: not constant)")
+
+
 def fingerprint(ga: GraphAnalysis) -> str:
     """A hash of the group structure (ids, sizes, member names): same model, same fingerprint."""
     h = hashlib.sha256()
@@ -127,35 +216,6 @@ def fingerprint(ga: GraphAnalysis) -> str:
             if m.role != "tensor":
                 h.update(f"{m.role}/{m.name}/{m.axis};".encode())
     return h.hexdigest()[:16]
-
-
-def validate_plan(plan: Plan, ga: GraphAnalysis) -> None:
-    """Refuse a plan the surgery could not carry out exactly: pinned channels removed, an empty
-    group, uneven blocks of a grouped conv, indices out of range."""
-    for gid, keep in plan.keep.items():
-        try:
-            group = ga.group(gid)
-        except KeyError as exc:
-            raise PlanError(f"plan names unknown group {gid!r}") from exc
-        keep = np.asarray(keep, dtype=np.int64)
-        if len(keep) == 0:
-            raise PlanError(f"group {gid} ({group.label}): a plan must keep at least one channel")
-        if keep.min() < 0 or keep.max() >= group.size or len(np.unique(keep)) != len(keep):
-            raise PlanError(f"group {gid} ({group.label}): kept indices out of range or repeated")
-        removed = np.setdiff1d(np.arange(group.size), keep)
-        if len(removed) and not group.producers:
-            raise PlanError(f"group {gid}: has no producer, so its channels cannot be removed")
-        hit = np.intersect1d(removed, group.pinned_channels)
-        if len(hit):
-            by = ", ".join(f"{op} {node}" for op, node in group.pinned_by[:2]) or "a graph input/output"
-            raise PlanError(f"group {gid} ({group.label}): channels {hit[:5].tolist()} are pinned by {by}")
-        if group.block > 1:
-            counts = np.bincount(keep // (group.size // group.block), minlength=group.block)
-            if len(set(counts.tolist())) != 1:
-                raise PlanError(
-                    f"group {gid} ({group.label}): a grouped conv needs the same number of channels kept in "
-                    f"each of its {group.block} blocks, got {counts.tolist()}"
-                )
 
 
 def kept_identities(ga: GraphAnalysis, plan: Plan) -> np.ndarray:

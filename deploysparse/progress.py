@@ -29,6 +29,11 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def is_quiet() -> bool:
+    """True after set_quiet(True): callers that silence progress for a while restore this."""
+    return _quiet
+
+
 def enabled() -> bool:
     """True when a bar would be seen by a person: not quiet, and stderr is a terminal."""
     return not _quiet and sys.stderr.isatty()

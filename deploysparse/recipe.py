@@ -81,9 +81,13 @@ class PruneSettings(_Section):
         if not self.criterion:
             raise ValueError("criterion needs at least one criterion, e.g. [dead]")
         try:
-            self.budget()
+            budget = self.budget()
         except UsageError as exc:
             raise ValueError(str(exc)) from None
+        if set(self.criterion) == {DEAD} and budget.targeted:
+            raise ValueError(
+                "ratio/flops_target need a ranking criterion after dead (l1, l2, bn-scale, pfp, similarity)"
+            )
         return self
 
     def budget(self) -> Budget:
@@ -236,25 +240,7 @@ def resolve_recipe(path_or_name: str | Path) -> Path:
 def load_recipe(path_or_name: str | Path) -> Recipe:
     """Read and validate a recipe; any problem is a RecipeError naming the file, line and key."""
     path = resolve_recipe(path_or_name)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{path}: cannot read recipe: {exc}") from exc
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"{where}: not valid YAML: {problem}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(
-            f"{path}:1: a recipe is a mapping of sections (prune, build, ...), got {type(data).__name__}"
-        )
-    _reject_duplicate_keys(root, path)
+    root, data = read_yaml_mapping(path, RecipeError, "a recipe is a mapping of sections (prune, build, ...)")
     data.setdefault("name", path.name.removesuffix(".yaml").removesuffix(".yml"))
     try:
         recipe = Recipe.model_validate(data)
@@ -264,15 +250,64 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
     return recipe
 
 
-def _describe(exc: ValidationError, root: yaml.Node | None, path: Path) -> str:
+# Shared with other YAML files validated the same way (deploysparse.sweep.config): one loader, one
+# error format.
+
+
+def read_yaml_mapping(
+    path: Path, error: type[DeploysparseError], what: str
+) -> tuple[yaml.Node | None, dict[str, Any]]:
+    """The YAML node tree (for line numbers) and the mapping in `path`; any problem raises `error`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read: {exc}") from exc
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise error(f"{where}: not valid YAML: {problem}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise error(f"{path}:1: {what}, got {type(data).__name__}")
+    try:
+        _reject_duplicate_keys(root, path)
+    except RecipeError as exc:
+        raise error(str(exc)) from None
+    return root, data
+
+
+def describe_validation_error(
+    exc: ValidationError,
+    root: yaml.Node | None,
+    path: Path,
+    schema: type[BaseModel],
+    prefix: tuple[str, ...] = (),
+) -> str:
+    """`file:line: key: what is wrong` for the first error of validating `path` against `schema`;
+    `prefix` is where the validated mapping sits in the file (e.g. a recipe inline in a sweep)."""
+    return _describe(exc, root, path, schema, prefix)
+
+
+def _describe(
+    exc: ValidationError,
+    root: yaml.Node | None,
+    path: Path,
+    schema: type[BaseModel] | None = None,
+    prefix: tuple[str, ...] = (),
+) -> str:
     """One line for the first error: `file:line: key: what is wrong`."""
     error = exc.errors()[0]
     loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
-    key = ".".join(str(part) for part in loc)
-    line = _line_of(root, loc)
+    key = ".".join(str(part) for part in (*prefix, *loc))
+    line = _line_of(root, [*prefix, *loc])
     where = f"{path}:{line}" if line else str(path)
     if error["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], schema or Recipe)
         return f"{where}: unknown key '{key}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
     if error["type"] == "missing":
         return f"{where}: missing key '{key}'"
@@ -280,8 +315,7 @@ def _describe(exc: ValidationError, root: yaml.Node | None, path: Path) -> str:
     return f"{where}: {key}: {message}" if key else f"{where}: {message}"
 
 
-def _allowed_keys(section: list[str | int]) -> list[str]:
-    model: type[BaseModel] = Recipe
+def _allowed_keys(section: list[str | int], model: type[BaseModel]) -> list[str]:
     for part in section:
         field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
         if field is None or not (

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from deploysparse.errors import PlanError
+from deploysparse.graph.rules import attr, rule_for
 
 
 class SurgeryRecord(Protocol):
@@ -120,7 +121,7 @@ def _verify_against_graph(module: nn.Module, model: onnx.ModelProto) -> None:
         shapes.append([2 if dims[0] is None else dims[0], *dims[1:]])
     rng = np.random.default_rng(0)
     feeds = {i.name: rng.standard_normal(s).astype(np.float32) for i, s in zip(inputs, shapes, strict=True)}
-    from deploysparse.stats import session
+    from deploysparse.ort_intermediates import session
 
     expected = session(model).run(None, feeds)
     was_training = module.training
@@ -242,7 +243,7 @@ def _conv_groups_in_graph(model: onnx.ModelProto | None) -> dict[str, int]:
         return {}
     groups = {}
     for node in model.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            groups[node.input[1]] = group
+        rule = rule_for(node)
+        if rule is not None and rule.layer_output and len(node.input) > 1:
+            groups[node.input[1]] = int(attr(node, "group", 1))
     return groups

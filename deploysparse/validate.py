@@ -2,10 +2,17 @@
 
 Pruning dead filters should change nothing beyond float rounding; pruning redundant ones, or INT8,
 changes outputs a little and predictions hardly at all. The report therefore carries both kinds of
-evidence, per output: element-wise error (max absolute and relative error, with polygraphy's
-definitions, so the figures agree with `polygraphy run`), cosine similarity, top-1 agreement for
-(N, classes) outputs, and accuracy against labels when given. `passed` is False as soon as one
-tolerance is not met, and `failures` says which.
+evidence, per output: element-wise error, cosine similarity, top-1 agreement for (N, classes)
+outputs, and accuracy against labels when given. `passed` is False as soon as one criterion is not
+met, and `failures` says which criterion failed and by how much.
+
+An element passes when |compact - original| <= atol + rtol * |original| (numpy's `isclose`, and
+polygraphy's combined check): the tolerance follows the output's scale, so logits in the thousands
+and probabilities near zero are judged alike. The relative error printed is the largest error over
+the largest |original| of that output, a figure that means something even where outputs cross zero
+(an element-wise ratio there is a division by rounding noise). Default tolerances follow the
+precision being validated: float32 rounding for fp32, half precision for fp16, and for int8 no
+element-wise bound at all (quantisation moves every value), only cosine and top-1 agreement.
 
 The original always runs on ONNX Runtime (the reference); the compact model runs on the chosen
 backend (an .onnx on ONNX Runtime, or a built engine on TensorRT).
@@ -13,11 +20,13 @@ backend (an .onnx on ONNX Runtime, or a built engine on TensorRT).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,17 +37,91 @@ from deploysparse.calibration import InputSpec, batches, load_calibration, sampl
 from deploysparse.errors import CalibrationError, UsageError
 
 DEFAULT_BATCH = 32
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class _PrecisionDefault:
+    """Marks a tolerance argument left to the precision's default (None means: check switched off)."""
+
+    def __repr__(self) -> str:
+        return "PRECISION_DEFAULT"
+
+
+PRECISION_DEFAULT: Any = _PrecisionDefault()
 
 
 @dataclass
 class Tolerances:
-    """Pass criteria; None switches a check off. An element passes when within atol OR rtol (polygraphy)."""
+    """Pass criteria; None switches a check off. An element passes when
+    |compact - original| <= atol + rtol * |original| (a None bound counts as 0, both None: no check)."""
 
     atol: float | None = 1e-4
     rtol: float | None = 1e-3
     min_cosine: float | None = 0.999
     min_top1: float | None = None
     max_accuracy_drop: float | None = None
+
+    @property
+    def elementwise(self) -> bool:
+        return self.atol is not None or self.rtol is not None
+
+
+# fp32: a compact model sums the same products in another order (float32 rounding, ~1e-6 relative);
+# fp16: 11-bit mantissas (~1e-3 relative per op, compounded over layers); int8: every activation is
+# rounded to 1/127 of its range, so only the direction of the output and the predictions are judged.
+DEFAULT_TOLERANCES: dict[str, Tolerances] = {
+    "fp32": Tolerances(atol=1e-4, rtol=1e-3, min_cosine=0.999),
+    "fp16": Tolerances(atol=1e-2, rtol=1e-2, min_cosine=0.995),
+    "int8": Tolerances(atol=None, rtol=None, min_cosine=0.98, min_top1=0.9),
+}
+
+_INT8_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+}
+
+
+def detect_precision(model: str | os.PathLike[str]) -> str:
+    """fp32, fp16 or int8: from the graph of an .onnx (Q/DQ ops, float16 weights), or from the
+    `.json` metadata a TensorRT build writes beside its engine."""
+    path = Path(model)
+    metadata = path.with_name(path.name + ".json")
+    if path.suffix.lower() != ".onnx":
+        try:
+            value = json.loads(metadata.read_text(encoding="utf-8")).get("precision")
+        except (OSError, ValueError, AttributeError):
+            value = None
+        return value if value in PRECISIONS else "fp32"
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return "fp32"  # the runner reports an unreadable model with its name
+    if any(node.op_type in _INT8_OPS for node in proto.graph.node):
+        return "int8"
+    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def resolve_tolerances(precision: str, **given: Any) -> Tolerances:
+    """The precision's defaults, overridden by every tolerance given (None: that check off)."""
+    if precision not in DEFAULT_TOLERANCES:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    base = asdict(DEFAULT_TOLERANCES[precision])
+    for key, value in given.items():
+        if value is PRECISION_DEFAULT:
+            continue
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise UsageError(f"{key} must be a finite number >= 0 or off, got {value!r}")
+        base[key] = value
+    return Tolerances(**base)
 
 
 @dataclass
@@ -53,6 +136,14 @@ class OutputReport:
     cosine: float
     top1_agreement: float | None
     within_tolerance: bool
+    reference_scale: float = 0.0  # largest |original| of this output
+    elements: int = 0
+    violations: int = 0  # elements outside atol + rtol * |original|
+    worst_error: float = 0.0  # the element furthest outside its bound (relative to that bound) ...
+    worst_allowed: float = 0.0  # ... and the error its bound allowed
+    worst_reference: float = 0.0  # ... and its original value
+    nonfinite: int = 0  # NaN/Inf in the compact output where the original is finite
+    top1_differ: int = 0
 
 
 @dataclass
@@ -65,6 +156,7 @@ class ValidationReport:
     samples: int
     outputs: list[OutputReport]
     tolerances: Tolerances
+    precision: str = "fp32"
     accuracy_original: float | None = None
     accuracy_compact: float | None = None
     failures: list[str] = field(default_factory=list)
@@ -102,6 +194,7 @@ class ValidationReport:
             "original": self.original,
             "compact": self.compact,
             "tolerances": asdict(self.tolerances),
+            "precision": self.precision,
             "outputs": [asdict(o) for o in self.outputs],
             "failures": self.failures,
         }
@@ -117,16 +210,30 @@ def validate(
     data: str | os.PathLike[str] | Mapping[str, np.ndarray],
     labels: str | os.PathLike[str] | np.ndarray | None = None,
     backend: str = "onnxruntime",
-    atol: float | None = 1e-4,
-    rtol: float | None = 1e-3,
-    min_cosine: float | None = 0.999,
-    min_top1: float | None = None,
-    max_accuracy_drop: float | None = None,
+    atol: float | None = PRECISION_DEFAULT,
+    rtol: float | None = PRECISION_DEFAULT,
+    min_cosine: float | None = PRECISION_DEFAULT,
+    min_top1: float | None = PRECISION_DEFAULT,
+    max_accuracy_drop: float | None = PRECISION_DEFAULT,
     batch_size: int = DEFAULT_BATCH,
     threads: int | None = None,
+    precision: str | None = None,
 ) -> ValidationReport:
-    """Run `original` and `compact` on `data` in batches and compare every output."""
-    tolerances = Tolerances(atol, rtol, min_cosine, min_top1, max_accuracy_drop)
+    """Run `original` and `compact` on `data` in batches and compare every output.
+
+    Tolerances left out take the defaults of `precision` (detected from `compact` when None); None
+    switches a check off."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"--batch must be a positive integer, got {batch_size!r}")
+    precision = precision or detect_precision(compact)
+    tolerances = resolve_tolerances(
+        precision,
+        atol=atol,
+        rtol=rtol,
+        min_cosine=min_cosine,
+        min_top1=min_top1,
+        max_accuracy_drop=max_accuracy_drop,
+    )
     reference = get_backend("onnxruntime")
     with (
         reference.runner(original, threads=threads) as ref,
@@ -148,6 +255,7 @@ def validate(
         samples=samples,
         outputs=[],
         tolerances=tolerances,
+        precision=precision,
     )
     for name in outputs_ref:
         report.outputs.append(_compare(name, outputs_ref[name], outputs_cmp[name], tolerances))
@@ -210,37 +318,52 @@ def _compare(name: str, ref: np.ndarray, cmp: np.ndarray, tol: Tolerances) -> Ou
         raise UsageError(
             f"output '{name}': the compact model returns shape {cmp.shape}, the original {ref.shape}"
         )
-    within, max_abs, max_rel, mean_abs = _polygraphy_errors(name, ref, cmp, tol)
     a, b = ref.astype(np.float64).ravel(), cmp.astype(np.float64).ravel()
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    cosine = float(a @ b / norms) if norms > 0 else 1.0 if not a.any() and not b.any() else 0.0
-    top1 = None
-    if ref.ndim == 2 and ref.shape[1] > 1:
-        top1 = float(np.mean(ref.argmax(axis=1) == cmp.argmax(axis=1)))
-    return OutputReport(name, list(ref.shape), max_abs, max_rel, mean_abs, cosine, top1, within)
-
-
-def _polygraphy_errors(
-    name: str, ref: np.ndarray, cmp: np.ndarray, tol: Tolerances
-) -> tuple[bool, float, float, float]:
-    """polygraphy's SimpleCompareFunc: abs = |orig - compact|, rel = abs / |compact| (0 -> eps)."""
-    from polygraphy import comparator
-    from polygraphy.comparator import CompareFunc
-    from polygraphy.comparator.struct import IterationResult
-    from polygraphy.logger import G_LOGGER
-
-    simple = getattr(comparator, "SimpleCompareFunc", None) or CompareFunc.simple
-    compare = simple(
-        atol=math.inf if tol.atol is None else tol.atol,
-        rtol=math.inf if tol.rtol is None else tol.rtol,
-        check_error_stat="elemwise",
+    both = np.isfinite(a) & np.isfinite(b)
+    nonfinite = int(np.count_nonzero(np.isfinite(a) & ~np.isfinite(b)))
+    a_ok, b_ok = a[both], b[both]
+    diff = np.abs(a_ok - b_ok)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(a_ok).max()) if a_ok.size else 0.0
+    report = OutputReport(
+        name=name,
+        shape=list(ref.shape),
+        max_abs_err=max_abs,
+        max_rel_err=max_abs / scale if scale > 0 else max_abs,
+        mean_abs_err=float(diff.mean()) if diff.size else 0.0,
+        cosine=_cosine(a_ok, b_ok),
+        top1_agreement=None,
+        within_tolerance=nonfinite == 0,
+        reference_scale=scale,
+        elements=int(a.size),
+        nonfinite=nonfinite,
     )
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-        result = compare(
-            IterationResult({name: ref}, runner_name="original"),
-            IterationResult({name: cmp}, runner_name="compact"),
-        )[name]
-    return bool(result), float(result.max_absdiff), float(result.max_reldiff), float(result.mean_absdiff)
+    if ref.ndim == 2 and ref.shape[1] > 1:
+        agree = ref.argmax(axis=1) == cmp.argmax(axis=1)
+        report.top1_agreement = float(np.mean(agree))
+        report.top1_differ = int(np.count_nonzero(~agree))
+    if tol.elementwise and diff.size:
+        allowed = (tol.atol or 0.0) + (tol.rtol or 0.0) * np.abs(a_ok)
+        over = diff > allowed
+        report.violations = int(np.count_nonzero(over))
+        if report.violations:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                excess = np.where(allowed > 0, diff / allowed, np.where(diff > 0, np.inf, 0.0))
+            worst = int(np.argmax(excess))
+            report.worst_error = float(diff[worst])
+            report.worst_allowed = float(allowed[worst])
+            report.worst_reference = float(a_ok[worst])
+            report.within_tolerance = False
+    return report
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity clipped to [-1, 1] (float64 rounding can put an identical pair at
+    1.0000000000000002); 1.0 when both are all zeros."""
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0:
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(np.clip(a @ b / norms, -1.0, 1.0))
 
 
 def _score_accuracy(
@@ -251,7 +374,7 @@ def _score_accuracy(
     samples: int,
 ) -> None:
     """Accuracy of both models on the first (N, classes) output."""
-    truth = _load_labels(labels)
+    truth = load_labels(labels)
     if len(truth) < samples:
         raise CalibrationError(f"labels hold {len(truth)} entries for {samples} validated samples")
     name = next((n for n, v in outputs_ref.items() if v.ndim == 2 and v.shape[1] > 1), None)
@@ -262,7 +385,8 @@ def _score_accuracy(
     report.accuracy_compact = float(np.mean(outputs_cmp[name].argmax(axis=1) == truth))
 
 
-def _load_labels(labels: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
+def load_labels(labels: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
+    """Class indices as a 1-D integer array; a missing, pickled or non-integer file is a CalibrationError."""
     if isinstance(labels, np.ndarray):
         array = labels
     else:
@@ -281,19 +405,45 @@ def _load_labels(labels: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
 
 
 def _failures(report: ValidationReport, tol: Tolerances) -> list[str]:
+    """One line per violated criterion: which one, the measured figure, the limit and the margin."""
     failures = []
     for out in report.outputs:
-        if not out.within_tolerance:
+        where = f"output '{out.name}'"
+        if out.nonfinite:
             failures.append(
-                f"output '{out.name}': max abs error {out.max_abs_err:.3g} / max rel error {out.max_rel_err:.3g} "
-                f"exceed atol {tol.atol} and rtol {tol.rtol}"
+                f"{where}: {out.nonfinite} of {out.elements} values are NaN or Inf in the compact model "
+                "but finite in the original"
+            )
+        if out.violations:
+            bound = " + ".join(
+                part
+                for part in (
+                    f"atol {tol.atol:g}" if tol.atol is not None else "",
+                    f"rtol {tol.rtol:g} x |original|" if tol.rtol is not None else "",
+                )
+                if part
+            )
+            ratio = f", {out.worst_error / out.worst_allowed:.3g}x its bound" if out.worst_allowed > 0 else ""
+            failures.append(
+                f"{where}: {out.violations} of {out.elements} values differ by more than {bound}; worst "
+                f"error {out.worst_error:.3g} where {out.worst_allowed:.3g} was allowed (original value "
+                f"{out.worst_reference:.4g}){ratio}"
             )
         if tol.min_cosine is not None and not out.cosine >= tol.min_cosine:
-            failures.append(f"output '{out.name}': cosine {out.cosine:.6f} < {tol.min_cosine}")
+            failures.append(
+                f"{where}: cosine {out.cosine:.6f} is below min-cosine {tol.min_cosine} "
+                f"by {tol.min_cosine - out.cosine:.3g}"
+            )
         if tol.min_top1 is not None and out.top1_agreement is not None and out.top1_agreement < tol.min_top1:
-            failures.append(f"output '{out.name}': top-1 agreement {out.top1_agreement:.4f} < {tol.min_top1}")
+            failures.append(
+                f"{where}: top-1 agreement {out.top1_agreement:.4f} is below min-top1 {tol.min_top1} "
+                f"({out.top1_differ} of {report.samples} predictions differ)"
+            )
     if tol.max_accuracy_drop is not None and report.accuracy_original is not None:
         drop = report.accuracy_original - report.accuracy_compact
         if drop > tol.max_accuracy_drop:
-            failures.append(f"accuracy dropped by {drop:.4f} (> {tol.max_accuracy_drop})")
+            failures.append(
+                f"accuracy dropped by {drop:.4f} ({report.accuracy_original:.4f} -> "
+                f"{report.accuracy_compact:.4f}), more than max-acc-drop {tol.max_accuracy_drop}"
+            )
     return failures

@@ -1,4 +1,4 @@
-"""Train the digits VGG and report how many of its filters died: the bundled demo model comes from here.
+"""Train a digits CNN and report how many of its filters died: the bundled demo model comes from here.
 
 Implicit filter sparsity (Mehta et al., CVPR 2019): with BatchNorm + ReLU, Adam and coupled L2 (the
 `weight_decay` of `torch.optim.Adam`, not AdamW) drive many BN scales to ~0, so those filters output
@@ -6,6 +6,9 @@ a constant. SGD with the same L2 does much less of that. Run both and compare:
 
     python examples/train_digits.py --optimizer adam --epochs 200 --out deploysparse/assets/digits_vgg.pt
     python examples/train_digits.py --optimizer sgd --lr 0.02 --epochs 200 --out /tmp/digits_vgg_sgd.pt
+
+`--arch mobilenet` trains a MobileNetV2-style net instead (depthwise convs, ReLU6,
+`deploysparse.zoo.digits:build_digits_mobilenet`), to measure whether filters die the same way there.
 
 The run is seeded (data order, initialisation) and uses two threads; the checkpoint is the float32
 state_dict after the last epoch, written atomically.
@@ -23,7 +26,9 @@ import torch
 import torch.nn as nn
 
 from deploysparse.atomic import atomic_path, write_text
-from deploysparse.zoo.digits import build_digits_vgg, load_digits_data
+from deploysparse.zoo.digits import build_digits_mobilenet, build_digits_vgg, load_digits_data
+
+ARCHS = {"vgg": build_digits_vgg, "mobilenet": build_digits_mobilenet}
 
 THRESHOLDS = (1e-2, 1e-3, 1e-4)
 
@@ -60,7 +65,7 @@ def train(args: argparse.Namespace) -> dict:
     x_val, y_val = (torch.from_numpy(a) for a in load_digits_data("val"))
     x_test, y_test = (torch.from_numpy(a) for a in load_digits_data("test"))
 
-    model = build_digits_vgg()
+    model = ARCHS[args.arch]()
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.l2)
     loss_fn = nn.CrossEntropyLoss()
     order_rng = torch.Generator().manual_seed(args.seed)
@@ -91,6 +96,7 @@ def train(args: argparse.Namespace) -> dict:
     with atomic_path(args.out, suffix=".pt") as tmp:
         torch.save(state, tmp)
     summary = {
+        "arch": args.arch,
         "optimizer": args.optimizer,
         "lr": args.lr,
         "l2": args.l2,
@@ -128,6 +134,7 @@ def print_summary(summary: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="vgg")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--l2", type=float, default=5e-4, help="coupled L2 (optimizer weight_decay)")

@@ -181,19 +181,19 @@ def check_budgets(criterion: str, model: onnx.ModelProto, x: np.ndarray | None) 
     gives finite outputs of the original's shape on a fresh input."""
     from deploysparse.criteria import plan_with
     from deploysparse.graph.cost import count_cost
-    from deploysparse.graph.surgery import apply_plan
+    from deploysparse.graph.surgery import rewrite_graph
 
     ga, ctx = context(model, x)
     live = sum(g.size - len(g.pinned_channels) for g in ga.groups if g.prunable)
     plan = plan_with(criterion, ga, ctx, Budget(ratio=0.25, round_to=1))
     assert removed_live(plan, ga) == round(0.25 * live)
     fresh = np.random.default_rng(99).normal(size=(3, 3, 8, 8)).astype(np.float32)
-    out = run(apply_plan(ga, plan).model, fresh)
+    out = run(rewrite_graph(ga, plan).model, fresh)
     assert out.shape == run(model, fresh).shape and np.all(np.isfinite(out))
     plan = plan_with(criterion, ga, ctx, Budget(flops_target=0.6, round_to=1))
     kept = {g: len(k) for g, k in plan.keep.items()}
     assert abs(count_cost(ga, kept).macs / count_cost(ga).macs - 0.6) <= 0.02
-    assert np.all(np.isfinite(run(apply_plan(ga, plan).model, fresh)))
+    assert np.all(np.isfinite(run(rewrite_graph(ga, plan).model, fresh)))
     plan = plan_with(criterion, ga, ctx, Budget(ratio=0.4, round_to=4))
     for g in ga.groups:
         if g.prunable:

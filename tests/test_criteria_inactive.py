@@ -8,7 +8,7 @@ import pytest
 from deploysparse.budget import Budget
 from deploysparse.criteria import plan_with
 from deploysparse.errors import CalibrationError
-from deploysparse.graph.surgery import apply_plan
+from deploysparse.graph.surgery import rewrite_graph
 from tests.test_criteria_common import Builder, check_budgets, context, residual_model, run, w
 
 
@@ -36,7 +36,7 @@ def test_never_firing_channels_removed_exactly_on_the_data():
     assert plan.kept("g1", 6).tolist() == [0, 2, 3, 5]
     assert any("exact on those inputs only" in n for n in plan.notes)
     fresh = np.random.default_rng(1).random((4, 3, 8, 8)).astype(np.float32)
-    assert np.allclose(run(apply_plan(ga, plan).model, fresh), run(model, fresh), atol=1e-5)
+    assert np.allclose(run(rewrite_graph(ga, plan).model, fresh), run(model, fresh), atol=1e-5)
 
 
 def test_needs_calibration_data():

@@ -167,7 +167,7 @@ def test_graph_sensitivities_match_the_definition_per_consumer():
 @pytest.mark.parametrize("variant", ["pfp", "pfp-random"])
 def test_pfp_plans_on_a_residual_graph(variant):
     from deploysparse.criteria import plan_with
-    from deploysparse.graph.surgery import apply_plan
+    from deploysparse.graph.surgery import rewrite_graph
     from tests.test_criteria_common import check_budgets, context, residual_model, run
 
     rng = np.random.default_rng(9)
@@ -180,4 +180,4 @@ def test_pfp_plans_on_a_residual_graph(variant):
     plan = plan_with("pfp-random", ga, ctx, Budget(ratio=0.3, round_to=1))
     assert plan.scales and set(plan.scales) <= set(plan.keep)
     fresh = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
-    assert np.all(np.isfinite(run(apply_plan(ga, plan).model, fresh)))
+    assert np.all(np.isfinite(run(rewrite_graph(ga, plan).model, fresh)))

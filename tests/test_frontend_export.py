@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from deploysparse.errors import ModelLoadError, UsageError
-from deploysparse.frontend.torch_export import export_onnx, parse_input_shape
+from deploysparse.frontend.model_source import parse_input_shape
+from deploysparse.frontend.torch_export import export_onnx
 
 
 class VggBn(nn.Module):

@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from deploysparse.channel_stats import ChannelStatsAccumulator
 from deploysparse.errors import CalibrationError
 from deploysparse.frontend.torch_export import export_onnx
-from deploysparse.frontend.torch_stats import ChannelStatsAccumulator, collect_torch_stats, map_tensors
+from deploysparse.frontend.torch_hooks import map_tensors
+from deploysparse.frontend.torch_stats import collect_torch_stats
 
 
 class Mixed(nn.Module):

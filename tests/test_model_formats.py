@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 from deploysparse import api
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.graph.masking import zero_channels
-from deploysparse.graph.surgery import apply_plan
+from deploysparse.graph.surgery import rewrite_graph
 from deploysparse.modelio import save_model
 from tests.archs import ARCHS
 from tests.archs.onnxgraphs import dead_convnet, random_convnet
@@ -198,7 +198,7 @@ def test_helper_graphs_at_opset(tmp_path: Path, opset: int) -> None:
     model = random_convnet(blocks, "gap_gemm", seed=opset, opset=opset)
     ga = analyze_graph(model)
     plan = random_plan(ga, np.random.default_rng(opset))
-    compact = apply_plan(ga, plan).model
+    compact = rewrite_graph(ga, plan).model
     assert next(o.version for o in compact.opset_import if o.domain in ("", "ai.onnx")) == opset
     onnx.checker.check_model(compact, full_check=True)
     assert_same_outputs(zero_channels(ga, plan), compact, random_feeds(model, np.random.default_rng(opset)))

@@ -12,7 +12,7 @@ import pytest
 
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.graph.masking import zero_channels
-from deploysparse.graph.surgery import apply_plan
+from deploysparse.graph.surgery import rewrite_graph
 from deploysparse.modelio import load_model
 from tests.archs import ARCHS
 from tests.archs.plans import random_plan, removed_count
@@ -49,7 +49,7 @@ def test_random_plan_matches_masked_original(
         plan = random_plan(ga, rng)
         assert removed_count(ga, plan) > 0
         masked = zero_channels(ga, plan)
-        compact = apply_plan(ga, plan).model
+        compact = rewrite_graph(ga, plan).model
         assert weight_count(compact) < weight_count(ga.model)
 
         feeds = random_feeds(ga.model, rng, batch=2)

@@ -15,7 +15,7 @@ from torch import nn
 from deploysparse.errors import PlanError
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
-from deploysparse.graph.surgery import apply_plan as surgery_apply_plan
+from deploysparse.graph.surgery import rewrite_graph
 from deploysparse.modelio import load_model
 from deploysparse.plan import Plan
 from deploysparse.torch import apply_plan
@@ -221,7 +221,7 @@ def test_compact_module_matches_compact_onnx(case: str, exporter: str, tmp_path:
     kill(module)
     path = export_onnx(module, torch.randn(shape), tmp_path / "m.onnx", exporter=exporter)
     ga = analyze_graph(load_model(path))
-    surgery = surgery_apply_plan(ga, make_plan(ga))
+    surgery = rewrite_graph(ga, make_plan(ga))
     before = {k: v.clone() for k, v in module.state_dict().items()}
 
     compact = apply_plan(module, surgery)

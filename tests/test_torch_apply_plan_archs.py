@@ -29,7 +29,7 @@ def test_compact_module_matches_compact_onnx(tmp_path: Path, arch: str) -> None:
     spec, module, result = _pruned(arch, tmp_path)
     compact = apply_plan(module, result)  # verifies against the compact ONNX itself
     x = spec.example(3)
-    from deploysparse.stats import session
+    from deploysparse.ort_intermediates import session
 
     want = session(result.model).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""validate: identical models pass, a perturbed model fails, errors use polygraphy's definitions."""
+"""validate: identical models pass, a perturbed model fails and says by how much."""
 
 from __future__ import annotations
 
@@ -73,12 +73,18 @@ def test_perturbed_model_fails_with_reasons(tmp_path, data):
     wrong = _classifier(tmp_path / "wrong.onnx", noise=0.05)
     report = validate(original, wrong, {"x": data})
     assert not report.passed
-    assert any("max abs error" in f for f in report.failures)
-    ref = get_backend("onnxruntime").run(original, {"x": data})["logits"]
-    out = get_backend("onnxruntime").run(wrong, {"x": data})["logits"]
-    assert report.max_abs_err == pytest.approx(float(np.abs(ref - out).max()), rel=1e-6)
-    # polygraphy's relative error divides by the second (compact) model's output
-    assert report.max_rel_err == pytest.approx(float((np.abs(ref - out) / np.abs(out)).max()), rel=1e-5)
+    ref = get_backend("onnxruntime").run(original, {"x": data})["logits"].astype(np.float64)
+    out = get_backend("onnxruntime").run(wrong, {"x": data})["logits"].astype(np.float64)
+    diff = np.abs(ref - out)
+    over = int(np.count_nonzero(diff > 1e-4 + 1e-3 * np.abs(ref)))
+    assert over > 0
+    assert any(
+        f"{over} of {ref.size} values differ by more than atol 0.0001 + rtol 0.001" in f
+        for f in report.failures
+    ), report.failures
+    assert report.max_abs_err == pytest.approx(float(diff.max()), rel=1e-6)
+    # the relative error is relative to the output's scale, not element by element
+    assert report.max_rel_err == pytest.approx(float(diff.max() / np.abs(ref).max()), rel=1e-6)
 
     loose = validate(original, wrong, {"x": data}, atol=None, rtol=None, min_cosine=0.9)
     assert loose.passed, loose.failures

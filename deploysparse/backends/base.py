@@ -24,6 +24,7 @@ import numpy as np
 
 from deploysparse.calibration import InputSpec
 from deploysparse.errors import UsageError
+from deploysparse.input_shapes import parse_shape
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -131,10 +132,7 @@ def parse_shapes(specs: list[str] | tuple[str, ...] | str | None) -> dict[str, S
             raise UsageError(
                 f"--shapes {spec!r}: expected NAME:MIN[,OPT,MAX] like input:1x3x32x32,8x3x32x32,32x3x32x32"
             )
-        try:
-            dims = [tuple(int(d) for d in part.lower().split("x")) for part in rest.split(",")]
-        except ValueError as exc:
-            raise UsageError(f"--shapes {spec!r}: dimensions must be integers joined by 'x'") from exc
+        dims = [parse_shape(part, f"--shapes {name}:") for part in rest.split(",")]
         if len(dims) not in (1, 2, 3) or len({len(d) for d in dims}) != 1:
             raise UsageError(f"--shapes {spec!r}: give 1 to 3 shapes of the same rank (min, opt, max)")
         if len(dims) == 1:

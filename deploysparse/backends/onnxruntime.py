@@ -36,13 +36,13 @@ from deploysparse.calibration import InputSpec, batches, load_calibration, model
 from deploysparse.denormals import DenormalCount, flush_denormals
 from deploysparse.errors import BackendError, CalibrationError, UsageError
 from deploysparse.modelio import (
-    check_output_path,
     external_data_files,
     load_model,
     loaded_with_external_data,
     needs_external_data,
     save_model,
 )
+from deploysparse.output_guard import reads, refuse_overlap, writes
 
 # Preference order when the user does not choose: a GPU provider when the installed wheel has one.
 # The TensorRT execution provider is used only on request: its first run builds an engine (minutes).
@@ -63,12 +63,16 @@ CALIBRATION_BATCH = 32
 
 
 def _ort():
+    """onnxruntime, with its default logger at ERROR: its coloured warning lines (unused
+    initializers, fused nodes) are not ours to print. A broken install is told apart from a missing one."""
     try:
         import onnxruntime
     except ImportError as exc:
-        raise BackendError(
-            "ONNX Runtime is not installed: pip install 'deploysparse[cpu]' (or [gpu] for onnxruntime-gpu)"
-        ) from exc
+        if exc.name == "onnxruntime":
+            raise BackendError(
+                "ONNX Runtime is not installed: pip install 'deploysparse[cpu]' (or [gpu] for onnxruntime-gpu)"
+            ) from exc
+        raise BackendError(f"ONNX Runtime is installed but cannot be imported ({exc})") from exc
     onnxruntime.set_default_logger_severity(3)
     return onnxruntime
 
@@ -171,8 +175,13 @@ class OnnxRuntimeBackend(Backend):
             )
         artifact = out_dir / "model.optimized.onnx"
         converted = out_dir / f"model.{precision}.onnx"
-        check_output_path(artifact, onnx_path)
-        check_output_path(converted, onnx_path)
+        refuse_overlap(
+            [
+                *writes("the optimised model", artifact, "model"),
+                *writes("the converted model", converted, "model"),
+            ],
+            reads("the input model", onnx_path, "model"),
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
 
         files: list[Path] = []
@@ -263,6 +272,7 @@ class OnnxRuntimeBackend(Backend):
 
 def _quantize_qdq(source: Path, specs: list[InputSpec], feeds: dict[str, np.ndarray], target: Path) -> Path:
     """Static QDQ quantisation: symmetric int8 (zero point 0, as TensorRT requires), per-channel weights."""
+    _ort()  # quieten ONNX Runtime's logger before quantisation opens its sessions
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,

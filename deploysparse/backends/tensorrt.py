@@ -39,7 +39,8 @@ from deploysparse.backends.trt_support import check_onnx
 from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
 from deploysparse.denormals import flush_for_build
 from deploysparse.errors import BackendError, UsageError
-from deploysparse.modelio import check_output_path, load_model
+from deploysparse.modelio import load_model
+from deploysparse.output_guard import reads, refuse_overlap, writes
 
 # Without --shapes, a model whose only dynamic dim is the batch gets this profile (min, opt, max).
 DEFAULT_BATCH_PROFILE = (1, 1, 32)
@@ -189,7 +190,10 @@ class TensorRTBackend(Backend):
         metadata_path = out_dir / "model.engine.json"
         timing_cache = out_dir / "timing.cache"
         calib_cache = out_dir / "model.engine.calib"
-        check_output_path(engine_path, onnx_path)
+        refuse_overlap(
+            [*writes("the engine", engine_path), *writes("its metadata", metadata_path)],
+            reads("the input model", onnx_path, "model"),
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
         source_sha = sha256_file(onnx_path)
         _drop_stale_calibration_cache(metadata_path, calib_cache, source_sha)

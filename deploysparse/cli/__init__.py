@@ -1,13 +1,16 @@
 """The `deploysparse` command line: one thin module per verb, each parsing options and calling the library.
 
-Commands are loaded lazily (importing torch or onnxruntime costs seconds), and every
-`DeploysparseError` becomes one line on stderr and exit code 2.
+Commands are loaded lazily (importing torch or onnxruntime costs seconds). Exit codes: 0 ok, 1 a
+regression (validate, check) or a bug of ours, 2 bad input. Every `DeploysparseError` (bad input)
+becomes one `error:` line and exit code 2; an exception from deploysparse itself becomes one line
+naming the command, with `--debug` (or DEPLOYSPARSE_DEBUG=1) for the traceback, and exit code 1.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 import click
@@ -23,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "check": "check",
     "run": "run",
+    "sweep": "sweep",
     "demo": "demo",
     "advise-depth": "advise_depth",
 }
@@ -51,17 +55,55 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the CLI, turning project errors into one line and exit code 2."""
+    """Console entry point: run the CLI, turning every failure into one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("DEPLOYSPARSE_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
     try:
-        code = cli.main(args=argv, standalone_mode=False)
+        code = cli.main(args=args, prog_name="deploysparse", standalone_mode=False)
     except DeploysparseError as exc:
-        click.echo(f"error: {exc}", err=True)
+        if debug:
+            raise
+        click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # a bad option or argument: one line, exit 2
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see {exc.ctx.command_path} --help)"
+        click.echo(f"error: {_one_line(exc.format_message())}{hint}", err=True)
         sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # the file system refused: a path the user gave, not a bug of ours
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(2)
+    except MemoryError:
+        click.echo("error: out of memory (try a smaller batch or less calibration data)", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        if debug:
+            raise
+        command = _command_name(args)
+        click.echo(
+            f"error: internal error in `deploysparse {command}` ({type(exc).__name__}: {_one_line(exc)}); "
+            "this is a bug in deploysparse: run again with --debug for the traceback and report it",
+            err=True,
+        )
+        sys.exit(1)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
+
+
+def _one_line(exc: BaseException | str) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return "; ".join(lines[:3]) if lines else type(exc).__name__
+
+
+def _command_name(args: list[str]) -> str:
+    return next((a for a in args if a in COMMANDS), "")

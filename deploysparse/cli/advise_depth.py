@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from deploysparse.cli.options import echo_json
+from deploysparse.cli.options import FINITE_NON_NEGATIVE, echo_json
 from deploysparse.errors import CalibrationError, UsageError
 
 
@@ -15,12 +15,18 @@ from deploysparse.errors import CalibrationError, UsageError
 @click.option("--model", "model_path", help="An .onnx model whose residual blocks to measure on the data.")
 @click.option(
     "--identity-threshold",
-    type=float,
+    type=FINITE_NON_NEGATIVE,
     default=0.1,
     show_default=True,
     help="A block is near-identity when ||F(x)|| / ||x|| is at most this.",
 )
-@click.option("--samples", type=int, default=64, show_default=True, help="Images used to measure the blocks.")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Images used to measure the blocks.",
+)
 @click.option("--drop-blocks", "drop_out", help="Write the model with the candidate blocks bypassed here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(
@@ -32,12 +38,19 @@ def command(
     as_json: bool,
 ) -> None:
     """Entropy of the data, the conv depth it can use, and residual blocks past it that do nothing."""
-    from deploysparse.criteria import ebcle
+    from deploysparse import depth_advisor
 
     if drop_out and not model_path:
         raise UsageError("--drop-blocks needs --model")
+    if drop_out:
+        from deploysparse.output_guard import reads, refuse_overlap, writes
+
+        refuse_overlap(
+            writes("--drop-blocks", drop_out, "model"),
+            [*reads("--model", model_path, "model"), *reads("--data", data)],
+        )
     images = _load(data)
-    bound = ebcle.depth_bound(images)
+    bound = depth_advisor.depth_bound(images)
     report: dict = {"data": data, **bound.to_json(), "blocks": [], "candidates": []}
     if model_path:
         report.update(
@@ -64,28 +77,38 @@ def command(
 
 def _load(path: str) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        images = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:
         raise CalibrationError(f"{path}: no such file") from exc
     except (ValueError, OSError) as exc:
         raise CalibrationError(f"{path}: not a .npy array ({exc})") from exc
+    if not isinstance(images, np.ndarray):
+        raise CalibrationError(f"{path}: an .npz archive; give one .npy array of images")
+    if images.ndim not in (3, 4) or images.shape[0] == 0 or images.dtype.kind not in "iuf":
+        raise CalibrationError(
+            f"{path}: expected images as a numeric (N, H, W), (N, C, H, W) or (N, H, W, C) array, got "
+            f"{images.dtype} {images.shape}"
+        )
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        raise CalibrationError(f"{path}: holds NaN or Inf values; clean the data first")
+    return images
 
 
 def _advise_model(
     model_path: str, images: np.ndarray, bound: int, threshold: float, samples: int, drop_out: str | None
 ) -> dict:
+    from deploysparse import depth_advisor
     from deploysparse.calibration import load_calibration
-    from deploysparse.criteria import ebcle
-    from deploysparse.modelio import check_output_path, load_model, save_model
+    from deploysparse.modelio import load_model, save_model
 
     model = load_model(model_path)
     if len(model.graph.input) != 1:
         raise UsageError(f"{model_path}: advise-depth feeds the images to a single-input model")
     picked = images[np.linspace(0, len(images) - 1, min(samples, len(images))).astype(np.int64)]
     feeds = load_calibration({model.graph.input[0].name: picked.astype(np.float32)}, model)
-    blocks = ebcle.find_residual_blocks(model)
-    ebcle.measure_blocks(model, feeds, blocks)
-    chosen = ebcle.candidates(blocks, bound, threshold)
+    blocks = depth_advisor.find_residual_blocks(model)
+    depth_advisor.measure_blocks(model, feeds, blocks)
+    chosen = depth_advisor.candidates(blocks, bound, threshold)
     result = {
         "model": model_path,
         "blocks": [b.to_json() for b in blocks],
@@ -93,8 +116,7 @@ def _advise_model(
         "plan_step": {"op": "drop_blocks", "blocks": [b.add for b in chosen]},
     }
     if drop_out:
-        check_output_path(drop_out, model_path)
-        dropped = ebcle.drop_blocks(model, [b.add for b in chosen])
+        dropped = depth_advisor.drop_blocks(model, [b.add for b in chosen])
         save_model(dropped, drop_out)
         result["dropped_model"] = drop_out
     return result

@@ -12,9 +12,12 @@ from deploysparse import progress
 
 def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        sizes = [int(v) for v in value.split(",") if v.strip()]
     except ValueError as exc:
         raise click.BadParameter(f"expected comma-separated integers like 1,8,32, got {value!r}") from exc
+    if not sizes or any(b < 1 for b in sizes):
+        raise click.BadParameter(f"expected positive batch sizes like 1,8,32, got {value!r}")
+    return sizes
 
 
 @click.command("bench")
@@ -30,15 +33,29 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
     callback=_batch_list,
     help="Batch sizes, e.g. 1,8.",
 )
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per batch size.")
-@click.option("--iters", type=int, default=100, show_default=True, help="Timed runs per batch size.")
-@click.option("--threads", type=int, help="Intra-op threads (ONNX Runtime); default: all usable cores.")
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs per batch size."
+)
+@click.option(
+    "--iters", type=click.IntRange(min=1), default=100, show_default=True, help="Timed runs per batch size."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Intra-op threads (ONNX Runtime); default: all usable cores.",
+)
 @click.option(
     "--per-layer",
     is_flag=True,
     help="Also profile each node with ONNX Runtime's profiler (median ms per run, per batch size).",
 )
-@click.option("--top", type=int, default=20, show_default=True, help="Nodes shown by --per-layer (0: all).")
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Nodes shown by --per-layer (0: all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def command(model, backend, batch_sizes, warmup, iters, threads, per_layer, top, as_json, quiet):

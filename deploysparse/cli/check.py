@@ -18,6 +18,7 @@ from deploysparse.check import (
     to_junit,
     to_markdown,
 )
+from deploysparse.errors import UsageError
 from deploysparse.report.schema import load_report
 
 _Tolerance = click.FloatRange(min=0.0)
@@ -62,6 +63,14 @@ def command(
     Latency (median over repeated runs) may grow by the latency tolerance, accuracy and top-1
     agreement may fall by the accuracy tolerance, parameters and FLOPs may not grow.
     """
+    from deploysparse.output_guard import reads, refuse_overlap, writes
+
+    refuse_overlap(
+        [*writes("--junit", junit), *writes("--markdown", markdown)],
+        [*reads("the report", report), *reads("--baseline", baseline)],
+    )
+    if update_baseline and baseline.exists() and _same_file(baseline, report):
+        raise UsageError(f"--baseline {baseline} is the report itself; nothing to update")
     current = load_report(report)
     console = Console()
     if not console.is_terminal:
@@ -83,6 +92,10 @@ def command(
         console.print(f"baseline updated: {baseline}")
         return 0
     return 0 if result.passed else 1
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and a.samefile(b)
 
 
 def _print(console: Console, result: CheckResult) -> None:

@@ -7,6 +7,7 @@ original on held-out digits (with accuracy), a benchmark and report.html.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import click
@@ -26,21 +27,34 @@ DEMO_CRITERION = "l1"
     show_default=True,
     help="Ranking criterion after 'dead'.",
 )
-@click.option("--flops-target", default=0.5, show_default=True, help="Fraction of the FLOPs to keep.")
+@click.option(
+    "--flops-target",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Fraction of the FLOPs to keep.",
+)
 def command(outdir: str, criterion: str, flops_target: float) -> None:
     """Prune the bundled digits CNN on ONNX Runtime (CPU) and write a report to OUTDIR."""
     from deploysparse.cli.run import print_summary
-    from deploysparse.pipeline import RunInputs, run_recipe
-    from deploysparse.recipe import load_recipe
     from deploysparse.zoo.digits import calibration_set, validation_set
 
-    out = Path(outdir)
-    data_dir = out / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    np.save(data_dir / "calib.npy", calibration_set())
-    x_val, y_val = validation_set()
-    np.save(data_dir / "val.npy", x_val)
-    np.save(data_dir / "val_labels.npy", y_val)
+    with tempfile.TemporaryDirectory(prefix="deploysparse-demo-") as tmp:
+        data_dir = Path(tmp)
+        np.save(data_dir / "calib.npy", calibration_set())
+        x_val, y_val = validation_set()
+        np.save(data_dir / "val.npy", x_val)
+        np.save(data_dir / "val_labels.npy", y_val)
+        report = _run_demo(data_dir, Path(outdir), criterion, flops_target)
+    print_summary(report, outdir)
+    if not report["validation"]["passed"]:
+        raise SystemExit(1)
+
+
+def _run_demo(data_dir: Path, out: Path, criterion: str, flops_target: float) -> dict:
+    """The demo recipe on the digits data in `data_dir`; the data is published into OUTDIR/data."""
+    from deploysparse.pipeline import RunInputs, run_recipe
+    from deploysparse.recipe import load_recipe
 
     base = load_recipe("x86-cpu-onnxruntime")
     recipe = base.model_copy(
@@ -66,7 +80,8 @@ def command(outdir: str, criterion: str, flops_target: float) -> None:
             "bench": base.bench.model_copy(update={"repeats": 3, "iters": 50}),
         }
     )
-    report = run_recipe(
+    data_files = ("calib.npy", "val.npy", "val_labels.npy")
+    return run_recipe(
         recipe,
         RunInputs(
             model="deploysparse.zoo.digits:digits_model",
@@ -76,7 +91,5 @@ def command(outdir: str, criterion: str, flops_target: float) -> None:
             input_shape=[1, 1, 16, 16],
         ),
         out,
+        extra_files={f"data/{name}": data_dir / name for name in data_files},
     )
-    print_summary(report, outdir)
-    if not report["validation"]["passed"]:
-        raise SystemExit(1)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from deploysparse import input_shapes
 from deploysparse.budget import DEAD, Budget
 from deploysparse.errors import UsageError
 
@@ -51,6 +53,7 @@ def budget_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 command
             )
         else:
+            kind = FiniteFloat() if kind is float else kind  # NaN is no budget
             command = click.option(
                 flag, type=kind, default=default, show_default=default is not None, help=help_text
             )(command)
@@ -102,7 +105,7 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--calib, --input-shape and --dead-threshold: what `analyze` and `prune` read a model with."""
     command = click.option(
         "--dead-threshold",
-        type=float,
+        type=FINITE_NON_NEGATIVE,
         default=1e-3,
         show_default=True,
         help="Also treat filters this small (relative norm, or |BN scale|) as dead; not exact, measured.",
@@ -116,20 +119,33 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]] | None:
-    """`--input-shape NAME:1x3x32x32` (or `1,3,32,32` for a single-input model) -> {name: dims}."""
+    """`--input-shape` values (every form `deploysparse.input_shapes` accepts) -> {name: dims}."""
     if not values:
         return None
-    shapes: dict[str, list[int]] = {}
-    for value in values:
-        name, _, dims = value.rpartition(":")
+    return {name: list(dims) for name, dims in input_shapes.parse_input_shapes(values).items()}
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is finite (click's FloatRange lets NaN through) and at least `minimum`."""
+
+    name = "number"
+
+    def __init__(self, minimum: float | None = None) -> None:
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx) -> float:
         try:
-            parsed = [int(d) for d in dims.replace("x", ",").split(",") if d]
-        except ValueError as exc:
-            raise UsageError(f"--input-shape {value!r}: expected dims like 1,3,32,32") from exc
-        if not parsed:
-            raise UsageError(f"--input-shape {value!r}: expected dims like 1,3,32,32")
-        shapes[name or ""] = parsed
-    return shapes
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.minimum is not None and number < self.minimum:
+            self.fail(f"{value!r} is below {self.minimum}", param, ctx)
+        return number
+
+
+FINITE_NON_NEGATIVE = FiniteFloat(0.0)
 
 
 def echo_json(data: dict) -> None:

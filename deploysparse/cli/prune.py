@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import click
@@ -51,12 +52,18 @@ def command(
 ) -> None:
     """Prune MODEL (.onnx or package.module:factory) and write the compact ONNX to OUTPUT."""
     from deploysparse import api
-    from deploysparse.modelio import check_output_path
+    from deploysparse.output_guard import reads, refuse_overlap, writes
 
     budget = budget_from(budget_fields)
-    check_output_path(output, model if model.endswith(".onnx") else None, calib, plan_in)
-    if plan_out:
-        check_output_path(plan_out, model if model.endswith(".onnx") else None, output)
+    refuse_overlap(
+        [*writes("-o", output, "model"), *writes("--plan-out", plan_out)],
+        [
+            *reads("the input model", model if Path(model).exists() else None, "model"),
+            *reads("--calib", calib),
+            *reads("--plan", plan_in),
+            *reads("--weights", weights),
+        ],
+    )
     shapes = parse_input_shapes(input_shape)
     if criterion == DEAD and budget.targeted:
         raise UsageError(
@@ -121,7 +128,12 @@ def _resolve(model: str, weights: str | None, shapes, workdir: str, calib: str |
     if calib and calib.endswith(".npy"):
         import numpy as np
 
-        calib_shape = (1, *np.load(calib, mmap_mode="r").shape[1:])
+        from deploysparse.errors import CalibrationError
+
+        try:
+            calib_shape = (1, *np.load(calib, mmap_mode="r").shape[1:])
+        except (OSError, ValueError) as exc:
+            raise CalibrationError(f"{calib}: not a readable .npy array ({exc})") from exc
     shape = next(iter(shapes.values())) if shapes else None
     resolved = resolve_model(
         model, weights=weights, input_shape=shape, workdir=workdir, calib_shape=calib_shape

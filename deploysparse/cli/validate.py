@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -10,14 +11,26 @@ import click
 from deploysparse import progress
 
 
-def _off_or_float(value: str | None) -> float | None:
-    """Tolerance options take a number, or 'off' to skip that check."""
-    if value is None or value.lower() == "off":
+def _tolerance(ctx: click.Context, param: click.Parameter, value: str | None):
+    return _off_or_float(value)
+
+
+def _off_or_float(value: str | None):
+    """Tolerance options take a number >= 0, 'off' to skip that check, or nothing for the default of
+    the precision being validated."""
+    from deploysparse.validate import PRECISION_DEFAULT
+
+    if value is None:
+        return PRECISION_DEFAULT
+    if value.lower() == "off":
         return None
     try:
-        return float(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"expected a number or 'off', got {value!r}") from exc
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise click.BadParameter(f"expected a finite number >= 0 or 'off', got {value!r}")
+    return number
 
 
 @click.command("validate")
@@ -37,27 +50,42 @@ def _off_or_float(value: str | None) -> float | None:
     help="Runs COMPACT (an .onnx, or an engine for tensorrt); the original always runs on ONNX Runtime.",
 )
 @click.option(
-    "--atol", default="1e-4", show_default=True, help="Absolute tolerance per element ('off' to skip)."
+    "--atol",
+    callback=_tolerance,
+    help="Absolute tolerance per element ('off' to skip) [fp32 1e-4, fp16 1e-2, int8 off].",
 )
 @click.option(
-    "--rtol", default="1e-3", show_default=True, help="Relative tolerance per element ('off' to skip)."
+    "--rtol",
+    callback=_tolerance,
+    help="Tolerance relative to |original| per element [fp32 1e-3, fp16 1e-2, int8 off].",
 )
 @click.option(
-    "--min-cosine", default="0.999", show_default=True, help="Minimum cosine similarity per output."
+    "--min-cosine",
+    callback=_tolerance,
+    help="Minimum cosine similarity per output [fp32 0.999, fp16 0.995, int8 0.98].",
 )
 @click.option(
-    "--min-top1", default="off", show_default=True, help="Minimum top-1 agreement for (N, classes) outputs."
+    "--min-top1",
+    callback=_tolerance,
+    help="Minimum top-1 agreement for (N, classes) outputs [int8 0.9, else off].",
 )
 @click.option(
-    "--max-acc-drop", default="off", show_default=True, help="Maximum accuracy drop (fraction) with --labels."
+    "--max-acc-drop", callback=_tolerance, help="Maximum accuracy drop (fraction) with --labels [off]."
 )
 @click.option(
     "--batch",
     "batch_size",
-    type=int,
+    type=click.IntRange(min=1),
     default=32,
     show_default=True,
     help="Batch size for dynamic-batch models.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "fp16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="Precision of COMPACT, which sets the default tolerances (auto: read from the model).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -75,6 +103,7 @@ def command(
     min_top1,
     max_acc_drop,
     batch_size,
+    precision,
     as_json,
     quiet,
 ):
@@ -88,12 +117,13 @@ def command(
         data,
         labels=labels,
         backend=backend,
-        atol=_off_or_float(atol),
-        rtol=_off_or_float(rtol),
-        min_cosine=_off_or_float(min_cosine),
-        min_top1=_off_or_float(min_top1),
-        max_accuracy_drop=_off_or_float(max_acc_drop),
+        atol=atol,
+        rtol=rtol,
+        min_cosine=min_cosine,
+        min_top1=min_top1,
+        max_accuracy_drop=max_acc_drop,
         batch_size=batch_size,
+        precision=None if precision == "auto" else precision,
     )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -106,11 +136,25 @@ def command(
 
 def _print(report) -> None:
     click.echo(f"{report.compact} vs {report.original} on {report.samples} samples ({report.backend})")
+    tol = report.tolerances
+    bound = (
+        f"|error| <= {tol.atol or 0:g} + {tol.rtol or 0:g} x |original|"
+        if tol.elementwise
+        else "no element-wise bound"
+    )
+    criteria = [bound]
+    if tol.min_cosine is not None:
+        criteria.append(f"cosine >= {tol.min_cosine}")
+    if tol.min_top1 is not None:
+        criteria.append(f"top-1 agreement >= {tol.min_top1}")
+    if tol.max_accuracy_drop is not None:
+        criteria.append(f"accuracy drop <= {tol.max_accuracy_drop}")
+    click.echo(f"  criteria ({report.precision} defaults unless given): {'; '.join(criteria)}")
     for out in report.outputs:
         top1 = "" if out.top1_agreement is None else f"  top-1 agreement {out.top1_agreement:.4f}"
         click.echo(
-            f"  {out.name}: max abs err {out.max_abs_err:.3g}  max rel err {out.max_rel_err:.3g}  "
-            f"cosine {out.cosine:.6f}{top1}"
+            f"  {out.name}: max abs err {out.max_abs_err:.3g} ({out.max_rel_err:.3g} of max |original| "
+            f"{out.reference_scale:.3g})  cosine {out.cosine:.6f}{top1}"
         )
     if report.accuracy_original is not None:
         click.echo(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from deploysparse.errors import CalibrationError
-from deploysparse.graph.producers import linear_read
+from deploysparse.graph.queries import consumer_input as graph_consumer_input
 
 if TYPE_CHECKING:
     from deploysparse.graph.groups import ChannelGroup, Member
@@ -31,7 +31,7 @@ class CriterionContext:
     calib: calibration feeds (input name -> array, batch first), or None when there is no data.
     rng: the one source of randomness (PFP's random variant), seeded by the caller for reproducibility.
     values_fn: computes intermediate tensors by name; defaults to ONNX Runtime on `ga.model` with the
-        calibration feeds (deploysparse.stats.intermediate_values). Tests and callers with their own
+        calibration feeds (deploysparse.ort_intermediates.intermediate_values). Tests and callers with their own
         runner inject it.
     """
 
@@ -74,7 +74,7 @@ class CriterionContext:
         return self._cache[tensor_name]
 
     def _run_onnxruntime(self, names: list[str]) -> dict[str, np.ndarray]:
-        from deploysparse.stats import intermediate_values
+        from deploysparse.ort_intermediates import intermediate_values
 
         return intermediate_values(self.ga.model, self.calib, names)
 
@@ -122,8 +122,7 @@ def channel_slices(weight: np.ndarray, member: Member) -> np.ndarray:
 
 def positions_of(member: Member) -> np.ndarray:
     """Positions along the member's axis of every channel's `width` entries (absent channels: 0)."""
-    index = np.maximum(np.asarray(member.index, dtype=np.int64), 0)
-    return (index[:, None] + np.arange(member.width)[None, :]).reshape(-1)
+    return member.positions()
 
 
 def _absent_to_zero(per_channel: np.ndarray, member: Member, axis: int = 0) -> np.ndarray:
@@ -142,9 +141,9 @@ def weight_of(ga: Any, member: Member) -> np.ndarray:
 
 def consumer_input(ga: Any, member: Member) -> tuple[str, int] | None:
     """The data tensor a consumer reads and the axis of its features, or None without a batch-first
-    view (the graph layer decides: deploysparse.graph.producers.linear_read)."""
-    read = linear_read(ga, member)
-    return None if read is None else (read.tensor, read.axis)
+    view (the graph layer decides: deploysparse.graph.queries.consumer_input)."""
+    view = graph_consumer_input(ga, member)
+    return None if view is None else (view.tensor, view.axis)
 
 
 def channel_activations(values: np.ndarray, member: Member, axis: int) -> np.ndarray:

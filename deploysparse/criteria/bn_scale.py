@@ -20,15 +20,14 @@ import numpy as np
 from deploysparse.criteria.base import CriterionContext, channel_slices, weight_of
 from deploysparse.errors import PlanError
 from deploysparse.graph.groups import ChannelGroup
-from deploysparse.graph.producers import normalization_params
+from deploysparse.graph.queries import group_producers
 
 
 def bn_gammas(group: ChannelGroup, ga: object) -> np.ndarray | None:
     """Largest |gamma| over the group's BatchNormalization nodes, or None if it has none."""
     gammas = [
-        np.abs(channel_slices(weight_of(ga, params["scale"]), params["scale"])[:, 0])
-        for params in normalization_params(group)
-        if "scale" in params
+        np.abs(channel_slices(weight_of(ga, norm.scale), norm.scale)[:, 0])
+        for norm in group_producers(ga, group).norms
     ]
     if not gammas:
         return None

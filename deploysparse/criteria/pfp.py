@@ -50,8 +50,9 @@ from deploysparse.budget import (
 )
 from deploysparse.criteria.base import CriterionContext, positions_of, weight_of
 from deploysparse.errors import UsageError
+from deploysparse.graph.geometry import conv_geometry
 from deploysparse.graph.groups import ChannelGroup, Member
-from deploysparse.graph.producers import LinearRead, linear_read
+from deploysparse.graph.queries import ConsumerView, consumer_input
 
 DELTA = 1e-16
 FLOAT_EPS = float(np.finfo(np.float32).eps)
@@ -202,15 +203,15 @@ class GroupSensitivity:
 
 
 def consumer_sensitivity(
-    ga: Any, member: Member, read: LinearRead, activations: np.ndarray
+    ga: Any, member: Member, read: ConsumerView, activations: np.ndarray
 ) -> tuple[np.ndarray, int, int, int]:
     """Sensitivity of each group channel in one consumer, and that consumer's P, k and output size."""
     weight = weight_of(ga, member)
-    if read.conv is not None:
+    if read.kind == "conv":
         if weight.ndim != 4:
             raise UsageError(f"pfp: node {member.node}: only 2-D convs are supported")
         kh, kw = weight.shape[2:]
-        geometry = read.conv
+        geometry = conv_geometry(ga, member)
         pads = geometry.pads_for(activations.shape[2:], (kh, kw))
         s_full = conv_sensitivity(activations, weight, geometry.strides, pads, geometry.dilations)
         s = np.where(np.asarray(member.index) >= 0, s_full[np.maximum(member.index, 0)], 0.0)
@@ -224,20 +225,21 @@ def consumer_sensitivity(
     return np.where(np.asarray(member.index) >= 0, per_channel, 0.0), 1, member.width, dense.shape[0]
 
 
-def usable_reads(group: ChannelGroup, ctx: CriterionContext) -> list[tuple[Member, LinearRead]]:
+def usable_reads(group: ChannelGroup, ctx: CriterionContext) -> list[tuple[Member, ConsumerView]]:
     """The group's consumers that read it batch-first (the only ones PFP can score)."""
-    reads = [(m, linear_read(ctx.ga, m)) for m in group.consumers]
+    reads = [(m, consumer_input(ctx.ga, m)) for m in group.consumers]
     return [(m, r) for m, r in reads if r is not None]
 
 
-def consumer_output_size(ga: Any, member: Member, read: LinearRead, values: np.ndarray) -> int:
+def consumer_output_size(ga: Any, member: Member, read: ConsumerView, values: np.ndarray) -> int:
     """eta of one consumer: its output size per point (filters x output positions)."""
     weight = ga.weights[member.name]
-    if read.conv is None:
+    if read.kind != "conv":
         return int(weight.shape[0] if member.axis == 1 else weight.shape[1])
     kernel = tuple(weight.shape[2:])
-    pads = read.conv.pads_for(values.shape[2:], kernel)
-    positions = conv_patches(values[:1], kernel, read.conv.strides, pads, read.conv.dilations).shape[3]
+    geometry = conv_geometry(ga, member)
+    pads = geometry.pads_for(values.shape[2:], kernel)
+    positions = conv_patches(values[:1], kernel, geometry.strides, pads, geometry.dilations).shape[3]
     return int(weight.shape[0]) * positions
 
 
@@ -344,7 +346,7 @@ def _sample(b: GroupBudget, sens: GroupSensitivity, eps: float, rng: np.random.G
 
 @dataclass(frozen=True)
 class PFPCriterion:
-    """Scores are the raw sensitivities s_j; `plan` allocates the budget the paper's way."""
+    """Scores are the raw sensitivities s_j; `allocate` allocates the budget the paper's way."""
 
     name: str = "pfp"
     needs_data: bool = True

@@ -35,7 +35,7 @@ from scipy.spatial.distance import pdist, squareform
 from deploysparse.criteria.base import CriterionContext, channel_slices, normalise_by_mean, weight_of
 from deploysparse.criteria.inactive import consumer_views
 from deploysparse.graph.groups import ChannelGroup
-from deploysparse.graph.producers import normalization_params
+from deploysparse.graph.queries import group_producers
 
 
 def w2_distance(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -75,12 +75,12 @@ def describe(group: ChannelGroup, ctx: CriterionContext) -> ChannelDescription:
     if views:
         x = np.concatenate([np.moveaxis(v, 1, 0).reshape(group.size, -1) for v in views], axis=1)
         return ChannelDescription(merge_residual_distance(x.astype(np.float64)), x, norms)
-    norms_params = [p for p in normalization_params(group) if "scale" in p and "bias" in p]
-    if norms_params:
+    bns = [n for n in group_producers(ctx.ga, group).norms if n.shift is not None]
+    if bns:
         mu, sigma = [], []
-        for params in norms_params:
-            sigma.append(channel_slices(weight_of(ctx.ga, params["scale"]), params["scale"])[:, 0])
-            mu.append(channel_slices(weight_of(ctx.ga, params["bias"]), params["bias"])[:, 0])
+        for norm in bns:
+            sigma.append(channel_slices(weight_of(ctx.ga, norm.scale), norm.scale)[:, 0])
+            mu.append(channel_slices(weight_of(ctx.ga, norm.shift), norm.shift)[:, 0])
         sigma_arr, mu_arr = np.stack(sigma, axis=1), np.stack(mu, axis=1)
         scale = float(np.abs(sigma_arr).mean()) or 1.0
         return ChannelDescription(w2_distance(mu_arr, sigma_arr) / scale, None, norms)

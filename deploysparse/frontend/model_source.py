@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploysparse.errors import ModelLoadError, UsageError
+from deploysparse.input_shapes import parse_input_shapes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -100,20 +101,11 @@ def _resolve_entry_point(
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
-    """Parse '1,3,32,32' (or '1x3x32x32') into a shape tuple of positive integers."""
-    cleaned = text.strip().strip("()[]").replace("x", ",").replace(" ", "")
-    parts = [p for p in cleaned.split(",") if p]
-    if not parts:
-        raise UsageError(f"--input-shape {text!r} is empty; expected comma-separated sizes like 1,3,224,224")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        raise UsageError(
-            f"--input-shape {text!r} is not a list of integers; expected sizes like 1,3,224,224"
-        ) from None
-    if any(d <= 0 for d in dims):
-        raise UsageError(f"--input-shape {text!r} has a size <= 0; every dimension must be positive")
-    return dims
+    """Parse '1,3,32,32' (or '1x3x32x32', 'NAME:1,3,32,32') into a shape of positive sizes."""
+    shapes = parse_input_shapes([text])
+    if len(shapes) != 1:
+        raise UsageError(f"--input-shape {text!r}: an entry point takes one input shape")
+    return next(iter(shapes.values()))
 
 
 def _as_shape(value: str | Sequence[int] | None) -> tuple[int, ...] | None:

@@ -27,10 +27,9 @@ import torch
 from torch import nn
 
 from deploysparse.errors import ModelLoadError, UsageError
-from deploysparse.frontend.model_source import parse_input_shape
 from deploysparse.modelio import load_model, save_model
 
-__all__ = ["export_onnx", "parse_input_shape"]
+__all__ = ["export_onnx"]
 
 _EXPORTERS = ("auto", "dynamo", "legacy")
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "onnxscript")

@@ -1,115 +1,27 @@
-"""Per-channel activation statistics from the PyTorch module, keyed by the exported ONNX tensor names.
+"""Per-channel activation statistics and values from the PyTorch module, keyed by ONNX tensor names.
 
 Criteria (dead filters, PFP, similarity) score channels by what they output on calibration data. For
-a model that came from an entry point the module itself can produce those values: forward hooks see
-every Conv, BatchNorm and Linear output, and since the exporter kept parameter names, the ONNX node
-that consumes initializer "layer1.0.bn1.weight" is the one that module became, so its output tensor
-name is known.
-
-Mapped here:
-- the output of every Conv/ConvTranspose, BatchNorm/InstanceNorm and Linear (as Gemm) module that runs
-  exactly once per forward pass and whose weight feeds exactly one ONNX node;
-- every tensor the ONNX graph derives from a mapped tensor by element-wise activations (Relu,
-  LeakyRelu, Clip, Sigmoid, HardSigmoid, HardSwish, Tanh, Elu, Softplus, Gelu, Identity, Dropout) and
-  by Mul of two such tensors (SiLU = x * Sigmoid(x)). They are computed from the hooked output with
-  the ONNX op's own attributes, so functional activations (F.relu) are covered too.
-Everything else (pooling outputs, residual sums, concatenations, modules called twice) is computed by
-ONNX Runtime on the exported graph's intermediate values, when the caller asks for those tensors.
+a model that came from an entry point the module itself produces most of those values: the tensors
+its forward hooks reach (torch_hooks.py: every Conv, BatchNorm and Linear output and the activations
+that follow) are reduced here (channel_stats.py) or collected as arrays. Everything else (pooling
+outputs, residual sums, concatenations, modules called twice) is computed by ONNX Runtime on the
+exported graph's intermediate values, when the caller asks for those tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
-import torch
-import torch.nn.functional as F
-from onnx import numpy_helper
 from torch import nn
 
+from deploysparse.channel_stats import ChannelStats, ChannelStatsAccumulator
 from deploysparse.errors import CalibrationError
-from deploysparse.stats import session
+from deploysparse.frontend.torch_hooks import map_tensors, run_hooks
+from deploysparse.ort_intermediates import session
 
-_HOOKED_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Linear)
-_MODULE_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "Gemm"}
-
-
-@dataclass
-class ChannelStats:
-    """Statistics of one tensor per channel (axis 1), over batch and spatial positions."""
-
-    count: int  # values seen per channel
-    mean: np.ndarray
-    mean_abs: np.ndarray
-    std: np.ndarray
-    max: np.ndarray
-    min: np.ndarray
-    frac_positive: np.ndarray  # fraction of values > 0
-    corr: np.ndarray | None = None  # (C, C) Pearson correlation, when asked for; 0 for a constant channel
-
-
-class ChannelStatsAccumulator:
-    """Streaming reductions in float64, so statistics over many batches equal those over one."""
-
-    def __init__(self, correlation: bool = False) -> None:
-        self.correlation = correlation
-        self.count = 0
-        self._sum: np.ndarray | None = None
-
-    def add(self, values: np.ndarray) -> None:
-        """Add a batch shaped (N, C, ...) ."""
-        if values.ndim < 2:
-            raise CalibrationError(f"statistics need a channel axis; got a tensor of shape {values.shape}")
-        flat = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1).astype(np.float64)
-        if self._sum is None:
-            channels = flat.shape[0]
-            self._sum = np.zeros(channels)
-            self._sum_abs = np.zeros(channels)
-            self._sum_sq = np.zeros(channels)
-            self._positive = np.zeros(channels)
-            self._max = np.full(channels, -np.inf)
-            self._min = np.full(channels, np.inf)
-            self._outer = np.zeros((channels, channels)) if self.correlation else None
-        self.count += flat.shape[1]
-        self._sum += flat.sum(axis=1)
-        self._sum_abs += np.abs(flat).sum(axis=1)
-        self._sum_sq += np.square(flat).sum(axis=1)
-        self._positive += (flat > 0).sum(axis=1)
-        if flat.shape[1]:
-            self._max = np.maximum(self._max, flat.max(axis=1))
-            self._min = np.minimum(self._min, flat.min(axis=1))
-        if self._outer is not None:
-            self._outer += flat @ flat.T
-
-    def result(self) -> ChannelStats:
-        if self._sum is None or self.count == 0:
-            raise CalibrationError("no calibration values were seen")
-        n = self.count
-        mean = self._sum / n
-        var = self._sum_sq / n - mean**2
-        # A constant channel (a dead filter) leaves only cancellation error here; call it exactly 0.
-        var = np.where(var <= 1e-12 * mean**2, 0.0, np.maximum(var, 0.0))
-        std = np.sqrt(var)
-        corr = None
-        if self._outer is not None:
-            cov = self._outer / n - np.outer(mean, mean)
-            denom = np.outer(std, std)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                corr = np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0)
-            np.fill_diagonal(corr, 1.0)
-            corr = np.clip(corr, -1.0, 1.0)
-        return ChannelStats(
-            count=n,
-            mean=mean,
-            mean_abs=self._sum_abs / n,
-            std=std,
-            max=self._max.copy(),
-            min=self._min.copy(),
-            frac_positive=self._positive / n,
-            corr=corr,
-        )
+__all__ = ["collect_torch_stats", "collect_torch_values"]
 
 
 def collect_torch_stats(
@@ -131,7 +43,7 @@ def collect_torch_stats(
     wanted = set(derived) if tensors is None else set(tensors)
     accumulators = {name: ChannelStatsAccumulator(correlation) for name in wanted if name in derived}
     if accumulators:
-        _run_hooks(module, inputs, derived, accumulators, batch_size)
+        run_hooks(module, inputs, derived, accumulators, batch_size)
     stats = {name: acc.result() for name, acc in accumulators.items()}
     rest = sorted(wanted - set(stats))
     if rest:
@@ -164,11 +76,11 @@ def collect_torch_values(
     wanted = list(dict.fromkeys(tensors))
     collectors = {name: _Collector() for name in wanted if name in derived}
     if collectors:
-        _run_hooks(module, inputs, derived, collectors, batch_size)
+        run_hooks(module, inputs, derived, collectors, batch_size)
     values = {name: np.concatenate(c.parts) for name, c in collectors.items()}
     rest = [name for name in wanted if name not in values]
     if rest:
-        from deploysparse.stats import intermediate_values
+        from deploysparse.ort_intermediates import intermediate_values
 
         feeds = dict(zip(_input_names(onnx_model), inputs, strict=True))
         values.update(intermediate_values(onnx_model, feeds, rest, batch_size))
@@ -178,177 +90,6 @@ def collect_torch_values(
 def _input_names(model: onnx.ModelProto) -> list[str]:
     initializers = {t.name for t in model.graph.initializer}
     return [i.name for i in model.graph.input if i.name not in initializers]
-
-
-@dataclass(frozen=True)
-class _Derived:
-    """An ONNX tensor as a function of one hooked module's output."""
-
-    module: str
-    fn: Callable[[torch.Tensor], torch.Tensor]
-
-
-def map_tensors(module: nn.Module, onnx_model: onnx.ModelProto) -> dict[str, _Derived]:
-    """Which ONNX tensors the module's hooks can produce, and how (module name + function of its output)."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in onnx_model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    constants = _constants(onnx_model)
-    derived: dict[str, _Derived] = {}
-    for name, sub in module.named_modules():
-        if not isinstance(sub, _HOOKED_MODULES):
-            continue
-        key = f"{name}.weight" if getattr(sub, "weight", None) is not None else f"{name}.running_mean"
-        nodes = [n for n in consumers.get(key, []) if n.op_type in _MODULE_OPS]
-        if len(nodes) == 1 and len(consumers.get(key, [])) == 1:
-            derived[nodes[0].output[0]] = _Derived(name, _identity)
-    frontier = list(derived)
-    while frontier:
-        tensor = frontier.pop()
-        for node in consumers.get(tensor, []):
-            if node.output[0] in derived:
-                continue
-            fn = _elementwise(node, derived, constants)
-            if fn is not None:
-                derived[node.output[0]] = fn
-                frontier.append(node.output[0])
-    return derived
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def _attr(node: onnx.NodeProto, name: str, default: float | str) -> float | str:
-    for a in node.attribute:
-        if a.name == name:
-            return a.s.decode() if a.type == onnx.AttributeProto.STRING else a.f
-    return default
-
-
-def _elementwise(
-    node: onnx.NodeProto, derived: Mapping[str, _Derived], constants: Mapping[str, np.ndarray]
-) -> _Derived | None:
-    """The node's output as a function of a hooked output, if the node is an element-wise op on it."""
-    op = node.op_type
-    if op == "Mul" and len(node.input) == 2 and all(i in derived for i in node.input):
-        a, b = derived[node.input[0]], derived[node.input[1]]
-        if a.module != b.module:
-            return None
-        return _Derived(a.module, lambda x, fa=a.fn, fb=b.fn: fa(x) * fb(x))
-    source = derived.get(node.input[0]) if node.input else None
-    if source is None:
-        return None
-    fn = _unary(node, constants)
-    if fn is None:
-        return None
-    return _Derived(source.module, lambda x, f=fn, g=source.fn: f(g(x)))
-
-
-def _unary(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) -> Callable | None:
-    op = node.op_type
-    if op in ("Identity", "Dropout") and len(node.input) == 1:
-        return _identity
-    if len(node.input) != 1 and op != "Clip":
-        return None
-    simple = {
-        "Relu": torch.relu,
-        "Sigmoid": torch.sigmoid,
-        "Tanh": torch.tanh,
-        "HardSwish": F.hardswish,
-        "Softplus": F.softplus,
-    }
-    if op in simple:
-        return simple[op]
-    if op == "LeakyRelu":
-        alpha = float(_attr(node, "alpha", 0.01))
-        return lambda x: F.leaky_relu(x, alpha)
-    if op == "Elu":
-        alpha = float(_attr(node, "alpha", 1.0))
-        return lambda x: F.elu(x, alpha)
-    if op == "HardSigmoid":
-        alpha, beta = float(_attr(node, "alpha", 0.2)), float(_attr(node, "beta", 0.5))
-        return lambda x: torch.clamp(alpha * x + beta, 0.0, 1.0)
-    if op == "Gelu":
-        approximate = str(_attr(node, "approximate", "none"))
-        return lambda x: F.gelu(x, approximate=approximate)
-    if op == "Clip":
-        return _clip(node, constants)
-    return None
-
-
-def _clip(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) -> Callable | None:
-    bounds: list[float | None] = [None, None]
-    for slot, name in enumerate(node.input[1:3]):
-        if not name:
-            continue
-        if name not in constants:
-            return None
-        bounds[slot] = float(constants[name])
-    if len(node.input) == 1:
-        bounds = [_attr(node, "min", None), _attr(node, "max", None)]
-    low, high = bounds
-    return lambda x: torch.clamp(x, low, high)
-
-
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _small(t.dims)}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(a.t)
-    return values
-
-
-def _small(dims: Iterable[int]) -> bool:
-    return int(np.prod(list(dims))) <= 1
-
-
-def _run_hooks(
-    module: nn.Module,
-    inputs: list[np.ndarray],
-    derived: Mapping[str, _Derived],
-    accumulators: Mapping[str, ChannelStatsAccumulator | _Collector],
-    batch_size: int,
-) -> None:
-    by_module: dict[str, list[str]] = {}
-    for name in accumulators:
-        by_module.setdefault(derived[name].module, []).append(name)
-    submodules = dict(module.named_modules())
-    calls: dict[str, int] = {}
-
-    def hook_for(module_name: str) -> Callable:
-        def hook(_mod: nn.Module, _inp: object, output: torch.Tensor) -> None:
-            # Runs before any in-place activation downstream overwrites the output.
-            calls[module_name] = calls.get(module_name, 0) + 1
-            for tensor in by_module[module_name]:
-                value = derived[tensor].fn(output.detach())
-                accumulators[tensor].add(value.float().cpu().numpy())
-
-        return hook
-
-    handles = [submodules[name].register_forward_hook(hook_for(name)) for name in by_module]
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            batches = 0
-            for start in range(0, inputs[0].shape[0], batch_size):
-                module(
-                    *(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])) for x in inputs)
-                )
-                batches += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-        module.train(was_training)
-    twice = sorted(name for name, n in calls.items() if n != batches)
-    if twice:
-        raise CalibrationError(
-            f"module {twice[0]} ran {calls[twice[0]]} times in {batches} forward passes; its ONNX tensor is ambiguous"
-        )
 
 
 def _calibration_inputs(

@@ -19,7 +19,7 @@ from scipy.sparse.csgraph import connected_components
 from deploysparse.graph.channels import Attachment, ChannelTable, Pin
 from deploysparse.graph.groups import ChannelGroup, Member, PinnedSpace
 from deploysparse.graph.normalize import normalize
-from deploysparse.graph.rules import RULES, pin_all
+from deploysparse.graph.rules import pin_all, rule_for
 from deploysparse.graph.shapes import infer_shapes, resolve_input_shapes
 
 
@@ -93,9 +93,10 @@ def analyze_graph(
     for inp in model.graph.input:
         table.pin(inp.name, None, "graph input")
     for node in model.graph.node:
-        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        rule = rule_for(node)
         if rule is None:
-            pin_all(node, table, f"no channel rule for {node.op_type}")
+            where = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+            pin_all(node, table, f"no channel rule for {where}")
         else:
             rule.analyze(node, table)
     for out in model.graph.output:
@@ -131,7 +132,7 @@ def _complete_with_a_run(
     ]
     if not unknown and not bounds:
         return {}
-    from deploysparse.stats import intermediate_values
+    from deploysparse.ort_intermediates import intermediate_values
 
     rng = np.random.default_rng(0)
     elem = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
@@ -255,16 +256,35 @@ def _members_of(
         np.minimum.at(index, chan, pos)
         width = np.bincount(chan, minlength=size)
         present = width > 0
+        widest = int(width[present].max()) if present.any() else 0
         groups[g].members.append(
             Member(
                 role=role,
                 name=name,
                 axis=axis,
                 index=np.where(present, index, -1),
-                width=int(width[present].max()) if present.any() else 0,
+                width=widest,
+                layout=_layout(pos, chan, index, size, widest),
                 **extra,
             )
         )
+
+
+def _layout(pos: np.ndarray, chan: np.ndarray, first: np.ndarray, size: int, width: int) -> np.ndarray | None:
+    """(size, width) positions per channel, or None when every channel's entries are `width`
+    consecutive positions from its first (the usual case: one position, or a flattened channel).
+    A channel with fewer entries repeats its first one; an absent channel is -1."""
+    order = np.lexsort((pos, chan))
+    pos, chan = pos[order], chan[order]
+    rank = np.arange(len(chan)) - np.searchsorted(chan, chan, side="left")
+    layout = np.full((size, width), -1, dtype=np.int64)
+    layout[chan, rank] = pos
+    present = layout[:, 0] >= 0
+    layout = np.where((layout < 0) & present[:, None], layout[:, :1], layout)
+    consecutive = first[:, None] + np.arange(width)[None, :]
+    if np.array_equal(layout[present], consecutive[present]):
+        return None
+    return layout
 
 
 def _add_members(

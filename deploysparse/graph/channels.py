@@ -100,14 +100,17 @@ class ChannelTable:
 
         constant_if="all": `dst` is constant when every flow into it is (a sum); "any": when one is
         (a product: 0 * gate is 0; a non-zero constant times a live gate is caught when the dead-filter
-        check reads the values and finds them varying)."""
+        check reads the values and finds them varying); "zero": as "all", but only a constant 0
+        stays constant (zero padding: the border of a non-zero constant differs), so the dead-filter
+        check reads `src` and confirms it is exactly 0 before it removes the channel."""
         a = self.elements(src, src_channels)
         b = self.elements(dst, dst_channels)
         if len(a) != len(b):
             raise ValueError(f"flow {src} -> {dst}: {len(a)} vs {len(b)} channels")
         self.edges_a.append(a)
         self.edges_b.append(b)
-        self.const_log.append(("flow" if constant_if == "all" else "flow-any", a, b))
+        kind = {"all": "flow", "any": "flow-any", "zero": "flow-zero"}[constant_if]
+        self.const_log.append((kind, a, b))
 
     def tie(self, a_tensor: str, b_tensor: str, a_channels: np.ndarray, b_channels: np.ndarray) -> None:
         """Keep channels together without a value flow (depthwise input -> its output filters)."""
@@ -158,18 +161,49 @@ class ChannelTable:
         An element is constant when every value flowing into it is constant (a residual sum of a
         dead and a live channel is live), or when its op makes it so (a zero filter, BN scale 0).
         """
+        return self._propagate(threshold)[0]
+
+    def zero_conditions(self, threshold: float = 0.0) -> np.ndarray:
+        """Elements that must be exactly 0 for `constant_elements` to hold: the inputs of zero-padded
+        flows (flow(..., constant_if="zero")) that some constant element's constancy rests on."""
+        const, via = self._propagate(threshold)
+        return np.unique(via[const & (via >= 0)])
+
+    def _propagate(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """(constant per element, the zero-padded input element each one's constancy came through or
+        -1). A source (the op itself makes the channel constant) needs no condition upstream."""
         const = np.zeros(self.total, dtype=bool)
         has_input = np.zeros(self.total, dtype=bool)
+        via = np.full(self.total, -1, dtype=np.int64)
         for kind, a, b in self.const_log:
-            if kind == "flow":
+            if kind in ("flow", "flow-zero"):
                 incoming = const[a]
                 const[b] = np.where(has_input[b], const[b] & incoming, incoming)
                 has_input[b] = True
+                if kind == "flow-zero":
+                    via[b[incoming]] = a[incoming]
+                else:
+                    inherited = via[a]
+                    via[b] = np.where(inherited >= 0, inherited, via[b])
             elif kind == "flow-any":
                 const[b] |= const[a]
                 has_input[b] = True
             elif kind == "source":
-                const[a[b <= threshold]] = True
+                made = a[b <= threshold]
+                const[made] = True
+                via[made] = -1
             else:
                 const[a] = False
-        return const
+        return const, via
+
+    def tensor_channels(self, elements: np.ndarray) -> dict[str, np.ndarray]:
+        """Elements grouped back into tensor -> channel indices."""
+        names = list(self.base)
+        starts = np.array([self.base[n] for n in names], dtype=np.int64)
+        order = np.argsort(starts)
+        which = order[np.searchsorted(starts[order], elements, side="right") - 1]
+        out: dict[str, np.ndarray] = {}
+        for i in np.unique(which):
+            name = names[int(i)]
+            out[name] = np.asarray(elements)[which == i] - self.base[name]
+        return out

@@ -15,15 +15,13 @@ import numpy as np
 from onnx import TensorProto
 
 from deploysparse.graph.analysis import GraphAnalysis
-from deploysparse.graph.rules import attr
-
-_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from deploysparse.graph.rules import rule_for
 
 
 @dataclass(frozen=True)
 class Cost:
-    """params: elements of all floating-point initializers; macs: multiply-accumulates of
-    Conv/ConvTranspose/Gemm/MatMul for one sample at the analysed input shape."""
+    """params: elements of all floating-point initializers; macs: multiply-accumulates of every node
+    whose rule counts them (Conv, ConvTranspose, Gemm, MatMul) for one sample at the analysed shape."""
 
     params: int
     macs: int
@@ -52,7 +50,11 @@ class CostModel:
         self.init_size = {
             init.name: int(np.prod(init.dims)) for init in graph.initializer if _is_float(init.data_type)
         }
-        self.mac_nodes = [(n, _macs(ga, n)) for n in graph.node if n.op_type in _MAC_OPS]
+        self.mac_nodes: list[tuple[int, tuple[str, ...]]] = []
+        for node in graph.node:
+            rule = rule_for(node)
+            if rule is not None and rule.macs is not None:
+                self.mac_nodes.append(rule.macs(node, ga.table))
 
     def _fraction(self, frac_elem: np.ndarray, tensor: str, channels: np.ndarray | None = None) -> float:
         if tensor not in self.ga.table.base:
@@ -63,7 +65,7 @@ class CostModel:
     def cost(self, keep: Mapping[str, object] | None = None) -> Cost:
         frac_elem = identity_fractions(self.ga, keep)[self.ga.identity] if keep else None
         if frac_elem is None:
-            return Cost(sum(self.init_size.values()), int(sum(m for _, m in self.mac_nodes)))
+            return Cost(sum(self.init_size.values()), int(sum(m for m, _ in self.mac_nodes)))
         scale: dict[str, float] = {}
         seen: set[tuple[str, str, int]] = set()
         for att in self.ga.attachments:
@@ -74,15 +76,8 @@ class CostModel:
             scale[att.name] = scale.get(att.name, 1.0) * self._fraction(frac_elem, att.tensor, att.channels)
         params = sum(size * scale.get(name, 1.0) for name, size in self.init_size.items())
         macs = 0.0
-        for node, m in self.mac_nodes:
-            f_out = self._fraction(frac_elem, node.output[0])
-            depthwise = (
-                node.op_type == "Conv"
-                and int(attr(node, "group", 1)) == self.ga.table.count.get(node.input[0], -1)
-                and int(attr(node, "group", 1)) > 1
-            )
-            f_in = 1.0 if depthwise else self._fraction(frac_elem, node.input[0])
-            macs += m * f_out * f_in
+        for m, scaled_by in self.mac_nodes:
+            macs += m * float(np.prod([self._fraction(frac_elem, tensor) for tensor in scaled_by]))
         return Cost(round(params), round(macs))
 
 
@@ -93,24 +88,3 @@ def count_cost(ga: GraphAnalysis, keep: Mapping[str, object] | None = None) -> C
 
 def _is_float(data_type: int) -> bool:
     return data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
-
-
-def _macs(ga: GraphAnalysis, node) -> int:
-    """MACs of one node for one sample (batch dimension divided out)."""
-    shapes = ga.shapes
-    out = shapes.get(node.output[0])
-    weight = ga.weights.get(node.input[1]) if len(node.input) > 1 else None
-    if not out or min(out) < 0 or weight is None:
-        return 0
-    per_sample = int(np.prod(out[1:])) if len(out) > 1 else 1
-    if node.op_type == "Conv":
-        return per_sample * int(np.prod(weight.shape[1:]))
-    if node.op_type == "ConvTranspose":
-        inp = shapes.get(node.input[0])
-        if not inp or min(inp) < 0:
-            return 0
-        return int(np.prod(inp[1:])) * int(np.prod(weight.shape[1:]))
-    if node.op_type == "Gemm":
-        k = weight.shape[1] if attr(node, "transB", 0) else weight.shape[0]
-        return per_sample * int(k)
-    return per_sample * int(weight.shape[0])  # MatMul

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deploysparse.graph.analysis import GraphAnalysis
-from deploysparse.graph.rules import attr
-from deploysparse.stats import intermediate_values, random_feeds
-
-_READERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from deploysparse.graph.channels import ChannelTable
+from deploysparse.graph.rules import rule_for
+from deploysparse.ort_intermediates import intermediate_values, random_feeds
 
 # The paper's authors keep a channel only if |gamma| > 1e-3; on folded weights the same threshold is
-# read relative to the layer's median filter norm (rules._zero_magnitude).
+# read relative to the layer's median filter norm (rules.filter_magnitude).
 DEFAULT_DEAD_THRESHOLD = 1e-3
 # Samples read for the constant values: exact constants need one; a near-dead channel's mean is
 # settled long before 64 (its spread is tiny by definition), and the run is most of the check's cost.
@@ -56,24 +55,34 @@ def find_dead(
     table = ga.table
     constant = table.constant_elements(threshold)
     exactly = table.constant_elements(0.0) if threshold > 0 else constant
-    readers = [n for n in ga.model.graph.node if n.op_type in _READERS and n.input[0] in table.base]
+    readers = [
+        (n, t) for n in ga.model.graph.node if (t := _read_tensor(n, table)) is not None and t in table.base
+    ]
     n_ident = len(ga.identity_group)
     all_const = np.ones(n_ident, dtype=bool)
     all_exact = np.ones(n_ident, dtype=bool)
     read_tensors: dict[str, list] = {}
-    for node in readers:
-        elements = table.elements(node.input[0])
+    for node, tensor in readers:
+        elements = table.elements(tensor)
         np.logical_and.at(all_const, ga.identity[elements], constant[elements])
         np.logical_and.at(all_exact, ga.identity[elements], exactly[elements])
-        read_tensors.setdefault(node.input[0], []).append(node)
+        read_tensors.setdefault(tensor, []).append(node)
     candidate = all_const & ~ga.identity_pinned
     result = DeadFilters()
     if not candidate.any():
         return result
+    conditions = table.zero_conditions(threshold)
+    conditions = conditions[candidate[ga.identity[conditions]]]
+    zero_checks = list(table.tensor_channels(conditions).items())
     tensors = [t for t in read_tensors if candidate[ga.identity[table.elements(t)]].any()]
     data = feeds if feeds is not None else random_feeds(ga.model, ga.input_shapes)
     data = {name: value[:VALUE_SAMPLES] for name, value in data.items()}
-    values = intermediate_values(ga.model, data, tensors)
+    values = intermediate_values(ga.model, data, list(dict.fromkeys(tensors + [t for t, _ in zero_checks])))
+    for tensor, channels in zero_checks:
+        # A constant passed zero padding: only an exact 0 stays constant at the border.
+        moved = np.moveaxis(values[tensor], 1, 0).reshape(values[tensor].shape[1], -1)[channels]
+        nonzero = np.any(moved != 0, axis=1)
+        candidate[ga.identity[table.elements(tensor, channels[nonzero])]] = False
     removable = candidate.copy()
     for tensor in tensors:
         ids = ga.identity[table.elements(tensor)]
@@ -87,7 +96,7 @@ def find_dead(
         nonzero = candidate[ids] & ~np.isclose(per_channel, 0.0, atol=0.0) & np.isfinite(per_channel)
         unfoldable = ~np.isfinite(per_channel) & candidate[ids]
         for node in read_tensors[tensor]:
-            if not _folds_exactly(node, ga):
+            if not rule_for(node).folds_exactly(node):
                 unfoldable |= nonzero
         for i in np.flatnonzero(unfoldable):
             if removable[ids[i]]:
@@ -127,14 +136,11 @@ def _channel_values(value: np.ndarray, exact: bool) -> np.ndarray:
     return np.where(spread <= 1e-6 * scale, mean, np.nan)
 
 
-def _folds_exactly(node, ga: GraphAnalysis) -> bool:
-    """Can a non-zero constant input channel move into this node's bias without error?"""
-    if node.op_type == "Gemm":
-        return not attr(node, "transA", 0)
-    if node.op_type != "Conv" or int(attr(node, "group", 1)) != 1:
-        return False
-    pads = attr(node, "pads", []) or []
-    return not any(p > 0 for p in pads) and attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
+def _read_tensor(node, table: ChannelTable) -> str | None:
+    """The tensor a final reader multiplies by its weights (its rule says which input), else None."""
+    rule = rule_for(node)
+    reading = rule.reading(node, table) if rule is not None else None
+    return node.input[reading.input_index] if reading is not None else None
 
 
 def _balance_blocks(dead: np.ndarray, size: int, blocks: int) -> np.ndarray:

@@ -27,6 +27,9 @@ class Member:
     name: the initializer or tensor name; node/op: the node that uses it (empty for "tensor").
     index: for each group channel, its position along `axis` (for a flatten consumer, the index of the
     channel's first feature; `width` features per channel follow it).
+    layout: (group size, width) positions of every channel's entries when they are not `width`
+    consecutive ones (SPPF's concat of one tensor with its pooled copies holds channel c at c, c+C,
+    c+2C, ...); None when consecutive. `positions()` reads either form.
     """
 
     role: str
@@ -37,6 +40,14 @@ class Member:
     op: str = ""
     input_index: int = -1
     width: int = 1
+    layout: np.ndarray | None = None
+
+    def positions(self) -> np.ndarray:
+        """Positions along `axis` of every channel's `width` entries, channel-major (absent: 0)."""
+        if self.layout is not None:
+            return np.maximum(self.layout, 0).reshape(-1)
+        index = np.maximum(np.asarray(self.index, dtype=np.int64), 0)
+        return (index[:, None] + np.arange(self.width)[None, :]).reshape(-1)
 
     def to_json(self) -> dict:
         """A plain-data record for plan.json."""

@@ -11,19 +11,23 @@ import onnx
 from onnx import numpy_helper
 
 from deploysparse.graph.analysis import GraphAnalysis
+from deploysparse.graph.rules import rule_for
 from deploysparse.plan import Plan, kept_identities
 
 
 def zero_channels(ga: GraphAnalysis, plan: Plan) -> onnx.ModelProto:
-    """Copy of the normalised model where removed channels produce 0: producer rows, per-channel
-    biases and BN scale/shift are zeroed (a zero BN scale and shift output 0 whatever the input)."""
+    """Copy of the normalised model where removed channels produce 0: producer rows and the
+    per-channel parameters each op's rule lists in `zeroes` (conv/gemm biases, depthwise weights, BN
+    scale and shift, constants added) are zeroed; a zero BN scale and shift output 0 whatever the input."""
     kept = kept_identities(ga, plan)
     model = onnx.ModelProto()
     model.CopyFrom(ga.model)
     inits = {init.name: init for init in model.graph.initializer}
     arrays = {name: numpy_helper.to_array(init).copy() for name, init in inits.items()}
     for att in ga.attachments:
-        zeroes_output = att.role == "producer" or (att.role == "param" and _zeroes(att.op, att.input_index))
+        zeroes_output = att.role == "producer" or (
+            att.role == "param" and att.input_index in rule_for(ga.node(att.node)).zeroes
+        )
         if not zeroes_output:
             continue
         removed = ~kept[ga.identity[ga.table.elements(att.tensor, att.channels)]]
@@ -33,11 +37,3 @@ def zero_channels(ga: GraphAnalysis, plan: Plan) -> onnx.ModelProto:
     for name, init in inits.items():
         init.CopyFrom(numpy_helper.from_array(arrays[name], name))
     return model
-
-
-def _zeroes(op: str, input_index: int) -> bool:
-    """Params whose zeroing makes the channel output 0: conv/gemm biases, depthwise weights, BN and
-    InstanceNorm scale and shift (not the running mean/var), constants added after a MatMul."""
-    if op in ("BatchNormalization", "InstanceNormalization"):
-        return input_index in (1, 2)
-    return op in ("Conv", "ConvTranspose", "Gemm", "Add", "Sub")

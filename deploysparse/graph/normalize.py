@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from deploysparse.errors import ModelLoadError
+from deploysparse.graph.rules import attr
 from deploysparse.graph.shapes import skeleton
 
 # Ops whose output differs between runs or that have side effects: never folded.
@@ -112,7 +113,7 @@ def _split_sequences(
 def _as_split(node, readers, values, shapes, opset, new_constants) -> onnx.NodeProto | None:
     if node.op_type != "SplitToSequence" or len(node.input) < 2 or node.input[1] not in values:
         return None
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    axis = int(attr(node, "axis", 0))
     sizes = np.asarray(values[node.input[1]])
     if sizes.ndim == 0:  # a chunk size: the last chunk takes the remainder
         shape = shapes.get(node.input[0])
@@ -123,7 +124,7 @@ def _as_split(node, readers, values, shapes, opset, new_constants) -> onnx.NodeP
             [chunk] * (total // chunk) + ([total % chunk] if total % chunk else []), dtype=np.int64
         )
     sizes = sizes.reshape(-1).astype(np.int64)
-    keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+    keepdims = int(attr(node, "keepdims", 1))
     users = readers.get(node.output[0], [])
     if sizes.ndim != 1 or len(sizes) < 1 or not keepdims or not users:
         return None

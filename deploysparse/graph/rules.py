@@ -1,57 +1,201 @@
-"""Per-op channel rules: one small entry per op type, in one registry.
+"""Per-op rules: everything the package asks of one ONNX op type, in one registry.
 
-Each rule says, for one node, how its inputs' channels relate to its outputs' (`analyze`, writing
-into a `ChannelTable`) and, after a plan is chosen, what besides slicing its attached initializers
-must change (`rewrite`: a depthwise conv's group count, a Split's sizes, a Reshape's shape
-constant). An op with no rule pins every channel tensor it touches: never pruned, never a crash.
+A `Rule` owns its op, in the manner of Torch-Pruning's `BasePruningFunc` (looked up by type) and
+onnx-graphsurgeon's `Graph.register` (extension by registration). It says:
+- `analyze`: how the node's input channels relate to its output channels (edges, attachments, pins,
+  constant sources written into a `ChannelTable`);
+- `rewrite`: what besides slicing its attached initializers must change once a plan is chosen (a
+  depthwise conv's group count, a Split's sizes, a Reshape's shape constant);
+- `macs`: its multiply-accumulates per sample and the tensors whose kept fraction scales them;
+- `reads`: where it multiplies channels by weights (a final reader of a channel: the dead-filter
+  check judges liveness there, criteria read their activations there);
+- `fold`: whether and how a constant input channel moves into its bias exactly (the dead-filter
+  check and the surgery both ask this one object, so they cannot disagree);
+- `zeroes`: which per-channel parameter inputs must be zeroed for a removed channel to output 0;
+- `zero_to_zero`: whether an all-zero input channel gives an all-zero output channel;
+- `layer_output` / `compute`: how a framework layer's output maps to the node (hooks on torch modules);
+- `scale_shift`: the inputs holding a normalisation's learned per-channel scale and shift (BN's
+  gamma and beta: the evidence of the bn-scale and similarity criteria).
+An op with no rule pins every channel tensor it touches: never pruned, never a crash. `register_rule`
+adds an op, including a custom-domain one, without editing this package.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from deploysparse.graph.channels import ChannelTable
-
-if TYPE_CHECKING:
-    from deploysparse.graph.surgery import Surgeon
+from deploysparse.graph.edits import GraphEdits
 
 AnalyzeFn = Callable[[onnx.NodeProto, ChannelTable], None]
-RewriteFn = Callable[[onnx.NodeProto, "Surgeon"], None]
+RewriteFn = Callable[[onnx.NodeProto, GraphEdits], None]
+# (MACs per sample, tensors whose kept fraction scales them)
+MacsFn = Callable[[onnx.NodeProto, ChannelTable], tuple[int, tuple[str, ...]]]
+# The op's output as a function of its activation inputs, written with the functions `F` offers
+# (torch.nn.functional); None when the node's attributes are not supported.
+ComputeFn = Callable[[onnx.NodeProto, Mapping[str, np.ndarray]], Callable[[list[Any], Any], Any] | None]
 
 
+@dataclass(frozen=True)
+class Reading:
+    """Where a node multiplies channels by its weights: input `input_index`, channel axis `axis`
+    (-1: features on the last axis, leading axes are points). kind: "conv" (an ungrouped conv over
+    patches), "dense" (a matrix product: every feature is one point's column), "other" (grouped or
+    transposed convs: a final reader, but with no plain per-channel view of its data)."""
+
+    input_index: int
+    axis: int
+    kind: str
+    weight_input: int = 1
+
+
+@dataclass(frozen=True)
+class Fold:
+    """How a non-zero constant input channel moves into the node's bias.
+
+    exact(node): whether it is exact for this node (no zero border meets the constant, no group
+    mixing); contribution(node, weight, axis, values): per output channel, what the constant inputs
+    (values along the weight's input `axis`) add to every output; bias_input: where the bias goes.
+    """
+
+    exact: Callable[[onnx.NodeProto], bool]
+    contribution: Callable[[onnx.NodeProto, np.ndarray, int, np.ndarray], np.ndarray]
+    why_not: str = "folding a constant input channel into its bias would not be exact"
+    bias_input: int = 2
+
+
+@dataclass(frozen=True)
 class Rule:
-    """How one op type moves channels; `rewrite` is only needed for edits beyond slicing."""
+    """Everything the package asks of one op type (see the module docstring)."""
 
-    def __init__(self, analyze: AnalyzeFn, rewrite: RewriteFn | None = None) -> None:
-        self.analyze = analyze
-        self.rewrite = rewrite
+    analyze: AnalyzeFn
+    rewrite: RewriteFn | None = None
+    macs: MacsFn | None = None
+    reads: Callable[[onnx.NodeProto, ChannelTable], Reading | None] | None = None
+    fold: Fold | None = None
+    zeroes: frozenset[int] = field(default_factory=frozenset)
+    zero_to_zero: bool | Callable[[onnx.NodeProto, ChannelTable], bool] = False
+    layer_output: bool = False
+    compute: ComputeFn | None = None
+    scale_shift: tuple[int, int] | None = None
+
+    def reading(self, node: onnx.NodeProto, table: ChannelTable) -> Reading | None:
+        """Where this node reads channels with its weights, None when it does not."""
+        return self.reads(node, table) if self.reads is not None else None
+
+    def folds_exactly(self, node: onnx.NodeProto) -> bool:
+        """Can a non-zero constant input channel move into this node's bias without error?"""
+        return self.fold is not None and self.fold.exact(node)
+
+    def keeps_zero(self, node: onnx.NodeProto, table: ChannelTable) -> bool:
+        """Does an all-zero input channel give an all-zero output channel?"""
+        z = self.zero_to_zero
+        return bool(z(node, table) if callable(z) else z)
 
 
-RULES: dict[str, Rule] = {}
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+RULES: dict[tuple[str, str], Rule] = {}
 
 
-def rule(*op_types: str, rewrite: RewriteFn | None = None) -> Callable[[AnalyzeFn], AnalyzeFn]:
-    """Register `analyze` (and an optional `rewrite`) for the given op types."""
+def _key(op_type: str, domain: str) -> tuple[str, str]:
+    return ("" if domain in _DEFAULT_DOMAINS else domain, op_type)
+
+
+def register_rule(
+    op_types: str | Sequence[str],
+    analyze: AnalyzeFn,
+    *,
+    domain: str = "",
+    rewrite: RewriteFn | None = None,
+    macs: MacsFn | None = None,
+    reads: Callable[[onnx.NodeProto, ChannelTable], Reading | None] | None = None,
+    fold: Fold | None = None,
+    zeroes: Sequence[int] = (),
+    zero_to_zero: bool | Callable[[onnx.NodeProto, ChannelTable], bool] = False,
+    layer_output: bool = False,
+    compute: ComputeFn | None = None,
+    scale_shift: tuple[int, int] | None = None,
+    replace: bool = False,
+) -> Rule:
+    """Teach the package an op: how its channels flow and everything else asked of it.
+
+    `analyze(node, table)` is the only required part: it writes the node's channel relations into the
+    `ChannelTable` (`table.flow`, `table.attach`, `table.pin`, `table.constant_source`, ...). The
+    other parts default to "nothing": no MACs counted, not a final reader, no folding, nothing zeroed,
+    zero not kept. A rule already registered for the op is an error unless `replace=True`, so two
+    libraries cannot silently override each other. Returns the registered rule.
+
+    Example: a custom-domain per-channel scale `y = x * s` (s of shape (C, 1, 1)) prunes through
+    with `register_rule("ChannelScale", analyze, domain="my.ops", zeroes=[1], zero_to_zero=True)`
+    where analyze does `table.flow(x, y)` and `table.attach("param", node, 1, 0, y)`.
+    """
+    names = [op_types] if isinstance(op_types, str) else list(op_types)
+    built = Rule(
+        analyze=analyze,
+        rewrite=rewrite,
+        macs=macs,
+        reads=reads,
+        fold=fold,
+        zeroes=frozenset(int(i) for i in zeroes),
+        zero_to_zero=zero_to_zero,
+        layer_output=layer_output,
+        compute=compute,
+        scale_shift=scale_shift,
+    )
+    for op in names:
+        key = _key(op, domain)
+        if key in RULES and not replace:
+            where = f"{domain}::{op}" if key[0] else op
+            raise ValueError(f"a rule for {where} is already registered (pass replace=True to override)")
+        RULES[key] = built
+    return built
+
+
+def unregister_rule(op_types: str | Sequence[str], domain: str = "") -> None:
+    """Remove the rule for these op types (an op without a rule pins its channels)."""
+    for op in [op_types] if isinstance(op_types, str) else op_types:
+        RULES.pop(_key(op, domain), None)
+
+
+def rule_for(node: onnx.NodeProto) -> Rule | None:
+    """The rule that owns this node's op, None when no rule does."""
+    return RULES.get(_key(node.op_type, node.domain))
+
+
+def ops_with(predicate: Callable[[Rule], bool]) -> list[str]:
+    """Names of the registered ops whose rule satisfies `predicate` (for messages and docs)."""
+    return sorted(f"{d}::{op}" if d else op for (d, op), r in RULES.items() if predicate(r))
+
+
+def rule(*op_types: str, **parts: Any) -> Callable[[AnalyzeFn], AnalyzeFn]:
+    """Decorator form of `register_rule` for the built-in rules below."""
 
     def register(fn: AnalyzeFn) -> AnalyzeFn:
-        for op in op_types:
-            RULES[op] = Rule(fn, rewrite)
+        register_rule(op_types, fn, **parts)
         return fn
 
     return register
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
-    """An attribute's value, or `default` when the node does not set it."""
+    """An attribute's value, or `default` when the node does not set it (the package's one reader)."""
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def has_padding(node: onnx.NodeProto) -> bool:
+    """Whether a conv or pool pads its input (explicit pads or SAME auto-padding): the package's one
+    padding check."""
+    pads = attr(node, "pads", []) or []
+    return any(p > 0 for p in pads) or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
 
 
 def pin_all(node: onnx.NodeProto, t: ChannelTable, reason: str) -> None:
@@ -66,26 +210,25 @@ def _const(t: ChannelTable, name: str) -> np.ndarray | None:
 
 # ---- ops that keep each channel where it is --------------------------------------------------------
 
-_UNARY = (
-    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu",
-    "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal",
-    "Floor", "Ceil", "Round", "Sign", "Clip", "Identity", "Dropout", "Cast", "ThresholdedRelu",
-    "Sin", "Cos", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxPool",
+_KEEP_ZERO = (
+    "Relu", "LeakyRelu", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softsign", "Mish", "Gelu", "Erf",
+    "Abs", "Neg", "Sqrt", "Floor", "Ceil", "Round", "Sign", "Identity", "Dropout", "Cast",
+    "ThresholdedRelu", "Sin", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxPool",
 )  # fmt: skip
+_MOVE_ZERO = ("Sigmoid", "HardSigmoid", "Softplus", "Exp", "Log", "Reciprocal", "Cos")
 
 
-def _same_channels(node: onnx.NodeProto, t: ChannelTable, reason: str) -> bool:
+def _same_channels(node: onnx.NodeProto, t: ChannelTable, reason: str, constant_if: str = "all") -> bool:
     """Input 0's channels become output 0's one to one; pin everything (and say False) when the
     counts differ or are unknown."""
     src, dst = node.input[0], node.output[0]
     if t.channels(src) is None or t.channels(dst) != t.channels(src):
         pin_all(node, t, reason)
         return False
-    t.flow(src, dst)
+    t.flow(src, dst, constant_if=constant_if)
     return True
 
 
-@rule(*_UNARY)
 def _unary(node: onnx.NodeProto, t: ChannelTable) -> None:
     if not _same_channels(node, t, "channel count changes or is unknown"):
         return
@@ -93,16 +236,102 @@ def _unary(node: onnx.NodeProto, t: ChannelTable) -> None:
         t.pin(extra, node, "secondary output")
 
 
-@rule("AveragePool")
+def _one_input(fn: Callable[[Any, Any], Any]) -> ComputeFn:
+    """A compute for ops read off a single activation input with no parameters."""
+    return lambda node, constants: (lambda xs, F: fn(xs[0], F)) if len(node.input) == 1 else None
+
+
+def _with_attrs(make: Callable[[onnx.NodeProto], Callable[[Any, Any], Any]]) -> ComputeFn:
+    """A compute whose function depends on the node's attributes."""
+
+    def compute(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]):
+        if len(node.input) != 1:
+            return None
+        fn = make(node)
+        return lambda xs, F: fn(xs[0], F)
+
+    return compute
+
+
+def _clip_bounds(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) -> tuple | None:
+    """(min, max) of a Clip (None for an open side), or None when a bound is computed at run time."""
+    if len(node.input) == 1:
+        return attr(node, "min"), attr(node, "max")
+    bounds: list[float | None] = [None, None]
+    for slot, name in enumerate(node.input[1:3]):
+        if not name:
+            continue
+        if name not in constants:
+            return None
+        bounds[slot] = float(np.asarray(constants[name]).reshape(-1)[0])
+    return bounds[0], bounds[1]
+
+
+def _clip_compute(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]):
+    bounds = _clip_bounds(node, constants)
+    if bounds is None:
+        return None
+    low, high = bounds
+    return lambda xs, F: xs[0].clamp(low, high)
+
+
+def _clip_keeps_zero(node: onnx.NodeProto, t: ChannelTable) -> bool:
+    bounds = _clip_bounds(node, {**t.static, **t.weights})
+    if bounds is None:
+        return False
+    low, high = bounds
+    return (low is None or low <= 0) and (high is None or high >= 0)
+
+
+_COMPUTE: dict[str, ComputeFn] = {
+    "Relu": _one_input(lambda x, F: F.relu(x)),
+    "Sigmoid": _one_input(lambda x, F: x.sigmoid()),
+    "Tanh": _one_input(lambda x, F: x.tanh()),
+    "HardSwish": _one_input(lambda x, F: F.hardswish(x)),
+    "Softplus": _one_input(lambda x, F: F.softplus(x)),
+    "Identity": _one_input(lambda x, F: x),
+    "Dropout": _one_input(lambda x, F: x),
+    "LeakyRelu": _with_attrs(lambda n: lambda x, F: F.leaky_relu(x, float(attr(n, "alpha", 0.01)))),
+    "Elu": _with_attrs(lambda n: lambda x, F: F.elu(x, float(attr(n, "alpha", 1.0)))),
+    "HardSigmoid": _with_attrs(
+        lambda n: (
+            lambda x, F: (float(attr(n, "alpha", 0.2)) * x + float(attr(n, "beta", 0.5))).clamp(0.0, 1.0)
+        )
+    ),
+    "Gelu": _with_attrs(lambda n: lambda x, F: F.gelu(x, approximate=_text(attr(n, "approximate", b"none")))),
+    "Clip": _clip_compute,
+}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+for _op in _KEEP_ZERO:
+    register_rule(_op, _unary, zero_to_zero=True, compute=_COMPUTE.get(_op))
+for _op in _MOVE_ZERO:
+    register_rule(_op, _unary, compute=_COMPUTE.get(_op))
+register_rule("Clip", _unary, zero_to_zero=_clip_keeps_zero, compute=_clip_compute)
+
+
+@rule("AveragePool", zero_to_zero=True)
 def _average_pool(node: onnx.NodeProto, t: ChannelTable) -> None:
-    _unary(node, t)
-    pads = attr(node, "pads", []) or []
-    padded = any(p > 0 for p in pads) or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
-    if padded and attr(node, "count_include_pad", 0) and t.channels(node.output[0]) is not None:
-        t.not_constant(node.output[0])  # zero padding averaged in makes the border differ
+    # Zero padding averaged in makes a non-zero constant's border differ; a 0 stays 0.
+    zero_padded = has_padding(node) and attr(node, "count_include_pad", 0)
+    if _same_channels(
+        node, t, "channel count changes or is unknown", constant_if="all" if not zero_padded else "zero"
+    ):
+        _padded_constant(node, t, zero_padded)
 
 
-@rule("BatchNormalization", "InstanceNormalization")
+def _padded_constant(node: onnx.NodeProto, t: ChannelTable, padded: bool) -> None:
+    """Where an op meets a border (zero padding), a constant channel stays constant only if the op
+    maps 0 to 0 (its rule's `zero_to_zero`) and the constant is 0 (the flow was written with
+    constant_if="zero", which the dead check confirms); otherwise the border breaks constancy."""
+    if padded and not rule_for(node).keeps_zero(node, t):
+        t.not_constant(node.output[0])
+
+
 def _normalization(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     params = [i for i in range(1, len(node.input)) if node.input[i]]
@@ -119,7 +348,11 @@ def _normalization(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.constant_source(dst, np.abs(t.weights[node.input[1]]).astype(np.float64))
 
 
-@rule("PRelu")
+register_rule("BatchNormalization", _normalization, zeroes=(1, 2), layer_output=True, scale_shift=(1, 2))
+register_rule("InstanceNormalization", _normalization, zeroes=(1, 2), layer_output=True)
+
+
+@rule("PRelu", zero_to_zero=True)
 def _prelu(node: onnx.NodeProto, t: ChannelTable) -> None:
     _elementwise(node, t)
 
@@ -133,7 +366,6 @@ def _channel_axis_of(operand_rank: int, out_rank: int) -> int | None:
     return axis if axis >= 0 else None
 
 
-@rule("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow")
 def _elementwise(node: onnx.NodeProto, t: ChannelTable) -> None:
     """Two activations: their channels are coupled (residual sums, SE gates). A constant with a
     per-channel axis is sliced with them; a broadcast one is left alone."""
@@ -169,10 +401,29 @@ def _elementwise(node: onnx.NodeProto, t: ChannelTable) -> None:
         t.flow(name, dst, constant_if="any" if node.op_type == "Mul" else "all")
 
 
+def _no_constant_operand(node: onnx.NodeProto, t: ChannelTable) -> bool:
+    """0 + 0 is 0; 0 + a constant is not (a sum keeps zero only when every operand is an activation)."""
+    return not any(_const(t, name) is not None for name in node.input)
+
+
+def _product(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]):
+    """x * gate(x) (SiLU) from one layer's output; a constant operand is not read here."""
+    if len(node.input) != 2 or any(name in constants for name in node.input):
+        return None
+    return lambda xs, F: xs[0] * xs[1]
+
+
+register_rule(("Add", "Sub"), _elementwise, zeroes=(0, 1), zero_to_zero=_no_constant_operand)
+register_rule(("Sum", "Mean", "Max", "Min"), _elementwise, zero_to_zero=_no_constant_operand)
+register_rule("Mul", _elementwise, zero_to_zero=True, compute=_product)
+register_rule("Div", _elementwise, zero_to_zero=True)
+register_rule("Pow", _elementwise)
+
+
 # ---- producers and consumers -----------------------------------------------------------------------
 
 
-def _zero_magnitude(weight: np.ndarray, axis: int) -> np.ndarray:
+def filter_magnitude(weight: np.ndarray, axis: int) -> np.ndarray:
     """Per output channel: the filter's L2 norm relative to the layer's median (0 for a zero filter).
 
     Relative, because a folded BN scales every filter by gamma/sqrt(var): an absolute threshold
@@ -184,7 +435,78 @@ def _zero_magnitude(weight: np.ndarray, axis: int) -> np.ndarray:
     return norms / median if median > 0 else norms
 
 
-@rule("Conv", rewrite=lambda node, s: _conv_rewrite(node, s))
+def _per_sample(t: ChannelTable, tensor: str) -> int | None:
+    """Elements of one sample of `tensor` (batch divided out), None when its shape is unknown."""
+    shape = t.shapes.get(tensor)
+    if not shape or min(shape) < 0:
+        return None
+    return int(np.prod(shape[1:])) if len(shape) > 1 else 1
+
+
+def _weight_macs(
+    per_output: Callable[[onnx.NodeProto, ChannelTable, np.ndarray], int | None],
+    scaled_by: Callable[[onnx.NodeProto, ChannelTable], tuple[str, ...]] = lambda n, t: (
+        n.input[0],
+        n.output[0],
+    ),
+) -> MacsFn:
+    """MACs of a weight-carrying op: `per_output(node, table, weight)`, 0 when a shape is unknown."""
+
+    def macs(node: onnx.NodeProto, t: ChannelTable) -> tuple[int, tuple[str, ...]]:
+        weight = _const(t, node.input[1]) if len(node.input) > 1 else None
+        count = (
+            None if weight is None or _per_sample(t, node.output[0]) is None else per_output(node, t, weight)
+        )
+        return int(count or 0), scaled_by(node, t)
+
+    return macs
+
+
+def _is_depthwise(node: onnx.NodeProto, t: ChannelTable) -> bool:
+    group = int(attr(node, "group", 1))
+    return group > 1 and group == t.count.get(node.input[0], -1)
+
+
+def _conv_reading(node: onnx.NodeProto, t: ChannelTable) -> Reading | None:
+    """A depthwise conv is no final reader: it maps each channel to its own outputs (a constant to a
+    constant, zero through zero padding to a constant), so liveness is judged where they are read."""
+    if _is_depthwise(node, t):
+        return None
+    return Reading(0, 1, "conv" if int(attr(node, "group", 1)) == 1 else "other")
+
+
+def _conv_fold_exact(node: onnx.NodeProto) -> bool:
+    return int(attr(node, "group", 1)) == 1 and not has_padding(node)
+
+
+def _conv_contribution(node: onnx.NodeProto, weight: np.ndarray, axis: int, values: np.ndarray) -> np.ndarray:
+    """An unpadded conv sees a constant channel everywhere: each output gains sum(kernel) * value."""
+    return np.tensordot(weight.sum(axis=tuple(range(2, weight.ndim))), values, axes=([axis], [0]))
+
+
+def _conv_keeps_zero(node: onnx.NodeProto, t: ChannelTable) -> bool:
+    bias = _const(t, node.input[2]) if len(node.input) > 2 else None
+    return bias is None or not np.any(bias)
+
+
+@rule(
+    "Conv",
+    rewrite=lambda node, s: _conv_rewrite(node, s),
+    macs=_weight_macs(
+        lambda n, t, w: _per_sample(t, n.output[0]) * int(np.prod(w.shape[1:])),
+        lambda n, t: (n.output[0],) if _is_depthwise(n, t) else (n.input[0], n.output[0]),
+    ),
+    reads=_conv_reading,
+    fold=Fold(
+        _conv_fold_exact,
+        _conv_contribution,
+        why_not="the conv pads its input or groups its channels, so folding a non-zero constant channel "
+        "into the bias would not be exact",
+    ),
+    zeroes=(1, 2),
+    zero_to_zero=_conv_keeps_zero,
+    layer_output=True,
+)
 def _conv(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     weight = _const(t, node.input[1])
@@ -203,11 +525,9 @@ def _conv(node: onnx.NodeProto, t: ChannelTable) -> None:
         m = cout // cin
         t.attach("param", node, 1, 0, dst)
         out_ch = np.arange(cout)
-        if _has_padding(node):
-            t.tie(src, dst, out_ch // m, out_ch)
-            t.not_constant(dst)
-        else:
-            t.flow(src, dst, out_ch // m, out_ch)
+        # Unpadded, a constant input channel gives a constant output; padded, only a 0 does (the
+        # border sees the zero padding), and then the output is the bias, constant too.
+        t.flow(src, dst, out_ch // m, out_ch, constant_if="zero" if has_padding(node) else "all")
     elif cin % group == 0 and cout % group == 0:
         t.attach("producer", node, 1, 0, dst, sliced=False)
         t.block(src, group)
@@ -217,15 +537,10 @@ def _conv(node: onnx.NodeProto, t: ChannelTable) -> None:
         return
     if has_bias:
         t.attach("param", node, 2, 0, dst)
-    t.constant_source(dst, _zero_magnitude(weight, 0))
+    t.constant_source(dst, filter_magnitude(weight, 0))
 
 
-def _has_padding(node: onnx.NodeProto) -> bool:
-    pads = attr(node, "pads", []) or []
-    return any(p > 0 for p in pads) or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
-
-
-def _conv_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
+def _conv_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
     group = int(attr(node, "group", 1))
     if group == 1:
         return
@@ -245,7 +560,20 @@ def _conv_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
     s.put(node, 1, np.stack(rows))
 
 
-@rule("ConvTranspose")
+@rule(
+    "ConvTranspose",
+    macs=_weight_macs(
+        lambda n, t, w: (
+            None
+            if _per_sample(t, n.input[0]) is None
+            else _per_sample(t, n.input[0]) * int(np.prod(w.shape[1:]))
+        )
+    ),
+    reads=lambda node, t: Reading(0, 1, "other"),
+    zeroes=(1, 2),
+    zero_to_zero=_conv_keeps_zero,
+    layer_output=True,
+)
 def _conv_transpose(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     weight = _const(t, node.input[1])
@@ -262,10 +590,24 @@ def _conv_transpose(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.attach("consumer", node, 1, 0, src)
     if len(node.input) > 2 and node.input[2]:
         t.attach("param", node, 2, 0, dst)
-    t.constant_source(dst, _zero_magnitude(weight, 1))
+    t.constant_source(dst, filter_magnitude(weight, 1))
 
 
-@rule("Gemm")
+def _gemm_contribution(node: onnx.NodeProto, weight: np.ndarray, axis: int, values: np.ndarray) -> np.ndarray:
+    return np.tensordot(weight, values, axes=([axis], [0]))
+
+
+@rule(
+    "Gemm",
+    macs=_weight_macs(
+        lambda n, t, w: _per_sample(t, n.output[0]) * int(w.shape[1] if attr(n, "transB", 0) else w.shape[0])
+    ),
+    reads=lambda node, t: Reading(0, 1, "other" if attr(node, "transA", 0) else "dense"),
+    fold=Fold(lambda node: not attr(node, "transA", 0), _gemm_contribution),
+    zeroes=(1, 2),
+    zero_to_zero=_conv_keeps_zero,
+    layer_output=True,
+)
 def _gemm(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     weight = _const(t, node.input[1])
@@ -283,10 +625,15 @@ def _gemm(node: onnx.NodeProto, t: ChannelTable) -> None:
             return
         if bias.ndim >= 1 and bias.shape[-1] == t.channels(dst) and t.channels(dst) > 1:
             t.attach("param", node, 2, bias.ndim - 1, dst)
-    t.constant_source(dst, _zero_magnitude(weight, out_axis))
+    t.constant_source(dst, filter_magnitude(weight, out_axis))
 
 
-@rule("MatMul")
+@rule(
+    "MatMul",
+    macs=_weight_macs(lambda n, t, w: _per_sample(t, n.output[0]) * int(w.shape[0])),
+    reads=lambda node, t: Reading(0, -1, "dense"),
+    zero_to_zero=True,
+)
 def _matmul(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     weight = _const(t, node.input[1])
@@ -301,7 +648,7 @@ def _matmul(node: onnx.NodeProto, t: ChannelTable) -> None:
         return
     t.attach("producer", node, 1, 1, dst)
     t.attach("consumer", node, 1, 0, src)
-    t.constant_source(dst, _zero_magnitude(weight, 1))
+    t.constant_source(dst, filter_magnitude(weight, 1))
 
 
 # ---- ops that move channels ------------------------------------------------------------------------
@@ -311,7 +658,7 @@ def _norm_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-@rule("Concat")
+@rule("Concat", zero_to_zero=True)
 def _concat(node: onnx.NodeProto, t: ChannelTable) -> None:
     dst = node.output[0]
     rank = len(t.shapes.get(dst, ()))
@@ -342,7 +689,7 @@ def _split_sizes(node: onnx.NodeProto, t: ChannelTable, total: int) -> list[int]
     return [first] * (n - 1) + [total - first * (n - 1)]
 
 
-@rule("Split", rewrite=lambda node, s: _split_rewrite(node, s))
+@rule("Split", rewrite=lambda node, s: _split_rewrite(node, s), zero_to_zero=True)
 def _split(node: onnx.NodeProto, t: ChannelTable) -> None:
     src = node.input[0]
     rank = len(t.shapes.get(src, ()))
@@ -364,7 +711,7 @@ def _split(node: onnx.NodeProto, t: ChannelTable) -> None:
         offset += size
 
 
-def _split_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
+def _split_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
     rank = len(s.shapes[node.input[0]])
     if _norm_axis(int(attr(node, "axis", 0)), rank) != 1:
         return
@@ -405,7 +752,7 @@ def _clamp_range(start: int, end: int, size: int) -> tuple[int, int]:
     return max(0, min(start, size)), max(0, min(end, size))
 
 
-@rule("Slice", rewrite=lambda node, s: _slice_rewrite(node, s))
+@rule("Slice", rewrite=lambda node, s: _slice_rewrite(node, s), zero_to_zero=True)
 def _slice(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     rank = len(t.shapes.get(src, ()))
@@ -435,10 +782,10 @@ def _slice(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.flow(src, dst, np.arange(start, end))
 
 
-def _slice_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
+def _slice_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
     src = node.input[0]
     rank = len(s.shapes[src])
-    starts, ends, axes, _ = _slice_params(node, {**s.ga.table.static, **s.weights}, rank)
+    starts, ends, axes, _ = _slice_params(node, {**s.static, **s.weights}, rank)
     on_channels = [i for i, a in enumerate(axes) if a == 1]
     if not on_channels:
         return
@@ -454,7 +801,7 @@ def _slice_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
     s.put(node, 2, ends.astype(dtypes[1]))
 
 
-@rule("Flatten")
+@rule("Flatten", zero_to_zero=True)
 def _flatten(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     shape = t.shapes.get(src, ())
@@ -485,7 +832,7 @@ def _reshape_kind(t_shapes: dict, node: onnx.NodeProto) -> str | None:
     return None
 
 
-@rule("Reshape", rewrite=lambda node, s: _reshape_rewrite(node, s))
+@rule("Reshape", rewrite=lambda node, s: _reshape_rewrite(node, s), zero_to_zero=True)
 def _reshape(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     kind = _reshape_kind(t.shapes, node)
@@ -533,8 +880,8 @@ def _channel_dim_of_shape(
     return None
 
 
-def _reshape_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
-    holder, index, position = _channel_dim_of_shape(node.input[1], s.weights, s.shapes, s.ga.table.producer)
+def _reshape_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
+    holder, index, position = _channel_dim_of_shape(node.input[1], s.weights, s.shapes, s.producer)
     target = holder or node
     value = np.array(s.array(target, index), copy=True)
     flat = value.reshape(-1)
@@ -544,7 +891,7 @@ def _reshape_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
     s.put(target, index, value)
 
 
-@rule("Squeeze", "Unsqueeze")
+@rule("Squeeze", "Unsqueeze", zero_to_zero=True)
 def _squeeze(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     s_shape, d_shape = t.shapes.get(src, ()), t.shapes.get(dst, ())
@@ -560,7 +907,7 @@ def _squeeze(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.flow(src, dst)
 
 
-@rule("Transpose")
+@rule("Transpose", zero_to_zero=True)
 def _transpose(node: onnx.NodeProto, t: ChannelTable) -> None:
     perm = attr(node, "perm")
     if perm is None or list(perm[:2]) != [0, 1] or t.channels(node.input[0]) is None:
@@ -569,7 +916,7 @@ def _transpose(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.flow(node.input[0], node.output[0])
 
 
-@rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1")
+@rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1", zero_to_zero=True)
 def _reduce(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     rank = len(t.shapes.get(src, ()))
@@ -586,12 +933,12 @@ def _reduce(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.flow(src, dst)
 
 
-@rule("Resize", "Upsample", rewrite=lambda node, s: _resize_rewrite(node, s))
+@rule("Resize", "Upsample", rewrite=lambda node, s: _resize_rewrite(node, s), zero_to_zero=True)
 def _resize(node: onnx.NodeProto, t: ChannelTable) -> None:
     _same_channels(node, t, "resize changes the channel count")
 
 
-def _resize_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
+def _resize_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
     if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
         return
     sizes = s.weights.get(node.input[3])
@@ -602,7 +949,7 @@ def _resize_rewrite(node: onnx.NodeProto, s: Surgeon) -> None:
     s.put(node, 3, new_sizes)
 
 
-@rule("Pad")
+@rule("Pad", zero_to_zero=lambda node, t: _pad_keeps_zero(node, t))
 def _pad(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     pads = attr(node, "pads")
@@ -616,10 +963,21 @@ def _pad(node: onnx.NodeProto, t: ChannelTable) -> None:
     if len(node.input) > 3 and node.input[3]:
         pin_all(node, t, "pad with explicit axes")
         return
-    t.flow(src, dst)
-    mode = attr(node, "mode", b"constant")
-    if mode == b"constant" and np.any(pads > 0):
-        t.not_constant(dst)
+    padded = bool(_text(attr(node, "mode", b"constant")) == "constant" and np.any(pads > 0))
+    t.flow(src, dst, constant_if="zero" if padded else "all")  # a 0 channel padded with 0 stays 0
+    _padded_constant(node, t, padded)
+
+
+def _pad_keeps_zero(node: onnx.NodeProto, t: ChannelTable) -> bool:
+    """Constant padding with value 0 (the default) adds zeros; reflect/edge copy the zeros."""
+    if _text(attr(node, "mode", b"constant")) != "constant":
+        return True
+    value = attr(node, "value")
+    if value is None and len(node.input) > 2 and node.input[2]:
+        value = _const(t, node.input[2])
+        if value is None:
+            return False
+    return value is None or not np.any(value)
 
 
 @rule("Shape", "Size")

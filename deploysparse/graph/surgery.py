@@ -19,8 +19,9 @@ from onnx import helper, numpy_helper
 from deploysparse.errors import PlanError
 from deploysparse.graph.analysis import GraphAnalysis
 from deploysparse.graph.channels import Attachment
-from deploysparse.graph.rules import RULES, attr
-from deploysparse.plan import Plan, kept_identities, validate_plan
+from deploysparse.graph.edits import GraphEdits
+from deploysparse.graph.rules import rule_for
+from deploysparse.plan import Plan, kept_identities
 
 
 @dataclass
@@ -28,8 +29,8 @@ class SurgeryResult:
     """The compact model and a record of what changed, in the original initializer names.
 
     slices: initializer -> {axis: kept positions}; values: initializers whose values changed beyond
-    slicing (final arrays); biases: weight initializer of a Conv/Gemm -> its final bias (also when
-    the bias was created to hold a folded constant). `deploysparse.torch.apply_plan` replays these on
+    slicing (final arrays); biases: weight initializer of a node that folds constants (its rule has a
+    `fold`: Conv, Gemm) -> its final bias (also when the bias was created to hold a folded constant). `deploysparse.torch.apply_plan` replays these on
     an nn.Module.
     """
 
@@ -39,53 +40,12 @@ class SurgeryResult:
     biases: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class Surgeon:
-    """What a rule's `rewrite` sees: kept-channel masks and the node inputs it may replace."""
-
-    def __init__(self, ga: GraphAnalysis, kept_identity: np.ndarray, opset: int) -> None:
-        self.ga = ga
-        self.shapes = ga.shapes
-        self.weights = ga.weights
-        self.opset = opset
-        self.kept_identity = kept_identity
-        self.arrays: dict[tuple[str, int], np.ndarray] = {}
-        self.rewritten: set[tuple[str, int]] = set()
-        self.changed: set[tuple[str, int]] = set()  # values changed beyond slicing
-        self.attrs: dict[str, dict[str, object]] = defaultdict(dict)
-        self.removed_attrs: dict[str, set[str]] = defaultdict(set)
-
-    def keep(self, tensor: str) -> np.ndarray:
-        """Boolean mask over `tensor`'s original channels: True where the channel stays."""
-        return self.kept_identity[self.ga.tensor_identities(tensor)]
-
-    def array(self, node: onnx.NodeProto, index: int) -> np.ndarray:
-        """The current value of the node's input `index` (after earlier edits)."""
-        key = (node.name, index)
-        if key not in self.arrays:
-            self.arrays[key] = self.weights[node.input[index]]
-        return self.arrays[key]
-
-    def put(self, node: onnx.NodeProto, index: int, value: np.ndarray, changed: bool = True) -> None:
-        """Replace the node's input `index` by a constant (a new input slot when index is past the end).
-        `changed=False` marks a pure slice, which `SurgeryResult.slices` already records."""
-        self.arrays[(node.name, index)] = np.asarray(value)
-        self.rewritten.add((node.name, index))
-        if changed:
-            self.changed.add((node.name, index))
-
-    def set_attr(self, node: onnx.NodeProto, name: str, value: object) -> None:
-        self.attrs[node.name][name] = value
-
-    def remove_attr(self, node: onnx.NodeProto, name: str) -> None:
-        self.removed_attrs[node.name].add(name)
-
-
-def apply_plan(ga: GraphAnalysis, plan: Plan) -> SurgeryResult:
+def rewrite_graph(ga: GraphAnalysis, plan: Plan) -> SurgeryResult:
     """Rewrite `ga.model` (not modified) so the plan's removed channels are gone."""
     validate_plan(plan, ga)
     kept_identity = kept_identities(ga, plan)
     opset = next((i.version for i in ga.model.opset_import if i.domain in ("", "ai.onnx")), 13)
-    s = Surgeon(ga, kept_identity, opset)
+    s = GraphEdits(ga.table, lambda tensor: kept_identity[ga.tensor_identities(tensor)], opset)
     result = SurgeryResult(model=onnx.ModelProto())
     bias_slots = _absorb_removed(ga, plan, s, kept_identity)
     _slice_attachments(ga, s, result)
@@ -93,16 +53,41 @@ def apply_plan(ga: GraphAnalysis, plan: Plan) -> SurgeryResult:
         node = ga.node(node_name)
         s.put(node, index, s.array(node, index)[s.keep(out_tensor)])
     for node in ga.model.graph.node:
-        rule = RULES.get(node.op_type)
-        if rule is not None and rule.rewrite is not None and _loses_channels(node, s):
+        rule = rule_for(node)
+        # Only nodes whose tensors lose channels need a rewrite (a pinned node keeps all of them).
+        if rule is not None and rule.rewrite is not None and s.loses_channels(node):
             rule.rewrite(node, s)
     result.model = _materialize(ga, s, result)
     return result
 
 
-def _loses_channels(node: onnx.NodeProto, s: Surgeon) -> bool:
-    """Only nodes whose tensors lose channels need a rewrite (a pinned node keeps all of them)."""
-    return any(t in s.ga.table.base and not s.keep(t).all() for t in [*node.input, *node.output])
+def validate_plan(plan: Plan, ga: GraphAnalysis) -> None:
+    """Refuse a plan the surgery could not carry out exactly: pinned channels removed, an empty
+    group, uneven blocks of a grouped conv, indices out of range."""
+    for gid, keep in plan.keep.items():
+        try:
+            group = ga.group(gid)
+        except KeyError as exc:
+            raise PlanError(f"plan names unknown group {gid!r}") from exc
+        keep = np.asarray(keep, dtype=np.int64)
+        if len(keep) == 0:
+            raise PlanError(f"group {gid} ({group.label}): a plan must keep at least one channel")
+        if keep.min() < 0 or keep.max() >= group.size or len(np.unique(keep)) != len(keep):
+            raise PlanError(f"group {gid} ({group.label}): kept indices out of range or repeated")
+        removed = np.setdiff1d(np.arange(group.size), keep)
+        if len(removed) and not group.producers:
+            raise PlanError(f"group {gid}: has no producer, so its channels cannot be removed")
+        hit = np.intersect1d(removed, group.pinned_channels)
+        if len(hit):
+            by = ", ".join(f"{op} {node}" for op, node in group.pinned_by[:2]) or "a graph input/output"
+            raise PlanError(f"group {gid} ({group.label}): channels {hit[:5].tolist()} are pinned by {by}")
+        if group.block > 1:
+            counts = np.bincount(keep // (group.size // group.block), minlength=group.block)
+            if len(set(counts.tolist())) != 1:
+                raise PlanError(
+                    f"group {gid} ({group.label}): a grouped conv needs the same number of channels kept in "
+                    f"each of its {group.block} blocks, got {counts.tolist()}"
+                )
 
 
 # ---- pass 1: consumers absorb the removed channels -------------------------------------------------
@@ -118,7 +103,7 @@ def _identity_factor(ga: GraphAnalysis, plan: Plan) -> np.ndarray | None:
 
 
 def _absorb_removed(
-    ga: GraphAnalysis, plan: Plan, s: Surgeon, kept_identity: np.ndarray
+    ga: GraphAnalysis, plan: Plan, s: GraphEdits, kept_identity: np.ndarray
 ) -> dict[str, tuple[int, str]]:
     """Fold constants, merges and scales into consumer weights and biases (full-size arrays).
 
@@ -195,49 +180,40 @@ def _apply_merges(
 def _fold_constant(
     node: onnx.NodeProto,
     att: Attachment,
-    s: Surgeon,
+    s: GraphEdits,
     values: np.ndarray,
     bias_slots: dict[str, tuple[int, str]],
 ) -> None:
-    """bias += contribution of removed constant inputs (exact for Gemm, MatMul-free, unpadded Conv)."""
-    dtype = s.array(node, att.input_index).dtype
-    weight = s.array(node, att.input_index).astype(np.float64)
-    if node.op_type == "Conv":
-        if _padded(node):
-            raise PlanError(
-                f"node {node.name}: a removed channel is a non-zero constant but the conv pads its input, "
-                "so folding it into the bias would not be exact"
-            )
-        contribution = np.tensordot(weight.sum(axis=tuple(range(2, weight.ndim))), values, axes=([1], [0]))
-    elif node.op_type == "Gemm":
-        contribution = np.tensordot(weight, values, axes=([att.axis], [0]))
-    else:
+    """bias += contribution of removed constant inputs, where the node's rule says that is exact."""
+    rule = rule_for(node)
+    if rule is None or rule.fold is None:
         raise PlanError(
             f"node {node.name} ({node.op_type}): cannot fold a constant input channel into a bias"
         )
+    if not rule.fold.exact(node):
+        raise PlanError(f"node {node.name}: a removed channel is a non-zero constant but {rule.fold.why_not}")
+    dtype = s.array(node, att.input_index).dtype
+    weight = s.array(node, att.input_index).astype(np.float64)
+    contribution = rule.fold.contribution(node, weight, att.axis, values)
+    slot = rule.fold.bias_input
     per_channel_bias = False
-    if len(node.input) > 2 and node.input[2]:
-        bias = s.array(node, 2).astype(np.float64)
+    if len(node.input) > slot and node.input[slot]:
+        bias = s.array(node, slot).astype(np.float64)
         per_channel_bias = bias.size == len(contribution) and bias.size > 1
         bias = (
             bias.reshape(-1) if per_channel_bias else np.full(len(contribution), float(bias.reshape(-1)[0]))
         )
     else:
         bias = np.zeros(len(contribution))
-    s.put(node, 2, (bias + contribution).astype(dtype))
+    s.put(node, slot, (bias + contribution).astype(dtype))
     if not per_channel_bias:  # a new or broadcast bias has no attachment: slice it after pass 2
-        bias_slots[node.name] = (2, node.output[0])
-
-
-def _padded(node: onnx.NodeProto) -> bool:
-    pads = attr(node, "pads", []) or []
-    return any(p > 0 for p in pads) or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+        bias_slots[node.name] = (slot, node.output[0])
 
 
 # ---- pass 2: slice every attached initializer ------------------------------------------------------
 
 
-def _slice_attachments(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> None:
+def _slice_attachments(ga: GraphAnalysis, s: GraphEdits, result: SurgeryResult) -> None:
     for att in ga.attachments:
         if not att.sliced:
             continue
@@ -254,7 +230,7 @@ def _slice_attachments(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> 
 # ---- pass 3: write the compact model ---------------------------------------------------------------
 
 
-def _materialize(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> onnx.ModelProto:
+def _materialize(ga: GraphAnalysis, s: GraphEdits, result: SurgeryResult) -> onnx.ModelProto:
     """Build the compact model: the graph's nodes with their edits, untouched initializers copied
     once, edited ones written from their new arrays (never a full copy of the original first)."""
     model = _empty_copy(ga.model)
@@ -271,15 +247,15 @@ def _materialize(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> onnx.M
     replaced: dict[str, np.ndarray] = {}
     added: list[tuple[str, np.ndarray]] = []
     for node in graph.node:
+        rule = rule_for(node)
+        bias_input = rule.fold.bias_input if rule is not None and rule.fold is not None else None
         for index, value in edits.get(node.name, []):
             original = node.input[index] if index < len(node.input) else ""
             if original and uses[original] == 1 and original in original_names:
                 replaced[original] = value
             else:
                 base = original or (
-                    f"{node.input[1]}_bias"
-                    if node.op_type in ("Conv", "Gemm")
-                    else f"{node.name}_input{index}"
+                    f"{node.input[1]}_bias" if index == bias_input else f"{node.name}_input{index}"
                 )
                 name = base if base not in taken else _unique(f"{base}_{node.name}", taken)
                 taken.add(name)
@@ -287,7 +263,7 @@ def _materialize(ga: GraphAnalysis, s: Surgeon, result: SurgeryResult) -> onnx.M
                 while len(node.input) <= index:
                     node.input.append("")
                 node.input[index] = name
-            if node.op_type in ("Conv", "Gemm") and index == 2 and (node.name, index) in s.changed:
+            if index == bias_input and (node.name, index) in s.changed:
                 result.biases[node.input[1]] = np.asarray(value)
             elif original and (node.name, index) in s.changed:
                 result.values[original] = np.asarray(value)

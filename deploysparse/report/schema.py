@@ -114,6 +114,7 @@ class Validation(_Strict):
     original: str = ""
     compact: str = ""
     tolerances: dict[str, Any] = {}
+    precision: str = ""  # the precision whose default tolerances applied (fp32, fp16, int8)
     outputs: list[dict[str, Any]] = []
 
 

@@ -73,6 +73,26 @@ def build_digits_vgg(
     )
 
 
+def build_digits_mobilenet(num_classes: int = 10) -> nn.Module:
+    """A MobileNetV2-style net for the 16x16 digits: stem, five inverted residuals (1x1 expand with
+    ReLU6, 3x3 depthwise with ReLU6, linear 1x1 projection, skips where shapes match), a 1x1 conv to
+    128, global average pool, Linear. 16x16 -> 8x8 -> 4x4; every depthwise conv is padded."""
+    import torch.nn as nn
+
+    from deploysparse.zoo.mobilenet import ConvBNReLU6, InvertedResidual
+
+    blocks = [(32, 16, 1, 1), (16, 24, 2, 6), (24, 24, 1, 6), (24, 32, 2, 6), (32, 32, 1, 6)]
+    layers: list[nn.Module] = [ConvBNReLU6(INPUT_SHAPE[1], 32)]
+    layers += [InvertedResidual(cin, cout, stride, expand) for cin, cout, stride, expand in blocks]
+    layers.append(ConvBNReLU6(32, 128, kernel=1))
+    return nn.Sequential(
+        nn.Sequential(*layers),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, num_classes),
+    )
+
+
 def digits_model(weights: str | os.PathLike[str] | None = "bundled") -> nn.Module:
     """Entry point `deploysparse.zoo.digits:digits_model`: the trained demo model in eval mode.
 

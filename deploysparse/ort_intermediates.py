@@ -17,10 +17,9 @@ from deploysparse.modelio import detached_weights, needs_external_data
 
 def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()):
     """An ONNX Runtime CPU session on `model` with `extra_outputs` exposed."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise BackendError("onnxruntime is not installed: pip install 'deploysparse[cpu]'") from exc
+    from deploysparse.backends.onnxruntime import _ort
+
+    ort = _ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3

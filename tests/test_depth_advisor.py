@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from deploysparse.cli import cli
-from deploysparse.criteria.ebcle import (
+from deploysparse.depth_advisor import (
     depth_bound,
     drop_blocks,
     entropy_bits,

@@ -1,4 +1,5 @@
-"""EBCLE (Gowdra et al. 2021): the data's entropy bounds the useful depth of a CNN; deeper residual
+"""The depth advisor behind `deploysparse advise-depth` (it removes blocks, it scores no channel, so it is
+not a criterion). EBCLE (Gowdra et al. 2021): the data's entropy bounds the useful depth of a CNN; deeper residual
 blocks drift towards identity and can be dropped.
 
 The paper's formula from entropy to depth could not be verified (papers.md §4); ours is derived and
@@ -255,7 +256,7 @@ def drop_blocks(model: onnx.ModelProto, adds: list[str]) -> onnx.ModelProto:
 
 def measure_blocks(model: onnx.ModelProto, feeds: dict[str, np.ndarray], blocks: list[ResidualBlock]) -> None:
     """Fill each block's ||F(x)||/||x|| and the relative output change when it alone is bypassed."""
-    from deploysparse.stats import intermediate_values, session
+    from deploysparse.ort_intermediates import intermediate_values, session
 
     names = sorted({t for b in blocks for t in (b.shortcut, b.residual)})
     values = intermediate_values(model, feeds, names) if names else {}
@@ -271,7 +272,7 @@ def measure_blocks(model: onnx.ModelProto, feeds: dict[str, np.ndarray], blocks:
 
 
 def _first_output(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    from deploysparse.stats import session
+    from deploysparse.ort_intermediates import session
 
     return session(model).run(None, feeds)[0].astype(np.float64)
 
