@@ -416,19 +416,13 @@ def make_plan(
     *,
     dead: dict[str, np.ndarray] | None = None,
     criterion: str = "",
-    latency: Any = None,
+    allocation: Allocation | None = None,
 ) -> Any:
-    """A Plan for `ga` from per-group scores (higher = more important) and one budget; `latency` (a
-    deploysparse.latency.LatencyModel) is what a --latency-target is met with."""
+    """A Plan for `ga` from per-group scores (higher = more important) and one budget (or from an
+    `allocation` made elsewhere: a --latency-target's, deploysparse.latency)."""
     from deploysparse.plan import Plan
 
-    if budget.latency_target is not None:
-        from deploysparse.latency import allocate_latency
-
-        if latency is None:
-            raise UsageError("--latency-target needs a latency model of the target backend")
-        allocation = allocate_latency(ga.groups, scores, budget, latency, dead)
-    else:
+    if allocation is None:
         allocation = allocate(ga.groups, scores, budget, macs_of=macs_counter(ga), dead=dead)
     latency_ms = {
         k: getattr(allocation, k) for k in ("predicted_ms", "original_ms") if hasattr(allocation, k)

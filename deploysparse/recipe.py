@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from deploysparse.budget import DEAD, Budget
 from deploysparse.errors import DeploysparseError, UsageError
@@ -34,11 +35,24 @@ def _known_criterion(name: str) -> str:
     from deploysparse.criteria import CRITERION_NAMES
 
     if name not in CRITERION_NAMES:
-        raise ValueError(f"unknown criterion {name!r}; choose one of {', '.join(map(repr, CRITERION_NAMES))}")
+        raise PydanticCustomError(  # worded as pydantic's own Literal error, which this replaced
+            "literal_error", "Input should be {expected}", {"expected": ", ".join(map(repr, CRITERION_NAMES))}
+        )
     return name
 
 
 Criterion = Annotated[str, AfterValidator(_known_criterion)]
+
+
+def __getattr__(name: str) -> Any:
+    """`CRITERIA`: the names a recipe accepts (dead and the CRITERIA registry's), read on first use."""
+    if name == "CRITERIA":
+        from deploysparse.criteria import CRITERION_NAMES
+
+        return CRITERION_NAMES
+    raise AttributeError(name)
+
+
 _BUDGET = Budget()
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]

@@ -61,7 +61,7 @@ def make_workspace(root: Path) -> Workspace:
     np.save(calib, rng.standard_normal((8, 3, 8, 8)).astype(np.float32))
     labels = root / "labels.npy"
     np.save(labels, rng.integers(0, 4, size=8).astype(np.int64))
-    result = api.prune(model, criterion="dead")
+    result = api.prune(model, criterion="dead", round_to=1)
     plan = root / "plan.json"
     result.plan.save(plan, result.graph)
     report = root / "report.json"
@@ -75,7 +75,7 @@ def make_workspace(root: Path) -> Workspace:
 
 FAST_RECIPE = {
     "name": "probe",
-    "prune": {"criterion": ["dead"]},
+    "prune": {"criterion": ["dead"], "round_to": 1},
     "bench": {"batches": [1], "warmup": 0, "iters": 2, "repeats": 1},
 }
 

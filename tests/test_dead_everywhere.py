@@ -15,6 +15,7 @@ import onnx
 import pytest
 
 from deploysparse import api
+from deploysparse.budget import Budget
 from deploysparse.criteria import CriterionContext, plan_with
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.graph.dead import find_dead
@@ -60,7 +61,7 @@ def test_every_planted_dead_channel_is_removed_exactly(
     hidden, arch: str, exporter: str, keep_bn: bool
 ) -> None:
     path = hidden(arch, exporter, keep_bn)
-    result = api.prune(str(path), criterion="dead")
+    result = api.prune(str(path), criterion="dead", round_to=1)
     assert result.summary["channels_removed"] == ARCHS[arch].removed, [
         (g["id"], g["label"], g["removed"]) for g in result.summary["groups"] if g["removed"]
     ]
@@ -83,7 +84,7 @@ def test_inactive_reaches_the_same_channels(hidden, arch: str) -> None:
     dead = find_dead(ga)
     assert dead.count == ARCHS[arch].removed
     x = np.random.default_rng(3).standard_normal((16, *ARCHS[arch].input_shape)).astype(np.float32)
-    plan = plan_with("inactive", ga, CriterionContext(ga, calib={"input": x}))
+    plan = plan_with("inactive", ga, CriterionContext(ga, calib={"input": x}), Budget(round_to=1))
     for gid, channels in dead.channels.items():
         size = ga.group(gid).size
         removed = np.setdiff1d(np.arange(size), plan.kept(gid, size))

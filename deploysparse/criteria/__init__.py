@@ -19,6 +19,7 @@ from deploysparse.criteria.magnitude import L1, L2
 from deploysparse.criteria.pfp import PFP, PFP_RANDOM
 from deploysparse.criteria.similarity import SIMILARITY
 from deploysparse.errors import CalibrationError, UsageError
+from deploysparse.latency import allocate_latency
 
 CRITERIA: dict[str, Criterion] = {
     c.name: c for c in (L1, L2, BN_SCALE, INACTIVE, PFP, PFP_RANDOM, SIMILARITY)
@@ -101,7 +102,12 @@ def plan_with(
                 notes.append(
                     f"{crit.name}: group {group.id} ({group.label}) has nothing to score; left whole"
                 )
-        plan = make_plan(ga, scores, budget, dead=dead, criterion=crit.name, latency=latency)
+        allocation = None
+        if budget.latency_target is not None:
+            if latency is None:
+                raise UsageError("--latency-target needs a latency model of the target backend")
+            allocation = allocate_latency(ga.groups, scores, budget, latency, dead)
+        plan = make_plan(ga, scores, budget, dead=dead, criterion=crit.name, allocation=allocation)
     merge = getattr(crit, "merges", None)
     if merge is not None:
         for gid, keep in list(plan.keep.items()):
