@@ -42,8 +42,8 @@ from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.graph.cost import count_cost
 from deploysparse.latency import latency_model
 from deploysparse.modelio import load_model, save_model
+from deploysparse.ort_intermediates import run_batched, session
 from deploysparse.plan import Plan
-from deploysparse.stats import run_batched, session
 
 GOALS = {"ResNet-50": 0.90, "MobileNetV2": 0.85}
 
