@@ -61,6 +61,17 @@ def test_grid_multiplies_every_axis_and_budgets_form_one_axis(tmp_path: Path) ->
     assert recipe.build.precision == "int8" and recipe.bench.batches == [8] and recipe.build.batch[1] == 8
 
 
+def test_latency_target_is_a_budget_on_the_points_backend_and_batch(tmp_path: Path) -> None:
+    sweep = load_sweep(
+        write(tmp_path, MINIMAL + "axes:\n  criterion: [l1]\n  latency_target: [0.5, 0.7]\n  batch: [8]\n")
+    )
+    points = grid_settings(sweep)
+    assert [p.get("latency_target") for p in points] == [0.5, 0.7]
+    recipe = point_recipe(sweep.base_recipe, points[0])
+    assert recipe.prune.latency_target == 0.5 and recipe.prune.flops_target is None
+    assert recipe.build.batch[1] == 8 and recipe.build.backend == "onnxruntime"  # where it is measured
+
+
 def test_missing_axes_take_the_base_recipe(tmp_path: Path) -> None:
     sweep = load_sweep(write(tmp_path, MINIMAL + "recipe: {prune: {criterion: [dead, l2], ratio: 0.3}}\n"))
     assert grid_settings(sweep) == [

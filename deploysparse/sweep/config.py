@@ -37,7 +37,7 @@ Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Positive = Annotated[int, Field(ge=1)]
 Precision = Literal["fp32", "fp16", "int8"]
 Backend = Literal["onnxruntime", "tensorrt"]
-BUDGET_KEYS = ("flops_target", "ratio")
+BUDGET_KEYS = ("flops_target", "ratio", "latency_target")
 
 
 class SweepError(DeploysparseError):
@@ -91,18 +91,19 @@ class Axes(_Section):
     criterion: list[Criterion] | None = None  # ranking criterion after `dead` (or `dead` alone)
     flops_target: list[Fraction] | Range | None = None
     ratio: list[Fraction] | Range | None = None
+    latency_target: list[Fraction] | Range | None = None  # measured on the point's backend and batch
     precision: list[Precision] | None = None
     backend: list[Backend] | None = None
     batch: list[Positive] | None = None  # benchmark batch size (and the build's optimal batch)
 
-    @field_validator("criterion", "precision", "backend", "batch", "flops_target", "ratio", mode="before")
+    @field_validator("criterion", "precision", "backend", "batch", *BUDGET_KEYS, mode="before")
     @classmethod
     def _one_value_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str | int | float) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _not_empty(self) -> Axes:
-        for name in ("criterion", "precision", "backend", "batch", "flops_target", "ratio"):
+        for name in ("criterion", "precision", "backend", "batch", *BUDGET_KEYS):
             value = getattr(self, name)
             if isinstance(value, list) and not value:
                 raise ValueError(f"axis {name} is empty; give at least one value or leave it out")
@@ -203,8 +204,10 @@ class Sweep(_Section):
         ranges = [k for k in BUDGET_KEYS if isinstance(getattr(self.axes, k), Range)]
         if ranges and self.search.algorithm == "grid":
             raise ValueError(f"axes.{ranges[0]}: a range needs a search algorithm (search: random)")
-        if self.axes.flops_target is not None and self.axes.ratio is not None and ranges:
-            raise ValueError("with a search algorithm give one budget axis, flops_target or ratio")
+        if ranges and sum(getattr(self.axes, k) is not None for k in BUDGET_KEYS) > 1:
+            raise ValueError(
+                "with a search algorithm give one budget axis: flops_target, ratio or latency_target"
+            )
         return self
 
     @property
@@ -268,7 +271,7 @@ def _base_recipe(recipe: str | dict[str, Any], sweep_path: Path, root: Any) -> R
 def grid_settings(sweep: Sweep) -> list[dict[str, Any]]:
     """Every combination of the axes, each a dict of the settings that differ from the base recipe.
 
-    Budgets are one axis: each flops_target value and each ratio value is one budget.
+    Budgets are one axis: each flops_target, ratio and latency_target value is one budget.
     """
     base = sweep.base_recipe
     axes = sweep.axes
@@ -309,7 +312,9 @@ def point_recipe(base: Recipe, settings: dict[str, Any]) -> Recipe:
     for key in BUDGET_KEYS:
         prune[key] = settings.get(key)
     if criterion != "dead" and not any(prune[k] for k in BUDGET_KEYS):
-        raise SweepError(f"criterion {criterion} needs a budget: give axes.flops_target or axes.ratio")
+        raise SweepError(
+            f"criterion {criterion} needs a budget: give axes.flops_target, axes.ratio or axes.latency_target"
+        )
     batch = int(settings["batch"])
     low, _, high = data["build"]["batch"]
     data["build"].update(

@@ -13,7 +13,7 @@ from typing import Any
 
 from deploysparse import __version__
 from deploysparse.atomic import write_text
-from deploysparse.sweep.config import Sweep
+from deploysparse.sweep.config import BUDGET_KEYS, Sweep
 from deploysparse.sweep.progress import describe
 from deploysparse.sweep.select import pareto_front
 
@@ -188,7 +188,7 @@ def _table(rows: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
     )
     body = []
     for r in rows:
-        budget = next((f"{k} {r[k]:g}" for k in ("flops_target", "ratio") if r.get(k) is not None), "—")
+        budget = next((f"{k} {r[k]:g}" for k in BUDGET_KEYS if r.get(k) is not None), "—")
         if r.get("status") != "ok":
             body.append(
                 f'<tr class="failed"><td>{_e(r["model"])}</td><td>{_e(r["criterion"])}</td><td>{_e(budget)}</td>'

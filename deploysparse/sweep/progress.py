@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from deploysparse import progress
+from deploysparse.sweep.config import BUDGET_KEYS
 
 
 class SweepProgress:
@@ -60,9 +61,7 @@ class SweepProgress:
 
 def describe(row: dict[str, Any]) -> str:
     """One line: the point's settings and its figures (or why it failed)."""
-    budget = next(
-        (f"{k} {row[k]:g}" for k in ("flops_target", "ratio") if row.get(k) is not None), "no budget"
-    )
+    budget = next((f"{k} {row[k]:g}" for k in BUDGET_KEYS if row.get(k) is not None), "no budget")
     head = (
         f"{row['model']} {row['criterion']} {budget} {row['precision']} {row['backend']} batch {row['batch']}"
     )
