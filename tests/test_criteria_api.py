@@ -7,7 +7,7 @@ import pytest
 
 from deploysparse import api
 from deploysparse.criteria import CRITERIA
-from tests.test_criteria_common import Builder, residual_model, run, w
+from tests.criteria_helpers import Builder, residual_model, run, w
 
 
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))

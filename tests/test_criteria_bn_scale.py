@@ -8,7 +8,7 @@ import pytest
 from deploysparse.budget import Budget
 from deploysparse.criteria import get_criterion, plan_with
 from deploysparse.errors import PlanError
-from tests.test_criteria_common import chain_model, check_budgets, context, flatten_model, residual_model
+from tests.criteria_helpers import chain_model, check_budgets, context, flatten_model, residual_model
 
 
 def test_scores_are_abs_gamma_and_the_smallest_go_first():

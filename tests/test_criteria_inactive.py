@@ -9,7 +9,7 @@ from deploysparse.budget import Budget
 from deploysparse.criteria import plan_with
 from deploysparse.errors import CalibrationError
 from deploysparse.graph.surgery import rewrite_graph
-from tests.test_criteria_common import Builder, check_budgets, context, residual_model, run, w
+from tests.criteria_helpers import Builder, check_budgets, context, residual_model, run, w
 
 
 def never_firing_model(rng: np.random.Generator):

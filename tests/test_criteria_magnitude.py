@@ -7,7 +7,7 @@ import pytest
 
 from deploysparse.criteria import get_criterion
 from deploysparse.errors import UsageError
-from tests.test_criteria_common import chain_model, check_budgets, context, flatten_model, residual_model
+from tests.criteria_helpers import chain_model, check_budgets, context, flatten_model, residual_model
 
 
 def test_l1_and_l2_hand_computed_on_one_producer():

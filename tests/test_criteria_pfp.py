@@ -149,7 +149,7 @@ def test_random_variant_plan_carries_scales():
 
 def test_graph_sensitivities_match_the_definition_per_consumer():
     from deploysparse.criteria import get_criterion
-    from tests.test_criteria_common import context, flatten_model, intermediate
+    from tests.criteria_helpers import context, flatten_model, intermediate
 
     rng = np.random.default_rng(8)
     model = flatten_model(rng)
@@ -168,7 +168,7 @@ def test_graph_sensitivities_match_the_definition_per_consumer():
 def test_pfp_plans_on_a_residual_graph(variant):
     from deploysparse.criteria import plan_with
     from deploysparse.graph.surgery import rewrite_graph
-    from tests.test_criteria_common import check_budgets, context, residual_model, run
+    from tests.criteria_helpers import check_budgets, context, residual_model, run
 
     rng = np.random.default_rng(9)
     model = residual_model(rng)

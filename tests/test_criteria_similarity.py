@@ -14,7 +14,7 @@ from deploysparse.criteria.similarity import (
     w2_distance,
 )
 from deploysparse.graph.surgery import rewrite_graph
-from tests.test_criteria_common import Builder, check_budgets, context, run, w
+from tests.criteria_helpers import Builder, check_budgets, context, run, w
 
 
 def test_w2_between_gaussians_hand_computed():
@@ -99,7 +99,7 @@ def test_scaled_copy_merges_with_its_factor():
 
 @pytest.mark.parametrize("with_data", [True, False])
 def test_budgets_met(with_data):
-    from tests.test_criteria_common import residual_model
+    from tests.criteria_helpers import residual_model
 
     rng = np.random.default_rng(6)
     x = rng.normal(size=(8, 3, 8, 8)).astype(np.float32) if with_data else None

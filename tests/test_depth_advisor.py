@@ -19,7 +19,7 @@ from deploysparse.depth_advisor import (
     quantise_8bit,
 )
 from deploysparse.errors import UsageError
-from tests.test_criteria_common import residual_model, run
+from tests.criteria_helpers import residual_model, run
 
 
 def test_uniform_8bit_data_has_8_bits():

@@ -1,5 +1,5 @@
-"""Shared fixtures for the criteria tests (small ONNX models built in code, an ONNX Runtime runner for
-intermediate tensors) and tests of the per-member readers every criterion uses."""
+"""Helpers for the criteria tests (not tests themselves): small ONNX models built in code, an ONNX
+Runtime runner for intermediate tensors, and the budget checks every criterion must pass."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from deploysparse.budget import Budget
-from deploysparse.criteria.base import CriterionContext, channel_activations, channel_slices
+from deploysparse.criteria.base import CriterionContext
 from deploysparse.graph.analysis import analyze_graph
-from deploysparse.graph.groups import Member
 
 
 class Builder:
@@ -152,24 +151,6 @@ def context(model: onnx.ModelProto, x: np.ndarray | None = None, seed: int = 0):
         rng=np.random.default_rng(seed),
         values_fn=None if x is None else (lambda names: intermediate(ga.model, {"x": x}, names)),
     )
-
-
-def test_channel_slices_take_flatten_blocks_and_zero_absent_channels():
-    weight = np.arange(2 * 12, dtype=float).reshape(2, 12)  # Gemm (out, features): 3 channels x 4
-    member = Member("consumer", "w", 1, np.array([0, 8, -1]), width=4)
-    rows = channel_slices(weight, member)
-    assert rows.shape == (3, 8)
-    assert sorted(rows[0].tolist()) == [0, 1, 2, 3, 12, 13, 14, 15]
-    assert sorted(rows[1].tolist()) == [8, 9, 10, 11, 20, 21, 22, 23]
-    assert not rows[2].any()
-
-
-def test_channel_activations_per_group_channel():
-    values = np.arange(2 * 4 * 3, dtype=float).reshape(2, 4, 3)  # (N, C, positions)
-    member = Member("consumer", "w", 1, np.array([2, 0]))
-    per_channel = channel_activations(values.reshape(2, 4, 3, 1), member, 1)
-    assert per_channel.shape == (2, 2, 3)
-    assert np.array_equal(per_channel[:, 0], values[:, 2]) and np.array_equal(per_channel[:, 1], values[:, 0])
 
 
 def removed_live(plan, ga) -> int:
