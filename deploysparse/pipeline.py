@@ -14,7 +14,6 @@ a previous run's output (it has a report.json): a folder of other files is never
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ import numpy as np
 from deploysparse import api
 from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
+from deploysparse.backends.base import sha256_file
 from deploysparse.bench import benchmark
 from deploysparse.budget import DEAD, Budget
 from deploysparse.denormals import count_denormals, flushed_copy
@@ -217,7 +217,7 @@ def assemble_report(
         "flushed_by_prune": result.summary.get("denormals_flushed"),
     }
     report["artifacts"] = {
-        p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
+        p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
     }
     report["artifact_data"] = {  # model -> the external data files it reads
         p.relative_to(staging).as_posix(): [d.relative_to(staging).as_posix() for d in data]
@@ -361,7 +361,7 @@ def _report(recipe, model_label, source, result, built, validation, latency, sta
     return {
         "model": {
             "path": model_label,
-            "sha256": _sha256(Path(source)),
+            "sha256": sha256_file(Path(source)),
             "inputs": {name: [int(d) for d in dims] for name, dims in result.graph.input_shapes.items()},
         },
         "recipe": recipe.to_report(),
@@ -412,11 +412,3 @@ def _versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

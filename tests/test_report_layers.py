@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from deploysparse.report import render_html, write_report
 from deploysparse.report.schema import parse_report
+from tests.browser import count_color, dump_dom, needs_chromium, read_png, screenshot
 from tests.report_factory import _point, make_report
-from tests.test_report_html import (
-    CHROMIUM,
-    HEADLESS,
-    KEPT_BLUE,
-    count_color,
-    needs_chromium,
-    read_png,
-    screenshot,
-)
+from tests.test_report_html import KEPT_BLUE
 
 
 def report_with_layers() -> dict:
@@ -89,20 +81,8 @@ def test_layers_section_renders_in_headless_chromium(tmp_path: Path) -> None:
     report["plan"]["groups"] = []  # shorter page: the layers section falls inside the screenshot
     report["pruning"]["pinned"] = []
     _, html_path = write_report(report, tmp_path / "out")
-    dom = subprocess.run(
-        [
-            CHROMIUM,
-            *HEADLESS,
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--dump-dom",
-            html_path.resolve().as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert dom.stdout.count('class="layer-compact"') == 4
+    dom = dump_dom(html_path, tmp_path / "profile")
+    assert dom.count('class="layer-compact"') == 4
     png = tmp_path / "page.png"
     assert screenshot(html_path, png, tmp_path / "profile") == []
     image = read_png(png)

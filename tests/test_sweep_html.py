@@ -4,7 +4,6 @@ user text escaped, and it renders in headless Chromium (skipped without it)."""
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from deploysparse.sweep.config import load_sweep
 from deploysparse.sweep.html import CHOSEN, PALETTE, render_sweep_html, write_sweep_html
 from deploysparse.sweep.select import choose
-from tests.test_report_html import CHROMIUM, HEADLESS, count_color, needs_chromium, read_png, screenshot
+from tests.browser import count_color, dump_dom, needs_chromium, read_png, screenshot
 
 
 def row(key: str, criterion: str, target: float, accuracy: float, p50: float, size: int, **extra) -> dict:
@@ -91,19 +90,7 @@ def test_user_text_is_escaped(sweep) -> None:
 @needs_chromium
 def test_page_renders_in_headless_chromium(sweep, tmp_path: Path) -> None:
     path = write_sweep_html(sweep, ROWS, choose(ROWS, sweep.select), tmp_path / "sweep.html")
-    dom = subprocess.run(
-        [
-            CHROMIUM,
-            *HEADLESS,
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--dump-dom",
-            path.resolve().as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    dom = dump_dom(path, tmp_path / "profile")
     assert len(re.findall(r'<circle class="point"[^>]*><title>', dom)) == 8
     assert dom.count('class="chosen-mark"') == 2
 

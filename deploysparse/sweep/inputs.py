@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from deploysparse.atomic import atomic_path
+from deploysparse.backends.base import sha256_file
 from deploysparse.errors import UsageError
 from deploysparse.sweep.config import ModelSpec, Sweep, SweepError, is_entry_point
 
@@ -64,14 +65,6 @@ class PreparedInputs:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def store_file(path: Path, store: Path, suffix: str) -> Blob:
