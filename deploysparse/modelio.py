@@ -3,10 +3,10 @@
 torch 2.13's exporter writes weights to `model.onnx.data` next to the file; converters from other
 frameworks inline them. `load_model` takes both and turns every failure into a `ModelLoadError` that
 names the file. `save_model` keeps external data when the original used it (or the model is over
-protobuf's 2 GB limit) and publishes the pair atomically: the weights go to a file that only the new
-graph references (`compact.onnx.data`, or `compact.onnx.<sha>.data` while the old graph still reads
-that name), then the graph is renamed into place in one step. A reader therefore sees the old pair or the new pair, never the new graph
-beside old weights, whenever the process is killed.
+protobuf's 2 GB limit) and publishes the pair atomically: the weights go to a file that only the
+new graph references (`compact.onnx.data`, or `compact.onnx.<sha>.data` while the old graph still
+reads that name), then the graph is renamed into place in one step. A reader therefore sees the old
+pair or the new pair, never the new graph beside old weights, whenever the process is killed.
 """
 
 from __future__ import annotations
@@ -127,12 +127,10 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
 def check_model(model: onnx.ModelProto) -> None:
     """onnx.checker on a model of any size (it cannot take an in-memory message over 2 GB).
 
-    A large model is checked as its graph with the weights declared external, against a placeholder
-    data file: the checker verifies the graph and that each external tensor names a file, not bytes.
+    The model is checked as its graph with the large weights declared external, against a
+    placeholder data file: the checker verifies the graph, the small tensors, and that each external
+    tensor names a file. The weights' bytes are not copied or serialised (0.8 s for a 100 MB model).
     """
-    if not needs_external_data(model):
-        onnx.checker.check_model(model)
-        return
     with detached_weights(model) as (graph_only, weights), tempfile.TemporaryDirectory() as tmp:
         for tensor, data in weights:
             _point_to(tensor, "weights.data", 0, len(data))
