@@ -30,11 +30,11 @@ import numpy as np
 from deploysparse import api
 from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
-from deploysparse.backends.base import sha256_file
 from deploysparse.bench import benchmark
 from deploysparse.budget import DEAD, Budget
 from deploysparse.denormals import count_denormals, flushed_copy
 from deploysparse.errors import UsageError
+from deploysparse.hashing import sha256_file
 from deploysparse.modelio import external_data_files, load_model, save_model
 from deploysparse.output_guard import reads, refuse_overlap, writes
 from deploysparse.profiling import profile_side_by_side, side_by_side_rows

@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from deploysparse.backends import get_backend, parse_shapes
-from deploysparse.backends.base import sha256_file
 from deploysparse.cli import main
 from deploysparse.errors import BackendError, UsageError
+from deploysparse.hashing import sha256_model
 
 
 def _conv_model(path, batch="N", seed=0):
@@ -50,7 +50,7 @@ def test_fp32_build_writes_optimized_model_that_computes_the_same(tmp_path):
     result = backend.build(source, tmp_path / "out", "fp32")
     assert result.artifact == tmp_path / "out" / "model.optimized.onnx" and result.artifact.exists()
     meta = json.loads((tmp_path / "out" / "model.optimized.onnx.json").read_text())
-    assert meta["source_sha256"] == sha256_file(source)
+    assert meta["source_sha256"] == sha256_model(source)
     assert meta["precision"] == "fp32" and meta["providers"][0] == "CPUExecutionProvider"
     x = np.random.default_rng(5).normal(size=(4, 3, 8, 8)).astype(np.float32)
     expected = backend.run(source, {"x": x})["logits"]

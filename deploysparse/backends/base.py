@@ -9,7 +9,6 @@ is the only thing validation and benchmarking call. Keeping the surface this sma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -161,17 +160,6 @@ def check_shapes_match(shapes: Mapping[str, ShapeTriple], specs: list[InputSpec]
                     f"--shapes {name}: {'x'.join(map(str, shape))} does not fit input '{name}' of {source} "
                     f"with shape {spec.shape_text()}"
                 )
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hash of a model file and its external data (the metadata ties an artifact to its source)."""
-    digest = hashlib.sha256()
-    path = Path(path)
-    for part in [path, *sorted(path.parent.glob(path.name + ".data"))]:
-        with open(part, "rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def cpu_name() -> str:

@@ -29,12 +29,12 @@ from deploysparse.backends.base import (
     check_shapes_match,
     cpu_name,
     metadata_json,
-    sha256_file,
     usable_cores,
 )
 from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
 from deploysparse.denormals import DenormalCount, flush_denormals
 from deploysparse.errors import BackendError, CalibrationError, UsageError
+from deploysparse.hashing import sha256_model
 from deploysparse.modelio import (
     external_data_files,
     load_model,
@@ -221,7 +221,7 @@ class OnnxRuntimeBackend(Backend):
             "providers": providers,
             "device": self.device(),
             "source_model": str(onnx_path),
-            "source_sha256": sha256_file(onnx_path),
+            "source_sha256": sha256_model(onnx_path),
             "inputs": {s.name: [d if isinstance(d, int) else None for d in s.shape] for s in specs},
             "shapes": {name: [list(s) for s in triple] for name, triple in (shapes or {}).items()},
             **extra,

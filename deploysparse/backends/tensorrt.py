@@ -33,12 +33,12 @@ from deploysparse.backends.base import (
     check_precision,
     check_shapes_match,
     metadata_json,
-    sha256_file,
 )
 from deploysparse.backends.trt_support import check_onnx
 from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
 from deploysparse.denormals import flush_for_build
 from deploysparse.errors import BackendError, UsageError
+from deploysparse.hashing import sha256_model
 from deploysparse.modelio import load_model
 from deploysparse.output_guard import reads, refuse_overlap, writes
 
@@ -195,7 +195,7 @@ class TensorRTBackend(Backend):
             reads("the input model", onnx_path, "model"),
         )
         out_dir.mkdir(parents=True, exist_ok=True)
-        source_sha = sha256_file(onnx_path)
+        source_sha = sha256_model(onnx_path)
         _drop_stale_calibration_cache(metadata_path, calib_cache, source_sha)
 
         trt_profile = Profile()

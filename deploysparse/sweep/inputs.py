@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from deploysparse.atomic import atomic_path
-from deploysparse.backends.base import sha256_file
 from deploysparse.errors import UsageError
+from deploysparse.hashing import sha256_file
 from deploysparse.sweep.config import ModelSpec, Sweep, SweepError, is_entry_point
 
 

@@ -1,0 +1,30 @@
+"""Content hashes that tie reports and build metadata to the files they describe."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+_BLOCK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hash of one file's bytes (a report lists each file it describes with this)."""
+    return _sha256_of([Path(path)])
+
+
+def sha256_model(path: str | os.PathLike[str]) -> str:
+    """Hash of a model file and its `<name>.data` external data: build metadata ties an artifact to
+    the whole source model with it, weights included."""
+    path = Path(path)
+    return _sha256_of([path, *sorted(path.parent.glob(path.name + ".data"))])
+
+
+def _sha256_of(parts: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        with open(part, "rb") as handle:
+            for block in iter(lambda h=handle: h.read(_BLOCK), b""):
+                digest.update(block)
+    return digest.hexdigest()
