@@ -30,3 +30,9 @@ class BackendError(DeploysparseError):
 
 class UsageError(DeploysparseError):
     """Options that contradict each other, or an output path that would overwrite the input."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (or its type): error messages stay one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

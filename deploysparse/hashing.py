@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from deploysparse.modelio import external_data_files
+
 _BLOCK = 1 << 20
 
 
@@ -15,10 +17,10 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def sha256_model(path: str | os.PathLike[str]) -> str:
-    """Hash of a model file and its `<name>.data` external data: build metadata ties an artifact to
-    the whole source model with it, weights included."""
+    """Hash of a model file and the external data files it reads: build metadata ties an artifact to
+    the whole source model, weights included (whatever its data file is called)."""
     path = Path(path)
-    return _sha256_of([path, *sorted(path.parent.glob(path.name + ".data"))])
+    return _sha256_of([path, *external_data_files(path)])
 
 
 def _sha256_of(parts: list[Path]) -> str:

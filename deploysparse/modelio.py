@@ -24,13 +24,14 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import numpy_helper
 
 from deploysparse.atomic import atomic_path
-from deploysparse.errors import ModelLoadError
+from deploysparse.errors import ModelLoadError, first_line
 
 # Above this size a model cannot be one protobuf message: its weights must live in an external file.
 # A module constant so tests can push small models down the external-data path.
 INLINE_LIMIT = 2**31 - 1
 # Tensors smaller than this stay inline even in an external-data model (shapes, small biases).
 EXTERNAL_TENSOR_MIN_BYTES = 1024
+_PRIVATE = "deploysparse.external_data"  # the metadata key load_model adds; never written to a file
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
@@ -58,9 +59,9 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-        raise ModelLoadError(f"{path}: external data could not be read ({_first_line(exc)})") from exc
+        raise ModelLoadError(f"{path}: external data could not be read ({first_line(exc)})") from exc
     _check_structure(model, path)
-    model.metadata_props.add(key="deploysparse.external_data", value=str(int(external)))
+    model.metadata_props.add(key=_PRIVATE, value=str(int(external)))
     return model
 
 
@@ -86,23 +87,15 @@ def _check_structure(model: onnx.ModelProto, path: Path) -> None:
     try:
         check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from exc
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({first_line(exc)})") from exc
     finally:
         for tensor_type in shapeless:
             tensor_type.ClearField("shape")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def loaded_with_external_data(model: onnx.ModelProto) -> bool:
     """True when `load_model` found the weights in an external file."""
-    return any(p.key == "deploysparse.external_data" and p.value == "1" for p in model.metadata_props)
-
-
-_PRIVATE = "deploysparse.external_data"  # the metadata key load_model adds; never written to a file
+    return any(p.key == _PRIVATE and p.value == "1" for p in model.metadata_props)
 
 
 def _strip_private_metadata(model: onnx.ModelProto) -> None:
@@ -182,7 +175,7 @@ def save_model(
                 tmp.write_bytes(data)
             # Only files named after this model are ever removed, and those are found by name: the
             # replaced graph need not be parsed (0.6 s for a 100 MB one) to know its data files.
-            _remove_stale_data(path, [], keep=None)
+            _remove_stale_data(path, keep=None)
             return path
         if external_data is False:
             raise ModelLoadError(
@@ -197,7 +190,7 @@ def save_model(
                 _point_to(tensor, new_data.name, offset, length)
         _strip_private_metadata(graph_only)
         _write_graph(graph_only, path)
-    _remove_stale_data(path, previous_data, keep=new_data)
+    _remove_stale_data(path, keep=new_data)
     return path
 
 
@@ -349,18 +342,13 @@ def _write_graph(graph_only: onnx.ModelProto, path: Path) -> None:
         tmp.write_bytes(data)
 
 
-def _remove_stale_data(path: Path, previous: list[Path], keep: Path | None) -> None:
+def _remove_stale_data(path: Path, keep: Path | None) -> None:
     """Remove data files that belonged to the graph this one replaced, and leftovers of killed writes.
 
     Only files named after this model (`<name>.data`, `<name>.<hash>.data`) are touched: a data
     file of another name may belong to another model (a user's original), and is never removed.
     """
     owned = re.compile(re.escape(path.name) + r"(\.[0-9a-f]{16})?\.data")
-    candidates = set(previous) | {p for p in path.parent.iterdir() if owned.fullmatch(p.name)}
-    for stale in candidates:
-        if (
-            owned.fullmatch(stale.name)
-            and stale.parent == path.parent
-            and (keep is None or stale.name != keep.name)
-        ):
+    for stale in path.parent.iterdir():
+        if owned.fullmatch(stale.name) and (keep is None or stale.name != keep.name):
             stale.unlink(missing_ok=True)

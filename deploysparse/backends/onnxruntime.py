@@ -33,7 +33,7 @@ from deploysparse.backends.base import (
 )
 from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
 from deploysparse.denormals import DenormalCount, flush_denormals
-from deploysparse.errors import BackendError, CalibrationError, UsageError
+from deploysparse.errors import BackendError, CalibrationError, UsageError, first_line
 from deploysparse.hashing import sha256_model
 from deploysparse.modelio import (
     external_data_files,
@@ -95,7 +95,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:
-            raise BackendError(f"{path}: ONNX Runtime cannot load the model ({_first_line(exc)})") from exc
+            raise BackendError(f"{path}: ONNX Runtime cannot load the model ({first_line(exc)})") from exc
         self.path = path
         self.providers = self.session.get_providers()
         self.input_specs = [
@@ -112,7 +112,7 @@ class OrtRunner(Runner):
         try:
             outputs = self.session.run(None, dict(feeds))
         except Exception as exc:
-            raise BackendError(f"{self.path}: inference failed ({_first_line(exc)})") from exc
+            raise BackendError(f"{self.path}: inference failed ({first_line(exc)})") from exc
         return dict(zip(self.output_names, outputs, strict=True))
 
 
@@ -189,14 +189,15 @@ class OnnxRuntimeBackend(Backend):
         # Denormal weights go first (prune does the same): the staged copy below is built from `model`.
         flushed = DenormalCount() if keep_denormals else flush_denormals(model)
         extra["denormals_flushed"] = flushed.total
-        external = loaded_with_external_data(model) or needs_external_data(model)
+        too_big_inline = needs_external_data(model)
+        external = loaded_with_external_data(model) or too_big_inline
         # ONNX Runtime's optimiser and quantiser resolve external data against folders of their own
         # (temporary ones included), so they work on a copy staged in a private folder, inline
         # whenever protobuf allows. Each result is then re-read with its weights and written where
         # it belongs by save_model, so every artefact carries its own data file beside it.
         with tempfile.TemporaryDirectory(prefix=".build-", dir=out_dir) as work_dir:
             work = Path(work_dir)
-            source = save_model(model, work / "source.onnx", external_data=needs_external_data(model))
+            source = save_model(model, work / "source.onnx", external_data=too_big_inline)
             if precision == "fp16":
                 source = self._convert_fp16(model, work / "fp16.onnx")
             elif precision == "int8":
@@ -248,7 +249,7 @@ class OnnxRuntimeBackend(Backend):
             session = ort.InferenceSession(str(source), options, providers=self.providers())
         except Exception as exc:
             raise BackendError(
-                f"{source}: ONNX Runtime cannot optimise the model ({_first_line(exc)})"
+                f"{source}: ONNX Runtime cannot optimise the model ({first_line(exc)})"
             ) from exc
         return session.get_providers()
 
@@ -266,7 +267,7 @@ class OnnxRuntimeBackend(Backend):
                 warnings.simplefilter("ignore")
                 converted = float16.convert_float_to_float16(model, keep_io_types=True)
         except Exception as exc:
-            raise BackendError(f"fp16 conversion failed ({_first_line(exc)})") from exc
+            raise BackendError(f"fp16 conversion failed ({first_line(exc)})") from exc
         return save_model(converted, target, external_data=needs_external_data(converted))
 
 
@@ -316,7 +317,7 @@ def _quantize_qdq(source: Path, specs: list[InputSpec], feeds: dict[str, np.ndar
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )
         except Exception as exc:
-            raise BackendError(f"{source}: int8 quantisation failed ({_first_line(exc)})") from exc
+            raise BackendError(f"{source}: int8 quantisation failed ({first_line(exc)})") from exc
     return target
 
 
@@ -339,8 +340,3 @@ def _calibration_batches(
             f"{sample_count(feeds)} samples"
         )
     return full
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
