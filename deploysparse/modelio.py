@@ -126,7 +126,7 @@ def check_model(model: onnx.ModelProto) -> None:
     """
     with detached_weights(model) as (graph_only, weights), tempfile.TemporaryDirectory() as tmp:
         for tensor, data in weights:
-            _point_to(tensor, "weights.data", 0, len(data))
+            point_to_external(tensor, "weights.data", 0, len(data))
         (Path(tmp) / "weights.data").touch()
         _strip_private_metadata(graph_only)
         (Path(tmp) / "model.onnx").write_bytes(graph_only.SerializeToString())
@@ -187,7 +187,7 @@ def save_model(
         if weights:
             new_data = _write_data_file(path, weights, in_use=previous_data)
             for tensor, offset, length in _layout(weights):
-                _point_to(tensor, new_data.name, offset, length)
+                point_to_external(tensor, new_data.name, offset, length)
         _strip_private_metadata(graph_only)
         _write_graph(graph_only, path)
     _remove_stale_data(path, keep=new_data)
@@ -326,7 +326,8 @@ def _write_data_file(path: Path, weights: list[tuple[onnx.TensorProto, bytes]], 
     return target
 
 
-def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+def point_to_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Declare `tensor`'s bytes as living at `offset` in the file `location` (relative to the model)."""
     del tensor.external_data[:]
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         tensor.external_data.add(key=key, value=value)

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from deploysparse.errors import BackendError
-from deploysparse.modelio import detached_weights, needs_external_data
+from deploysparse.modelio import detached_weights, needs_external_data, point_to_external
 
 
 def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()):
@@ -35,21 +35,14 @@ def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()):
         for tensor, data in weights:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
             arrays.append(np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.dims)))
-            _mark_supplied(tensor, len(data))
+            # ONNX Runtime takes these values from add_external_initializers, not from the file named
+            point_to_external(tensor, "supplied-by-deploysparse", 0, len(data))
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
         if weights:
             options.add_external_initializers([t.name for t, _ in weights], values)
         sess = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
     sess.supplied_initializers = (arrays, values)  # ONNX Runtime reads them for the session's lifetime
     return sess
-
-
-def _mark_supplied(tensor: onnx.TensorProto, length: int) -> None:
-    """Declare an initializer as external: ONNX Runtime takes its values from add_external_initializers."""
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    del tensor.external_data[:]
-    for key, value in (("location", "supplied-by-deploysparse"), ("offset", "0"), ("length", str(length))):
-        tensor.external_data.add(key=key, value=value)
 
 
 def intermediate_values(
