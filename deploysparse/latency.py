@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deploysparse.budget import Allocation, Budget, GroupBudget, finish, group_budgets
+from deploysparse.budget import DEFAULT_ROUND_TO, Allocation, Budget, GroupBudget, finish, group_budgets
 from deploysparse.errors import UsageError
 from deploysparse.graph.rules import attr
 
@@ -269,7 +269,9 @@ class Layer:
 class LatencyModel:
     """Predicted latency of the model for kept counts per group, from a LatencyTable."""
 
-    def __init__(self, ga: Any, table: LatencyTable, whole_ms: float, round_to: int = 8) -> None:
+    def __init__(
+        self, ga: Any, table: LatencyTable, whole_ms: float, round_to: int = DEFAULT_ROUND_TO
+    ) -> None:
         self.ga = ga
         self.backend, self.batch = table.timer.backend, table.timer.batch
         self.layers = [layer for node in ga.model.graph.node if (layer := _layer(ga, node, table, round_to))]

@@ -164,8 +164,8 @@ def test_contradicting_options_raise():
         allocate([group], {"g0": np.ones(3)}, Budget(ratio=0.5, round_to=1))
 
 
-def test_round_to_8_is_the_default_and_spares_small_and_odd_groups():
-    assert Budget().round_to == 8
+def test_round_to_16_is_the_default_and_spares_small_and_odd_groups():
+    assert Budget().round_to == 16
     none = np.zeros(6, bool)
     # smaller than round_to: no kernel block fits either way, so it is not rounded
     counts, met = legal_counts(6, 1, none, none, min_channels=1, max_layer_ratio=None, round_to=8)

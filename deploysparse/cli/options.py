@@ -31,7 +31,7 @@ _BUDGET_HELP: dict[str, tuple[Any, str]] = {
     "min_channels": (int, "Keep at least this many per group."),
     "round_to": (
         int,
-        "Keep channel counts a multiple of N (fast CPU kernels and tensor cores want 8; 1 turns it off).",
+        "Keep channel counts a multiple of N (default 16: what blocked CPU kernels and tensor cores want; 1 turns it off).",
     ),
     "protect": (str, "Group id or producer node name to leave alone (repeatable)."),
 }
