@@ -428,7 +428,9 @@ def make_plan(
     if allocation is None:
         allocation = allocate(ga.groups, scores, budget, macs_of=macs_counter(ga), dead=dead)
     latency_ms = {
-        k: getattr(allocation, k) for k in ("predicted_ms", "original_ms") if hasattr(allocation, k)
+        k: getattr(allocation, k)
+        for k in ("predicted_ms", "original_ms", "measured_ms", "measured_original_ms", "corrections")
+        if getattr(allocation, k, None) is not None
     }
     return Plan(keep=allocation.keep, criterion=criterion, notes=allocation.notes, latency=latency_ms)
 

@@ -15,6 +15,14 @@ the step (one group down to its next legal count, honouring --round-to, --min-ch
 channels) that loses the least importance (the criterion's scores of the channels it removes) per
 millisecond it saves, until the predicted latency meets the target.
 
+Then it is measured, as NetAdapt (Yang et al. ECCV 2018) does: one-layer models miss what layers
+share inside the whole graph (layout conversions, fused activations, cache reuse), so the table's
+savings can be off by a constant factor on a given model and machine. The compact model of the
+allocation is built and timed against the original, run by run; when it misses the target by more
+than TOLERANCE, the model's savings are rescaled to what was measured (least squares over every
+measurement so far) and the knapsack runs again, at most CORRECTIONS times. The prediction
+reported for the final plan is the one made before it was measured.
+
 Building tables is pluggable: `TABLE_BUILDERS` maps a backend name to a LayerTimer; ONNX Runtime's
 runs here, TensorRT's builds one engine per layer shape through the TensorRT backend and needs a GPU.
 """
@@ -43,6 +51,9 @@ from deploysparse.graph.rules import attr
 
 GRID = (0.25, 0.5, 0.75, 1.0)  # fractions of a layer's channels timed in the table
 WARMUP, ITERS = 2, 7
+CORRECTIONS = 2  # re-allocations after measuring the compact model
+TOLERANCE = 0.05  # a measured latency within 5% of the target needs no correction
+GAIN_LIMITS = (0.25, 4.0)  # measured savings / table savings: beyond these, trust neither
 
 
 @dataclass(frozen=True)
@@ -273,6 +284,7 @@ class LatencyModel:
         self, ga: Any, table: LatencyTable, whole_ms: float, round_to: int = DEFAULT_ROUND_TO
     ) -> None:
         self.ga = ga
+        self.timer = table.timer
         self.backend, self.batch = table.timer.backend, table.timer.batch
         self.layers = [layer for node in ga.model.graph.node if (layer := _layer(ga, node, table, round_to))]
         table.save()
@@ -291,6 +303,8 @@ class LatencyModel:
             for part in self.shares[layer.name]:
                 for gid in part:
                     self.touches.setdefault(gid, []).append(i)
+        self.gain = 1.0  # measured savings per predicted saving (calibrate)
+        self.full_ms = self._table_ms({})
 
     def layer_ms(self, i: int, counts: dict[str, int]) -> float:
         """Layer i's time at these counts, with its share of the rest: the rest is spread over the
@@ -309,10 +323,34 @@ class LatencyModel:
         )
 
     def predict(self, counts: dict[str, int]) -> float:
-        """Milliseconds at these kept counts (groups not named keep every channel)."""
+        """Milliseconds at these kept counts (groups not named keep every channel): the table's
+        prediction with its savings scaled by the calibrated gain."""
+        return self.full_ms - self.gain * (self.full_ms - self._table_ms(counts))
+
+    def _table_ms(self, counts: dict[str, int]) -> float:
         if not self.layers:
             return self.rest
         return float(sum(self.layer_ms(i, counts) for i in range(len(self.layers))))
+
+    def calibrate(self, measured: list[tuple[dict[str, int], float]]) -> None:
+        """Fit the gain to measurements (kept counts, measured fraction of the original's latency):
+        least squares through the origin of measured savings against the table's savings."""
+        table = [1.0 - self._table_ms(counts) / self.full_ms for counts, _ in measured]
+        real = [1.0 - fraction for _, fraction in measured]
+        denominator = sum(t * t for t in table)
+        if denominator > 0:
+            gain = sum(t * r for t, r in zip(table, real, strict=True)) / denominator
+            self.gain = min(max(gain, GAIN_LIMITS[0]), GAIN_LIMITS[1])
+
+    def measure(self, keep: dict[str, np.ndarray]) -> tuple[float, float]:
+        """Original and compact latency (ms) of the model with these kept channels, timed
+        alternately on the table's backend and batch. Only the structure matters for timing, so the
+        compact model is cut without folding constants or merging."""
+        from deploysparse.graph.surgery import rewrite_graph
+        from deploysparse.plan import Plan
+
+        compact = rewrite_graph(self.ga, Plan(keep=keep)).model
+        return measured_pair(self.ga.model, compact, self.timer, self.ga.input_shapes)
 
 
 def _layer(ga: Any, node: onnx.NodeProto, table: LatencyTable, round_to: int) -> Layer | None:
@@ -382,14 +420,58 @@ def allocate_latency(
     model: LatencyModel,
     dead: dict[str, np.ndarray] | None = None,
 ) -> Allocation:
-    """Greedy knapsack: keep the most importance under budget.latency_target x the predicted original."""
+    """Keep the most importance under budget.latency_target x the original's latency: the greedy
+    knapsack on the table's prediction, then (when the model can measure) the compact model timed
+    and the knapsack run again on the recalibrated prediction while the measurement misses."""
     budgets = [b for b in group_budgets(groups, scores, budget, dead) if b.scores is not None or b.dead.any()]
-    original = model.predict({})
-    target = budget.latency_target * original
+    loss = {b.group.id: _sorted_scores(b) for b in budgets}
+    counts = _knapsack(budgets, loss, budget.latency_target, model)
+    predicted, original = model.predict(counts), model.predict({})
+    allocation = LatencyAllocation(predicted_ms=predicted, original_ms=original)
+    finish(allocation, budgets, counts, budget.round_to)
+    measure = getattr(model, "measure", None)
+    measured: list[tuple[dict[str, int], float]] = []
+    history: list[str] = []
+    while measure is not None:
+        original_ms, compact_ms = measure(allocation.keep)
+        allocation.measured_ms, allocation.measured_original_ms = compact_ms, original_ms
+        measured.append((counts, compact_ms / original_ms))
+        missed = abs(compact_ms / original_ms / budget.latency_target - 1.0) > TOLERANCE
+        if not missed or len(measured) > CORRECTIONS:
+            break
+        history.append(
+            f"--latency-target {budget.latency_target}: predicted {predicted / original:.1%}, measured "
+            f"{compact_ms / original_ms:.1%} of the original; recalibrated the table and allocated again"
+        )
+        model.calibrate(measured)
+        counts = _knapsack(budgets, loss, budget.latency_target, model)
+        predicted = model.predict(counts)
+        allocation = LatencyAllocation(
+            predicted_ms=predicted, original_ms=original, corrections=len(measured)
+        )
+        finish(allocation, budgets, counts, budget.round_to)
+    allocation.notes[:0] = history
+    allocation.notes.append(
+        f"--latency-target {budget.latency_target}: predicted {predicted:.3g} ms of {original:.3g} ms "
+        f"({predicted / original:.1%}) on {model.backend} at batch {model.batch}"
+    )
+    if predicted > budget.latency_target * original * 1.02:
+        allocation.notes.append(
+            "latency target not reached under the constraints (pinned, --min-channels, --round-to)"
+        )
+    return allocation
+
+
+def _knapsack(
+    budgets: list[GroupBudget], loss: dict[str, np.ndarray], target: float, model: LatencyModel
+) -> dict[str, int]:
+    """Kept counts per group: from every group at its largest legal count (dead channels gone), take
+    the step that loses the least importance per millisecond saved until the prediction meets
+    target x the original's."""
+    limit = target * model.predict({})
     counts = {b.group.id: b.snap(b.wanted_at(-np.inf)) for b in budgets}
     now = model.predict(counts)
-    loss = {b.group.id: _sorted_scores(b) for b in budgets}
-    while now > target:
+    while now > limit:
         best, best_ratio = None, math.inf
         for b in budgets:
             gid = b.group.id
@@ -402,22 +484,12 @@ def allocate_latency(
                 continue
             lost = float(loss[gid][new : counts[gid]].sum())
             if lost / saved < best_ratio:
-                best, best_ratio = (gid, new, saved), lost / saved
+                best, best_ratio = (gid, new), lost / saved
         if best is None:
             break
         counts[best[0]] = best[1]
         now = model.predict(counts)
-    allocation = LatencyAllocation(predicted_ms=now, original_ms=original)
-    allocation.notes.append(
-        f"--latency-target {budget.latency_target}: predicted {now:.3g} ms of {original:.3g} ms "
-        f"({now / original:.1%}) on {model.backend} at batch {model.batch}"
-    )
-    if now > target * 1.02:
-        allocation.notes.append(
-            "latency target not reached under the constraints (pinned, --min-channels, --round-to)"
-        )
-    finish(allocation, budgets, counts, budget.round_to)
-    return allocation
+    return counts
 
 
 @dataclass
@@ -426,6 +498,9 @@ class LatencyAllocation(Allocation):
 
     predicted_ms: float = 0.0
     original_ms: float = 0.0
+    measured_ms: float | None = None  # the compact model of this allocation, timed (LatencyModel.measure)
+    measured_original_ms: float | None = None
+    corrections: int = 0  # how many times the table was recalibrated before this allocation
 
 
 def _sorted_scores(b: GroupBudget) -> np.ndarray:
@@ -465,12 +540,11 @@ def latency_model(ga: Any, budget: Budget) -> LatencyModel:
 def measured_pair(
     original: onnx.ModelProto,
     compact: onnx.ModelProto,
-    budget: Budget,
+    timer: LayerTimer,
     input_shapes: dict[str, list[int]],
     rounds: int = 3,
 ) -> tuple[float, float]:
     """Original and compact latency (ms) measured alternately, so both see the same machine load."""
-    timer = TABLE_BUILDERS[budget.backend](budget.batch)
     times: dict[str, list[float]] = {"original": [], "compact": []}
     for _ in range(rounds):
         for key, model in (("original", original), ("compact", compact)):

@@ -42,7 +42,9 @@ class Plan:
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     criterion: str = ""
     notes: list[str] = field(default_factory=list)
-    latency: dict[str, float] = field(default_factory=dict)  # predicted_ms, original_ms (--latency-target)
+    # --latency-target: predicted_ms, original_ms, and measured_ms, measured_original_ms, corrections
+    # when the compact model was timed (deploysparse.latency)
+    latency: dict[str, float] = field(default_factory=dict)
 
     def kept(self, gid: str, size: int) -> np.ndarray:
         """Kept channel indices of a group of `size` channels."""

@@ -15,7 +15,15 @@ from deploysparse import api
 from deploysparse.budget import Budget
 from deploysparse.errors import UsageError
 from deploysparse.graph.groups import ChannelGroup, Member
-from deploysparse.latency import Layer, LayerShape, allocate_latency, grid_widths
+from deploysparse.latency import (
+    CORRECTIONS,
+    TOLERANCE,
+    LatencyModel,
+    Layer,
+    LayerShape,
+    allocate_latency,
+    grid_widths,
+)
 from tests.exporting import random_feeds, run
 
 
@@ -26,22 +34,35 @@ def make_group(gid: str, size: int) -> ChannelGroup:
     return ChannelGroup(gid, size, [producer])
 
 
-class LinearLatency:
-    """A latency model with a known answer: each group costs `per_channel[g]` ms per kept channel."""
+class LinearLatency(LatencyModel):
+    """A latency model with a known answer: each group costs `per_channel[g]` ms per kept channel in
+    the table. The real LatencyModel's prediction and calibration run on it; `true_gain` (when given)
+    is what a measurement sees: only that fraction of the table's savings is real."""
 
-    def __init__(self, groups: list[ChannelGroup], per_channel: dict[str, float]) -> None:
+    def __init__(
+        self, groups: list[ChannelGroup], per_channel: dict[str, float], true_gain: float | None = None
+    ) -> None:
         self.size = {g.id: g.size for g in groups}
         self.per_channel = per_channel
         self.backend, self.batch = "test", 1
         self.layers = list(per_channel)
         self.touches = {gid: [i] for i, gid in enumerate(per_channel)}
+        self.gain = 1.0
+        self.full_ms = self._table_ms({})
+        self.true_gain = true_gain
+        self.measured: list[dict[str, int]] = []
+        if true_gain is None:
+            self.measure = None  # a table without a backend to time the compact model on
 
     def layer_ms(self, i: int, counts: dict[str, int]) -> float:
         gid = self.layers[i]
         return self.per_channel[gid] * counts.get(gid, self.size[gid])
 
-    def predict(self, counts: dict[str, int]) -> float:
-        return sum(self.layer_ms(i, counts) for i in range(len(self.layers)))
+    def measure(self, keep: dict[str, np.ndarray]) -> tuple[float, float]:
+        counts = {gid: len(k) for gid, k in keep.items()}
+        self.measured.append(counts)
+        saved = self.full_ms - self._table_ms(counts)
+        return self.full_ms, self.full_ms - self.true_gain * saved
 
 
 def test_knapsack_meets_the_target_and_cuts_where_a_millisecond_costs_least():
@@ -63,6 +84,33 @@ def test_knapsack_keeps_the_important_channels_of_a_group():
     model = LinearLatency([group], {"g": 1.0})
     alloc = allocate_latency([group], scores, Budget(latency_target=0.5, round_to=1), model)
     assert alloc.keep["g"].tolist() == list(range(8))
+
+
+def test_a_measured_miss_recalibrates_the_table_and_allocates_again():
+    groups = [make_group("a", 64), make_group("b", 64)]
+    scores = {"a": np.linspace(1, 2, 64), "b": np.linspace(1, 3, 64)}
+    # the table promises twice the savings the backend delivers (one-layer models overstate them)
+    model = LinearLatency(groups, {"a": 1.0, "b": 2.0}, true_gain=0.5)
+    alloc = allocate_latency(groups, scores, Budget(latency_target=0.6, round_to=1), model)
+    first, final = model.measured[0], model.measured[-1]
+    assert len(model.measured) == 2 and alloc.corrections == 1
+    # the first allocation met the table (0.6) and measured 0.8; the second was cut deeper
+    assert model._table_ms(first) == pytest.approx(0.6 * model.full_ms, rel=0.02)
+    assert sum(final.values()) < sum(first.values())
+    assert model.gain == pytest.approx(0.5)
+    # measured within the tolerance of the target, and predicted (before measuring) as measured
+    assert abs(alloc.measured_ms / alloc.measured_original_ms / 0.6 - 1) <= TOLERANCE
+    assert alloc.predicted_ms == pytest.approx(alloc.measured_ms, rel=1e-9)
+    assert any("recalibrated" in note for note in alloc.notes)
+
+
+def test_a_measured_hit_is_kept_as_allocated():
+    groups = [make_group("a", 32)]
+    model = LinearLatency(groups, {"a": 1.0}, true_gain=1.0)
+    alloc = allocate_latency(groups, {"a": np.arange(32.0)}, Budget(latency_target=0.5, round_to=1), model)
+    assert len(model.measured) == 1 and alloc.corrections == 0
+    assert alloc.measured_ms == pytest.approx(alloc.predicted_ms) == pytest.approx(16.0)
+    assert alloc.keep["a"].tolist() == list(range(16, 32))
 
 
 def test_budget_takes_one_target_and_checks_it():
@@ -96,6 +144,7 @@ def test_prune_latency_target_end_to_end_with_a_cached_table(exported, tmp_path:
     if latency["predicted_ms"] > 0.6 * latency["predicted_original_ms"] * 1.02:
         assert any("latency target not reached" in w for w in result.summary["warnings"])
     assert latency["measured_ms"] > 0 and latency["measured_original_ms"] > 0
+    assert 0 <= latency["corrections"] <= CORRECTIONS
     assert result.summary["flops_after"] < result.summary["flops_before"]
     tables = list((tmp_path / "cache" / "latency").glob("onnxruntime-*.json"))
     assert len(tables) == 1 and json.loads(tables[0].read_text())
