@@ -10,10 +10,12 @@ ONNX Runtime did not fuse) is the measured whole-model latency minus the layers'
 fraction of layer outputs kept. Tables are cached on disk keyed by backend, its version, the machine
 and the layer shape (~/.cache/deploysparse/latency, or $DEPLOYSPARSE_CACHE).
 
-The allocation is a greedy knapsack: from the model with only dead channels removed, repeatedly take
-the step (one group down to its next legal count, honouring --round-to, --min-channels, pinned
-channels) that loses the least importance (the criterion's scores of the channels it removes) per
-millisecond it saves, until the predicted latency meets the target.
+The allocation is a knapsack: keep the most importance (the criterion's scores of the kept channels)
+under the predicted latency, each group at one of its legal counts (honouring --round-to,
+--min-channels, pinned channels). A greedy pass (repeatedly the step that loses the least importance
+per millisecond saved) gives a feasible start; then the multiple-choice knapsack is solved exactly by
+dynamic programming on the latency model linearised around the current answer, as HALP's solver
+does, and re-linearised around each answer (a layer's time depends on two groups' widths).
 
 Then it is measured, as NetAdapt (Yang et al. ECCV 2018) does: one-layer models miss what layers
 share inside the whole graph (layout conversions, fused activations, cache reuse), so the table's
@@ -54,6 +56,8 @@ WARMUP, ITERS = 2, 7
 CORRECTIONS = 2  # re-allocations after measuring the compact model
 TOLERANCE = 0.05  # a measured latency within 5% of the target needs no correction
 GAIN_LIMITS = (0.25, 4.0)  # measured savings / table savings: beyond these, trust neither
+KNAPSACK_BINS = 10_000  # the exact knapsack's latency resolution: 1/10,000 of the room to spend
+EXACT_ROUNDS = 3  # linearisations of the latency model around the knapsack's last answer
 
 
 @dataclass(frozen=True)
@@ -465,10 +469,18 @@ def allocate_latency(
 def _knapsack(
     budgets: list[GroupBudget], loss: dict[str, np.ndarray], target: float, model: LatencyModel
 ) -> dict[str, int]:
-    """Kept counts per group: from every group at its largest legal count (dead channels gone), take
-    the step that loses the least importance per millisecond saved until the prediction meets
-    target x the original's."""
+    """Kept counts per group that keep the most importance while the prediction meets target x the
+    original's: the greedy's answer, improved by the exact knapsack around it."""
     limit = target * model.predict({})
+    counts = _greedy(budgets, loss, limit, model)
+    return _exact(budgets, loss, limit, model, counts)
+
+
+def _greedy(
+    budgets: list[GroupBudget], loss: dict[str, np.ndarray], limit: float, model: LatencyModel
+) -> dict[str, int]:
+    """From every group at its largest legal count (dead channels gone), take the step that loses the
+    least importance per millisecond saved until the prediction is at most `limit`."""
     counts = {b.group.id: b.snap(b.wanted_at(-np.inf)) for b in budgets}
     now = model.predict(counts)
     while now > limit:
@@ -490,6 +502,77 @@ def _knapsack(
         counts[best[0]] = best[1]
         now = model.predict(counts)
     return counts
+
+
+def _exact(
+    budgets: list[GroupBudget],
+    loss: dict[str, np.ndarray],
+    limit: float,
+    model: LatencyModel,
+    counts: dict[str, int],
+) -> dict[str, int]:
+    """The multiple-choice knapsack solved exactly by dynamic programming (as HALP's solver does),
+    on the latency model linearised at `counts`: each group's latency at each legal count with the
+    other groups held where they are. A layer reads two groups' widths, so the linearisation is
+    redone around each answer (EXACT_ROUNDS times); an answer is taken only if the full model
+    predicts it within `limit` and it keeps more importance than the best so far. Costs are rounded
+    up to 1/KNAPSACK_BINS of the room, so the linearised answer never exceeds it."""
+    choosers = [b for b in budgets if b.scores is not None and b.legal.size > 1]
+    kept = {b.group.id: np.concatenate([[0.0], np.cumsum(loss[b.group.id])]) for b in budgets}
+
+    def value(c: dict[str, int]) -> float:
+        return sum(float(kept[gid][min(n, len(kept[gid]) - 1)]) for gid, n in c.items())
+
+    best = dict(counts) if model.predict(counts) <= limit else None
+    current = dict(counts)
+    for _ in range(EXACT_ROUNDS):
+        if not choosers:
+            break
+        deltas, values = [], []
+        for b in choosers:
+            gid = b.group.id
+            touched = model.touches.get(gid, [])
+            now = sum(model.layer_ms(i, current) for i in touched)
+            delta = [
+                model.gain * (sum(model.layer_ms(i, {**current, gid: int(c)}) for i in touched) - now)
+                for c in b.legal
+            ]
+            deltas.append(np.asarray(delta))
+            values.append(kept[gid][np.minimum(b.legal, len(kept[gid]) - 1)])
+        room = limit - model.predict(current) - sum(float(d.min()) for d in deltas)
+        if room <= 0:
+            break
+        unit = room / KNAPSACK_BINS
+        costs = [np.ceil((d - d.min()) / unit - 1e-9).astype(np.int64) for d in deltas]
+        picks = _solve(costs, values, KNAPSACK_BINS)
+        current = {**current, **{b.group.id: int(b.legal[k]) for b, k in zip(choosers, picks, strict=True)}}
+        if model.predict(current) <= limit and (best is None or value(current) > value(best)):
+            best = dict(current)
+    return best if best is not None else counts
+
+
+def _solve(costs: list[np.ndarray], values: list[np.ndarray], capacity: int) -> list[int]:
+    """Multiple-choice knapsack: one option per group, total integer cost <= capacity, most value.
+    Dynamic programming over capacities; returns each group's option index."""
+    best = np.zeros(capacity + 1)  # best value at total cost <= w, no group chosen yet
+    choice = np.zeros((len(costs), capacity + 1), dtype=np.int64)
+    for g, (cost, value) in enumerate(zip(costs, values, strict=True)):
+        new = np.full(capacity + 1, -np.inf)
+        for option, (c, v) in enumerate(zip(cost, value, strict=True)):
+            if c > capacity:
+                continue
+            candidate = np.full(capacity + 1, -np.inf)
+            candidate[c:] = best[: capacity + 1 - c] + v
+            better = candidate > new
+            new[better] = candidate[better]
+            choice[g, better] = option
+        best = new
+    picks, w = [], capacity
+    for g in range(len(costs) - 1, -1, -1):
+        option = int(choice[g, w])
+        picks.append(option)
+        w -= int(costs[g][option])
+    return picks[::-1]
 
 
 @dataclass

@@ -5,6 +5,7 @@ it must be)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -84,6 +85,41 @@ def test_knapsack_keeps_the_important_channels_of_a_group():
     model = LinearLatency([group], {"g": 1.0})
     alloc = allocate_latency([group], scores, Budget(latency_target=0.5, round_to=1), model)
     assert alloc.keep["g"].tolist() == list(range(8))
+
+
+def test_knapsack_is_exact_where_the_greedy_step_overshoots():
+    groups = [make_group("a", 8), make_group("b", 8)]
+    # the cheapest loss per millisecond is a "b" channel (2.9 per 3 ms), but the target asks for
+    # 1.5 ms only: two "a" channels (loss 2) beat one "b" (loss 2.9)
+    scores = {"a": np.ones(8), "b": np.full(8, 2.9)}
+    model = LinearLatency(groups, {"a": 1.0, "b": 3.0})
+    alloc = allocate_latency(groups, scores, Budget(latency_target=30.5 / 32, round_to=1), model)
+    assert len(alloc.keep["a"]) == 6 and "b" not in alloc.keep
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_knapsack_finds_the_brute_force_optimum(seed: int):
+    rng = np.random.default_rng(seed)
+    sizes = {"a": 6, "b": 5, "c": 4}
+    groups = [make_group(gid, n) for gid, n in sizes.items()]
+    scores = {gid: rng.uniform(0.1, 3.0, n) for gid, n in sizes.items()}
+    per_channel = {gid: float(rng.integers(1, 6)) for gid in sizes}
+    model = LinearLatency(groups, per_channel)
+    full = model.predict({})
+    limit = np.floor(0.6 * full) + 0.5  # half a millisecond off every integer total: no ties at the edge
+    alloc = allocate_latency(groups, scores, Budget(latency_target=limit / full, round_to=1), model)
+
+    def kept(counts: dict[str, int]) -> float:
+        return sum(np.sort(scores[g])[::-1][:c].sum() for g, c in counts.items())
+
+    best = max(
+        kept(dict(zip(sizes, combo, strict=True)))
+        for combo in itertools.product(*(range(1, n + 1) for n in sizes.values()))
+        if model.predict(dict(zip(sizes, combo, strict=True))) <= limit
+    )
+    counts = {g: len(alloc.keep.get(g, range(n))) for g, n in sizes.items()}
+    assert model.predict(counts) <= limit
+    assert kept(counts) == pytest.approx(best)
 
 
 def test_a_measured_miss_recalibrates_the_table_and_allocates_again():
