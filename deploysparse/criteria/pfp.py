@@ -32,6 +32,7 @@ Where a group differs from the paper's "layer" (our groups come from the ONNX gr
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.optimize import brentq
 
+from deploysparse.backends.base import usable_cores
 from deploysparse.budget import (
     Allocation,
     Budget,
@@ -119,8 +121,8 @@ def conv_sensitivity(
     is what matters: channels that are zero on every point (dead filters upstream, often half of a
     net trained with Adam + L2) have s_j = 0 and are skipped, as are filters whose weights of this
     sign are all zero; the products run in float32 (the shares lie in [0, 1]; z and the float-eps
-    test stay float64), one filter at a time over cache-sized blocks of points: max over filters of
-    W/z first, then one multiplication by the input."""
+    test stay float64), one filter at a time over cache-sized blocks of points (on every core): max
+    over filters of W/z first, then one multiplication by the input."""
     a = as_points(np.asarray(a, dtype=np.float64))
     out_channels, channels, kh, kw = w.shape
     s = np.zeros(channels)
@@ -131,27 +133,45 @@ def conv_sensitivity(
     points, rows, positions = cols.shape[0], live.size * kh * kw, cols.shape[3]
     cols = np.ascontiguousarray(cols.reshape(points, rows, positions))
     by_position = np.ascontiguousarray(cols.transpose(0, 2, 1), dtype=np.float32)  # (N, P, R)
-    t = np.zeros(rows, dtype=np.float32)
     step = max(1, CACHE_ELEMENTS // max(rows * positions, 1))  # points per block, sized for the cache
-    best = np.empty((step, positions, rows), dtype=np.float32)
-    share = np.empty_like(best)
+    t = np.zeros(rows, dtype=np.float32)
+    stacked = cols.transpose(1, 0, 2).reshape(rows, points * positions)
     for part in (np.maximum(w[:, live], 0.0), -np.minimum(w[:, live], 0.0)):  # both as nonnegative
         flat = part.reshape(out_channels, rows)
-        z = (flat @ cols.transpose(1, 0, 2).reshape(rows, points * positions)).reshape(-1, points, positions)
+        z = (flat @ stacked).reshape(-1, points, positions)
         inv = _inverse(z).astype(np.float32)  # (O, N, P)
-        flat32 = flat.astype(np.float32)
         active = np.flatnonzero((flat.max(axis=1) > 0) & (inv.max(axis=(1, 2)) > 0))  # others add 0
-        for start in range(0, points, step):
+        np.maximum(t, _max_product(flat.astype(np.float32)[active], inv[active], by_position, step), out=t)
+    s[live] = t.astype(np.float64).reshape(live.size, kh * kw).max(axis=1)
+    return s
+
+
+def _max_product(flat: np.ndarray, inv: np.ndarray, by_position: np.ndarray, step: int) -> np.ndarray:
+    """t[r] = max over points n and positions p of a[n, p, r] * max over filters i of W[i, r] / z[i, n, p]:
+    flat (I, R) weights, inv (I, N, P) = 1/z, by_position (N, P, R) = a. Blocks of `step` points run
+    on every usable core: numpy's elementwise kernels release the GIL, and a max does not depend on
+    the order its parts are taken in, so the result is the same as one thread's."""
+    points, positions, rows = by_position.shape
+    starts = list(range(0, points, step))
+    workers = max(1, min(usable_cores(), len(starts)))
+
+    def blocks(mine: list[int]) -> np.ndarray:
+        best = np.empty((step, positions, rows), dtype=np.float32)
+        share = np.empty_like(best)
+        t = np.zeros(rows, dtype=np.float32)
+        for start in mine:
             n = min(step, points - start)
             block, tmp = best[:n], share[:n]
             block.fill(0.0)
-            for i in active:  # best = max over filters of W[i, r] / z[n, i, p]
-                np.multiply(flat32[i][None, None, :], inv[i, start : start + n, :, None], out=tmp)
+            for i in range(flat.shape[0]):  # best = max over filters of W[i, r] / z[n, i, p]
+                np.multiply(flat[i][None, None, :], inv[i, start : start + n, :, None], out=tmp)
                 np.maximum(block, tmp, out=block)
             block *= by_position[start : start + n]  # times a[n, r, p]
             np.maximum(t, block.reshape(-1, rows).max(axis=0), out=t)
-    s[live] = t.astype(np.float64).reshape(live.size, kh * kw).max(axis=1)
-    return s
+        return t
+
+    with ThreadPoolExecutor(workers) as pool:
+        return np.maximum.reduce(list(pool.map(blocks, [starts[k::workers] for k in range(workers)])))
 
 
 def layer_alpha(positions: int, kernel: int, delta: float = DELTA) -> float:
