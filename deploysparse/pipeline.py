@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from deploysparse import api
 from deploysparse.atomic import replace_folder, write_text
@@ -120,16 +121,34 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
         raise UsageError("validation needs data: give --data (or --calib) with inputs the model accepts")
 
     with progress("prune"):
-        result = prune_with_recipe(recipe, source, calib)
+        # Loaded once for the whole run (0.4 s and its size in memory for a 100 MB model, each
+        # time): prune analyses a copy, since its normalised graph is no longer the original,
+        # and the later steps read this one as it is.
+        original = load_model(source)
+        result = prune_with_recipe(recipe, source, calib, original_model=original)
     compact_path = save_compact(result, staging)
-    built, validation = build_and_validate(recipe, source, compact_path, staging, calib, data, inputs.labels)
-    latency, layers = measure_speed(recipe, source, built.artifact, compact_path)
+    built, validation = build_and_validate(
+        recipe, source, compact_path, staging, calib, data, inputs.labels, original_model=original
+    )
+    latency, layers = measure_speed(recipe, source, built.artifact, compact_path, original_model=original)
     return assemble_report(
-        recipe, inputs.model, source, result, built, validation, latency, started, staging, layers
+        recipe,
+        inputs.model,
+        source,
+        result,
+        built,
+        validation,
+        latency,
+        started,
+        staging,
+        layers,
+        original_model=original,
     )
 
 
 # The steps of one run, public so that a sweep (deploysparse.sweep) runs each point with the same code.
+# Each takes the original as a path and, as `original_model`, optionally that file already loaded
+# with load_model (external data included): a step loads the file only when it is not given.
 
 
 def save_compact(result: api.PruneResult, staging: Path, model=None) -> Path:
@@ -148,6 +167,8 @@ def build_and_validate(
     calib: str | None,
     data: str,
     labels: str | np.ndarray | None,
+    *,
+    original_model: onnx.ModelProto | None = None,
 ):
     """Build the compact model for the recipe's backend and compare it with the original on `data`."""
     backend = get_backend(recipe.build.backend)
@@ -157,7 +178,7 @@ def build_and_validate(
             staging / "build",
             precision=recipe.build.precision,
             calib=calib,
-            shapes=_shapes(recipe, load_model(source)),
+            shapes=_shapes(recipe, source, original_model),
             workspace_mb=recipe.build.workspace_mb,
         )
     _relative_metadata(built.files, staging)
@@ -181,12 +202,19 @@ def build_and_validate(
 
 
 def measure_speed(
-    recipe: Recipe, original: str, artifact: str | Path, compact_onnx: Path | None = None
+    recipe: Recipe,
+    original: str,
+    artifact: str | Path,
+    compact_onnx: Path | None = None,
+    *,
+    original_model: onnx.ModelProto | None = None,
 ) -> tuple[dict, dict | None]:
     """Latency of the original (and its denormal-flushed copy) and the compact artifact, interleaved;
     with `compact_onnx`, the per-layer profile too (ONNX Runtime recipes; None otherwise)."""
+    model = original_model if original_model is not None else load_model(original)
     with tempfile.TemporaryDirectory(prefix="deploysparse-flushed-") as work:
-        flushed_original = _flushed_original(load_model(original), Path(work))
+        flushed_original = _flushed_original(model, Path(work))
+        del model  # a model loaded here is not held through the benchmark
         latency = _latency(recipe, original, Path(artifact), flushed_original)
         layers = None
         if compact_onnx is not None:
@@ -205,9 +233,11 @@ def assemble_report(
     started: datetime,
     staging: Path,
     layers: dict | None = None,
+    *,
+    original_model: onnx.ModelProto | None = None,
 ) -> dict:
     """The report.json dict of one run, with the sha256 of every file in `staging`."""
-    original = load_model(source)
+    original = original_model if original_model is not None else load_model(source)
     finished = datetime.now(timezone.utc)
     validation.original = model_label
     report = _report(recipe, model_label, source, result, built, validation, latency, started, finished)
@@ -254,8 +284,12 @@ def _resolve_source(inputs: RunInputs, staging: Path) -> str:
     return str(resolved.onnx_path)
 
 
-def prune_with_recipe(recipe: Recipe, source: str, calib: str | None) -> api.PruneResult:
-    """The recipe's `prune` section applied to `source`: dead filters, then one ranking criterion."""
+def prune_with_recipe(
+    recipe: Recipe, source: str, calib: str | None, *, original_model: onnx.ModelProto | None = None
+) -> api.PruneResult:
+    """The recipe's `prune` section applied to `source`: dead filters, then one ranking criterion.
+
+    With `original_model` (`source` loaded) prune analyses a copy of it and leaves it unchanged."""
     p = recipe.prune
     ranking = [c for c in p.criterion if c != DEAD]
     if len(ranking) > 1:
@@ -264,7 +298,7 @@ def prune_with_recipe(recipe: Recipe, source: str, calib: str | None) -> api.Pru
     if not ranking:
         budget = Budget(round_to=budget.round_to)
     return api.prune(
-        source,
+        source if original_model is None else original_model,
         criterion=ranking[0] if ranking else DEAD,
         calib=calib,
         dead_threshold=p.dead_threshold,
@@ -272,13 +306,16 @@ def prune_with_recipe(recipe: Recipe, source: str, calib: str | None) -> api.Pru
     )
 
 
-def _shapes(recipe: Recipe, model) -> dict[str, tuple] | None:
-    """Optimisation profiles: the recipe's per-input shapes, else `batch` [min, opt, max] on dim 0."""
+def _shapes(recipe: Recipe, source: str, model: onnx.ModelProto | None) -> dict[str, tuple] | None:
+    """Optimisation profiles: the recipe's per-input shapes, else `batch` [min, opt, max] on dim 0
+    of each input of the original (`model`, or `source` loaded: only TensorRT needs them)."""
     b = recipe.build
     if b.shapes:
         return {name: tuple(tuple(s) for s in profile) for name, profile in b.shapes.items()}
     if b.backend != "tensorrt":
         return None
+    if model is None:
+        model = load_model(source)
     shapes = {}
     for inp in model.graph.input:
         dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]

@@ -64,16 +64,26 @@ def run_point(job: PointJob, staging: Path, measure: MeasureLatency = measure_he
     start = time.perf_counter()
     started = datetime.now(timezone.utc)
     recipe = job.recipe
-    result = prune_with_recipe(recipe, job.source, job.calib)
+    original = load_model(job.source)  # once for prune, build and the report (measure may run elsewhere)
+    result = prune_with_recipe(recipe, job.source, job.calib, original_model=original)
     compact_model = _finetuned(job, result, staging) if job.finetune is not None else None
     compact_path = save_compact(result, staging, compact_model)
     labels = load_labels(job.labels) if job.labels else None
     built, validation = build_and_validate(
-        recipe, job.source, compact_path, staging, job.calib, job.data, labels
+        recipe, job.source, compact_path, staging, job.calib, job.data, labels, original_model=original
     )
     latency, device = measure(recipe, job.source, built.artifact)
     report = assemble_report(
-        recipe, job.model, job.source, result, built, validation, latency, started, staging
+        recipe,
+        job.model,
+        job.source,
+        result,
+        built,
+        validation,
+        latency,
+        started,
+        staging,
+        original_model=original,
     )
     report["target"]["device"] = device
     report["extra"]["sweep"] = {
