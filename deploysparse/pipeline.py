@@ -33,7 +33,7 @@ from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
 from deploysparse.budget import DEAD, Budget
-from deploysparse.denormals import count_denormals, flushed_copy
+from deploysparse.denormals import DenormalCount, count_denormals, flush_denormals
 from deploysparse.errors import UsageError
 from deploysparse.hashing import sha256_file
 from deploysparse.modelio import external_data_files, load_model, save_model
@@ -120,17 +120,19 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
     if data is None:
         raise UsageError("validation needs data: give --data (or --calib) with inputs the model accepts")
 
-    with progress("prune"):
-        # Loaded once for the whole run (0.4 s and its size in memory for a 100 MB model, each
-        # time): prune analyses a copy, since its normalised graph is no longer the original,
-        # and the later steps read this one as it is.
-        original = load_model(source)
-        result = prune_with_recipe(recipe, source, calib, original_model=original)
-    compact_path = save_compact(result, staging)
-    built, validation = build_and_validate(
-        recipe, source, compact_path, staging, calib, data, inputs.labels, original_model=original
-    )
-    latency, layers = measure_speed(recipe, source, built.artifact, compact_path, original_model=original)
+    with tempfile.TemporaryDirectory(prefix="deploysparse-flushed-") as work:
+        with progress("prune"):
+            # The one load of the original: prune analyses a copy of it (its normalised graph is
+            # no longer the original), and what the later steps need of it is read right after.
+            original = load_model(source)
+            result = prune_with_recipe(recipe, source, calib, original_model=original)
+        facts = OriginalFacts.of(original, Path(work))
+        del original  # not held through build, validation and benchmark: its size again in memory
+        compact_path = save_compact(result, staging)
+        built, validation = build_and_validate(
+            recipe, source, compact_path, staging, calib, data, inputs.labels, original_facts=facts
+        )
+        latency, layers = measure_speed(recipe, source, built.artifact, compact_path, original_facts=facts)
     return assemble_report(
         recipe,
         inputs.model,
@@ -142,13 +144,44 @@ def _run(recipe: Recipe, inputs: RunInputs, staging: Path, started: datetime) ->
         started,
         staging,
         layers,
-        original_model=original,
+        original_facts=facts,
     )
 
 
+@dataclass(frozen=True)
+class OriginalFacts:
+    """What the steps after prune need of the original model, read from the ModelProto in one pass.
+
+    A step given these neither loads the original again (0.4 s for a 100 MB model, seconds at 2 GB)
+    nor needs the caller to hold the ModelProto through build and benchmark (its size in memory).
+    A step not given them reads them from the file itself."""
+
+    inputs: dict[str, list[int]]  # each graph input's declared dims (0: dynamic), for TensorRT profiles
+    denormals: DenormalCount  # denormal float32 weights, for the report
+    flushed: Path | None  # the original with those set to zero, on disk; None when it has none
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, folder: Path | None = None) -> OriginalFacts:
+        """The facts of `model`; the flushed copy is written into `folder` (None: not written)."""
+        inputs = {
+            inp.name: [d.dim_value for d in inp.type.tensor_type.shape.dim] for inp in model.graph.input
+        }
+        denormals = count_denormals(model)
+        flushed = None
+        if folder is not None and denormals.total:  # no copy of a model that has none
+            flushed = _flushed_original(model, folder)
+        return cls(inputs=inputs, denormals=denormals, flushed=flushed)
+
+    @classmethod
+    def read(cls, path: str, folder: Path | None = None) -> OriginalFacts:
+        """The facts of the model file at `path` (loaded here, released on return)."""
+        return cls.of(load_model(path), folder)
+
+
 # The steps of one run, public so that a sweep (deploysparse.sweep) runs each point with the same code.
-# Each takes the original as a path and, as `original_model`, optionally that file already loaded
-# with load_model (external data included): a step loads the file only when it is not given.
+# Each takes the original as a path and, optionally, what it needs of it already read (prune: the
+# ModelProto load_model returned, external data included; the later steps: its OriginalFacts): a
+# step loads the file only when that is not given.
 
 
 def save_compact(result: api.PruneResult, staging: Path, model=None) -> Path:
@@ -168,7 +201,7 @@ def build_and_validate(
     data: str,
     labels: str | np.ndarray | None,
     *,
-    original_model: onnx.ModelProto | None = None,
+    original_facts: OriginalFacts | None = None,
 ):
     """Build the compact model for the recipe's backend and compare it with the original on `data`."""
     backend = get_backend(recipe.build.backend)
@@ -178,7 +211,7 @@ def build_and_validate(
             staging / "build",
             precision=recipe.build.precision,
             calib=calib,
-            shapes=_shapes(recipe, source, original_model),
+            shapes=_shapes(recipe, source, original_facts),
             workspace_mb=recipe.build.workspace_mb,
         )
     _relative_metadata(built.files, staging)
@@ -207,14 +240,16 @@ def measure_speed(
     artifact: str | Path,
     compact_onnx: Path | None = None,
     *,
-    original_model: onnx.ModelProto | None = None,
+    original_facts: OriginalFacts | None = None,
 ) -> tuple[dict, dict | None]:
     """Latency of the original (and its denormal-flushed copy) and the compact artifact, interleaved;
     with `compact_onnx`, the per-layer profile too (ONNX Runtime recipes; None otherwise)."""
-    model = original_model if original_model is not None else load_model(original)
     with tempfile.TemporaryDirectory(prefix="deploysparse-flushed-") as work:
-        flushed_original = _flushed_original(model, Path(work))
-        del model  # a model loaded here is not held through the benchmark
+        if original_facts is None:
+            original_facts = OriginalFacts.read(original, Path(work))
+        elif original_facts.flushed is None and original_facts.denormals.total:
+            raise ValueError("measure_speed needs OriginalFacts made with a folder for the flushed original")
+        flushed_original = original_facts.flushed
         latency = _latency(recipe, original, Path(artifact), flushed_original)
         layers = None
         if compact_onnx is not None:
@@ -234,16 +269,17 @@ def assemble_report(
     staging: Path,
     layers: dict | None = None,
     *,
-    original_model: onnx.ModelProto | None = None,
+    original_facts: OriginalFacts | None = None,
 ) -> dict:
     """The report.json dict of one run, with the sha256 of every file in `staging`."""
-    original = original_model if original_model is not None else load_model(source)
+    if original_facts is None:
+        original_facts = OriginalFacts.read(source)
     finished = datetime.now(timezone.utc)
     validation.original = model_label
     report = _report(recipe, model_label, source, result, built, validation, latency, started, finished)
     report["layers"] = layers
     report["extra"]["denormals"] = {
-        "original": count_denormals(original).to_json(),
+        "original": original_facts.denormals.to_json(),
         "flushed_by_prune": result.summary.get("denormals_flushed"),
     }
     report["artifacts"] = {
@@ -306,32 +342,27 @@ def prune_with_recipe(
     )
 
 
-def _shapes(recipe: Recipe, source: str, model: onnx.ModelProto | None) -> dict[str, tuple] | None:
+def _shapes(recipe: Recipe, source: str, original: OriginalFacts | None) -> dict[str, tuple] | None:
     """Optimisation profiles: the recipe's per-input shapes, else `batch` [min, opt, max] on dim 0
-    of each input of the original (`model`, or `source` loaded: only TensorRT needs them)."""
+    of each input of the original (read from `source` when not given: only TensorRT needs them)."""
     b = recipe.build
     if b.shapes:
         return {name: tuple(tuple(s) for s in profile) for name, profile in b.shapes.items()}
     if b.backend != "tensorrt":
         return None
-    if model is None:
-        model = load_model(source)
-    shapes = {}
-    for inp in model.graph.input:
-        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-        shapes[inp.name] = tuple(tuple([n, *dims[1:]]) for n in b.batch)
-    return shapes
+    inputs = (original if original is not None else OriginalFacts.read(source)).inputs
+    return {name: tuple(tuple([n, *dims[1:]]) for n in b.batch) for name, dims in inputs.items()}
 
 
-def _flushed_original(original, folder: Path) -> Path | None:
-    """The original with its denormal weights set to zero, written into `folder`; None when it has none.
+def _flushed_original(original: onnx.ModelProto, folder: Path) -> Path:
+    """A copy of the original with its denormal weights set to zero, written into `folder`.
 
     prune flushes the compact model, so timing the original as it is would credit pruning with
     what flushing did: the report gives the speed-up against this copy too.
     """
-    flushed, count = flushed_copy(original)
-    if not count.total:
-        return None
+    flushed = onnx.ModelProto()
+    flushed.CopyFrom(original)
+    flush_denormals(flushed)
     return save_model(flushed, folder / "original.flushed.onnx")
 
 
