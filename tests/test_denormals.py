@@ -195,3 +195,29 @@ def test_the_bundled_digits_model_carries_the_denormals_the_issue_names() -> Non
     convs = [name for name, t in state.items() if t.dim() == 4]
     counts = [int(denormal_mask(state[name].numpy()).sum()) for name in convs]
     assert counts[4] == 13_181 and counts[5] == 34_680  # the fifth and sixth conv
+
+
+def test_run_reports_the_originals_denormals_and_times_its_flushed_copy(planted, tmp_path: Path) -> None:
+    """`run` reads the denormal count and the flushed copy from the one original it loaded: both
+    must still reach the report (count per tensor, flushed copy timed and profiled beside it)."""
+    from deploysparse.pipeline import RunInputs, run_recipe
+    from deploysparse.recipe import load_recipe
+
+    path, counts = planted
+    digest = _sha(path)
+    data = tmp_path / "data.npy"
+    np.save(data, np.random.default_rng(3).standard_normal((8, 3, 12, 12)).astype(np.float32))
+    recipe = load_recipe("x86-cpu-onnxruntime")
+    recipe = recipe.model_copy(
+        update={
+            "bench": recipe.bench.model_copy(update={"batches": [1], "iters": 3, "warmup": 1, "repeats": 1}),
+            "prune": recipe.prune.model_copy(update={"round_to": 1}),
+        }
+    )
+    report = run_recipe(recipe, RunInputs(model=str(path), calib=str(data)), tmp_path / "out")
+
+    assert report["extra"]["denormals"]["original"] == {"total": sum(counts.values()), "tensors": counts}
+    assert report["extra"]["denormals"]["flushed_by_prune"]["total"] == sum(counts.values())
+    assert [p["batch"] for p in report["latency"]["original_flushed"]] == [1]
+    assert report["layers"]["models"] == ["original", "original_flushed", "compact"]
+    assert _sha(path) == digest

@@ -16,6 +16,7 @@ from typing import Any
 from deploysparse.errors import DeploysparseError
 from deploysparse.modelio import load_model
 from deploysparse.pipeline import (
+    OriginalFacts,
     assemble_report,
     build_and_validate,
     measure_speed,
@@ -64,16 +65,29 @@ def run_point(job: PointJob, staging: Path, measure: MeasureLatency = measure_he
     start = time.perf_counter()
     started = datetime.now(timezone.utc)
     recipe = job.recipe
-    result = prune_with_recipe(recipe, job.source, job.calib)
+    # One load for prune, build and the report (measure may run on another node: it reads the file).
+    original = load_model(job.source)
+    result = prune_with_recipe(recipe, job.source, job.calib, original_model=original)
+    facts = OriginalFacts.of(original)
+    del original  # not held through fine-tuning, build and benchmark
     compact_model = _finetuned(job, result, staging) if job.finetune is not None else None
     compact_path = save_compact(result, staging, compact_model)
     labels = load_labels(job.labels) if job.labels else None
     built, validation = build_and_validate(
-        recipe, job.source, compact_path, staging, job.calib, job.data, labels
+        recipe, job.source, compact_path, staging, job.calib, job.data, labels, original_facts=facts
     )
     latency, device = measure(recipe, job.source, built.artifact)
     report = assemble_report(
-        recipe, job.model, job.source, result, built, validation, latency, started, staging
+        recipe,
+        job.model,
+        job.source,
+        result,
+        built,
+        validation,
+        latency,
+        started,
+        staging,
+        original_facts=facts,
     )
     report["target"]["device"] = device
     report["extra"]["sweep"] = {
