@@ -101,11 +101,11 @@ def as_model(model: ModelLike) -> onnx.ModelProto:
     return model if isinstance(model, onnx.ModelProto) else load_model(model)
 
 
-def _require_layers(ga: GraphAnalysis, model: ModelLike) -> None:
+def _require_layers(ga: GraphAnalysis, model: ModelLike, name: str | None = None) -> None:
     """A model with no op that carries filters (Conv, Gemm, ... : ops whose rule counts MACs) has
-    nothing to prune: say so instead of writing an unchanged copy."""
+    nothing to prune: say so, naming the file, instead of writing an unchanged copy."""
     if not any(att.role == "producer" for att in ga.attachments):
-        name = "the model" if isinstance(model, onnx.ModelProto) else str(model)
+        name = name or ("the model" if isinstance(model, onnx.ModelProto) else str(model))
         ops = ops_with(lambda rule: rule.macs is not None)
         raise UsageError(
             f"{name}: has no {', '.join(ops[:-1])} or {ops[-1]} with constant weights: nothing to prune"
@@ -247,6 +247,7 @@ def prune(
     module=None,
     keep_denormals: bool = False,
     budget: Budget | None = None,
+    name: str | None = None,
     **budget_fields,
 ) -> PruneResult:
     """Prune `model` with a criterion and budget, or apply a saved plan; return the compact model.
@@ -257,6 +258,7 @@ def prune(
     activations through its forward hooks instead of ONNX Runtime. Denormal float32 weights left
     in the compact model are set to zero (`denormals_flushed` in the summary) unless
     `keep_denormals`: an output change below float32's resolution that x86 CPUs can be slow on.
+    `name`: what errors call a model given as a ModelProto (its file, when the caller loaded it).
     """
     _check_dead_threshold(dead_threshold)
     chosen_budget = Budget.of(budget, **budget_fields)
@@ -264,7 +266,7 @@ def prune(
     feeds = load_feeds(calib, proto)
     original = proto if proto is model else None  # a caller's ModelProto stays untouched
     ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=original is not None)
-    _require_layers(ga, model)
+    _require_layers(ga, model, name)
     dead = find_dead(ga, dead_threshold, feeds)
     if plan is not None:
         chosen = plan if isinstance(plan, Plan) else Plan.load(plan, ga)

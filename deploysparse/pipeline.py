@@ -339,6 +339,7 @@ def prune_with_recipe(
         calib=calib,
         dead_threshold=p.dead_threshold,
         budget=budget,
+        name=source,
     )
 
 

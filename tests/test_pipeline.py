@@ -113,3 +113,30 @@ def test_run_cli_reports_bad_recipe_key(tmp_path: Path, cli, model_and_data) -> 
     result = cli("run", recipe, "--model", model, "--calib", data, "-o", tmp_path / "out")
     assert result.code == 2
     assert "critrion" in result.err and "r.yaml" in result.err
+
+
+def test_run_names_the_model_file_that_has_nothing_to_prune(tmp_path: Path, cli) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "no-filters",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+    )
+    model = tmp_path / "relu-only.onnx"
+    modelio.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    np.save(tmp_path / "data.npy", np.random.default_rng(0).standard_normal((4, 3, 4, 4)).astype(np.float32))
+    result = cli(
+        "run",
+        "x86-cpu-onnxruntime",
+        "--model",
+        model,
+        "--calib",
+        tmp_path / "data.npy",
+        "-o",
+        tmp_path / "out",
+    )
+    assert result.code == 2
+    assert result.err.startswith(f"error: {model}: has no ") and "nothing to prune" in result.err
+    assert len(result.err.strip().splitlines()) == 1
