@@ -19,9 +19,11 @@ from deploysparse.graph.groups import ChannelGroup, Member
 from deploysparse.latency import (
     CORRECTIONS,
     TOLERANCE,
+    LatencyAllocation,
     LatencyModel,
     Layer,
     LayerShape,
+    _best_measured,
     allocate_latency,
     grid_widths,
 )
@@ -147,6 +149,22 @@ def test_a_measured_hit_is_kept_as_allocated():
     assert len(model.measured) == 1 and alloc.corrections == 0
     assert alloc.measured_ms == pytest.approx(alloc.predicted_ms) == pytest.approx(16.0)
     assert alloc.keep["a"].tolist() == list(range(16, 32))
+
+
+def test_of_the_measured_allocations_the_best_that_met_the_target_is_kept():
+    loss = {"g": np.array([5.0, 4.0, 3.0, 2.0, 1.0])}
+
+    def tried(kept: int, measured: float) -> tuple[LatencyAllocation, dict[str, int]]:
+        allocation = LatencyAllocation(measured_ms=measured, measured_original_ms=100.0)
+        return allocation, {"g": kept}
+
+    # a disturbed first reading (90%), then two that met 60% within the tolerance: the one that
+    # keeps four channels wins over the one that keeps two
+    attempts = [tried(3, 90.0), tried(4, 62.0), tried(2, 45.0)]
+    assert _best_measured(attempts, loss, 0.6) is attempts[1][0]
+    # none met: the fastest
+    attempts = [tried(4, 80.0), tried(3, 70.0), tried(5, 75.0)]
+    assert _best_measured(attempts, loss, 0.6) is attempts[1][0]
 
 
 def test_budget_takes_one_target_and_checks_it():
