@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--targets", default="0.7,0.5", help="FLOPs targets (fraction kept)")
-    parser.add_argument("--round-to", default="1,8", help="round_to values to compare")
+    parser.add_argument("--round-to", default="1,8,16", help="round_to values to compare (16: the default)")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
