@@ -33,7 +33,7 @@ from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
 from deploysparse.budget import DEAD, Budget
-from deploysparse.denormals import DenormalCount, count_denormals, flush_denormals
+from deploysparse.denormals import DenormalCount, count_denormals, flushed_copy
 from deploysparse.errors import UsageError
 from deploysparse.hashing import sha256_file
 from deploysparse.modelio import external_data_files, load_model, save_model
@@ -361,9 +361,7 @@ def _flushed_original(original: onnx.ModelProto, folder: Path) -> Path:
     prune flushes the compact model, so timing the original as it is would credit pruning with
     what flushing did: the report gives the speed-up against this copy too.
     """
-    flushed = onnx.ModelProto()
-    flushed.CopyFrom(original)
-    flush_denormals(flushed)
+    flushed, _ = flushed_copy(original)
     return save_model(flushed, folder / "original.flushed.onnx")
 
 
