@@ -8,6 +8,7 @@ which `make venv` (and so CI) does not install; the fallback baseline is tested 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -17,7 +18,14 @@ import torch
 from torch import nn
 
 from benchmarks import _digits32, latency_budget
-from benchmarks._digits32 import BATCH, Training, digits32, recompute_bn_stats, trained
+from benchmarks._digits32 import (
+    BATCH,
+    Training,
+    bn_reestimated_accuracy,
+    digits32,
+    recompute_bn_stats,
+    trained,
+)
 from benchmarks._tp_uniform import UniformL1, module_macs
 from deploysparse import api
 from deploysparse.graph.cost import count_cost
@@ -31,16 +39,19 @@ needs_tp = pytest.mark.skipif(
 
 
 def tiny_net() -> nn.Module:
-    """Conv-BN-ReLU, global pooling, Linear: trains in well under a second on 64 images."""
+    """Two strided Conv-BN-ReLU layers, 4x4 pooling, Linear: learns digits in a second of CPU."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
             nn.BatchNorm2d(8),
             nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
             nn.Flatten(),
-            nn.Linear(8, 10),
+            nn.Linear(256, 10),
         )
 
 
@@ -68,6 +79,17 @@ def test_recomputed_bn_statistics_are_the_averages_over_the_images() -> None:
     per_batch = [conv[i : i + BATCH].var(dim=(0, 2, 3), unbiased=True) for i in (0, BATCH)]
     np.testing.assert_allclose(norm.running_var.double(), sum(per_batch) / 2, rtol=1e-5)
     assert not net.training and norm.momentum == 0.1
+
+
+def test_bn_reestimation_discards_stale_statistics_and_leaves_the_module_alone() -> None:
+    net = _digits32.train(tiny_net(), Training(epochs=1, subset=4 * BATCH))
+    val = digits32("val")
+    stale = copy.deepcopy(net)
+    stale[4].running_mean += 5.0  # what removing channels upstream does to a layer's input statistics
+    before = stale[4].running_mean.clone()
+    assert _digits32.accuracy(stale, *val) < _digits32.accuracy(net, *val) - 0.05  # the stats matter
+    assert bn_reestimated_accuracy(stale) == bn_reestimated_accuracy(net)
+    assert torch.equal(stale[4].running_mean, before)
 
 
 def test_trained_weights_are_cached_and_reloaded_without_training(
@@ -177,7 +199,8 @@ def test_the_benchmark_prints_every_row_with_a_trained_accuracy_proxy(
         "TP uniform L1" if baseline == "torch-pruning" else "our uniform L1",
     ]
     assert printed.count("| ResNet-18 |") == 6
-    assert all(0 < r["macs"] < 1 and 0 <= r["agreement"] <= 1 and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert all(0 < r["macs"] < 1 and 0 <= r["agreement"] <= 1 for r in rows)
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["bn_accuracy"] <= 1 for r in rows)
     assert all(r["predicted_ms"] is not None for r in rows)  # Torch-Pruning's groups mapped too
     # The proxy ran on the pruned 32x32 models: pruning moved the outputs.
     assert all(r["rel_error"] > 0 for r in rows)
