@@ -137,3 +137,10 @@ class UniformL1:
                     hi = mid
         ratio = min(self.fractions, key=lambda r: (abs(self.fractions[r] - macs_fraction), r))
         return self.prune(ratio), ratio
+
+    def bracket(self, macs_fraction: float) -> tuple[float | None, float | None]:
+        """The MACs fractions found closest below (or at) and above the target: the staircase's two
+        steps around it, for saying how close equal MACs can get."""
+        below = [f for f in self.fractions.values() if f <= macs_fraction]
+        above = [f for f in self.fractions.values() if f > macs_fraction]
+        return max(below, default=None), min(above, default=None)

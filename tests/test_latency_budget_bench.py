@@ -156,6 +156,8 @@ def test_torch_pruning_uniform_lands_near_the_macs_and_keeps_the_classifier(tmp_
     # The closest of every ratio tried, and the ratios tried bracket the target.
     assert abs(kept - 0.62) == min(abs(f - 0.62) for f in uniform.fractions.values())
     assert min(uniform.fractions.values()) <= 0.62 <= max(uniform.fractions.values())
+    below, above = uniform.bracket(0.62)
+    assert below <= 0.62 < above and kept in (below, above)
     assert pruned.fc.out_features == 10 and pruned(x).shape == (1, 10)
     assert any(
         a.out_channels < b.out_channels
