@@ -203,7 +203,7 @@ def test_the_benchmark_prints_every_row_with_a_trained_accuracy_proxy(
     assert printed.count("| ResNet-18 |") == 6
     assert all(0 < r["macs"] < 1 and 0 <= r["agreement"] <= 1 for r in rows)
     assert all(0 <= r["accuracy"] <= 1 and 0 <= r["bn_accuracy"] <= 1 for r in rows)
-    assert all(r["predicted_ms"] is not None for r in rows)  # Torch-Pruning's groups mapped too
+    assert all(r["predicted"] is not None for r in rows)  # Torch-Pruning's groups mapped too
     # The proxy ran on the pruned 32x32 models: pruning moved the outputs.
     assert all(r["rel_error"] > 0 for r in rows)
     assert 0 <= figures["accuracy"]["ResNet-18"] <= 1
