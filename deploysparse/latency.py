@@ -19,11 +19,11 @@ does, and re-linearised around each answer (a layer's time depends on two groups
 
 Then it is measured, as NetAdapt (Yang et al. ECCV 2018) does: one-layer models miss what layers
 share inside the whole graph (layout conversions, fused activations, cache reuse), so the table's
-savings can be off by a constant factor on a given model and machine. The compact model of the
+savings can be off, and by more at some widths than at others. The compact model of the
 allocation is built and timed against the original, run by run; when it misses the target by more
-than TOLERANCE, the model's savings are rescaled to what was measured (least squares over every
-measurement so far) and the knapsack runs again, at most CORRECTIONS times. The prediction
-reported for the final plan is the one made before it was measured.
+than TOLERANCE, the knapsack runs again aimed at the table fraction that the measurements so far map
+to the target (a secant step on a monotone calibration curve, `Calibration`), at most CORRECTIONS
+times. The prediction reported for the final plan is the calibrated one made before it was measured.
 
 Building tables is pluggable: `TABLE_BUILDERS` maps a backend name to a LayerTimer; ONNX Runtime's
 runs here, TensorRT's builds one engine per layer shape through the TensorRT backend and needs a GPU.
@@ -58,7 +58,7 @@ WARMUP, ITERS = 2, 7
 PAIR_RUNS = 11  # alternating runs of original and compact each when the compact model is measured
 CORRECTIONS = 2  # re-allocations after measuring the compact model
 TOLERANCE = 0.05  # a measured latency within 5% of the target needs no correction
-GAIN_LIMITS = (0.5, 2.0)  # measured savings / table savings: beyond these, trust neither
+GAIN_LIMITS = (0.5, 2.0)  # measured savings per table saving below the lowest measurement: clamped
 KNAPSACK_BINS = 10_000  # the exact knapsack's latency resolution: 1/10,000 of the room to spend
 EXACT_ROUNDS = 3  # linearisations of the latency model around the knapsack's last answer
 
@@ -333,8 +333,6 @@ class LatencyModel:
             for part in self.shares[layer.name]:
                 for gid in part:
                     self.touches.setdefault(gid, []).append(i)
-        self.gain = 1.0  # measured savings per predicted saving (calibrate)
-        self.full_ms = self._table_ms({})
 
     def layer_ms(self, i: int, counts: dict[str, int]) -> float:
         """Layer i's time at these counts, with its share of the rest: the rest is spread over the
@@ -353,24 +351,10 @@ class LatencyModel:
         )
 
     def predict(self, counts: dict[str, int]) -> float:
-        """Milliseconds at these kept counts (groups not named keep every channel): the table's
-        prediction with its savings scaled by the calibrated gain."""
-        return self.full_ms - self.gain * (self.full_ms - self._table_ms(counts))
-
-    def _table_ms(self, counts: dict[str, int]) -> float:
+        """Milliseconds at these kept counts (groups not named keep every channel), by the table."""
         if not self.layers:
             return self.rest
         return float(sum(self.layer_ms(i, counts) for i in range(len(self.layers))))
-
-    def calibrate(self, measured: list[tuple[dict[str, int], float]]) -> None:
-        """Fit the gain to measurements (kept counts, measured fraction of the original's latency):
-        least squares through the origin of measured savings against the table's savings."""
-        table = [1.0 - self._table_ms(counts) / self.full_ms for counts, _ in measured]
-        real = [1.0 - fraction for _, fraction in measured]
-        denominator = sum(t * t for t in table)
-        if denominator > 0:
-            gain = sum(t * r for t, r in zip(table, real, strict=True)) / denominator
-            self.gain = min(max(gain, GAIN_LIMITS[0]), GAIN_LIMITS[1])
 
     def measure(self, keep: dict[str, np.ndarray]) -> tuple[float, float]:
         """Original and compact latency (ms) of the model with these kept channels, timed
@@ -452,19 +436,24 @@ def allocate_latency(
 ) -> Allocation:
     """Keep the most importance under budget.latency_target x the original's latency: the knapsack
     on the table's prediction, then (when the model can measure) the compact model timed and the
-    knapsack run again on the recalibrated prediction while the measurement misses. Of the measured
-    allocations the one kept is the most important one that met the target (within TOLERANCE), or
-    else the fastest: a measurement a busy machine disturbed cannot make the answer worse."""
+    knapsack run again, aimed at the table fraction the measurements so far map to the target
+    (Calibration), while the measurement misses. Of the measured allocations the one kept is the
+    most important one that met the target (within TOLERANCE), or else the fastest: a measurement a
+    busy machine disturbed cannot make the answer worse."""
     budgets = [b for b in group_budgets(groups, scores, budget, dead) if b.scores is not None or b.dead.any()]
     loss = {b.group.id: _sorted_scores(b) for b in budgets}
     original = model.predict({})
+    calibration = Calibration()
+    aim = budget.latency_target
     tried: list[tuple[LatencyAllocation, dict[str, int]]] = []
-    measured: list[tuple[dict[str, int], float]] = []
     history: list[str] = []
     while True:
-        counts = _knapsack(budgets, loss, budget.latency_target, model)
+        counts = _knapsack(budgets, loss, aim, model)
+        table_fraction = model.predict(counts) / original
         allocation = LatencyAllocation(
-            predicted_ms=model.predict(counts), original_ms=original, corrections=len(measured)
+            predicted_ms=calibration.fraction(table_fraction) * original,
+            original_ms=original,
+            corrections=len(calibration.points),
         )
         finish(allocation, budgets, counts, budget.round_to)
         tried.append((allocation, counts))
@@ -473,14 +462,14 @@ def allocate_latency(
             break
         allocation.measured_original_ms, allocation.measured_ms = measure(allocation.keep)
         fraction = allocation.measured_ms / allocation.measured_original_ms
-        measured.append((counts, fraction))
-        if abs(fraction / budget.latency_target - 1.0) <= TOLERANCE or len(measured) > CORRECTIONS:
+        calibration.points.append((table_fraction, fraction))
+        if abs(fraction / budget.latency_target - 1.0) <= TOLERANCE or len(calibration.points) > CORRECTIONS:
             break
         history.append(
             f"--latency-target {budget.latency_target}: predicted {allocation.predicted_ms / original:.1%}, "
             f"measured {fraction:.1%} of the original; recalibrated the table and allocated again"
         )
-        model.calibrate(measured)
+        aim = calibration.table_fraction(budget.latency_target)
     allocation = _best_measured(tried, loss, budget.latency_target)
     allocation.notes[:0] = history
     allocation.notes.append(
@@ -492,6 +481,40 @@ def allocate_latency(
             "latency target not reached under the constraints (pinned, --min-channels, --round-to)"
         )
     return allocation
+
+
+@dataclass
+class Calibration:
+    """What the table's predicted fraction of the original's latency turned out to be, measured.
+
+    A monotone piecewise-linear map through the measurements and (1, 1) (nothing removed: the
+    original); below the lowest measurement, the table's savings scaled by that measurement's ratio
+    of measured to predicted savings (clamped to GAIN_LIMITS). With no measurement it is the
+    identity. Aiming the knapsack at `table_fraction(target)` is a secant step towards the target,
+    interpolated once a measurement lies on each side of it."""
+
+    points: list[tuple[float, float]] = field(default_factory=list)  # (table fraction, measured fraction)
+
+    def _curve(self) -> tuple[np.ndarray, np.ndarray, float]:
+        table, measured = map(np.asarray, zip(*sorted([(1.0, 1.0), *self.points]), strict=True))
+        measured = np.maximum.accumulate(measured)  # a disturbed reading must not make it non-monotone
+        lowest_saving = 1.0 - table[0]
+        gain = (1.0 - measured[0]) / lowest_saving if lowest_saving > 0 else 1.0
+        return table, measured, min(max(gain, GAIN_LIMITS[0]), GAIN_LIMITS[1])
+
+    def fraction(self, table_fraction: float) -> float:
+        """The measured fraction the table's `table_fraction` stands for."""
+        table, measured, gain = self._curve()
+        if table_fraction >= table[0]:
+            return float(np.interp(table_fraction, table, measured))
+        return float(measured[0] - gain * (table[0] - table_fraction))
+
+    def table_fraction(self, fraction: float) -> float:
+        """The table fraction to aim at for a measured `fraction` (the inverse of `fraction`)."""
+        table, measured, gain = self._curve()
+        if fraction >= measured[0]:
+            return float(np.interp(fraction, measured, table))
+        return max(float(table[0] - (measured[0] - fraction) / gain), 0.0)
 
 
 def _best_measured(
@@ -576,10 +599,7 @@ def _exact(
             gid = b.group.id
             touched = model.touches.get(gid, [])
             now = sum(model.layer_ms(i, current) for i in touched)
-            delta = [
-                model.gain * (sum(model.layer_ms(i, {**current, gid: int(c)}) for i in touched) - now)
-                for c in b.legal
-            ]
+            delta = [sum(model.layer_ms(i, {**current, gid: int(c)}) for i in touched) - now for c in b.legal]
             deltas.append(np.asarray(delta))
             values.append(kept[gid][np.minimum(b.legal, len(kept[gid]) - 1)])
         room = limit - model.predict(current) - sum(float(d.min()) for d in deltas)

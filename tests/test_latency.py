@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from deploysparse.graph.groups import ChannelGroup, Member
 from deploysparse.latency import (
     CORRECTIONS,
     TOLERANCE,
+    Calibration,
     LatencyAllocation,
     LatencyModel,
     Layer,
@@ -39,22 +41,23 @@ def make_group(gid: str, size: int) -> ChannelGroup:
 
 class LinearLatency(LatencyModel):
     """A latency model with a known answer: each group costs `per_channel[g]` ms per kept channel in
-    the table. The real LatencyModel's prediction and calibration run on it; `true_gain` (when given)
-    is what a measurement sees: only that fraction of the table's savings is real."""
+    the table. `truth` (when given) maps the table's fraction of the original's latency to what a
+    measurement sees."""
 
     def __init__(
-        self, groups: list[ChannelGroup], per_channel: dict[str, float], true_gain: float | None = None
+        self,
+        groups: list[ChannelGroup],
+        per_channel: dict[str, float],
+        truth: Callable[[float], float] | None = None,
     ) -> None:
         self.size = {g.id: g.size for g in groups}
         self.per_channel = per_channel
         self.backend, self.batch = "test", 1
         self.layers = list(per_channel)
         self.touches = {gid: [i] for i, gid in enumerate(per_channel)}
-        self.gain = 1.0
-        self.full_ms = self._table_ms({})
-        self.true_gain = true_gain
+        self.truth = truth
         self.measured: list[dict[str, int]] = []
-        if true_gain is None:
+        if truth is None:
             self.measure = None  # a table without a backend to time the compact model on
 
     def layer_ms(self, i: int, counts: dict[str, int]) -> float:
@@ -64,8 +67,8 @@ class LinearLatency(LatencyModel):
     def measure(self, keep: dict[str, np.ndarray]) -> tuple[float, float]:
         counts = {gid: len(k) for gid, k in keep.items()}
         self.measured.append(counts)
-        saved = self.full_ms - self._table_ms(counts)
-        return self.full_ms, self.full_ms - self.true_gain * saved
+        full = self.predict({})
+        return full, full * self.truth(self.predict(counts) / full)
 
 
 def test_knapsack_meets_the_target_and_cuts_where_a_millisecond_costs_least():
@@ -128,23 +131,49 @@ def test_a_measured_miss_recalibrates_the_table_and_allocates_again():
     groups = [make_group("a", 64), make_group("b", 64)]
     scores = {"a": np.linspace(1, 2, 64), "b": np.linspace(1, 3, 64)}
     # the table promises twice the savings the backend delivers (one-layer models overstate them)
-    model = LinearLatency(groups, {"a": 1.0, "b": 2.0}, true_gain=0.5)
+    model = LinearLatency(groups, {"a": 1.0, "b": 2.0}, truth=lambda x: 1 - 0.5 * (1 - x))
     alloc = allocate_latency(groups, scores, Budget(latency_target=0.6, round_to=1), model)
     first, final = model.measured[0], model.measured[-1]
     assert len(model.measured) == 2 and alloc.corrections == 1
     # the first allocation met the table (0.6) and measured 0.8; the second was cut deeper
-    assert model._table_ms(first) == pytest.approx(0.6 * model.full_ms, rel=0.02)
+    assert model.predict(first) == pytest.approx(0.6 * model.predict({}), rel=0.02)
     assert sum(final.values()) < sum(first.values())
-    assert model.gain == pytest.approx(0.5)
     # measured within the tolerance of the target, and predicted (before measuring) as measured
     assert abs(alloc.measured_ms / alloc.measured_original_ms / 0.6 - 1) <= TOLERANCE
     assert alloc.predicted_ms == pytest.approx(alloc.measured_ms, rel=1e-9)
     assert any("recalibrated" in note for note in alloc.notes)
 
 
+def test_a_curved_truth_is_reached_by_secant_steps():
+    groups = [make_group("a", 64), make_group("b", 64)]
+    scores = {"a": np.linspace(1, 2, 64), "b": np.linspace(1, 3, 64)}
+    # the backend saves more than the table says, more so the more is cut: measured = table^2
+    model = LinearLatency(groups, {"a": 1.0, "b": 2.0}, truth=lambda x: x * x)
+    alloc = allocate_latency(groups, scores, Budget(latency_target=0.6, round_to=1), model)
+    fractions = [model.truth(model.predict(c) / model.predict({})) for c in model.measured]
+    assert fractions[0] == pytest.approx(0.36, abs=0.01)  # aimed at 0.6 by the table: far too fast
+    assert abs(fractions[-1] / 0.6 - 1) <= TOLERANCE and alloc.corrections == len(fractions) - 1
+    assert abs(alloc.measured_ms / alloc.measured_original_ms / 0.6 - 1) <= TOLERANCE
+
+
+def test_calibration_interpolates_measurements_and_extrapolates_the_lowest():
+    calibration = Calibration()
+    assert calibration.fraction(0.7) == pytest.approx(0.7)  # no measurement: the table as it is
+    calibration.points.append((0.6, 0.69))
+    assert calibration.fraction(0.8) == pytest.approx(0.845)  # between (0.6, 0.69) and (1, 1)
+    gain = 0.31 / 0.4  # measured savings per table saving at the lowest measurement
+    assert calibration.table_fraction(0.6) == pytest.approx(0.6 - 0.09 / gain)
+    calibration.points.append((0.48, 0.459))
+    assert calibration.table_fraction(0.6) == pytest.approx(0.48 + 0.12 * (0.6 - 0.459) / (0.69 - 0.459))
+    # a disturbed reading (slower at a smaller table fraction) does not bend the curve backwards
+    calibration.points.append((0.55, 0.75))
+    assert calibration.fraction(0.58) == pytest.approx(0.75)
+    assert calibration.fraction(0.5) <= calibration.fraction(0.55) <= calibration.fraction(0.6)
+
+
 def test_a_measured_hit_is_kept_as_allocated():
     groups = [make_group("a", 32)]
-    model = LinearLatency(groups, {"a": 1.0}, true_gain=1.0)
+    model = LinearLatency(groups, {"a": 1.0}, truth=lambda x: x)
     alloc = allocate_latency(groups, {"a": np.arange(32.0)}, Budget(latency_target=0.5, round_to=1), model)
     assert len(model.measured) == 1 and alloc.corrections == 0
     assert alloc.measured_ms == pytest.approx(alloc.predicted_ms) == pytest.approx(16.0)
