@@ -28,7 +28,8 @@ at batch B (p50 of interleaved runs: original and every compact model timed run 
 order, so the load of a shared machine hits all alike); realised = speedup x MACs kept (1.0 is the
 physical bound); predicted latency vs measured here (the latency target's row: what prune predicted
 before it timed the compact model, after its measured corrections; the other rows: the per-layer
-table of deploysparse.latency), as a fraction of the original put on this run's clock; the
+table of deploysparse.latency), as a fraction of the original put on this run's clock, and the
+fraction prune itself measured for the latency target (original and compact alone, alternating); the
 accuracy proxy on the 180 validation digits, no fine-tuning: top-1 agreement with the original,
 relative output error max|y - y0| / max|y0|, and validation accuracy (the original's is printed), all
 three on the BN-folded compact ONNX; and the validation accuracy of the compact nn.Module (Torch-
@@ -224,7 +225,17 @@ def run_model(name: str, args: argparse.Namespace, folder: Path) -> tuple[list[d
         counts = {gid: len(k) for gid, k in result.plan.keep.items()}
         latency = result.summary.get("latency")
         predicted = latency["predicted_ms"] / latency["predicted_original_ms"] if latency else None
-        add(label, path, path32, macs, counts, predicted, prune_s=seconds, bn_accuracy=bn_accuracy)
+        add(
+            label,
+            path,
+            path32,
+            macs,
+            counts,
+            predicted,
+            prune_s=seconds,
+            bn_accuracy=bn_accuracy,
+            prune_measured=latency["measured_fraction"] if latency else None,
+        )
 
         stem = folder / f"{name}-{len(variants)}-uniform"
         if tp is not None:
@@ -292,6 +303,7 @@ def table(rows: list[dict], batch: int) -> str:
         "realised",
         "predicted / measured ms",
         "pred. error",
+        "prune's own measurement",
         "top-1 agree",
         "rel. output error",
         "val. accuracy",
@@ -313,6 +325,7 @@ def table(rows: list[dict], batch: int) -> str:
             f"{r['realised']:.2f}",
             f"{predicted} / {r['measured_ms']:.1f}",
             error,
+            f"{r['prune_measured']:.2f} of the original" if r.get("prune_measured") else "",
             f"{r['agreement']:.3f}",
             f"{r['rel_error']:.3f}",
             f"{r['accuracy']:.3f}",
