@@ -5,7 +5,8 @@ at 50% FLOPs; predicted latency within 10% of measured; at equal MACs a better a
 the uniform schedule.
 
     PYTHONPATH=. python benchmarks/latency_budget.py [--size 224] [--batch 8] [--iters 10]
-        [--rounds 2] [--models ResNet-50,MobileNetV2] [--epochs 8] [--cache DIR] [--json out.json]
+        [--rounds 2] [--models ResNet-50,MobileNetV2] [--criterion l1|l2|similarity] [--epochs 8]
+        [--cache DIR] [--json out.json]
 
 Networks: `deploysparse.zoo` ResNet-50 and MobileNetV2 with a 10-class head, trained on digits at
 32x32 (benchmarks/_digits32.py; the state_dict is cached in --cache, so only the first run trains).
@@ -14,7 +15,7 @@ the same weights: both networks end in global average pooling, so one set of wei
 sizes, and a plan found on the --size graph applies to the 32x32 graph (its group ids are the same:
 checked).
 
-Rows per network: l1 at 70% and 50% of the FLOPs and at a 50% latency target (`--latency-target 0.5
+Rows per network: l1 (or --criterion) at 70% and 50% of the FLOPs and at a 50% latency target (`--latency-target 0.5
 --backend onnxruntime --batch B`), all with round_to 16 (passed explicitly); and for each of them
 Torch-Pruning 1.6's uniform L1 (`MagnitudeImportance(p=1)`, `global_pruning=False`, `round_to=16`,
 the classifier ignored) with its per-layer ratio searched for the closest MACs it reaches
@@ -211,12 +212,12 @@ def run_model(name: str, args: argparse.Namespace, folder: Path) -> tuple[list[d
         return path32, bn_reestimated_accuracy(compact)
 
     for label, budget in (
-        ("l1 70% FLOPs", {"flops_target": 0.7}),
-        ("l1 50% FLOPs", {"flops_target": 0.5}),
-        ("l1 50% latency", {"latency_target": 0.5, "batch": args.batch}),
+        (f"{args.criterion} 70% FLOPs", {"flops_target": 0.7}),
+        (f"{args.criterion} 50% FLOPs", {"flops_target": 0.5}),
+        (f"{args.criterion} 50% latency", {"latency_target": 0.5, "batch": args.batch}),
     ):
         started = time.perf_counter()
-        result = api.prune(original, criterion="l1", round_to=ROUND_TO, **budget)
+        result = api.prune(original, criterion=args.criterion, round_to=ROUND_TO, **budget)
         seconds = time.perf_counter() - started
         macs = result.summary["flops_after"] / result.summary["flops_before"]
         stem = folder / f"{name}-{len(variants)}"
@@ -344,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--criterion",
+        default="l1",
+        choices=("l1", "l2", "similarity"),
+        help="deploysparse's criterion for its rows (data-free ones: the --size export has BN folded)",
+    )
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs on digits (cached)")
     parser.add_argument("--train-subset", type=int, help="train on the first N training images only")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="trained state_dicts")
@@ -371,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: original validation accuracy {accuracy:.3f} ({args.epochs} epochs)")
     print(table(rows, args.batch))
     for name, goal in GOALS.items():
-        hit = [r for r in rows if r["model"] == name and r["label"] == "l1 50% FLOPs"]
+        hit = [r for r in rows if r["model"] == name and r["label"] == f"{args.criterion} 50% FLOPs"]
         if hit:
             verdict = "met" if hit[0]["realised"] >= goal else "not met"
             print(f"goal {name}: realised >= {goal} at 50% FLOPs: {hit[0]['realised']:.2f} ({verdict})")
