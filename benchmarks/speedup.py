@@ -139,7 +139,10 @@ def time_interleaved(variants: list[Variant], args: argparse.Namespace) -> dict:
     engine = get_backend(args.backend)
     rng = np.random.default_rng(0)
     with contextlib.ExitStack() as stack:
-        runners = [stack.enter_context(engine.runner(v.artifact, threads=args.threads)) for v in variants]
+        runners = [
+            stack.enter_context(engine.runner(v.artifact, threads=args.threads, spinning=False))
+            for v in variants
+        ]
         for batch in args.batches:
             feeds = {spec.name: random_input(spec, batch, rng) for spec in runners[0].input_specs}
             for _ in range(args.warmup):

@@ -183,11 +183,9 @@ def measure_cost(
 def _cpu_session(model: onnx.ModelProto, threads: int | None):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
+    from deploysparse.backends.onnxruntime import session_options  # it imports this module
+
+    options = session_options(threads, spinning=False)  # the two sessions' runs are interleaved
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

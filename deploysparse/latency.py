@@ -56,7 +56,7 @@ from deploysparse.modelio import save_model
 GRID = (0.25, 0.5, 0.75, 1.0)  # fractions of a layer's channels timed in the table
 WARMUP, ITERS = 2, 7
 PAIR_RUNS = 11  # alternating runs of original and compact each when the compact model is measured
-CORRECTIONS = 2  # re-allocations after measuring the compact model
+CORRECTIONS = 4  # re-allocations after measuring the compact model
 TOLERANCE = 0.05  # a measured latency within 5% of the target needs no correction
 GAIN_LIMITS = (0.5, 2.0)  # measured savings per table saving below the lowest measurement: clamped
 KNAPSACK_BINS = 10_000  # the exact knapsack's latency resolution: 1/10,000 of the room to spend
@@ -174,9 +174,9 @@ class LayerTimer:
         return self.engine.version()
 
     @contextlib.contextmanager
-    def open(self, path: Path) -> Iterator[Any]:
-        """A runner of the backend for one model file."""
-        with self.engine.runner(path) as runner:
+    def open(self, path: Path, spinning: bool = True) -> Iterator[Any]:
+        """A runner of the backend for one model file (spinning: Backend.runner's)."""
+        with self.engine.runner(path, spinning=spinning) as runner:
             yield runner
 
     def milliseconds(self, path: Path, feeds: dict[str, np.ndarray]) -> float:
@@ -187,7 +187,7 @@ class LayerTimer:
     def pair(self, first: Path, second: Path, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
         """Median latency (ms) of two models timed run by run in alternating order: a change of the
         machine's load hits both alike, and the median ignores the runs it disturbed most."""
-        with self.open(first) as a, self.open(second) as b:
+        with self.open(first, spinning=False) as a, self.open(second, spinning=False) as b:
             for _ in range(WARMUP):
                 a.run(feeds)
                 b.run(feeds)
@@ -207,9 +207,9 @@ class TensorRTTimer(LayerTimer):
     backend = "tensorrt"
 
     @contextlib.contextmanager
-    def open(self, path: Path) -> Iterator[Any]:
+    def open(self, path: Path, spinning: bool = True) -> Iterator[Any]:
         built = self.engine.build(path, path.parent / (path.stem + "-engine"), precision="fp16")
-        with self.engine.runner(built.artifact) as runner:
+        with self.engine.runner(built.artifact, spinning=spinning) as runner:
             yield runner
 
 

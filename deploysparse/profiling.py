@@ -114,13 +114,11 @@ def _session(path: Path, prefix: Path, threads: int | None):
         raise BackendError("per-layer profiling needs ONNX Runtime: pip install 'deploysparse[cpu]'") from exc
     if not path.exists():
         raise BackendError(f"{path}: no such model file")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    from deploysparse.backends.onnxruntime import session_options
+
+    options = session_options(threads, spinning=False)  # the models' runs are interleaved
     options.enable_profiling = True
     options.profile_file_prefix = str(prefix)
-    if threads:
-        options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:

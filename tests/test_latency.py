@@ -25,10 +25,12 @@ from deploysparse.latency import (
     LatencyModel,
     Layer,
     LayerShape,
+    LayerTimer,
     _best_measured,
     allocate_latency,
     grid_widths,
 )
+from deploysparse.modelio import save_model
 from tests.exporting import random_feeds, run
 
 
@@ -262,3 +264,26 @@ def test_cli_latency_target(exported, tmp_path: Path, cli, monkeypatch):
     assert out.exists()
     bad = cli("prune", exported("vgg_flatten"), "--criterion", "dead", "--latency-target", "0.5", "-o", out)
     assert bad.code == 2 and bad.err.startswith("error: ")
+
+
+def test_alternating_timing_turns_thread_spinning_off(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """Two sessions timed run by run must not busy-wait: the idle one's spinning threads would steal
+    the cores of the one being timed (docs/benchmarks.md, thread spinning)."""
+    from deploysparse.backends.onnxruntime import session_options
+
+    key = "session.intra_op.allow_spinning"
+    assert session_options(2, spinning=False).get_session_config_entry(key) == "0"
+    assert key not in session_options(2).get_session_config_entries()
+    opened = []
+    timer = LayerTimer(batch=1)
+    real_runner = timer.engine.runner
+
+    def runner(path, threads=None, *, spinning=True):
+        opened.append(spinning)
+        return real_runner(path, threads, spinning=spinning)
+
+    monkeypatch.setattr(timer.engine, "runner", runner)
+    path = save_model(LayerShape("dense", 4, 4).model(4, 4), tmp_path / "layer.onnx")
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)}
+    first, second = timer.pair(path, path, feeds)
+    assert first > 0 and second > 0 and opened == [False, False]

@@ -100,8 +100,11 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def runner(self, path: str | os.PathLike[str], threads: int | None = None) -> Runner:
-        """Open an artifact (or a plain ONNX file) for inference."""
+    def runner(
+        self, path: str | os.PathLike[str], threads: int | None = None, *, spinning: bool = True
+    ) -> Runner:
+        """Open an artifact (or a plain ONNX file) for inference. spinning=False when several
+        runners are timed in alternation: their idle CPU threads must not wait busily for work."""
 
     def run(self, path: str | os.PathLike[str], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One-shot convenience: open `path`, run `feeds` once, close."""

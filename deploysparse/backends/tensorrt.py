@@ -144,8 +144,10 @@ class TensorRTBackend(Backend):
     def device(self) -> str:
         return f"GPU: {gpu_name()}"
 
-    def runner(self, path: str | os.PathLike[str], threads: int | None = None) -> TrtRunner:
-        return TrtRunner(path)
+    def runner(
+        self, path: str | os.PathLike[str], threads: int | None = None, *, spinning: bool = True
+    ) -> TrtRunner:
+        return TrtRunner(path)  # the GPU runs the engine: no CPU thread pool to spin
 
     def build(
         self,
