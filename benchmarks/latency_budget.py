@@ -82,35 +82,39 @@ EPOCHS = 8
 HAVE_TP = importlib.util.find_spec("torch_pruning") is not None
 
 
-def uniform_plan(ga: GraphAnalysis, fraction: float, round_to: int = ROUND_TO) -> Plan:
-    """Every prunable group keeps round_to-rounded `fraction` of its channels, its highest-L1 ones."""
+def uniform_plan(
+    ga: GraphAnalysis, fraction: float, scores: dict[str, np.ndarray] | None = None, round_to: int = ROUND_TO
+) -> Plan:
+    """Every prunable group keeps round_to-rounded `fraction` of its channels, its highest-scoring ones
+    (`scores` per group id; by default their L1 norms)."""
     ctx = CriterionContext(ga)
     keep = {}
     for group in ga.groups:
-        if not group.prunable:
+        if not group.prunable or (scores is not None and group.id not in scores):
             continue
         count = max(round_to, round(fraction * group.size / round_to) * round_to)
         count = max(count, len(group.pinned_channels))
         if group.size < round_to or count >= group.size or group.block > 1:
             continue
-        scores = np.asarray(CRITERIA["l1"].score(group, ctx), dtype=np.float64)
-        scores[np.asarray(group.pinned_channels, dtype=np.int64)] = np.inf
-        keep[group.id] = np.sort(np.argsort(-scores, kind="stable")[:count])
-    return Plan(keep=keep, criterion="uniform-l1")
+        ranked = scores[group.id] if scores is not None else CRITERIA["l1"].score(group, ctx)
+        ranked = np.array(ranked, dtype=np.float64)
+        ranked[np.asarray(group.pinned_channels, dtype=np.int64)] = np.inf
+        keep[group.id] = np.sort(np.argsort(-ranked, kind="stable")[:count])
+    return Plan(keep=keep, criterion="uniform")
 
 
-def uniform_at(ga: GraphAnalysis, macs_fraction: float) -> Plan:
-    """Our uniform plan whose MACs are closest to `macs_fraction` of the original (bisection): the
-    baseline when Torch-Pruning is not installed."""
+def uniform_at(ga: GraphAnalysis, macs_fraction: float, scores: dict[str, np.ndarray] | None = None) -> Plan:
+    """The uniform plan whose MACs are closest to `macs_fraction` of the original (bisection): the
+    baseline when Torch-Pruning is not installed, and any criterion's uniform schedule."""
     full = count_cost(ga).macs
     lo, hi = 0.05, 1.0
     for _ in range(20):
         mid = (lo + hi) / 2
-        if count_cost(ga, uniform_plan(ga, mid).keep).macs / full > macs_fraction:
+        if count_cost(ga, uniform_plan(ga, mid, scores).keep).macs / full > macs_fraction:
             hi = mid
         else:
             lo = mid
-    candidates = [uniform_plan(ga, f) for f in (lo, hi)]
+    candidates = [uniform_plan(ga, f, scores) for f in (lo, hi)]
     return min(candidates, key=lambda p: abs(count_cost(ga, p.keep).macs / full - macs_fraction))
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import _digits32, latency_budget
+from benchmarks import _digits32, criteria_allocation, latency_budget
 from benchmarks._digits32 import (
     BATCH,
     Training,
@@ -207,3 +207,47 @@ def test_the_benchmark_prints_every_row_with_a_trained_accuracy_proxy(
     # The proxy ran on the pruned 32x32 models: pruning moved the outputs.
     assert all(r["rel_error"] > 0 for r in rows)
     assert 0 <= figures["accuracy"]["ResNet-18"] <= 1
+
+
+@pytest.mark.slow
+def test_criteria_allocation_compares_each_criterion_global_and_uniform_at_equal_macs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        criteria_allocation, "MODELS", {"ResNet-18": lambda: resnet(18, num_classes=10, width=32)}
+    )
+    out = tmp_path / "rows.json"
+    args = ["--models", "ResNet-18", "--criteria", "l1,similarity", "--targets", "0.5", "--calib", "16"]
+    args += ["--epochs", "1", "--train-subset", str(2 * BATCH), "--cache", str(tmp_path), "--json", str(out)]
+    assert criteria_allocation.main(args) == 0
+    rows = json.loads(out.read_text())
+    variants = [r["variant"].split(" (")[0] for r in rows]
+    expected = ["original", "l1, global, 50% FLOPs", "l1, uniform, at the MACs above"]
+    expected += ["TP uniform L1"] if latency_budget.HAVE_TP else []
+    expected += ["similarity, global, 50% FLOPs", "similarity, uniform, at the MACs above"]
+    assert variants == expected
+    assert capsys.readouterr().out.count("| ResNet-18 |") == len(expected)
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    for global_row, uniform_row in ((rows[1], rows[2]), (rows[-2], rows[-1])):
+        assert abs(global_row["macs"] - 0.5) <= 0.03
+        assert abs(uniform_row["macs"] - global_row["macs"]) <= 0.1  # steps of 16 channels in every group
+
+
+def test_a_uniform_schedule_keeps_the_same_rounded_fraction_of_every_group_by_the_given_scores(
+    tmp_path: Path,
+) -> None:
+    path = latency_budget.export(resnet(18, num_classes=10, width=32), 32, tmp_path / "r.onnx")
+    ga = api.analyze(path, time_denormals=False).graph
+    rng = np.random.default_rng(0)
+    scores = {g.id: rng.random(g.size) for g in ga.groups if g.prunable}
+    plan = latency_budget.uniform_plan(ga, 0.5, scores)
+    assert plan.keep
+    for gid, kept in plan.keep.items():
+        size = ga.group(gid).size
+        assert len(kept) == max(16, round(size / 2 / 16) * 16)
+        # The highest-scoring channels, pinned ones first.
+        pinned = set(ga.group(gid).pinned_channels)
+        unpinned_kept = [c for c in kept if c not in pinned]
+        dropped = sorted(set(range(size)) - set(kept))
+        if unpinned_kept and dropped:
+            assert min(scores[gid][unpinned_kept]) >= max(scores[gid][dropped])
