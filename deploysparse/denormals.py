@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from deploysparse.ort_options import session_options
+
 _EXPONENT = np.uint32(0x7F800000)
 _MANTISSA = np.uint32(0x007FFFFF)
 
@@ -183,9 +185,7 @@ def measure_cost(
 def _cpu_session(model: onnx.ModelProto, threads: int | None):
     import onnxruntime as ort
 
-    from deploysparse.backends.onnxruntime import session_options  # it imports this module
-
-    options = session_options(threads, spinning=False)  # the two sessions' runs are interleaved
+    options = session_options(ort, threads, spinning=False)  # the two sessions' runs are interleaved
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from deploysparse.errors import BackendError, UsageError
+from deploysparse.ort_options import session_options
 
 _ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 _ORT_INT = {
@@ -114,9 +115,7 @@ def _session(path: Path, prefix: Path, threads: int | None):
         raise BackendError("per-layer profiling needs ONNX Runtime: pip install 'deploysparse[cpu]'") from exc
     if not path.exists():
         raise BackendError(f"{path}: no such model file")
-    from deploysparse.backends.onnxruntime import session_options
-
-    options = session_options(threads, spinning=False)  # the models' runs are interleaved
+    options = session_options(ort, threads, spinning=False)  # the models' runs are interleaved
     options.enable_profiling = True
     options.profile_file_prefix = str(prefix)
     try:

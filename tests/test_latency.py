@@ -171,6 +171,11 @@ def test_calibration_interpolates_measurements_and_extrapolates_the_lowest():
     calibration.points.append((0.55, 0.75))
     assert calibration.fraction(0.58) == pytest.approx(0.75)
     assert calibration.fraction(0.5) <= calibration.fraction(0.55) <= calibration.fraction(0.6)
+    # nor does a compact model measured slower than the original lift it above the original
+    calibration.points.append((0.9, 1.3))
+    assert calibration.fraction(0.95) == pytest.approx(1.0) and calibration.fraction(0.9) == pytest.approx(
+        1.0
+    )
 
 
 def test_a_measured_hit_is_kept_as_allocated():
@@ -223,9 +228,10 @@ def test_prune_latency_target_end_to_end_with_a_cached_table(exported, tmp_path:
     path = exported("vgg_flatten")
     result = api.prune(str(path), criterion="l1", latency_target=0.6, batch=2, round_to=1)
     latency = result.summary["latency"]
-    # a tiny net's layers take microseconds, so what its table can promise depends on the machine's
-    # load: the plan must lower the prediction, and meet the target or say that it could not
-    assert latency["predicted_ms"] < latency["predicted_original_ms"]
+    # a tiny net's layers take microseconds, so what its table can promise and what the compact
+    # model measures depend on the machine's load: the prediction must not rise above the
+    # original's, and the plan meet the target or say that it could not
+    assert latency["predicted_ms"] <= latency["predicted_original_ms"]
     if latency["predicted_ms"] > 0.6 * latency["predicted_original_ms"] * 1.02:
         assert any("latency target not reached" in w for w in result.summary["warnings"])
     assert latency["measured_ms"] > 0 and latency["measured_original_ms"] > 0
@@ -269,11 +275,14 @@ def test_cli_latency_target(exported, tmp_path: Path, cli, monkeypatch):
 def test_alternating_timing_turns_thread_spinning_off(monkeypatch: pytest.MonkeyPatch, tmp_path):
     """Two sessions timed run by run must not busy-wait: the idle one's spinning threads would steal
     the cores of the one being timed (docs/benchmarks.md, thread spinning)."""
-    from deploysparse.backends.onnxruntime import session_options
+    import onnxruntime as ort
+
+    from deploysparse.ort_options import session_options
 
     key = "session.intra_op.allow_spinning"
-    assert session_options(2, spinning=False).get_session_config_entry(key) == "0"
-    assert key not in session_options(2).get_session_config_entries()
+    assert session_options(ort, 2, spinning=False).get_session_config_entry(key) == "0"
+    with pytest.raises(Exception, match=key):  # ONNX Runtime's default: spinning
+        session_options(ort, 2).get_session_config_entry(key)
     opened = []
     timer = LayerTimer(batch=1)
     real_runner = timer.engine.runner

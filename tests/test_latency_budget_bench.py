@@ -251,3 +251,25 @@ def test_a_uniform_schedule_keeps_the_same_rounded_fraction_of_every_group_by_th
         dropped = sorted(set(range(size)) - set(kept))
         if unpinned_kept and dropped:
             assert min(scores[gid][unpinned_kept]) >= max(scores[gid][dropped])
+
+
+def test_the_spinning_benchmark_prints_three_fractions_per_repeat(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import spinning
+    from deploysparse.latency import LayerShape
+    from deploysparse.modelio import save_model
+
+    big = save_model(LayerShape("dense", 256, 256).model(256, 256), tmp_path / "big.onnx")
+    small = save_model(LayerShape("dense", 256, 256).model(256, 64), tmp_path / "small.onnx")
+    args = [str(big), str(small), "--batch", "1", "--runs", "3", "--repeats", "2", "--threads", "1"]
+    assert spinning.main(args) == 0
+    rows = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [float(c) for c in row.strip("| ").split(" | ")[1:]]
+        assert len(cells) == 3 and all(c > 0 for c in cells)

@@ -14,7 +14,6 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -43,6 +42,7 @@ from deploysparse.modelio import (
     needs_external_data,
     save_model,
 )
+from deploysparse.ort_options import session_options
 from deploysparse.output_guard import reads, refuse_overlap, writes
 
 # Preference order when the user does not choose: a GPU provider when the installed wheel has one.
@@ -78,27 +78,6 @@ def _ort():
     return onnxruntime
 
 
-def session_options(threads: int | None, *, spinning: bool = True) -> Any:
-    """SessionOptions for every session deploysparse runs: full graph optimisation, quiet logs,
-    `threads` intra-op threads (ONNX Runtime's own choice when None).
-
-    spinning=False when several sessions are timed in alternation. An idle ONNX Runtime thread spins
-    for work for a while after each run, so the session that just ran steals the cores the next one
-    runs on: measured on 2 cores, MobileNetV2 at batch 8 timed run by run against its compact model
-    read 0.66-0.72 of the original's latency with spinning and 0.54 without, 0.52-0.57 for each run
-    alone (docs/benchmarks.md). A deployment runs one session, where spinning is the faster default.
-    """
-    ort = _ort()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
 class OrtRunner(Runner):
     """An InferenceSession with full graph optimisation and an explicit thread count (see
     `session_options` for `spinning`)."""
@@ -116,7 +95,7 @@ class OrtRunner(Runner):
         if not path.exists():
             raise BackendError(f"{path}: no such model file")
         self.threads = threads or usable_cores()
-        options = session_options(self.threads, spinning=spinning)
+        options = session_options(ort, self.threads, spinning=spinning)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:
