@@ -16,9 +16,10 @@ def session_options(ort: Any, threads: int | None, *, spinning: bool = True) -> 
 
     spinning=False when several sessions are timed in alternation. An idle ONNX Runtime thread spins
     for work for a while after each run, so the session that just ran steals the cores the next one
-    runs on: measured on 2 cores, MobileNetV2 at batch 8 timed run by run against its compact model
-    read 0.66-0.72 of the original's latency with spinning and 0.54 without, 0.52-0.57 for each run
-    alone (docs/benchmarks.md). A deployment runs one session, where spinning is the faster default.
+    runs on: measured on 2 cores (benchmarks/spinning.py), MobileNetV2 at batch 8 timed run by run
+    against its compact model read 0.62-0.76 of the original's latency with spinning and 0.59-0.64
+    without, 0.55-0.59 with each model timed alone (docs/benchmarks.md). A deployment runs one
+    session, where spinning is the faster default.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
