@@ -5,7 +5,8 @@ at 50% FLOPs; predicted latency within 10% of measured; at equal MACs a better a
 the uniform schedule.
 
     PYTHONPATH=. python benchmarks/latency_budget.py [--size 224] [--batch 8] [--iters 10]
-        [--rounds 2] [--models ResNet-50,MobileNetV2] [--criterion l1|l2|similarity] [--epochs 8]
+        [--rounds 2] [--models ResNet-50,MobileNetV2] [--criterion l1|l2|similarity|bn-scale]
+        [--keep-bn] [--epochs 8]
         [--cache DIR] [--json out.json]
 
 Networks: `deploysparse.zoo` ResNet-50 and MobileNetV2 with a 10-class head, trained on digits at
@@ -167,8 +168,15 @@ def run_model(name: str, args: argparse.Namespace, folder: Path) -> tuple[list[d
     original32 = export(module, SIZE, folder / f"{name}-{SIZE}.onnx")
     # BatchNorm kept (parameter names too): surgery on it replays on the module (apply_plan).
     original32_bn = export_onnx(module, torch.randn(1, 3, SIZE, SIZE), folder / f"{name}-{SIZE}-bn.onnx")
+    # --keep-bn: deploysparse's rows prune a BN-kept export at --size (what the torch front end
+    # and `optimize=False` give; ONNX Runtime folds BN when it loads it, so it times alike).
+    source = (
+        export_onnx(module, torch.randn(1, 3, args.size, args.size), folder / f"{name}-bn.onnx")
+        if args.keep_bn
+        else original
+    )
     ga = api.analyze(original, time_denormals=False).graph
-    for other in (original32, original32_bn):
+    for other in (original32, original32_bn, source):
         if group_signature(api.analyze(other, time_denormals=False).graph) != group_signature(ga):
             raise RuntimeError(f"{name}: {other.name} groups channels unlike the {args.size} export")
     full = count_cost(ga).macs
@@ -221,7 +229,7 @@ def run_model(name: str, args: argparse.Namespace, folder: Path) -> tuple[list[d
         (f"{args.criterion} 50% latency", {"latency_target": 0.5, "batch": args.batch}),
     ):
         started = time.perf_counter()
-        result = api.prune(original, criterion=args.criterion, round_to=ROUND_TO, **budget)
+        result = api.prune(source, criterion=args.criterion, round_to=ROUND_TO, **budget)
         seconds = time.perf_counter() - started
         macs = result.summary["flops_after"] / result.summary["flops_before"]
         stem = folder / f"{name}-{len(variants)}"
@@ -352,8 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--criterion",
         default="l1",
-        choices=("l1", "l2", "similarity"),
-        help="deploysparse's criterion for its rows (data-free ones: the --size export has BN folded)",
+        choices=("l1", "l2", "similarity", "bn-scale"),
+        help="deploysparse's criterion for its rows (data-free ones; bn-scale needs --keep-bn)",
+    )
+    parser.add_argument(
+        "--keep-bn",
+        action="store_true",
+        help="deploysparse's rows prune a BatchNorm-kept export (the criterion reads unfolded weights)",
     )
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs on digits (cached)")
     parser.add_argument("--train-subset", type=int, help="train on the first N training images only")
@@ -365,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.criterion == "bn-scale" and not args.keep_bn:
+        parser.error("--criterion bn-scale reads BatchNorm scales: add --keep-bn")
     args.backend = "onnxruntime"
     rows: list[dict] = []
     accuracies: dict[str, float] = {}

@@ -175,7 +175,7 @@ def test_torch_pruning_uniform_lands_near_the_macs_and_keeps_the_classifier(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("baseline", ["torch-pruning", "own"])
+@pytest.mark.parametrize("baseline", ["torch-pruning", "own", "own, bn-scale on a BN-kept export"])
 def test_the_benchmark_prints_every_row_with_a_trained_accuracy_proxy(
     baseline: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -186,19 +186,24 @@ def test_the_benchmark_prints_every_row_with_a_trained_accuracy_proxy(
     out = tmp_path / "rows.json"
     args = ["--models", "ResNet-18", "--size", "64", "--batch", "2", "--warmup", "0", "--iters", "1"]
     args += ["--rounds", "1", "--epochs", "1", "--train-subset", str(2 * BATCH), "--cache", str(tmp_path)]
-    args += ["--json", str(out)] + (["--own-uniform"] if baseline == "own" else [])
+    args += ["--json", str(out)] + (["--own-uniform"] if baseline.startswith("own") else [])
+    criterion = "l1"
+    if "bn-scale" in baseline:
+        criterion = "bn-scale"
+        args += ["--keep-bn", "--criterion", criterion]
     assert latency_budget.main(args) == 0
     printed = capsys.readouterr().out
     assert "ResNet-18: original validation accuracy" in printed
     figures = json.loads(out.read_text())
     rows = figures["rows"]
+    uniform = "TP uniform L1" if baseline == "torch-pruning" else "our uniform L1"
     assert [r["label"].split(" at ")[0].split(" (")[0] for r in rows] == [
-        "l1 70% FLOPs",
-        "TP uniform L1" if baseline == "torch-pruning" else "our uniform L1",
-        "l1 50% FLOPs",
-        "TP uniform L1" if baseline == "torch-pruning" else "our uniform L1",
-        "l1 50% latency",
-        "TP uniform L1" if baseline == "torch-pruning" else "our uniform L1",
+        f"{criterion} 70% FLOPs",
+        uniform,
+        f"{criterion} 50% FLOPs",
+        uniform,
+        f"{criterion} 50% latency",
+        uniform,
     ]
     assert printed.count("| ResNet-18 |") == 6
     assert all(0 < r["macs"] < 1 and 0 <= r["agreement"] <= 1 for r in rows)
