@@ -6,7 +6,7 @@ the uniform schedule.
 
     PYTHONPATH=. python benchmarks/latency_budget.py [--size 224] [--batch 8] [--iters 10]
         [--rounds 2] [--models ResNet-50,MobileNetV2] [--criterion l1|l2|similarity|bn-scale]
-        [--keep-bn] [--epochs 8]
+        [--keep-bn] [--calib N] [--epochs 8]
         [--cache DIR] [--json out.json]
 
 Networks: `deploysparse.zoo` ResNet-50 and MobileNetV2 with a 10-class head, trained on digits at
@@ -175,7 +175,14 @@ def run_model(name: str, args: argparse.Namespace, folder: Path) -> tuple[list[d
         if args.keep_bn
         else original
     )
+    calib = None
+    if args.calib:  # the first training images at --size (pixel repetition, as digits32 makes 32x32)
+        images = digits32("train", args.calib)[0]
+        factor = args.size // SIZE
+        calib = images.repeat(factor, axis=2).repeat(factor, axis=3)
     ga = api.analyze(original, time_denormals=False).graph
+    if calib is not None:
+        calib = {ga.model.graph.input[0].name: calib}
     for other in (original32, original32_bn, source):
         if group_signature(api.analyze(other, time_denormals=False).graph) != group_signature(ga):
             raise RuntimeError(f"{name}: {other.name} groups channels unlike the {args.size} export")
@@ -229,7 +236,7 @@ def run_model(name: str, args: argparse.Namespace, folder: Path) -> tuple[list[d
         (f"{args.criterion} 50% latency", {"latency_target": 0.5, "batch": args.batch}),
     ):
         started = time.perf_counter()
-        result = api.prune(source, criterion=args.criterion, round_to=ROUND_TO, **budget)
+        result = api.prune(source, criterion=args.criterion, calib=calib, round_to=ROUND_TO, **budget)
         seconds = time.perf_counter() - started
         macs = result.summary["flops_after"] / result.summary["flops_before"]
         stem = folder / f"{name}-{len(variants)}"
@@ -364,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         help="deploysparse's criterion for its rows (data-free ones; bn-scale needs --keep-bn)",
     )
     parser.add_argument(
+        "--calib",
+        type=int,
+        default=0,
+        help="calibration images for deploysparse's criterion (similarity then compares activations)",
+    )
+    parser.add_argument(
         "--keep-bn",
         action="store_true",
         help="deploysparse's rows prune a BatchNorm-kept export (the criterion reads unfolded weights)",
@@ -378,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.calib and args.size % SIZE:
+        parser.error(f"--calib needs a --size that is a multiple of {SIZE}")
     if args.criterion == "bn-scale" and not args.keep_bn:
         parser.error("--criterion bn-scale reads BatchNorm scales: add --keep-bn")
     args.backend = "onnxruntime"
