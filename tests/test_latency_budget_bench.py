@@ -175,7 +175,10 @@ def test_torch_pruning_uniform_lands_near_the_macs_and_keeps_the_classifier(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("baseline", ["torch-pruning", "own", "own, bn-scale on a BN-kept export"])
+@pytest.mark.parametrize(
+    "baseline",
+    ["torch-pruning", "own", "own, bn-scale on a BN-kept export", "own, similarity on calibration images"],
+)
 def test_the_benchmark_prints_every_row_with_a_trained_accuracy_proxy(
     baseline: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -191,6 +194,9 @@ def test_the_benchmark_prints_every_row_with_a_trained_accuracy_proxy(
     if "bn-scale" in baseline:
         criterion = "bn-scale"
         args += ["--keep-bn", "--criterion", criterion]
+    if "calibration" in baseline:
+        criterion = "similarity"
+        args += ["--criterion", criterion, "--calib", "4"]
     assert latency_budget.main(args) == 0
     printed = capsys.readouterr().out
     assert "ResNet-18: original validation accuracy" in printed
