@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "--criterion",
         default="l1",
         choices=("l1", "l2", "similarity", "bn-scale"),
-        help="deploysparse's criterion for its rows (data-free ones; bn-scale needs --keep-bn)",
+        help="deploysparse's criterion for its rows (bn-scale needs --keep-bn; similarity reads --calib images)",
     )
     parser.add_argument(
         "--calib",
