@@ -599,9 +599,8 @@ def _exact(
         deltas, values = [], []
         for b in choosers:
             gid = b.group.id
-            touched = model.touches.get(gid, [])
-            now = sum(model.layer_ms(i, current) for i in touched)
-            delta = [sum(model.layer_ms(i, {**current, gid: int(c)}) for i in touched) - now for c in b.legal]
+            now = _touched_ms(model, current, gid)
+            delta = [_touched_ms(model, {**current, gid: int(c)}, gid) - now for c in b.legal]
             deltas.append(np.asarray(delta))
             values.append(kept[gid][np.minimum(b.legal, len(kept[gid]) - 1)])
         room = limit - model.predict(current) - sum(float(d.min()) for d in deltas)
@@ -660,12 +659,13 @@ def _sorted_scores(b: GroupBudget) -> np.ndarray:
     return np.sort(np.asarray(scores, dtype=np.float64)[kept])[::-1]
 
 
+def _touched_ms(model: LatencyModel, counts: dict[str, int], gid: str) -> float:
+    """Predicted milliseconds of the layers whose widths group `gid` sets, at these counts."""
+    return sum(model.layer_ms(i, counts) for i in model.touches.get(gid, []))
+
+
 def _saved(model: LatencyModel, counts: dict[str, int], gid: str, new: int) -> float:
-    touched = model.touches.get(gid, [])
-    before = sum(model.layer_ms(i, counts) for i in touched)
-    trial = {**counts, gid: new}
-    after = sum(model.layer_ms(i, trial) for i in touched)
-    return before - after
+    return _touched_ms(model, counts, gid) - _touched_ms(model, {**counts, gid: new}, gid)
 
 
 def whole_model_ms(model: onnx.ModelProto, timer: LayerTimer, input_shapes: dict[str, list[int]]) -> float:
