@@ -333,6 +333,7 @@ def _latency_summary(budget: Budget, plan: Plan) -> dict:
         "backend": budget.backend,
         "batch": budget.batch,
         "target": budget.latency_target,
+        "allocation": budget.latency_allocation,
         "predicted_original_ms": latency.get("original_ms"),
         "predicted_ms": latency.get("predicted_ms"),
         "measured_original_ms": original_ms,

@@ -36,6 +36,10 @@ DEAD = "dead"  # the --criterion that removes only the dead filters: no ranking,
 # original with multiples of 8 and 2.07x with 16 (docs/benchmarks.md). `round_to=1` turns it off;
 # INT8 engines want 32 (the recipes say so).
 DEFAULT_ROUND_TO = 16
+# How a --latency-target picks where to cut (deploysparse.latency). The threshold is the default: at
+# equal predicted latency it kept more accuracy than the knapsack on digits-trained MobileNetV2 and
+# ResNet-50 (docs/benchmarks.md), because the knapsack treats group-normalised scores as absolute.
+LATENCY_ALLOCATIONS = ("threshold", "knapsack")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class Budget:
     ratio: fraction of the live prunable channels to remove. flops_target: fraction of the original
     MACs to keep. latency_target: fraction of the original latency to keep, on `backend` at `batch`
     (deploysparse.latency). At most one of the three; with none only dead channels go.
+    latency_allocation: how a latency target chooses where to cut: "threshold" (the global score
+    threshold that --flops-target uses, walked by predicted latency) or "knapsack" (HALP's: the most
+    importance per millisecond; it lost accuracy with group-normalised scores, docs/criteria.md).
     max_layer_ratio: no group loses more than this fraction of its channels (None: no cap).
     min_channels: no group keeps fewer. round_to: kept counts are multiples of it, 16 by default
     (see legal_counts for groups that are smaller or not a multiple by design).
@@ -57,6 +64,7 @@ class Budget:
     latency_target: float | None = None
     backend: str = "onnxruntime"
     batch: int = 1
+    latency_allocation: str = "threshold"
     max_layer_ratio: float | None = None
     min_channels: int = 1
     round_to: int = DEFAULT_ROUND_TO
@@ -76,6 +84,10 @@ class Budget:
             raise UsageError(f"--flops-target {self.flops_target}: must be in (0, 1]")
         if self.latency_target is not None and not 0.0 < self.latency_target <= 1.0:
             raise UsageError(f"--latency-target {self.latency_target}: must be in (0, 1]")
+        if self.latency_allocation not in LATENCY_ALLOCATIONS:
+            raise UsageError(
+                f"--latency-allocation {self.latency_allocation}: one of {', '.join(LATENCY_ALLOCATIONS)}"
+            )
         if self.batch < 1:
             raise UsageError(f"--batch {self.batch}: must be at least 1")
         if self.max_layer_ratio is not None and not 0.0 <= self.max_layer_ratio <= 1.0:
@@ -308,22 +320,39 @@ def allocate(
     """
     budgets = group_budgets(groups, scores, budget, dead)
     target = BudgetTarget(budgets, budget, macs_of)
-    rank_scores(budgets)
-    live_scores = [b.scores[b.live] for b in budgets if b.scores is not None]
-    thresholds = np.array([-np.inf])
-    if live_scores:
-        thresholds = np.concatenate([thresholds, np.sort(np.concatenate(live_scores))])
-
-    def counts_at(i: int) -> dict[str, int]:
-        return {b.group.id: b.snap(b.wanted_at(float(thresholds[i]))) for b in budgets}
-
+    path = ThresholdPath(budgets)
     best = 0
     if target.active and budgets:
-        best = first_within(lambda i: target.excess(counts_at(i)), len(thresholds))
-    counts = counts_at(best)
-    allocation = Allocation(notes=target.verdict(counts, counts_at(len(thresholds) - 1)) if budgets else [])
+        best = first_within(lambda i: target.excess(path.counts(i)), len(path))
+    counts = path.counts(best)
+    allocation = Allocation(notes=target.verdict(counts, path.counts(len(path) - 1)) if budgets else [])
     finish(allocation, budgets, counts, budget.round_to)
     return allocation
+
+
+class ThresholdPath:
+    """The plans one global score threshold gives, from removing nothing but the dead channels
+    (step 0) to removing every live channel a group may lose (the last step): at step i every
+    live channel at or below the i-th lowest score goes, and each group snaps to its nearest legal
+    count. A --flops-target or --ratio walks it by MACs or channels, a --latency-target by predicted
+    latency (deploysparse.latency): the same ranking, whichever budget is spent.
+
+    Builds the budgets' global ranks (rank_scores) in place."""
+
+    def __init__(self, budgets: list[GroupBudget]) -> None:
+        self.budgets = budgets
+        rank_scores(budgets)
+        live_scores = [b.scores[b.live] for b in budgets if b.scores is not None]
+        self.thresholds = np.array([-np.inf])
+        if live_scores:
+            self.thresholds = np.concatenate([self.thresholds, np.sort(np.concatenate(live_scores))])
+
+    def __len__(self) -> int:
+        return len(self.thresholds)
+
+    def counts(self, step: int) -> dict[str, int]:
+        """Kept count per group at this step."""
+        return {b.group.id: b.snap(b.wanted_at(float(self.thresholds[step]))) for b in self.budgets}
 
 
 def rank_scores(budgets: list[GroupBudget]) -> None:
@@ -358,8 +387,16 @@ def finish(allocation: Allocation, budgets: list[GroupBudget], counts: dict[str,
 
 
 def first_within(excess: Callable[[int], float], n: int) -> int:
-    """Index in [0, n) whose excess (falling with the index) is closest to zero: bisection for the
-    sign change, then the better of its two neighbours (ties: the one that removes less)."""
+    """Index in [0, n) whose excess (falling with the index) is closest to zero: the sign change
+    (first_met), then the better of its two neighbours (ties: the one that removes less)."""
+    lo = first_met(excess, n)
+    candidates = [i for i in (lo - 1, lo) if 0 <= i < n]
+    return min(candidates, key=lambda i: (abs(excess(i)), i))
+
+
+def first_met(excess: Callable[[int], float], n: int) -> int:
+    """The first index in [0, n) whose excess (falling with the index) is <= 0, by bisection; n - 1
+    when none is."""
     lo, hi = 0, n - 1
     while lo < hi:
         mid = (lo + hi) // 2
@@ -367,8 +404,7 @@ def first_within(excess: Callable[[int], float], n: int) -> int:
             lo = mid + 1
         else:
             hi = mid
-    candidates = [i for i in (lo - 1, lo) if 0 <= i < n]
-    return min(candidates, key=lambda i: (abs(excess(i)), i))
+    return lo
 
 
 def _group_budget(

@@ -10,18 +10,24 @@ ONNX Runtime did not fuse) is the measured whole-model latency minus the layers'
 fraction of layer outputs kept. Tables are cached on disk keyed by backend, its version, the machine
 and the layer shape (~/.cache/deploysparse/latency, or $DEPLOYSPARSE_CACHE).
 
-The allocation is a knapsack: keep the most importance (the criterion's scores of the kept channels)
-under the predicted latency, each group at one of its legal counts (honouring --round-to,
---min-channels, pinned channels). A greedy pass (repeatedly the step that loses the least importance
-per millisecond saved) gives a feasible start; then the multiple-choice knapsack is solved exactly by
-dynamic programming on the latency model linearised around the current answer, as HALP's solver
-does, and re-linearised around each answer (a layer's time depends on two groups' widths).
+Two allocations choose where to cut, each group at one of its legal counts (honouring --round-to,
+--min-channels, pinned channels). The default, "threshold", is the --flops-target ranking walked by
+predicted latency: one global threshold on the criterion's scores, the lowest that the prediction
+meets (budget.ThresholdPath). "knapsack" keeps the most importance (the sum of the kept channels'
+scores) under the predicted latency, as HALP does: a greedy pass (repeatedly the step that loses the
+least importance per millisecond saved) gives a feasible start; then the multiple-choice knapsack is
+solved exactly by dynamic programming on the latency model linearised around the current answer,
+and re-linearised around each answer (a layer's time depends on two groups' widths). The knapsack
+needs scores that compare across layers (HALP's are loss-based Taylor scores); this package's are
+normalised by their group's mean, so every channel is worth about 1 to it and it strips the layers
+where a channel costs the most time. Measured on digits-trained MobileNetV2 and ResNet-50 at equal
+predicted latency, it kept less accuracy than the threshold (docs/benchmarks.md), so it is opt-in.
 
 Then it is measured, as NetAdapt (Yang et al. ECCV 2018) does: one-layer models miss what layers
 share inside the whole graph (layout conversions, fused activations, cache reuse), so the table's
 savings can be off, and by more at some widths than at others. The compact model of the
 allocation is built and timed against the original, run by run; when it misses the target by more
-than TOLERANCE, the knapsack runs again aimed at the table fraction that the measurements so far map
+than TOLERANCE, the allocation runs again aimed at the table fraction that the measurements so far map
 to the target (a secant step on a monotone calibration curve, `Calibration`), at most CORRECTIONS
 times. The prediction reported for the final plan is the calibrated one made before it was measured.
 
@@ -48,7 +54,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deploysparse.budget import DEFAULT_ROUND_TO, Allocation, Budget, GroupBudget, finish, group_budgets
+from deploysparse.budget import (
+    DEFAULT_ROUND_TO,
+    Allocation,
+    Budget,
+    GroupBudget,
+    ThresholdPath,
+    finish,
+    first_met,
+    group_budgets,
+)
 from deploysparse.errors import UsageError
 from deploysparse.graph.rules import attr
 from deploysparse.modelio import save_model
@@ -434,21 +449,22 @@ def allocate_latency(
     model: LatencyModel,
     dead: dict[str, np.ndarray] | None = None,
 ) -> Allocation:
-    """Keep the most importance under budget.latency_target x the original's latency: the knapsack
-    on the table's prediction, then (when the model can measure) the compact model timed and the
-    knapsack run again, aimed at the table fraction the measurements so far map to the target
-    (Calibration), while the measurement misses. Of the measured allocations the one kept is the
-    most important one that met the target (within TOLERANCE), or else the fastest: a measurement a
-    busy machine disturbed cannot make the answer worse."""
+    """Meet budget.latency_target x the original's latency: the budget's allocation (threshold or
+    knapsack) on the table's prediction, then (when the model can measure) the compact model timed
+    and the allocation run again, aimed at the table fraction the measurements so far map to the
+    target (Calibration), while the measurement misses. Of the measured allocations the one kept is
+    the most important one that met the target (within TOLERANCE), or else the fastest: a
+    measurement a busy machine disturbed cannot make the answer worse."""
     budgets = [b for b in group_budgets(groups, scores, budget, dead) if b.scores is not None or b.dead.any()]
-    loss = {b.group.id: _sorted_scores(b) for b in budgets}
+    loss = {b.group.id: _sorted_scores(b) for b in budgets}  # before ThresholdPath ranks the scores
+    counts_for = _allocator(budget.latency_allocation, budgets, loss, model)
     original = model.predict({})
     calibration = Calibration()
     aim = budget.latency_target
     tried: list[tuple[LatencyAllocation, dict[str, int]]] = []
     history: list[str] = []
     while True:
-        counts = _knapsack(budgets, loss, aim, model)
+        counts = counts_for(aim)
         table_fraction = model.predict(counts) / original
         allocation = LatencyAllocation(
             predicted_ms=calibration.fraction(table_fraction) * original,
@@ -490,7 +506,7 @@ class Calibration:
     A monotone piecewise-linear map through the measurements and (1, 1) (nothing removed: the
     original); below the lowest measurement, the table's savings scaled by that measurement's ratio
     of measured to predicted savings (clamped to GAIN_LIMITS). With no measurement it is the
-    identity. Aiming the knapsack at `table_fraction(target)` is a secant step towards the target,
+    identity. Aiming the allocation at `table_fraction(target)` is a secant step towards the target,
     interpolated once a measurement lies on each side of it."""
 
     points: list[tuple[float, float]] = field(default_factory=list)  # (table fraction, measured fraction)
@@ -536,6 +552,24 @@ def _best_measured(
 def _kept_value(loss: dict[str, np.ndarray], counts: dict[str, int]) -> float:
     """Importance kept: the sum of each group's `counts[g]` highest scores."""
     return sum(float(loss[g][:n].sum()) for g, n in counts.items() if g in loss)  # loss: sorted, descending
+
+
+def _allocator(
+    kind: str, budgets: list[GroupBudget], loss: dict[str, np.ndarray], model: LatencyModel
+) -> Callable[[float], dict[str, int]]:
+    """Kept counts per group for a fraction of the original's predicted latency to aim at, by the
+    allocation `kind` (Budget.latency_allocation)."""
+    if kind == "knapsack":
+        return lambda aim: _knapsack(budgets, loss, aim, model)
+    path = ThresholdPath(budgets)
+    return lambda aim: _on_threshold_path(path, aim, model)
+
+
+def _on_threshold_path(path: ThresholdPath, target: float, model: LatencyModel) -> dict[str, int]:
+    """The plan on the global-threshold path with the lowest threshold whose prediction meets
+    target x the original's (the last step when none does)."""
+    limit = target * model.predict({})
+    return path.counts(first_met(lambda step: model.predict(path.counts(step)) - limit, len(path)))
 
 
 def _knapsack(

@@ -79,6 +79,7 @@ class PruneSettings(_Section):
     ratio: Fraction | None = _BUDGET.ratio
     flops_target: Fraction | None = _BUDGET.flops_target
     latency_target: Fraction | None = _BUDGET.latency_target  # measured on build.backend at batch opt
+    latency_allocation: str = _BUDGET.latency_allocation  # checked by Budget: LATENCY_ALLOCATIONS
     max_layer_ratio: Fraction | None = _BUDGET.max_layer_ratio
     min_channels: Positive = _BUDGET.min_channels
     round_to: Positive = _BUDGET.round_to

@@ -34,6 +34,10 @@ from deploysparse.modelio import save_model
 from tests.exporting import random_feeds, run
 
 
+def knapsack_budget(**fields) -> Budget:
+    return Budget(latency_allocation="knapsack", **fields)
+
+
 def make_group(gid: str, size: int) -> ChannelGroup:
     producer = Member(
         "producer", f"{gid}.w", 0, np.arange(size), node=f"conv_{gid}", op="Conv", input_index=1
@@ -73,12 +77,53 @@ class LinearLatency(LatencyModel):
         return full, full * self.truth(self.predict(counts) / full)
 
 
+def counts_of(alloc: LatencyAllocation, groups: list[ChannelGroup]) -> dict[str, int]:
+    return {g.id: len(alloc.keep.get(g.id, np.arange(g.size))) for g in groups}
+
+
+def test_threshold_cuts_the_least_important_channels_wherever_they_cost():
+    """The default allocation ranks channels as --flops-target does and walks that ranking by
+    predicted latency: "dear" channels save 4x the time, but "cheap" ones score lower and go first
+    (the knapsack, on the same input, cuts "dear": the next test)."""
+    groups = [make_group("cheap", 32), make_group("dear", 32)]
+    scores = {"cheap": np.linspace(0.1, 1.0, 32), "dear": np.linspace(1.1, 2.0, 32)}
+    model = LinearLatency(groups, {"cheap": 1.0, "dear": 4.0})
+    alloc = allocate_latency(groups, scores, Budget(latency_target=0.85, round_to=1), model)
+    # 160 ms in all, 136 allowed: 24 "cheap" channels go, the 24 lowest scores
+    assert counts_of(alloc, groups) == {"cheap": 8, "dear": 32}
+    assert alloc.keep["cheap"].tolist() == list(range(24, 32))
+    knapsack = allocate_latency(groups, scores, knapsack_budget(latency_target=0.85, round_to=1), model)
+    assert counts_of(knapsack, groups)["dear"] < 32  # it buys milliseconds where they are cheap in score
+
+
+def test_threshold_steps_every_group_with_one_threshold_and_snaps_to_round_to():
+    groups = [make_group("a", 64), make_group("b", 64)]
+    rng = np.random.default_rng(3)
+    scores = {"a": rng.uniform(0, 1, 64), "b": rng.uniform(0, 1, 64)}
+    model = LinearLatency(groups, {"a": 1.0, "b": 2.0})
+    alloc = allocate_latency(groups, scores, Budget(latency_target=0.6, round_to=8), model)
+    counts = counts_of(alloc, groups)
+    assert model.predict(counts) <= 0.6 * model.predict({})
+    assert all(c % 8 == 0 for c in counts.values())
+    # one threshold: each group kept about the channels above it (within a rounding step)
+    threshold = np.sort(np.concatenate(list(scores.values())))[::-1][sum(counts.values())]
+    for gid, c in counts.items():
+        assert abs(c - int((scores[gid] > threshold).sum())) <= 8
+        assert set(alloc.keep.get(gid, range(64))) == set(np.argsort(scores[gid])[::-1][:c])
+    assert alloc.predicted_ms == pytest.approx(model.predict(counts))
+
+
+def test_budget_checks_the_latency_allocation():
+    with pytest.raises(UsageError, match="--latency-allocation greedy: one of threshold, knapsack"):
+        Budget(latency_target=0.5, latency_allocation="greedy")
+
+
 def test_knapsack_meets_the_target_and_cuts_where_a_millisecond_costs_least():
     groups = [make_group("cheap", 32), make_group("dear", 32)]
     # equal importance per channel; "dear" channels cost 4x the time: removing them buys more ms
     scores = {"cheap": np.ones(32), "dear": np.ones(32)}
     model = LinearLatency(groups, {"cheap": 1.0, "dear": 4.0})
-    alloc = allocate_latency(groups, scores, Budget(latency_target=0.6, round_to=8), model)
+    alloc = allocate_latency(groups, scores, knapsack_budget(latency_target=0.6, round_to=8), model)
     counts = {g.id: len(alloc.keep.get(g.id, np.arange(g.size))) for g in groups}
     assert model.predict(counts) <= 0.6 * model.predict({})
     assert counts["dear"] < counts["cheap"] == 32
@@ -90,7 +135,7 @@ def test_knapsack_keeps_the_important_channels_of_a_group():
     group = make_group("g", 16)
     scores = {"g": np.r_[np.full(8, 10.0), np.full(8, 0.1)]}
     model = LinearLatency([group], {"g": 1.0})
-    alloc = allocate_latency([group], scores, Budget(latency_target=0.5, round_to=1), model)
+    alloc = allocate_latency([group], scores, knapsack_budget(latency_target=0.5, round_to=1), model)
     assert alloc.keep["g"].tolist() == list(range(8))
 
 
@@ -100,7 +145,7 @@ def test_knapsack_is_exact_where_the_greedy_step_overshoots():
     # 1.5 ms only: two "a" channels (loss 2) beat one "b" (loss 2.9)
     scores = {"a": np.ones(8), "b": np.full(8, 2.9)}
     model = LinearLatency(groups, {"a": 1.0, "b": 3.0})
-    alloc = allocate_latency(groups, scores, Budget(latency_target=30.5 / 32, round_to=1), model)
+    alloc = allocate_latency(groups, scores, knapsack_budget(latency_target=30.5 / 32, round_to=1), model)
     assert len(alloc.keep["a"]) == 6 and "b" not in alloc.keep
 
 
@@ -114,7 +159,7 @@ def test_knapsack_finds_the_brute_force_optimum(seed: int):
     model = LinearLatency(groups, per_channel)
     full = model.predict({})
     limit = np.floor(0.6 * full) + 0.5  # half a millisecond off every integer total: no ties at the edge
-    alloc = allocate_latency(groups, scores, Budget(latency_target=limit / full, round_to=1), model)
+    alloc = allocate_latency(groups, scores, knapsack_budget(latency_target=limit / full, round_to=1), model)
 
     def kept(counts: dict[str, int]) -> float:
         return sum(np.sort(scores[g])[::-1][:c].sum() for g, c in counts.items())
@@ -228,6 +273,7 @@ def test_prune_latency_target_end_to_end_with_a_cached_table(exported, tmp_path:
     path = exported("vgg_flatten")
     result = api.prune(str(path), criterion="l1", latency_target=0.6, batch=2, round_to=1)
     latency = result.summary["latency"]
+    assert latency["allocation"] == "threshold"  # the default
     # a tiny net's layers take microseconds, so what its table can promise and what the compact
     # model measures depend on the machine's load: the prediction must not rise above the
     # original's, and the plan meet the target or say that it could not
@@ -260,6 +306,8 @@ def test_cli_latency_target(exported, tmp_path: Path, cli, monkeypatch):
         "0.7",
         "--batch",
         "2",
+        "--latency-allocation",
+        "knapsack",
         "-o",
         out,
         "--json",
@@ -267,9 +315,14 @@ def test_cli_latency_target(exported, tmp_path: Path, cli, monkeypatch):
     assert result.code == 0, result.err
     summary = json.loads(result.out)
     assert summary["latency"]["backend"] == "onnxruntime" and summary["latency"]["batch"] == 2
+    assert summary["latency"]["allocation"] == "knapsack"
     assert out.exists()
     bad = cli("prune", exported("vgg_flatten"), "--criterion", "dead", "--latency-target", "0.5", "-o", out)
     assert bad.code == 2 and bad.err.startswith("error: ")
+    bad = cli(
+        "prune", exported("vgg_flatten"), "--criterion", "l1", "--latency-allocation", "greedy", "-o", out
+    )
+    assert bad.code == 2 and bad.err.startswith("error: ") and "--latency-allocation" in bad.err
 
 
 def test_alternating_timing_turns_thread_spinning_off(monkeypatch: pytest.MonkeyPatch, tmp_path):

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from deploysparse import input_shapes
-from deploysparse.budget import DEAD, Budget
+from deploysparse.budget import DEAD, LATENCY_ALLOCATIONS, Budget
 from deploysparse.errors import UsageError
 
 _DEFAULT = Budget()
@@ -27,6 +27,11 @@ _BUDGET_HELP: dict[str, tuple[Any, str]] = {
     ),
     "backend": (click.Choice(["onnxruntime", "tensorrt"]), "Where --latency-target is measured."),
     "batch": (int, "Batch size --latency-target is measured at."),
+    "latency_allocation": (
+        click.Choice(list(LATENCY_ALLOCATIONS)),
+        "How --latency-target picks where to cut: the global score threshold (as --flops-target) walked "
+        "by predicted latency, or HALP's knapsack (most importance per millisecond).",
+    ),
     "max_layer_ratio": (float, "Remove at most this fraction of any one group."),
     "min_channels": (int, "Keep at least this many per group."),
     "round_to": (

@@ -101,7 +101,7 @@ def command(
     if "latency" in summary:
         lat = summary["latency"]
         console.print(
-            f"latency on {lat['backend']} at batch {lat['batch']}: predicted {lat['predicted_ms']:.3g} ms "
+            f"latency on {lat['backend']} at batch {lat['batch']} ({lat['allocation']}): predicted {lat['predicted_ms']:.3g} ms "
             f"(original {lat['predicted_original_ms']:.3g}), measured {lat['measured_ms']:.3g} ms "
             f"(original {lat['measured_original_ms']:.3g}, {lat['measured_fraction']:.1%})"
         )

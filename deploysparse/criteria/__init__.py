@@ -60,7 +60,7 @@ def plan_with(
 
     dead: channels known to be constant (from the analysis); they go first and free.
     latency: the LatencyModel a --latency-target is met with (deploysparse.latency); every criterion,
-    PFP included, then hands its scores to the latency knapsack.
+    PFP included, then hands its scores to the latency allocation.
     """
     crit = get_criterion(criterion) if isinstance(criterion, str) else criterion
     budget = budget or Budget()
