@@ -6,7 +6,8 @@ the uniform schedule.
 
     PYTHONPATH=. python benchmarks/latency_budget.py [--size 224] [--batch 8] [--iters 10]
         [--rounds 2] [--models ResNet-50,MobileNetV2] [--criterion l1|l2|similarity|bn-scale]
-        [--keep-bn] [--calib N] [--epochs 8]
+        [--keep-bn] [--calib N] [--latency-targets 0.7,0.5] [--allocations threshold,knapsack]
+        [--epochs 8]
         [--cache DIR] [--json out.json]
 
 Networks: `deploysparse.zoo` ResNet-50 and MobileNetV2 with a 10-class head, trained on digits at
@@ -16,8 +17,9 @@ the same weights: both networks end in global average pooling, so one set of wei
 sizes, and a plan found on the --size graph applies to the 32x32 graph (its group ids are the same:
 checked).
 
-Rows per network: l1 (or --criterion) at 70% and 50% of the FLOPs and at a 50% latency target (`--latency-target 0.5
---backend onnxruntime --batch B`), all with round_to 16 (passed explicitly); and for each of them
+Rows per network: l1 (or --criterion) at 70% and 50% of the FLOPs and at each --latency-targets
+(default 0.5: `--latency-target 0.5 --backend onnxruntime --batch B`) with each --allocations
+(`--latency-allocation`, default threshold), all with round_to 16 (passed explicitly); and for each of them
 Torch-Pruning 1.6's uniform L1 (`MagnitudeImportance(p=1)`, `global_pruning=False`, `round_to=16`,
 the classifier ignored) with its per-layer ratio searched for the closest MACs it reaches
 (benchmarks/_tp_uniform.py): its counts move in steps of 16 in every layer at once, so it can land
@@ -60,7 +62,7 @@ from benchmarks._tp_uniform import UniformL1
 from benchmarks.speedup import Variant, time_interleaved
 from deploysparse import api
 from deploysparse.atomic import write_text
-from deploysparse.budget import Budget
+from deploysparse.budget import LATENCY_ALLOCATIONS, Budget
 from deploysparse.criteria import CRITERIA, CriterionContext
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.graph.analysis import GraphAnalysis
@@ -230,11 +232,19 @@ def run_model(name: str, args: argparse.Namespace, folder: Path) -> tuple[list[d
             raise RuntimeError(f"{name}: the compact module and the compact ONNX disagree ({stem.name})")
         return path32, bn_reestimated_accuracy(compact)
 
-    for label, budget in (
+    budgets = [
         (f"{args.criterion} 70% FLOPs", {"flops_target": 0.7}),
         (f"{args.criterion} 50% FLOPs", {"flops_target": 0.5}),
-        (f"{args.criterion} 50% latency", {"latency_target": 0.5, "batch": args.batch}),
-    ):
+    ]
+    budgets += [
+        (
+            f"{args.criterion} {target:.0%} latency, {allocation}",
+            {"latency_target": target, "batch": args.batch, "latency_allocation": allocation},
+        )
+        for target in args.latency_targets
+        for allocation in args.allocations
+    ]
+    for label, budget in budgets:
         started = time.perf_counter()
         result = api.prune(source, criterion=args.criterion, calib=calib, round_to=ROUND_TO, **budget)
         seconds = time.perf_counter() - started
@@ -355,6 +365,14 @@ def table(rows: list[dict], batch: int) -> str:
     return "\n".join(lines)
 
 
+def fractions(text: str) -> list[float]:
+    """--latency-targets: comma-separated fractions in (0, 1]."""
+    values = [float(part) for part in text.split(",")]
+    if not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text}: each must be in (0, 1]")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -381,6 +399,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="deploysparse's rows prune a BatchNorm-kept export (the criterion reads unfolded weights)",
     )
+    parser.add_argument(
+        "--latency-targets",
+        type=fractions,
+        default=[0.5],
+        help="comma-separated --latency-target rows (each with every --allocations)",
+    )
+    parser.add_argument(
+        "--allocations",
+        type=lambda text: text.split(","),
+        default=["threshold"],
+        help=f"comma-separated --latency-allocation values, of {', '.join(LATENCY_ALLOCATIONS)}",
+    )
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs on digits (cached)")
     parser.add_argument("--train-subset", type=int, help="train on the first N training images only")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="trained state_dicts")
@@ -393,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.calib and args.size % SIZE:
         parser.error(f"--calib needs a --size that is a multiple of {SIZE}")
+    if not set(args.allocations) <= set(LATENCY_ALLOCATIONS):
+        parser.error(f"--allocations: each of {', '.join(LATENCY_ALLOCATIONS)}")
     if args.criterion == "bn-scale" and not args.keep_bn:
         parser.error("--criterion bn-scale reads BatchNorm scales: add --keep-bn")
     args.backend = "onnxruntime"
