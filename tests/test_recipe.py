@@ -98,11 +98,25 @@ def test_bad_list_item_points_at_its_line(tmp_path: Path) -> None:
         ("build:\n  shapes:\n    input: [[1, 3, 8, 8], [4, 3, 8, 8], [2, 3, 8, 8]]\n", "min <= opt <= max"),
         ("build:\n  backend: onnxruntime\n  workspace_mb: 512\n", "workspace_mb only applies"),
         ("build:\n  precision: bf16\n", "build.precision"),
+        (
+            "prune:\n  criterion: l1\n  latency_target: 0.5\n  latency_allocation: greedy\n",
+            "--latency-allocation greedy",
+        ),
     ],
 )
 def test_inconsistent_settings_are_rejected(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(RecipeError, match=expected):
         load_recipe(write(tmp_path, text))
+
+
+def test_a_latency_target_may_name_its_allocation(tmp_path: Path) -> None:
+    text = "prune:\n  criterion: l1\n  latency_target: 0.5\n  latency_allocation: knapsack\n"
+    budget = load_recipe(write(tmp_path, text)).prune.budget()
+    assert (budget.latency_target, budget.latency_allocation) == (0.5, "knapsack")
+    assert (
+        load_recipe(write(tmp_path, "prune:\n  criterion: l1\n")).prune.budget().latency_allocation
+        == "threshold"
+    )
 
 
 def test_a_criterion_may_be_a_single_string(tmp_path: Path) -> None:
