@@ -165,7 +165,7 @@ def export(module: torch.nn.Module, size: int, path: Path) -> Path:
 
 def run_model(name: str, args: argparse.Namespace, folder: Path) -> tuple[list[dict], float]:
     """Every row of one network, timed together; and the original's validation accuracy."""
-    module = trained(name, MODELS[name], Training(args.epochs, args.train_subset), args.cache)
+    module = trained(name, MODELS[name], Training(args.epochs, args.train_subset, args.seed), args.cache)
     original = export(module, args.size, folder / f"{name}.onnx")
     original32 = export(module, SIZE, folder / f"{name}-{SIZE}.onnx")
     # BatchNorm kept (parameter names too): surgery on it replays on the module (apply_plan).
@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs on digits (cached)")
     parser.add_argument("--train-subset", type=int, help="train on the first N training images only")
+    parser.add_argument("--seed", type=int, default=0, help="training seed: another seed, other trained weights")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="trained state_dicts")
     parser.add_argument(
         "--own-uniform",
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{SIZE}x{SIZE} digits (validation split)"
     )
     for name, accuracy in accuracies.items():
-        print(f"{name}: original validation accuracy {accuracy:.3f} ({args.epochs} epochs)")
+        print(f"{name}: original validation accuracy {accuracy:.3f} ({args.epochs} epochs, seed {args.seed})")
     print(table(rows, args.batch))
     for name, goal in GOALS.items():
         hit = [r for r in rows if r["model"] == name and r["label"] == f"{args.criterion} 50% FLOPs"]

@@ -190,10 +190,10 @@ def test_the_benchmark_prints_every_row_with_a_trained_accuracy_proxy(
     args = ["--models", "ResNet-18", "--size", "64", "--batch", "2", "--warmup", "0", "--iters", "1"]
     args += ["--rounds", "1", "--epochs", "1", "--train-subset", str(2 * BATCH), "--cache", str(tmp_path)]
     args += ["--json", str(out)] + (["--own-uniform"] if baseline.startswith("own") else [])
-    criterion = "l1"
+    criterion, seed = "l1", 0
     if "bn-scale" in baseline:
-        criterion = "bn-scale"
-        args += ["--keep-bn", "--criterion", criterion]
+        criterion, seed = "bn-scale", 1
+        args += ["--keep-bn", "--criterion", criterion, "--seed", str(seed)]
     latency_row = f"{criterion} 50% latency, threshold"
     if "calibration" in baseline:
         criterion = "similarity"
@@ -211,6 +211,8 @@ def test_the_benchmark_prints_every_row_with_a_trained_accuracy_proxy(
     assert latency_budget.main(args) == 0
     printed = capsys.readouterr().out
     assert "ResNet-18: original validation accuracy" in printed
+    assert f"(1 epochs, seed {seed})" in printed
+    assert [p.name for p in tmp_path.glob("*.pt")] == [Training(1, 2 * BATCH, seed).tag("ResNet-18")]
     figures = json.loads(out.read_text())
     rows = figures["rows"]
     uniform = "TP uniform L1" if baseline == "torch-pruning" else "our uniform L1"
