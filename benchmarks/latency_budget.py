@@ -413,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs on digits (cached)")
     parser.add_argument("--train-subset", type=int, help="train on the first N training images only")
-    parser.add_argument("--seed", type=int, default=0, help="training seed: another seed, other trained weights")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="training seed: another seed, other trained weights"
+    )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="trained state_dicts")
     parser.add_argument(
         "--own-uniform",
