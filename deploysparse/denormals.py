@@ -4,7 +4,12 @@ Adam with coupled L2 drives the weights of filters it has given up on towards ze
 float32's subnormal range (|x| < 1.18e-38). x86 arithmetic on subnormal operands takes a slow
 microcode path, so a conv holding them can run several times slower than a neighbour of the same
 size; ONNX Runtime's `session.set_denormal_as_zero` does not help, because it sets the flush-to-zero
-mode for activations while the weights are already stored subnormal. Replacing them by zero changes
+mode for activations while the weights are already stored subnormal. What counts is the weight the
+backend runs: ONNX Runtime (at session start) and TensorRT (at build) fold a BatchNormalization into
+the Conv before it, W x gamma / sqrt(var + eps) per output channel, and a dead filter's tiny BN scale
+turns small normal weights into subnormal ones there (the bundled digits model's fifth conv: 4,170,
+which kept it at 2.2 ms where its neighbours take 0.8 on an Intel Xeon, docs/benchmarks.md). So a
+weight is flushed when its folded value is subnormal too. Replacing them by zero changes
 every output by less than float32 can resolve next to any normal product, so `prune` and `build` do
 it by default (`--keep-denormals` opts out), and `analyze` says what they cost before anything else.
 Pruning is then credited only with what pruning did: reports time the flushed original too.
@@ -27,28 +32,39 @@ from deploysparse.ort_options import session_options
 
 _EXPONENT = np.uint32(0x7F800000)
 _MANTISSA = np.uint32(0x007FFFFF)
+_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+# The fold is computed here in float64 and by the backend in float32, which differ by a few units in
+# the last place: a folded value this little above the smallest normal float counts as denormal, so no
+# weight the backend's rounding puts below it is left behind.
+_FOLD_MARGIN = 1.0 + 2.0**-16
+_ROUNDS_TO_ZERO = 2.0**-150  # half the smallest subnormal: a folded value at or below it runs as zero
 
 
 @dataclass
 class DenormalCount:
-    """Denormal float32 values per weight tensor (only tensors that hold any)."""
+    """Denormal float32 values per weight tensor (only tensors that hold any), as the backend runs
+    them: `folded` of the total are normal as stored and denormal once a BatchNormalization is folded
+    into their conv."""
 
     tensors: dict[str, int] = field(default_factory=dict)
+    folded: int = 0
 
     @property
     def total(self) -> int:
         return sum(self.tensors.values())
 
     def to_json(self) -> dict:
-        return {"total": self.total, "tensors": dict(self.tensors)}
+        return {"total": self.total, "tensors": dict(self.tensors), "folded": self.folded}
 
     def describe(self, limit: int = 4) -> str:
-        """'47,861 denormal float32 weights in 2 tensors (conv6.weight 34,680, conv5.weight 13,181)'."""
+        """'47,861 denormal float32 weights in 2 tensors (conv6.weight 34,680, conv5.weight 13,181)',
+        then how many of them only the BatchNorm fold makes denormal."""
         largest = sorted(self.tensors.items(), key=lambda item: -item[1])
         shown = ", ".join(f"{name} {n:,}" for name, n in largest[:limit])
         more = f", {len(largest) - limit} more" if len(largest) > limit else ""
         plural = "s" if len(largest) != 1 else ""
-        return f"{self.total:,} denormal float32 weights in {len(largest)} tensor{plural} ({shown}{more})"
+        folded = f"; {self.folded:,} of them once BatchNorm is folded into the conv" if self.folded else ""
+        return f"{self.total:,} denormal float32 weights in {len(largest)} tensor{plural} ({shown}{more}){folded}"
 
 
 def denormal_mask(values: np.ndarray) -> np.ndarray:
@@ -79,40 +95,81 @@ def _values(tensor: onnx.TensorProto) -> np.ndarray | None:
     return numpy_helper.to_array(tensor).reshape(-1)
 
 
-def count_denormals(model: onnx.ModelProto) -> DenormalCount:
-    """How many denormal float32 weights each tensor of `model` holds."""
-    found: dict[str, int] = {}
+def bn_fold_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """gamma / sqrt(var + eps) per output channel, by the name of the Conv weight a backend folds
+    that BatchNormalization into: the Conv's output feeds the BN alone (and is no graph output), the
+    BN's gamma and variance are stored in the graph, the weight feeds that one Conv."""
+    stored = {name: tensor for name, tensor in _weight_tensors(model)}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in model.graph.output}
+    scales: dict[str, np.ndarray] = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.output[0] in graph_outputs:
+            continue
+        weight, after = node.input[1], consumers.get(node.output[0], [])
+        if len(after) != 1 or after[0].op_type != "BatchNormalization" or len(consumers[weight]) != 1:
+            continue
+        bn = after[0]
+        gamma, var = (stored.get(name) for name in (bn.input[1], bn.input[4]))
+        gamma_values, var_values = (_values(t) if t is not None else None for t in (gamma, var))
+        if gamma_values is None or var_values is None or weight not in stored:
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scales[weight] = gamma_values.astype(np.float64) / np.sqrt(var_values.astype(np.float64) + eps)
+    return scales
+
+
+def _denormal_masks(
+    model: onnx.ModelProto,
+) -> Iterator[tuple[str, onnx.TensorProto, np.ndarray, np.ndarray, int]]:
+    """(name, tensor, values, mask, folded) for every weight tensor holding a value that runs
+    denormal: stored so, or so once folded with the BatchNormalization after it (bn_fold_scales);
+    `folded` counts the second kind."""
+    scales = bn_fold_scales(model)
     for name, tensor in _weight_tensors(model):
         values = _values(tensor)
         if values is None or not values.size:
             continue
-        n = int(np.count_nonzero(denormal_mask(values)))
-        if n:
-            found[name] = n
-    return DenormalCount(found)
+        stored = denormal_mask(values)
+        mask, folded = stored, 0
+        scale = scales.get(name)
+        if scale is not None and values.size % scale.size == 0:
+            runs = np.abs(values.reshape(scale.size, -1) * scale[:, None]).reshape(-1)
+            tiny = (runs < _FOLD_MARGIN * _SMALLEST_NORMAL) & (runs > _ROUNDS_TO_ZERO)
+            mask = stored | tiny
+            folded = int(np.count_nonzero(tiny & ~stored))
+        if mask.any():
+            yield name, tensor, values, mask, folded
+
+
+def count_denormals(model: onnx.ModelProto) -> DenormalCount:
+    """How many float32 weights of each tensor of `model` run denormal on a backend (module doc)."""
+    found, folded = {}, 0
+    for name, _, _, mask, in_fold in _denormal_masks(model):
+        found[name] = int(np.count_nonzero(mask))
+        folded += in_fold
+    return DenormalCount(found, folded)
 
 
 def flush_denormals(model: onnx.ModelProto) -> DenormalCount:
-    """Set every denormal float32 weight of `model` to zero, in place; return what was flushed.
+    """Set every float32 weight of `model` that runs denormal (count_denormals) to zero, in place;
+    return what was flushed.
 
     Only tensors that hold denormals are rewritten (as raw little-endian bytes), so a model without
     any costs one vectorised pass over its weights and no copy.
     """
-    flushed: dict[str, int] = {}
-    for name, tensor in _weight_tensors(model):
-        values = _values(tensor)
-        if values is None or not values.size:
-            continue
-        mask = denormal_mask(values)
-        n = int(np.count_nonzero(mask))
-        if not n:
-            continue
+    flushed, folded = {}, 0
+    for name, tensor, values, mask, in_fold in list(_denormal_masks(model)):
         clean = values.astype("<f4", copy=True)
         clean[mask] = 0.0
         del tensor.float_data[:]
         tensor.raw_data = clean.tobytes()
-        flushed[name] = n
-    return DenormalCount(flushed)
+        flushed[name] = int(np.count_nonzero(mask))
+        folded += in_fold
+    return DenormalCount(flushed, folded)
 
 
 def flushed_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, DenormalCount]:

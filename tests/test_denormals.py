@@ -138,7 +138,11 @@ def test_cli_prune_reports_the_flush_and_keeps_the_input(planted, cli, tmp_path:
     out = tmp_path / "dead.onnx"
     result = cli("prune", path, "--criterion", "dead", "-o", out)
     assert result.code == 0, result.err
-    assert f"set {sum(counts.values()):,} denormal float32 weights in 2 tensors" in result.out
+    printed = " ".join(result.out.split())  # the console wraps long lines
+    assert (
+        f"set to zero (--keep-denormals keeps them): {sum(counts.values()):,} denormal float32 weights in 2 tensors"
+        in printed
+    )
     assert count_denormals(onnx.load(out)).total == 0
     assert _sha(path) == digest
     kept = tmp_path / "kept.onnx"
@@ -183,7 +187,7 @@ def test_analyze_of_a_clean_model_times_nothing(planted, tmp_path: Path) -> None
     clean, _ = flushed_copy(onnx.load(path))
     analysis = api.analyze(clean)
     assert analysis.denormals.total == 0 and analysis.denormal_cost is None
-    assert analysis.to_json()["denormals"] == {"total": 0, "tensors": {}, "latency": None}
+    assert analysis.to_json()["denormals"] == {"total": 0, "tensors": {}, "folded": 0, "latency": None}
 
 
 def test_the_bundled_digits_model_carries_the_denormals_the_issue_names() -> None:
@@ -216,8 +220,102 @@ def test_run_reports_the_originals_denormals_and_times_its_flushed_copy(planted,
     )
     report = run_recipe(recipe, RunInputs(model=str(path), calib=str(data)), tmp_path / "out")
 
-    assert report["extra"]["denormals"]["original"] == {"total": sum(counts.values()), "tensors": counts}
+    assert report["extra"]["denormals"]["original"] == {
+        "total": sum(counts.values()),
+        "tensors": counts,
+        "folded": 0,
+    }
     assert report["extra"]["denormals"]["flushed_by_prune"]["total"] == sum(counts.values())
     assert [p["batch"] for p in report["latency"]["original_flushed"]] == [1]
     assert report["layers"]["models"] == ["original", "original_flushed", "compact"]
     assert _sha(path) == digest
+
+
+def conv_bn_model(rng: np.random.Generator, dead: int, consumers: int = 1) -> onnx.ModelProto:
+    """Conv(3->8) BatchNormalization ReLU, with `dead` filters as Adam + L2 leaves them: weights small
+    but normal (~1e-30) and a BN scale of ~1e-10, so the weight a backend folds, W x gamma /
+    sqrt(var + eps), is ~1e-40: subnormal. With consumers=2 the conv output also feeds an Add, so no
+    backend folds the BN into it."""
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w[:dead] *= np.float32(1e-30)
+    gamma = rng.uniform(0.5, 1.5, 8).astype(np.float32)
+    gamma[:dead] = rng.uniform(0.5, 1.5, dead).astype(np.float32) * np.float32(1e-10)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"], name="bn", epsilon=1e-5),
+        helper.make_node("Relu", ["n"], ["r"], name="relu"),
+    ]
+    if consumers == 2:
+        nodes.append(helper.make_node("Add", ["r", "c"], ["y"], name="add"))
+    else:
+        nodes.append(helper.make_node("Identity", ["r"], ["y"], name="out"))
+    graph = helper.make_graph(
+        nodes,
+        "conv_bn",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 10, 10])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8, 10, 10])],
+        initializer=[
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(gamma, "g"),
+            numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+            numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "m"),
+            numpy_helper.from_array(rng.uniform(0.5, 2.0, 8).astype(np.float32), "v"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def ort_fused(model: onnx.ModelProto, tmp_path: Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime runs after its basic optimisations (Conv + BatchNormalization fused)."""
+    ort = pytest.importorskip("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnx.load(options.optimized_model_filepath)
+
+
+def test_weights_that_turn_denormal_when_the_backend_folds_the_bn_are_counted_and_flushed(
+    tmp_path: Path,
+) -> None:
+    model = conv_bn_model(np.random.default_rng(11), dead=3)
+    assert not denormal_mask(numpy_helper.to_array(model.graph.initializer[0])).any()  # stored: all normal
+    found = count_denormals(model)
+    assert found.tensors == {"w": 3 * 27} and found.folded == 3 * 27
+    assert "81 of them once BatchNorm is folded" in found.describe()
+    # What ONNX Runtime actually runs: its fused weights hold exactly those denormals, and none once
+    # they are flushed.
+    assert count_denormals(ort_fused(model, tmp_path)).total == 3 * 27
+    flushed, report = flushed_copy(model)
+    assert report.tensors == {"w": 81} and report.folded == 81
+    assert count_denormals(ort_fused(flushed, tmp_path)).total == 0
+    assert count_denormals(flushed).total == 0
+    x = np.random.default_rng(2).standard_normal((4, 3, 10, 10)).astype(np.float32)
+    want, got = run(model, {"x": x})[0], run(flushed, {"x": x})[0]
+    # Each flushed term is below 1.2e-38 x |activation| next to the BN's normal shift: the same
+    # rounding-step bound as for stored denormals.
+    assert np.abs(want - got).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_a_bn_no_backend_folds_leaves_the_weights_as_stored(tmp_path: Path) -> None:
+    model = conv_bn_model(np.random.default_rng(11), dead=3, consumers=2)  # the conv output feeds an Add too
+    assert count_denormals(model).total == 0
+    assert count_denormals(ort_fused(model, tmp_path)).total == 0  # ONNX Runtime did not fold it either
+
+
+def test_the_bundled_digits_model_runs_no_denormal_weight_once_flushed(tmp_path: Path) -> None:
+    """Exported as `deploysparse demo` does (BN kept): 4,418 weights are normal as stored and denormal
+    once ONNX Runtime folds the BN (4,170 in the fifth conv, whose BN scale falls to 3.8e-10)."""
+    torch = pytest.importorskip("torch")
+    from deploysparse.frontend.torch_export import export_onnx
+    from deploysparse.zoo.digits import INPUT_SHAPE, digits_model
+
+    export_onnx(digits_model(), torch.randn(*INPUT_SHAPE), tmp_path / "digits.onnx")
+    model = onnx.load(tmp_path / "digits.onnx")
+    found = count_denormals(model)
+    assert found.folded == 4_418 and found.tensors["0.14.weight"] == 13_181 + 4_170
+    assert count_denormals(ort_fused(model, tmp_path)).total > 0
+    flushed, _ = flushed_copy(model)
+    assert count_denormals(ort_fused(flushed, tmp_path)).total == 0

@@ -109,9 +109,8 @@ def command(
     if flushed.get("total"):
         from deploysparse.denormals import DenormalCount
 
-        console.print(
-            f"set {DenormalCount(flushed['tensors']).describe()} to zero (--keep-denormals keeps them)"
-        )
+        count = DenormalCount(flushed["tensors"], flushed.get("folded", 0))
+        console.print(f"set to zero (--keep-denormals keeps them): {count.describe()}")
     for w in summary["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     console.print(f"wrote {output}" + (f" and {plan_out}" if plan_out else ""))
