@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from deploysparse.graph.rules import attr, readers
 from deploysparse.ort_options import session_options
 
 _EXPONENT = np.uint32(0x7F800000)
@@ -81,9 +82,9 @@ def _weight_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorPr
     for node in model.graph.node:
         if node.op_type != "Constant":
             continue
-        for attr in node.attribute:
-            if attr.name == "value" and attr.t.data_type == onnx.TensorProto.FLOAT:
-                yield node.output[0], attr.t
+        for attribute in node.attribute:
+            if attribute.name == "value" and attribute.t.data_type == onnx.TensorProto.FLOAT:
+                yield node.output[0], attribute.t
 
 
 def _values(tensor: onnx.TensorProto) -> np.ndarray | None:
@@ -100,10 +101,7 @@ def bn_fold_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     that BatchNormalization into: the Conv's output feeds the BN alone (and is no graph output), the
     BN's gamma and variance are stored in the graph, the weight feeds that one Conv."""
     stored = {name: tensor for name, tensor in _weight_tensors(model)}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = readers(model.graph.node)
     graph_outputs = {o.name for o in model.graph.output}
     scales: dict[str, np.ndarray] = {}
     for node in model.graph.node:
@@ -117,7 +115,7 @@ def bn_fold_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         gamma_values, var_values = (_values(t) if t is not None else None for t in (gamma, var))
         if gamma_values is None or var_values is None or weight not in stored:
             continue
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        eps = attr(bn, "epsilon", 1e-5)
         scales[weight] = gamma_values.astype(np.float64) / np.sqrt(var_values.astype(np.float64) + eps)
     return scales
 

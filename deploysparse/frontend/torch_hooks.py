@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from deploysparse.errors import CalibrationError
-from deploysparse.graph.rules import attr, rule_for
+from deploysparse.graph.rules import attr, readers, rule_for
 
 _HOOKED_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Linear)
 
@@ -42,10 +42,7 @@ class Derived:
 
 def map_tensors(module: nn.Module, onnx_model: onnx.ModelProto) -> dict[str, Derived]:
     """Which ONNX tensors the module's hooks can produce, and how (module name + function of its output)."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in onnx_model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = readers(onnx_model.graph.node)
     constants = _constants(onnx_model)
     derived: dict[str, Derived] = {}
     for name, sub in module.named_modules():

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from deploysparse.errors import ModelLoadError
-from deploysparse.graph.rules import attr
+from deploysparse.graph.rules import attr, readers
 from deploysparse.graph.shapes import skeleton
 
 # Ops whose output differs between runs or that have side effects: never folded.
@@ -92,25 +92,22 @@ def _split_sequences(
 ) -> list[onnx.NodeProto]:
     """SplitToSequence read only by SequenceAt at constant positions (dynamo's torch.chunk without
     optimisation) is a plain Split: rewrite it so the channel rules see one."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    reading = readers(nodes)
     replaced: set[str] = set()
     out: list[onnx.NodeProto] = []
     for node in nodes:
         if node.name in replaced:
             continue
-        split = _as_split(node, readers, values, shapes, opset, new_constants)
+        split = _as_split(node, reading, values, shapes, opset, new_constants)
         if split is None:
             out.append(node)
             continue
         out.append(split)
-        replaced.update(r.name for r in readers[node.output[0]])
+        replaced.update(r.name for r in reading[node.output[0]])
     return out
 
 
-def _as_split(node, readers, values, shapes, opset, new_constants) -> onnx.NodeProto | None:
+def _as_split(node, reading, values, shapes, opset, new_constants) -> onnx.NodeProto | None:
     if node.op_type != "SplitToSequence" or len(node.input) < 2 or node.input[1] not in values:
         return None
     axis = int(attr(node, "axis", 0))
@@ -125,7 +122,7 @@ def _as_split(node, readers, values, shapes, opset, new_constants) -> onnx.NodeP
         )
     sizes = sizes.reshape(-1).astype(np.int64)
     keepdims = int(attr(node, "keepdims", 1))
-    users = readers.get(node.output[0], [])
+    users = reading.get(node.output[0], [])
     if sizes.ndim != 1 or len(sizes) < 1 or not keepdims or not users:
         return None
     positions: dict[int, str] = {}

@@ -22,7 +22,7 @@ adds an op, including a custom-domain one, without editing this package.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +189,15 @@ def attr(node: onnx.NodeProto, name: str, default=None):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def readers(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes that read each tensor, in graph order (the package's one index of them)."""
+    index: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            index.setdefault(name, []).append(node)
+    return index
 
 
 def has_padding(node: onnx.NodeProto) -> bool:
