@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploysparse import modelio, pipeline
-from deploysparse.pipeline import RunInputs, run_recipe
+from deploysparse import modelio
+from deploysparse.pipeline import RunInputs, run_recipe, speed
 from deploysparse.recipe import load_recipe
 from deploysparse.report import load_report
 
@@ -98,7 +98,7 @@ def test_failed_run_leaves_previous_artifacts_intact(model_and_data, tmp_path: P
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the run is stopped during the benchmark, after build and validation
 
-    monkeypatch.setattr(pipeline, "benchmark", killed)
+    monkeypatch.setattr(speed, "benchmark", killed)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(recipe, RunInputs(model=str(model), calib=str(data)), out)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
