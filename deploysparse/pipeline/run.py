@@ -16,8 +16,8 @@ a previous run's output (it has a report.json): a folder of other files is never
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -56,8 +56,9 @@ def run_recipe(
     _refuse_unsafe_outdir(recipe, inputs, outdir)
     outdir.parent.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
-    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.staging-", dir=outdir.parent))
+    staging = _staging_path(outdir)
     try:
+        staging.mkdir(mode=0o700)  # inside the try: stopped an instant after, it is still removed
         for name, source in (extra_files or {}).items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / name)
@@ -70,6 +71,13 @@ def run_recipe(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _staging_path(outdir: Path) -> Path:
+    """A new name beside OUTDIR for the run's staging folder. Chosen before the folder is made (and
+    the folder made inside the run's `try`), so no instant exists where the folder exists and the
+    cleanup does not know it; 96 random bits, so no two runs ever pick the same name."""
+    return outdir.parent / f".{outdir.name}.staging-{secrets.token_hex(12)}"
 
 
 def _spec(recipe: Recipe, inputs: RunInputs, staging: Path) -> RunSpec:
