@@ -10,14 +10,11 @@ original timed and profiled in both.
 from __future__ import annotations
 
 import json
-import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from deploysparse import modelio
 from deploysparse.pipeline import RunInputs, run_recipe
 from deploysparse.recipe import Recipe, load_recipe
 from deploysparse.report import load_report
@@ -112,24 +109,11 @@ def test_a_sweep_point_writes_the_report_a_run_writes(digits, tmp_path: Path) ->
     assert pointed["extra"]["sweep"]["key"] == "k"
 
 
-def test_a_sweep_point_loads_the_original_once(digits, tmp_path: Path, monkeypatch) -> None:
+def test_a_sweep_point_loads_the_original_once(digits, tmp_path: Path, model_loads) -> None:
     """The flushed original the point times is made from the one ModelProto it loaded for prune
     (before, measuring speed loaded the file again to flush it)."""
-    real = modelio.load_model
-    loads: Counter[Path] = Counter()
-
-    def counting(path):
-        loads[Path(path).resolve()] += 1
-        return real(path)
-
-    for module in list(sys.modules.values()):
-        if (
-            getattr(module, "__name__", "").startswith("deploysparse")
-            and getattr(module, "load_model", None) is real
-        ):
-            monkeypatch.setattr(module, "load_model", counting)
     run_point(point_job(digits, fast_recipe()), tmp_path)
-    assert loads[digits["model"].resolve()] == 1, loads
+    assert model_loads[digits["model"].resolve()] == 1, model_loads
 
 
 def test_per_layer_false_skips_the_profile_in_a_run_and_a_point(digits, tmp_path: Path) -> None:
