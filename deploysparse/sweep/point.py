@@ -19,6 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import onnx
+
+from deploysparse import api
+from deploysparse.backends import get_backend
 from deploysparse.errors import DeploysparseError
 from deploysparse.modelio import load_model
 from deploysparse.pipeline.original import OriginalFacts
@@ -57,8 +61,6 @@ def measure_here(
 ) -> Speed:
     """Speed measured in this process, as `deploysparse run` measures it, with the device named by
     the backend: every row of a sweep names its device the same way, measured here or on a Ray node."""
-    from deploysparse.backends import get_backend
-
     speed = measure_speed(recipe, original, artifact, compact_onnx, original_facts)
     return dataclasses.replace(speed, device=get_backend(recipe.build.backend).device())
 
@@ -84,8 +86,9 @@ def run_point(job: PointJob, staging: Path, measure: Measure = measure_here) -> 
     return summarize(job, report, outcome.built.artifact, time.perf_counter() - start)
 
 
-def _finetuned(job: PointJob, result, staging: Path):
-    """The compact nn.Module (apply_plan), trained by the user's function, exported again to ONNX."""
+def _finetuned(job: PointJob, result: api.PruneResult, staging: Path) -> onnx.ModelProto:
+    """The compact nn.Module (apply_plan), trained by the user's function, exported again to ONNX
+    (the sweep's `finetune` hook of the steps; its scratch export in `staging` is removed)."""
     import torch
 
     from deploysparse.frontend.torch_export import export_onnx
