@@ -169,12 +169,14 @@ class ValidateSettings(_Section):
 
 
 class BenchSettings(_Section):
-    """How latency is measured: `repeats` independent runs of `iters` timed calls each per batch size."""
+    """How latency is measured: `repeats` independent runs of `iters` timed calls each per batch size,
+    and, with `per_layer`, one profile of every layer (ONNX Runtime recipes) at the largest batch."""
 
     batches: list[Positive] = [1]
     warmup: Annotated[int, Field(ge=0)] = 10
     iters: Positive = 50
     repeats: Positive = 5
+    per_layer: bool = True  # report.json's `layers`; off: a shorter run (a sweep of many points)
 
 
 class CheckSettings(_Section):

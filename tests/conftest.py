@@ -7,6 +7,8 @@ must not modify a cached file (they hash it before and after to prove the tools 
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,3 +82,26 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+@pytest.fixture
+def model_loads(monkeypatch: pytest.MonkeyPatch) -> Counter[Path]:
+    """Counts `modelio.load_model` calls per resolved path, from here to the end of the test: the
+    function is replaced in every deploysparse module that imported it by name, and in modelio
+    itself for lazy imports."""
+    from deploysparse import modelio
+
+    real = modelio.load_model
+    loads: Counter[Path] = Counter()
+
+    def counting(path):
+        loads[Path(path).resolve()] += 1
+        return real(path)
+
+    for module in list(sys.modules.values()):
+        if (
+            getattr(module, "__name__", "").startswith("deploysparse")
+            and getattr(module, "load_model", None) is real
+        ):
+            monkeypatch.setattr(module, "load_model", counting)
+    return loads

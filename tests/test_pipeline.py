@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from deploysparse import modelio, pipeline
-from deploysparse.pipeline import RunInputs, run_recipe
+from deploysparse import modelio
+from deploysparse.pipeline import RunInputs, run_recipe, speed
 from deploysparse.recipe import load_recipe
 from deploysparse.report import load_report
 
@@ -56,26 +54,12 @@ def test_run_cpu_recipe_end_to_end(model_and_data, tmp_path: Path) -> None:
     assert "compact.onnx" in artifacts and "plan.json" in artifacts
 
 
-def test_run_loads_the_original_model_once(model_and_data, tmp_path: Path, monkeypatch) -> None:
+def test_run_loads_the_original_model_once(model_and_data, tmp_path: Path, model_loads) -> None:
     """Every step reads the one ModelProto `run` loaded: prune analyses a copy of it (its normalised
     graph is not the original); the input shapes, the denormal-flushed copy and the report's
     denormal count are read from it once (OriginalFacts). Before, build, bench and the report each
     loaded the file again: 4 loads, each 0.4 s and the model's size in memory at 100 MB."""
     model, data = model_and_data
-    real = modelio.load_model
-    loads: Counter[Path] = Counter()
-
-    def counting(path):
-        loads[Path(path).resolve()] += 1
-        return real(path)
-
-    # Every module that imported the function by name, and modelio itself for lazy imports.
-    for module in list(sys.modules.values()):
-        if (
-            getattr(module, "__name__", "").startswith("deploysparse")
-            and getattr(module, "load_model", None) is real
-        ):
-            monkeypatch.setattr(module, "load_model", counting)
     run_recipe(
         _fast(load_recipe("x86-cpu-onnxruntime")),
         RunInputs(model=str(model), calib=str(data)),
@@ -84,8 +68,8 @@ def test_run_loads_the_original_model_once(model_and_data, tmp_path: Path, monke
 
     # 1: the run's own load; prune takes that ModelProto (and copies it), it does not load again.
     # The other load is the ONNX Runtime backend's, of the optimised compact model it wrote.
-    assert loads[model.resolve()] == 1, loads
-    assert sum(loads.values()) > 1, "the counter must also see the backend's load of its own output"
+    assert model_loads[model.resolve()] == 1, model_loads
+    assert sum(model_loads.values()) > 1, "the counter must also see the backend's load of its own output"
 
 
 def test_failed_run_leaves_previous_artifacts_intact(model_and_data, tmp_path: Path, monkeypatch) -> None:
@@ -98,7 +82,7 @@ def test_failed_run_leaves_previous_artifacts_intact(model_and_data, tmp_path: P
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the run is stopped during the benchmark, after build and validation
 
-    monkeypatch.setattr(pipeline, "benchmark", killed)
+    monkeypatch.setattr(speed, "benchmark", killed)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(recipe, RunInputs(model=str(model), calib=str(data)), out)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

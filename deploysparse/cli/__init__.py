@@ -1,9 +1,10 @@
 """The `deploysparse` command line: one thin module per verb, each parsing options and calling the library.
 
 Commands are loaded lazily (importing torch or onnxruntime costs seconds). Exit codes: 0 ok, 1 a
-regression (validate, check) or a bug of ours, 2 bad input. Every `DeploysparseError` (bad input)
-becomes one `error:` line and exit code 2; an exception from deploysparse itself becomes one line
-naming the command, with `--debug` (or DEPLOYSPARSE_DEBUG=1) for the traceback, and exit code 1.
+regression (validate, check) or a bug of ours, 2 bad input, 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM, for the commands that clean up on it: `run`, `demo`). Every `DeploysparseError` (bad
+input) becomes one `error:` line and exit code 2; an exception from deploysparse itself becomes one
+line naming the command, with `--debug` (or DEPLOYSPARSE_DEBUG=1) for the traceback, and exit code 1.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 
 import click
 
+from deploysparse.cli.signals import TERMINATED_EXIT_CODE, Terminated
 from deploysparse.errors import DeploysparseError
 
 # verb -> module under deploysparse.cli that defines `command`
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("terminated", err=True)
+        sys.exit(TERMINATED_EXIT_CODE)
     except click.ClickException as exc:  # a bad option or argument: one line, exit 2
         hint = ""
         if isinstance(exc, click.UsageError) and exc.ctx is not None:

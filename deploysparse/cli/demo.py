@@ -37,9 +37,11 @@ DEMO_CRITERION = "l1"
 def command(outdir: str, criterion: str, flops_target: float) -> None:
     """Prune the bundled digits CNN on ONNX Runtime (CPU) and write a report to OUTDIR."""
     from deploysparse.cli.run import print_summary
+    from deploysparse.cli.signals import sigterm_raises
     from deploysparse.zoo.digits import calibration_set, validation_set
 
-    with tempfile.TemporaryDirectory(prefix="deploysparse-demo-") as tmp:
+    # Stopped (Ctrl-C, SIGTERM): the data and the run's staging folder are removed, as on success.
+    with sigterm_raises(), tempfile.TemporaryDirectory(prefix="deploysparse-demo-") as tmp:
         data_dir = Path(tmp)
         np.save(data_dir / "calib.npy", calibration_set())
         x_val, y_val = validation_set()

@@ -19,6 +19,7 @@ from deploysparse.cli.options import echo_json
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 def command(recipe, model, weights, input_shape, calib, data, labels, outdir, as_json) -> None:
     """Run the pipeline RECIPE (a YAML file or a packaged name like x86-cpu-onnxruntime) describes."""
+    from deploysparse.cli.signals import sigterm_raises
     from deploysparse.frontend.model_source import parse_input_shape
     from deploysparse.pipeline import RunInputs, run_recipe
     from deploysparse.progress import set_quiet
@@ -35,7 +36,8 @@ def command(recipe, model, weights, input_shape, calib, data, labels, outdir, as
         weights=weights,
         input_shape=list(parse_input_shape(input_shape)) if input_shape else None,
     )
-    report = run_recipe(loaded, inputs, outdir)
+    with sigterm_raises():  # stopped: the staging folder is removed, as on success or error
+        report = run_recipe(loaded, inputs, outdir)
     if as_json:
         echo_json(report)
     else:

@@ -1,11 +1,17 @@
-"""One point of a sweep: prune -> (fine-tune) -> build -> validate -> bench, with `deploysparse run`'s steps.
+"""One point of a sweep: `deploysparse run`'s steps (`pipeline.steps.run_steps`) on one recipe.
 
-The same function runs in-process and inside a Ray Tune trial; only latency measurement differs (on a
-cluster it runs as a task on a node with the benchmark resource label), so it is passed in.
+The same function runs in-process and inside a Ray Tune trial. Two hooks of the step sequence are a
+sweep's own: the compact module may be fine-tuned before it is saved, and on a cluster speed is
+measured by a task on a node with the benchmark resource label, so the measurement is passed in.
+A point's report.json is otherwise the one `deploysparse run` would write for the same recipe and
+files (flushed original and per-layer profile included; `bench.per_layer: false` in the sweep's
+recipe skips the profile), plus `extra.sweep`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,22 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import onnx
+
+from deploysparse import api
+from deploysparse.backends import get_backend
 from deploysparse.errors import DeploysparseError
 from deploysparse.modelio import load_model
-from deploysparse.pipeline import (
-    OriginalFacts,
-    assemble_report,
-    build_and_validate,
-    measure_speed,
-    prune_with_recipe,
-    save_compact,
-)
+from deploysparse.pipeline.original import OriginalFacts
+from deploysparse.pipeline.speed import Speed, measure_speed
+from deploysparse.pipeline.steps import Measure, RunSpec, StepHooks, run_steps
 from deploysparse.recipe import Recipe
 from deploysparse.report import write_report
 from deploysparse.validate import load_labels
-
-# (recipe, original model path, compact artifact path) -> (latency section of report.json, device)
-MeasureLatency = Callable[[Recipe, str, Path], tuple[dict, str]]
 
 
 @dataclass
@@ -50,46 +52,29 @@ class PointJob:
     finetune_name: str | None = None
 
 
-def measure_here(recipe: Recipe, original: str, compact: Path) -> tuple[dict, str]:
-    """Latency measured in this process (original, its denormal-flushed copy and compact interleaved,
-    as `deploysparse run` does; no per-layer profile, to keep points short)."""
-    from deploysparse.backends import get_backend
+def measure_here(
+    recipe: Recipe,
+    original: str,
+    artifact: Path,
+    compact_onnx: Path,
+    original_facts: OriginalFacts | None = None,
+) -> Speed:
+    """Speed measured in this process, as `deploysparse run` measures it, with the device named by
+    the backend: every row of a sweep names its device the same way, measured here or on a Ray node."""
+    speed = measure_speed(recipe, original, artifact, compact_onnx, original_facts)
+    return dataclasses.replace(speed, device=get_backend(recipe.build.backend).device())
 
-    latency, _ = measure_speed(recipe, original, compact)
-    return latency, get_backend(recipe.build.backend).device()
 
-
-def run_point(job: PointJob, staging: Path, measure: MeasureLatency = measure_here) -> dict[str, Any]:
+def run_point(job: PointJob, staging: Path, measure: Measure = measure_here) -> dict[str, Any]:
     """Run every step of one point into `staging` (report.json, report.html, compact.onnx, ...);
     return its row for results.jsonl. Bad input raises a DeploysparseError."""
     start = time.perf_counter()
     started = datetime.now(timezone.utc)
-    recipe = job.recipe
-    # One load for prune, build and the report (measure may run on another node: it reads the file).
-    original = load_model(job.source)
-    result = prune_with_recipe(recipe, job.source, job.calib, original_model=original)
-    facts = OriginalFacts.of(original)
-    del original  # not held through fine-tuning, build and benchmark
-    compact_model = _finetuned(job, result, staging) if job.finetune is not None else None
-    compact_path = save_compact(result, staging, compact_model)
     labels = load_labels(job.labels) if job.labels else None
-    built, validation = build_and_validate(
-        recipe, job.source, compact_path, staging, job.calib, job.data, labels, original_facts=facts
-    )
-    latency, device = measure(recipe, job.source, built.artifact)
-    report = assemble_report(
-        recipe,
-        job.model,
-        job.source,
-        result,
-        built,
-        validation,
-        latency,
-        started,
-        staging,
-        original_facts=facts,
-    )
-    report["target"]["device"] = device
+    spec = RunSpec(job.recipe, job.source, job.model, job.calib, job.data, labels)
+    finetune = functools.partial(_finetuned, job) if job.finetune is not None else None
+    outcome = run_steps(spec, staging, started, StepHooks(finetune=finetune, measure=measure))
+    report = outcome.report
     report["extra"]["sweep"] = {
         "key": job.key,
         "settings": job.settings,
@@ -98,11 +83,12 @@ def run_point(job: PointJob, staging: Path, measure: MeasureLatency = measure_he
         else {"function": job.finetune_name, "args": job.finetune_args},
     }
     write_report(report, staging)
-    return summarize(job, report, built.artifact, time.perf_counter() - start)
+    return summarize(job, report, outcome.built.artifact, time.perf_counter() - start)
 
 
-def _finetuned(job: PointJob, result, staging: Path):
-    """The compact nn.Module (apply_plan), trained by the user's function, exported again to ONNX."""
+def _finetuned(job: PointJob, result: api.PruneResult, staging: Path) -> onnx.ModelProto:
+    """The compact nn.Module (apply_plan), trained by the user's function, exported again to ONNX
+    (the sweep's `finetune` hook of the steps; its scratch export in `staging` is removed)."""
     import torch
 
     from deploysparse.frontend.torch_export import export_onnx

@@ -5,10 +5,11 @@ by their sha256 (a worker writes each into its own cache under that hash and che
 settings, and, when fine-tuning, the nn.Module and the user's function (pickled by value when it
 comes from the sweep's folder rather than an installed package). No driver path is read on a worker.
 
-Latency is measured by a separate Ray task that asks for one unit of a custom resource (the sweep's
-`ray.latency_resource`): only nodes started with that resource benchmark, one benchmark at a time
-per node, so every figure of a sweep comes from the same kind of machine under the same load. The
-task reserves no CPU (its trial waits idle on it meanwhile).
+Speed (latency and the per-layer profile) is measured by a separate Ray task that asks for one unit
+of a custom resource (the sweep's `ray.latency_resource`): only nodes started with that resource
+benchmark, one benchmark at a time per node, so every figure of a sweep comes from the same kind of
+machine under the same load. The task reserves no CPU (its trial waits idle on it meanwhile); it
+gets the original by its object reference and makes the denormal-flushed copy it times beside it.
 
 A trial that raises a DeploysparseError (bad input: it would fail again) reports a failed row at
 once; any other exception is retried by Tune (`FailureConfig(max_failures=ray.max_retries)`) and,
@@ -34,6 +35,8 @@ import ray
 from ray import tune
 
 from deploysparse.errors import DeploysparseError, UsageError
+from deploysparse.pipeline.original import OriginalFacts
+from deploysparse.pipeline.speed import Speed
 from deploysparse.recipe import Recipe
 from deploysparse.sweep.config import BUDGET_KEYS, Range, Sweep
 from deploysparse.sweep.inputs import PreparedInputs, sha256_bytes
@@ -81,14 +84,19 @@ def _require_label(label: str) -> None:
 
 
 @ray.remote(num_cpus=0)
-def _measure_task(recipe_json: dict, original: bytes, compact: bytes, suffix: str) -> tuple[dict, str]:
-    """Latency of the original and compact model on the node this task landed on."""
+def _measure_task(
+    recipe_json: dict, original: bytes, artifact: bytes, suffix: str, compact_onnx: bytes
+) -> Speed:
+    """Speed of the original (its flushed copy made here) and the compact model, and the per-layer
+    profile when the recipe asks for it, on the node this task landed on."""
     recipe = Recipe.model_validate(recipe_json)
     with tempfile.TemporaryDirectory(prefix="deploysparse-bench-") as tmp:
-        original_path, compact_path = Path(tmp) / "original.onnx", Path(tmp) / f"compact{suffix}"
+        original_path, artifact_path = Path(tmp) / "original.onnx", Path(tmp) / f"artifact{suffix}"
+        compact_path = Path(tmp) / "compact.onnx"
         original_path.write_bytes(original)
-        compact_path.write_bytes(compact)
-        return measure_here(recipe, str(original_path), compact_path)
+        artifact_path.write_bytes(artifact)
+        compact_path.write_bytes(compact_onnx)
+        return measure_here(recipe, str(original_path), artifact_path, compact_path)
 
 
 def _materialise(blobs: dict[str, Any], suffixes: dict[str, str]) -> dict[str, Path]:
@@ -129,14 +137,18 @@ def _trial(config: dict, *, sweep: Sweep, inputs: PreparedInputs, blobs: dict, d
     label = sweep.ray.latency_resource
     original_ref = blobs[model.onnx.sha256]
 
-    def measure(recipe: Recipe, original: str, compact: Path) -> tuple[dict, str]:
+    def measure(
+        recipe: Recipe, original: str, artifact: Path, compact_onnx: Path, facts: OriginalFacts
+    ) -> Speed:
+        # The flushed original in `facts` lies on this node: the task makes its own from the bytes.
         task = _measure_task.options(resources={label: 1}, scheduling_strategy="DEFAULT")
         return ray.get(
             task.remote(
                 recipe.model_dump(mode="json", by_alias=True),
                 original_ref,
-                compact.read_bytes(),
-                compact.suffix,
+                artifact.read_bytes(),
+                artifact.suffix,
+                compact_onnx.read_bytes(),
             )
         )
 

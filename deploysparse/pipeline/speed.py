@@ -1,0 +1,115 @@
+"""How fast the original, its denormal-flushed copy and the compact model run, measured side by side.
+
+Latency is `bench.repeats` runs of every model in turn (so all see the same machine load: a shared CI
+runner drifts by more than pruning gains), and the per-layer profile runs the fp32 models interleaved
+once. Both time the flushed original too: prune flushes the compact model, so a report that timed
+only the original as it is would credit pruning with what flushing did.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploysparse.bench import benchmark
+from deploysparse.pipeline.original import OriginalFacts
+from deploysparse.profiling import profile_side_by_side, side_by_side_rows
+from deploysparse.progress import progress
+from deploysparse.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What one run measured of speed: report.json's `latency` and `layers` sections."""
+
+    latency: dict  # model ("original", "original_flushed", "compact") -> one entry per batch size
+    layers: dict | None  # the per-layer profile; None when the recipe asks for none or cannot have one
+    # Where it was measured, in words, when that is not the machine the build describes (a sweep's
+    # benchmarking node); None: report.json describes the machine from the build.
+    device: str | None = None
+
+
+def measure_speed(
+    recipe: Recipe,
+    original: str,
+    artifact: str | Path,
+    compact_onnx: Path | None = None,
+    original_facts: OriginalFacts | None = None,
+) -> Speed:
+    """Latency of the original (and its denormal-flushed copy) and the compact artifact, interleaved;
+    with `compact_onnx`, the per-layer profile too when the recipe asks for it (`profiles_layers`).
+
+    Without `original_facts` the original is read here and its flushed copy made (a benchmarking node
+    that received only the file); with them, their flushed copy is timed."""
+    with tempfile.TemporaryDirectory(prefix="deploysparse-flushed-") as work:
+        if original_facts is None:
+            original_facts = OriginalFacts.read(original, Path(work))
+        elif original_facts.flushed is None and original_facts.denormals.total:
+            raise ValueError("measure_speed needs OriginalFacts made with a folder for the flushed original")
+        flushed_original = original_facts.flushed
+        latency = _latency(recipe, original, Path(artifact), flushed_original)
+        layers = None
+        if compact_onnx is not None and profiles_layers(recipe):
+            layers = _layers(recipe, original, compact_onnx, flushed_original)
+    return Speed(latency=latency, layers=layers)
+
+
+def profiles_layers(recipe: Recipe) -> bool:
+    """Whether a run of `recipe` profiles each layer: when `bench.per_layer` asks for it, and only for
+    ONNX Runtime recipes (the profiler is ONNX Runtime's, and CPU figures would say nothing about a
+    TensorRT engine)."""
+    return recipe.bench.per_layer and recipe.build.backend == "onnxruntime"
+
+
+def _layers(recipe: Recipe, original: str, compact: Path, flushed: Path | None) -> dict:
+    """Per-layer latency of the fp32 original, its flushed copy and the compact ONNX, side by side,
+    at the recipe's largest batch."""
+    bench = recipe.bench
+    models = {"original": original, **({"original_flushed": flushed} if flushed else {}), "compact": compact}
+    batch = max(bench.batches)
+    with progress("per-layer profile"):
+        profiles = profile_side_by_side(models, batch=batch, warmup=bench.warmup, runs=bench.iters)
+    return {"batch": batch, "runs": bench.iters, "models": list(models), "rows": side_by_side_rows(profiles)}
+
+
+def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None = None) -> dict:
+    """p50/p99 of each repeated run, original (and its flushed copy) and compact alternating so all
+    see the same machine load; the reported point is the run with the median p50."""
+    bench = recipe.bench
+    models = {"original": (original, "onnxruntime")}
+    if flushed is not None:
+        models["original_flushed"] = (flushed, "onnxruntime")
+    models["compact"] = (compact, recipe.build.backend)
+    runs: dict[str, list] = {key: [] for key in models}
+    with progress("benchmark", total=len(models) * bench.repeats) as advance:
+        for repeat in range(bench.repeats):
+            for key, (path, backend) in models.items():
+                runs[key].append(
+                    benchmark(
+                        path,
+                        backend=backend,
+                        batches=bench.batches,
+                        warmup=bench.warmup,
+                        iters=bench.iters,
+                        seed=repeat,
+                    ).results
+                )
+                advance(1)
+    out: dict[str, list] = {key: [] for key in models}
+    for key, repeats in runs.items():
+        for i, batch in enumerate(bench.batches):
+            timings = [run[i] for run in repeats]
+            middle = sorted(timings, key=lambda t: t.p50_ms)[len(timings) // 2]
+            out[key].append(
+                {
+                    "batch": batch,
+                    "p50_ms": middle.p50_ms,
+                    "p90_ms": middle.p90_ms,
+                    "p99_ms": middle.p99_ms,
+                    "mean_ms": middle.mean_ms,
+                    "throughput_per_s": middle.throughput_per_s,
+                    "runs": [{"p50_ms": t.p50_ms, "p99_ms": t.p99_ms} for t in timings],
+                }
+            )
+    return out

@@ -1,0 +1,200 @@
+"""The one step sequence of a run, shared by `deploysparse run` and every sweep point.
+
+load the original -> prune (dead filters, then the recipe's criterion and budget) -> [fine-tune] ->
+save compact.onnx and plan.json -> build for the recipe's backend -> validate against the original
+-> measure speed (latency and the per-layer profile) -> assemble report.json.
+
+`run_steps` is the sequence; `StepHooks` holds what may differ between its callers, and nothing
+else does: a sweep point may fine-tune the compact module between prune and save, and may measure
+speed elsewhere (on a Ray node with the benchmark label). Everything a step needs of the original
+after prune is read from the one ModelProto loaded (`OriginalFacts`), including the denormal-flushed
+copy the measurement times beside it, so a point and a run produce the same report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from deploysparse import api
+from deploysparse.atomic import write_text
+from deploysparse.backends import get_backend
+from deploysparse.backends.base import BuildResult
+from deploysparse.budget import DEAD, Budget
+from deploysparse.errors import UsageError
+from deploysparse.modelio import load_model, save_model
+from deploysparse.pipeline.original import OriginalFacts
+from deploysparse.pipeline.report import assemble_report
+from deploysparse.pipeline.speed import Speed, measure_speed
+from deploysparse.progress import progress
+from deploysparse.recipe import Recipe
+from deploysparse.validate import ValidationReport, validate
+
+# (prune result, staging folder) -> the compact model to save instead of result.model (a fine-tuned
+# re-export); it may write scratch files into the staging folder but must remove them.
+Finetune = Callable[[api.PruneResult, Path], onnx.ModelProto]
+# (recipe, original ONNX, compact artifact, compact ONNX, facts of the original) -> Speed
+Measure = Callable[[Recipe, str, Path, Path, OriginalFacts], Speed]
+
+
+@dataclass(frozen=True)
+class StepHooks:
+    """What may differ between the callers of `run_steps`; the defaults are `deploysparse run`'s."""
+
+    finetune: Finetune | None = None  # None: the pruned model is saved as it is
+    measure: Measure = measure_speed  # in this process, timing the flushed original made here
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run works on: a recipe, the original as an ONNX file, and the data."""
+
+    recipe: Recipe
+    source: str  # the original ONNX file (an entry point is exported before the steps)
+    model_label: str  # report.json's model.path: the model as the user named it
+    calib: str | None  # calibration data: data-driven criteria and INT8
+    data: str  # validation inputs
+    labels: str | np.ndarray | None  # validation labels (a .npy path or the array), for accuracy
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What `run_steps` produced: the report.json dict and the build (its artifact, its files)."""
+
+    report: dict
+    built: BuildResult
+
+
+def run_steps(spec: RunSpec, staging: Path, started: datetime, hooks: StepHooks = StepHooks()) -> RunOutcome:
+    """Run every step of `spec.recipe` on `spec.source`, writing compact.onnx, plan.json and build/
+    into `staging`; return the report (its artifact hashes: every file then in `staging`).
+
+    The caller writes report.json (deploysparse.report.write_report) once it has added its own
+    sections, and publishes the folder."""
+    recipe = spec.recipe
+    with tempfile.TemporaryDirectory(prefix="deploysparse-flushed-") as work:
+        with progress("prune"):
+            # The one load of the original: prune analyses a copy of it (its normalised graph is
+            # no longer the original), and what the later steps need of it is read right after.
+            original = load_model(spec.source)
+            result = prune_with_recipe(recipe, spec.source, spec.calib, original_model=original)
+        facts = OriginalFacts.of(original, Path(work))
+        del original  # not held through fine-tuning, build, validation and benchmark: its size again
+        compact_model = hooks.finetune(result, staging) if hooks.finetune is not None else None
+        compact_path = save_compact(result, staging, compact_model)
+        built, validation = build_and_validate(
+            recipe, spec.source, compact_path, staging, spec.calib, spec.data, spec.labels, facts
+        )
+        speed = hooks.measure(recipe, spec.source, built.artifact, compact_path, facts)
+    report = assemble_report(
+        recipe, spec.model_label, spec.source, result, built, validation, speed, started, staging, facts
+    )
+    return RunOutcome(report=report, built=built)
+
+
+def prune_with_recipe(
+    recipe: Recipe, source: str, calib: str | None, *, original_model: onnx.ModelProto | None = None
+) -> api.PruneResult:
+    """The recipe's `prune` section applied to `source`: dead filters, then one ranking criterion.
+
+    With `original_model` (`source` loaded) prune analyses a copy of it and leaves it unchanged."""
+    p = recipe.prune
+    ranking = [c for c in p.criterion if c != DEAD]
+    if len(ranking) > 1:
+        raise UsageError(f"a recipe runs one ranking criterion after 'dead', got {ranking}")
+    budget = dataclasses.replace(p.budget(), backend=recipe.build.backend, batch=recipe.build.batch[1])
+    if not ranking:
+        budget = Budget(round_to=budget.round_to)
+    return api.prune(
+        source if original_model is None else original_model,
+        criterion=ranking[0] if ranking else DEAD,
+        calib=calib,
+        dead_threshold=p.dead_threshold,
+        budget=budget,
+        name=source,
+    )
+
+
+def save_compact(result: api.PruneResult, staging: Path, model: onnx.ModelProto | None = None) -> Path:
+    """Write compact.onnx (the pruned model, or `model` when given: e.g. a fine-tuned re-export) and plan.json."""
+    compact_path = staging / "compact.onnx"
+    save_model(result.model if model is None else model, compact_path)
+    result.plan.save(staging / "plan.json", result.graph)
+    return compact_path
+
+
+def build_and_validate(
+    recipe: Recipe,
+    source: str,
+    compact_path: Path,
+    staging: Path,
+    calib: str | None,
+    data: str,
+    labels: str | np.ndarray | None,
+    original_facts: OriginalFacts,
+) -> tuple[BuildResult, ValidationReport]:
+    """Build the compact model for the recipe's backend and compare it with the original on `data`."""
+    backend = get_backend(recipe.build.backend)
+    with progress(f"build ({recipe.build.backend}, {recipe.build.precision})"):
+        built = backend.build(
+            compact_path,
+            staging / "build",
+            precision=recipe.build.precision,
+            calib=calib,
+            shapes=_shapes(recipe, original_facts),
+            workspace_mb=recipe.build.workspace_mb,
+        )
+    _relative_metadata(built.files, staging)
+    v = recipe.validate_
+    with progress("validate"):
+        validation = validate(
+            source,
+            built.artifact,
+            data,
+            labels=labels,
+            backend=recipe.build.backend,
+            atol=v.atol,
+            rtol=v.rtol,
+            min_cosine=v.min_cosine,
+            min_top1=v.min_top1_agreement,
+            max_accuracy_drop=v.max_accuracy_drop,
+            precision=recipe.build.precision,
+        )
+    validation.compact = built.artifact.relative_to(staging).as_posix()
+    return built, validation
+
+
+def _relative_metadata(files: list[Path], staging: Path) -> None:
+    """Build metadata names the model it was built from; inside the staging folder that path is
+    rewritten relative to the metadata file, so it stays right once the folder is published."""
+    for path in files:
+        if path.suffix != ".json" or not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        changed = False
+        for key, value in data.items():
+            if isinstance(value, str) and value.startswith(str(staging)):
+                data[key] = os.path.relpath(value, path.parent)
+                changed = True
+        if changed:
+            write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _shapes(recipe: Recipe, original: OriginalFacts) -> dict[str, tuple] | None:
+    """Optimisation profiles: the recipe's per-input shapes, else `batch` [min, opt, max] on dim 0
+    of each input of the original (only TensorRT needs them)."""
+    b = recipe.build
+    if b.shapes:
+        return {name: tuple(tuple(s) for s in profile) for name, profile in b.shapes.items()}
+    if b.backend != "tensorrt":
+        return None
+    return {name: tuple(tuple([n, *dims[1:]]) for n in b.batch) for name, dims in original.inputs.items()}
