@@ -326,7 +326,7 @@ def _criterion_plan(
 
 def _latency_summary(budget: Budget, plan: Plan) -> dict:
     """Predicted (from the table, before the model was built) and measured (original and compact
-    alternately) latency: the allocation timed the compact model's structure (deploysparse.latency)."""
+    alternately) latency: the allocation timed the compact model's structure (deploysparse.budget.latency)."""
     latency = plan.latency
     original_ms, compact_ms = latency["measured_original_ms"], latency["measured_ms"]
     return {

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from deploysparse.budget import DEAD, Budget, make_plan
+from deploysparse.budget import DEAD, Budget, allocate_latency, make_plan
 from deploysparse.criteria.base import Criterion, CriterionContext
 from deploysparse.criteria.bn_scale import BN_SCALE
 from deploysparse.criteria.inactive import INACTIVE
@@ -19,7 +19,6 @@ from deploysparse.criteria.magnitude import L1, L2
 from deploysparse.criteria.pfp import PFP, PFP_RANDOM
 from deploysparse.criteria.similarity import SIMILARITY
 from deploysparse.errors import CalibrationError, UsageError
-from deploysparse.latency import allocate_latency
 
 CRITERIA: dict[str, Criterion] = {
     c.name: c for c in (L1, L2, BN_SCALE, INACTIVE, PFP, PFP_RANDOM, SIMILARITY)
