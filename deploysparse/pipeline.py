@@ -13,7 +13,6 @@ a previous run's output (it has a report.json): a folder of other files is never
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -330,7 +329,7 @@ def prune_with_recipe(
     ranking = [c for c in p.criterion if c != DEAD]
     if len(ranking) > 1:
         raise UsageError(f"a recipe runs one ranking criterion after 'dead', got {ranking}")
-    budget = dataclasses.replace(p.budget(), backend=recipe.build.backend, batch=recipe.build.batch[1])
+    budget = recipe.budget()
     if not ranking:
         budget = Budget(round_to=budget.round_to)
     return api.prune(

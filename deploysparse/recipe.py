@@ -8,7 +8,6 @@ error names the file and the line of the offending key.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,12 +20,13 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from deploysparse.budget import DEAD, Budget
+from deploysparse.budget import DEAD, Budget, option_fields, option_of, value_type
 from deploysparse.errors import DeploysparseError, UsageError
 
 
@@ -53,9 +53,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-_BUDGET = Budget()
-
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Positive = Annotated[int, Field(ge=1)]
 
 
@@ -67,29 +64,51 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PruneSettings(_Section):
-    """Which channels to remove and how many.
+def budget_value(name: str) -> Any:
+    """The schema of a Budget field's values: its type, bounded as Budget declares it (names: a list)."""
+    option = option_of(name)
+    kind = value_type(name)
+    if kind is tuple:  # names: a YAML list
+        return list[str]
+    return Annotated[kind, Field(**option.interval.bounds())] if option.interval is not None else kind
 
-    With neither `ratio` nor `flops_target`, only the channels the criteria prove useless (dead
-    filters) go; with one of them, the criteria rank channels and the budget decides how many go.
-    """
 
+def _budget_keys() -> dict[str, Any]:
+    """The budget keys of `prune:`: one per Budget field a recipe sets there (a latency target's
+    backend and batch are the build's), typed, bounded and defaulted as Budget declares it, so
+    pydantic names the key and its line when a value is out of range."""
+    keys: dict[str, Any] = {}
+    for f, option in option_fields():
+        if option.from_build:
+            continue
+        value = budget_value(f.name)
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        keys[f.name] = (value | None if f.default is None else value, default)
+    return keys
+
+
+class _Criteria(_Section):
     criterion: list[Criterion] = [DEAD]
-    # the budget: meanings, defaults and checks are deploysparse.budget.Budget's (as for the CLI)
-    ratio: Fraction | None = _BUDGET.ratio
-    flops_target: Fraction | None = _BUDGET.flops_target
-    latency_target: Fraction | None = _BUDGET.latency_target  # measured on build.backend at batch opt
-    latency_allocation: str = _BUDGET.latency_allocation  # checked by Budget: LATENCY_ALLOCATIONS
-    max_layer_ratio: Fraction | None = _BUDGET.max_layer_ratio
-    min_channels: Positive = _BUDGET.min_channels
-    round_to: Positive = _BUDGET.round_to
-    protect: list[str] = list(_BUDGET.protect)
-    dead_threshold: Annotated[float, Field(ge=0.0)] = 1e-3  # near-zero filters count as dead (measured)
 
     @field_validator("criterion", mode="before")
     @classmethod
     def _one_criterion_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+
+_BudgetKeys: Any = create_model("_BudgetKeys", __base__=_Criteria, **_budget_keys())
+
+
+class PruneSettings(_BudgetKeys):
+    """Which channels to remove and how many.
+
+    With neither `ratio` nor `flops_target`, only the channels the criteria prove useless (dead
+    filters) go; with one of them, the criteria rank channels and the budget decides how many go.
+    The budget keys are deploysparse.budget.Budget's fields (meanings, defaults and checks as for
+    the CLI); a latency target is measured on build.backend at the build's optimal batch.
+    """
+
+    dead_threshold: Annotated[float, Field(ge=0.0)] = 1e-3  # near-zero filters count as dead (measured)
 
     @model_validator(mode="after")
     def _one_budget(self) -> PruneSettings:
@@ -107,8 +126,9 @@ class PruneSettings(_Section):
 
     def budget(self) -> Budget:
         """The Budget these settings describe (a latency target's backend and batch: Recipe.budget)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(Budget) if hasattr(self, f.name)}
-        return Budget(**fields)
+        return Budget(
+            **{f.name: getattr(self, f.name) for f, option in option_fields() if not option.from_build}
+        )
 
 
 class BuildSettings(_Section):
@@ -213,6 +233,11 @@ class Recipe(_Section):
             if outside:
                 raise ValueError(f"bench batches {outside} lie outside build.batch [{low}, {high}]")
         return self
+
+    def budget(self) -> Budget:
+        """The recipe's Budget: the `prune:` keys, with a latency target measured where the model is
+        built (the Budget fields a recipe sets from its build section: its backend and optimal batch)."""
+        return Budget.of(self.prune.budget(), backend=self.build.backend, batch=self.build.batch[1])
 
     def calibration_path(self) -> Path | None:
         """The recipe's calibration data, resolved against the recipe's folder."""

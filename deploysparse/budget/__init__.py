@@ -34,9 +34,12 @@ from deploysparse.budget.options import (
     Budget,
     Interval,
     Option,
+    budget_field,
     describe_targets,
     flag,
-    options,
+    option_fields,
+    option_of,
+    value_type,
 )
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "ThresholdPath",
     "allocate",
     "allocate_latency",
+    "budget_field",
     "describe_targets",
     "finish",
     "first_met",
@@ -64,6 +68,8 @@ __all__ = [
     "legal_counts",
     "macs_counter",
     "make_plan",
-    "options",
+    "option_fields",
+    "option_of",
     "rank_scores",
+    "value_type",
 ]

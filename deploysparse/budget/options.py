@@ -10,6 +10,8 @@ field is one edit here.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,7 +93,8 @@ class Option:
             raise UsageError(f"{flag(name)} {value}: one of {', '.join(self.choices)}")
 
 
-def _option(default: Any, help: str, **option: Any) -> Any:
+def budget_field(default: Any, help: str, **option: Any) -> Any:
+    """A Budget field with its Option (the keywords of Option besides `help`)."""
     return field(default=default, metadata={"option": Option(help, **option)})
 
 
@@ -112,39 +115,39 @@ class Budget:
     protect: group ids or producer node names left whole.
     """
 
-    ratio: float | None = _option(
+    ratio: float | None = budget_field(
         None, "Remove this fraction of the prunable channels.", target=True, interval=FRACTION_TO_REMOVE
     )
-    flops_target: float | None = _option(
+    flops_target: float | None = budget_field(
         None, "Keep this fraction of the FLOPs (MACs).", target=True, interval=FRACTION_TO_KEEP
     )
-    latency_target: float | None = _option(
+    latency_target: float | None = budget_field(
         None,
         "Keep this fraction of the latency measured on --backend at --batch (per-layer tables, cached).",
         target=True,
         interval=FRACTION_TO_KEEP,
     )
-    backend: str = _option("onnxruntime", "Where --latency-target is measured.", from_build=True)
-    batch: int = _option(
+    backend: str = budget_field("onnxruntime", "Where --latency-target is measured.", from_build=True)
+    batch: int = budget_field(
         1, "Batch size --latency-target is measured at.", interval=AT_LEAST_ONE, from_build=True
     )
-    latency_allocation: str = _option(
+    latency_allocation: str = budget_field(
         "threshold",
         "How --latency-target picks where to cut: the global score threshold (as --flops-target) walked "
         "by predicted latency, or HALP's knapsack (most importance per millisecond).",
         choices=LATENCY_ALLOCATIONS,
     )
-    max_layer_ratio: float | None = _option(
+    max_layer_ratio: float | None = budget_field(
         None, "Remove at most this fraction of any one group.", interval=Interval(0.0, 1.0)
     )
-    min_channels: int = _option(1, "Keep at least this many per group.", interval=AT_LEAST_ONE)
-    round_to: int = _option(
+    min_channels: int = budget_field(1, "Keep at least this many per group.", interval=AT_LEAST_ONE)
+    round_to: int = budget_field(
         DEFAULT_ROUND_TO,
         "Keep channel counts a multiple of N (default 16: what blocked CPU kernels and tensor cores want; "
         "1 turns it off).",
         interval=AT_LEAST_ONE,
     )
-    protect: tuple[str, ...] = _option((), "Group id or producer node name to leave alone (repeatable).")
+    protect: tuple[str, ...] = budget_field((), "Group id or producer node name to leave alone (repeatable).")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protect", tuple(self.protect))
@@ -154,10 +157,10 @@ class Budget:
                 f"give either {given[0]} or {given[1]}, not both (one of "
                 f"{', '.join(flag(name) for name in TARGETS)})"
             )
-        for f, option in options():
+        for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is not None:
-                option.check(f.name, value)
+                f.metadata["option"].check(f.name, value)
 
     @classmethod
     def of(cls, budget: Budget | None = None, **fields: Any) -> Budget:
@@ -184,10 +187,23 @@ class Budget:
         return self.max_layer_ratio, self.min_channels, self.round_to
 
 
-def options() -> Iterator[tuple[dataclasses.Field, Option]]:
+def option_fields() -> Iterator[tuple[dataclasses.Field, Option]]:
     """Every Budget field with its Option, in declaration order."""
     for f in dataclasses.fields(Budget):
-        yield f, f.metadata["option"]
+        yield f, option_of(f.name)
+
+
+def option_of(name: str) -> Option:
+    """The Option of Budget field `name`."""
+    return Budget.__dataclass_fields__[name].metadata["option"]
+
+
+def value_type(name: str) -> type:
+    """What a Budget field holds besides None: float, int, str or tuple (read from its annotation)."""
+    hint = typing.get_type_hints(Budget)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return typing.get_origin(hint) or hint
 
 
 def flag(name: str) -> str:
@@ -195,7 +211,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-TARGETS: tuple[str, ...] = tuple(f.name for f, option in options() if option.target)
+TARGETS: tuple[str, ...] = tuple(f.name for f, option in option_fields() if option.target)
 
 
 def describe_targets(budget: Budget) -> str:

@@ -18,16 +18,19 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from deploysparse.budget import TARGETS
 from deploysparse.errors import DeploysparseError
 from deploysparse.recipe import (
     CRITERIA,
     Criterion,
     Recipe,
     RecipeError,
+    budget_value,
     describe_validation_error,
     load_recipe,
     read_yaml_mapping,
@@ -37,7 +40,7 @@ Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Positive = Annotated[int, Field(ge=1)]
 Precision = Literal["fp32", "fp16", "int8"]
 Backend = Literal["onnxruntime", "tensorrt"]
-BUDGET_KEYS = ("flops_target", "ratio", "latency_target")
+BUDGET_KEYS = TARGETS  # the budget axis: every target a Budget declares (ratio, flops_target, latency_target)
 
 
 class SweepError(DeploysparseError):
@@ -85,13 +88,22 @@ class Range(_Section):
         return self
 
 
-class Axes(_Section):
+class _CriterionAxis(_Section):
+    criterion: list[Criterion] | None = None  # ranking criterion after `dead` (or `dead` alone)
+
+
+# One axis per budget target, its values bounded as the recipe's key (a Range for a search algorithm);
+# a latency target is measured on the point's backend and batch.
+_BudgetAxes: Any = create_model(
+    "_BudgetAxes",
+    __base__=_CriterionAxis,
+    **{key: (list[budget_value(key)] | Range | None, None) for key in BUDGET_KEYS},
+)
+
+
+class Axes(_BudgetAxes):
     """The settings that vary; a missing axis takes the base recipe's value."""
 
-    criterion: list[Criterion] | None = None  # ranking criterion after `dead` (or `dead` alone)
-    flops_target: list[Fraction] | Range | None = None
-    ratio: list[Fraction] | Range | None = None
-    latency_target: list[Fraction] | Range | None = None  # measured on the point's backend and batch
     precision: list[Precision] | None = None
     backend: list[Backend] | None = None
     batch: list[Positive] | None = None  # benchmark batch size (and the build's optimal batch)
@@ -205,9 +217,7 @@ class Sweep(_Section):
         if ranges and self.search.algorithm == "grid":
             raise ValueError(f"axes.{ranges[0]}: a range needs a search algorithm (search: random)")
         if ranges and sum(getattr(self.axes, k) is not None for k in BUDGET_KEYS) > 1:
-            raise ValueError(
-                "with a search algorithm give one budget axis: flops_target, ratio or latency_target"
-            )
+            raise ValueError(f"with a search algorithm give one budget axis: {' or '.join(BUDGET_KEYS)}")
         return self
 
     @property
@@ -271,7 +281,8 @@ def _base_recipe(recipe: str | dict[str, Any], sweep_path: Path, root: Any) -> R
 def grid_settings(sweep: Sweep) -> list[dict[str, Any]]:
     """Every combination of the axes, each a dict of the settings that differ from the base recipe.
 
-    Budgets are one axis: each flops_target, ratio and latency_target value is one budget.
+    Budgets are one axis: each value of a target (BUDGET_KEYS: ratio, flops_target, latency_target) is
+    one budget.
     """
     base = sweep.base_recipe
     axes = sweep.axes
@@ -313,7 +324,7 @@ def point_recipe(base: Recipe, settings: dict[str, Any]) -> Recipe:
         prune[key] = settings.get(key)
     if criterion != "dead" and not any(prune[k] for k in BUDGET_KEYS):
         raise SweepError(
-            f"criterion {criterion} needs a budget: give axes.flops_target, axes.ratio or axes.latency_target"
+            f"criterion {criterion} needs a budget: give {' or '.join(f'axes.{k}' for k in BUDGET_KEYS)}"
         )
     batch = int(settings["batch"])
     low, _, high = data["build"]["batch"]
