@@ -31,7 +31,7 @@ from deploysparse import api
 from deploysparse.atomic import replace_folder, write_text
 from deploysparse.backends import get_backend
 from deploysparse.bench import benchmark
-from deploysparse.budget import DEAD, Budget
+from deploysparse.budget import DEAD
 from deploysparse.denormals import DenormalCount, count_denormals, flushed_copy
 from deploysparse.errors import UsageError
 from deploysparse.hashing import sha256_file
@@ -326,12 +326,12 @@ def prune_with_recipe(
 
     With `original_model` (`source` loaded) prune analyses a copy of it and leaves it unchanged."""
     p = recipe.prune
-    ranking = [c for c in p.criterion if c != DEAD]
+    ranking = p.ranking
     if len(ranking) > 1:
         raise UsageError(f"a recipe runs one ranking criterion after 'dead', got {ranking}")
-    budget = recipe.budget()
-    if not ranking:
-        budget = Budget(round_to=budget.round_to)
+    from deploysparse.criteria import budget_for
+
+    budget = budget_for(ranking[0] if ranking else DEAD, recipe.budget())
     return api.prune(
         source if original_model is None else original_model,
         criterion=ranking[0] if ranking else DEAD,

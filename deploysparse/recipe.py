@@ -31,26 +31,19 @@ from deploysparse.errors import DeploysparseError, UsageError
 
 
 def _known_criterion(name: str) -> str:
-    """A recipe names criteria as `--criterion` does: dead or a name in the CRITERIA registry."""
-    from deploysparse.criteria import CRITERION_NAMES
+    """A recipe names criteria as `--criterion` does: dead or a registered criterion (read now: one
+    registered after import counts)."""
+    from deploysparse.criteria import criterion_names
 
-    if name not in CRITERION_NAMES:
+    names = criterion_names()
+    if name not in names:
         raise PydanticCustomError(  # worded as pydantic's own Literal error, which this replaced
-            "literal_error", "Input should be {expected}", {"expected": ", ".join(map(repr, CRITERION_NAMES))}
+            "literal_error", "Input should be {expected}", {"expected": ", ".join(map(repr, names))}
         )
     return name
 
 
 Criterion = Annotated[str, AfterValidator(_known_criterion)]
-
-
-def __getattr__(name: str) -> Any:
-    """`CRITERIA`: the names a recipe accepts (dead and the CRITERIA registry's), read on first use."""
-    if name == "CRITERIA":
-        from deploysparse.criteria import CRITERION_NAMES
-
-        return CRITERION_NAMES
-    raise AttributeError(name)
 
 
 Positive = Annotated[int, Field(ge=1)]
@@ -114,15 +107,18 @@ class PruneSettings(_BudgetKeys):
     def _one_budget(self) -> PruneSettings:
         if not self.criterion:
             raise ValueError("criterion needs at least one criterion, e.g. [dead]")
+        from deploysparse.criteria import budget_for
+
         try:
-            budget = self.budget()
+            budget_for(self.ranking[0] if self.ranking else DEAD, self.budget())
         except UsageError as exc:
             raise ValueError(str(exc)) from None
-        if set(self.criterion) == {DEAD} and budget.targeted:
-            raise ValueError(
-                "ratio/flops_target need a ranking criterion after dead (l1, l2, bn-scale, pfp, similarity)"
-            )
         return self
+
+    @property
+    def ranking(self) -> list[str]:
+        """The criteria after `dead`: the ones that rank channels (a run takes one)."""
+        return [c for c in self.criterion if c != DEAD]
 
     def budget(self) -> Budget:
         """The Budget these settings describe (a latency target's backend and batch: Recipe.budget)."""

@@ -62,9 +62,9 @@ class CriterionChoice(click.Choice):
 
     @property
     def choices(self) -> tuple[str, ...]:
-        from deploysparse.criteria import CRITERION_NAMES
+        from deploysparse.criteria import criterion_names
 
-        return CRITERION_NAMES
+        return criterion_names()
 
     @choices.setter
     def choices(self, _value: Any) -> None:

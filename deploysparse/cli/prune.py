@@ -9,7 +9,6 @@ from typing import Any
 import click
 from rich.console import Console
 
-from deploysparse.budget import DEAD, Budget
 from deploysparse.cli.options import (
     analysis_options,
     budget_from,
@@ -18,7 +17,6 @@ from deploysparse.cli.options import (
     echo_json,
     parse_input_shapes,
 )
-from deploysparse.errors import UsageError
 
 
 @click.command("prune")
@@ -52,6 +50,7 @@ def command(
 ) -> None:
     """Prune MODEL (.onnx or package.module:factory) and write the compact ONNX to OUTPUT."""
     from deploysparse import api
+    from deploysparse.criteria import budget_for
     from deploysparse.output_guard import reads, refuse_overlap, writes
 
     budget = budget_from(budget_fields)
@@ -65,12 +64,7 @@ def command(
         ],
     )
     shapes = parse_input_shapes(input_shape)
-    if criterion == DEAD and budget.targeted:
-        raise UsageError(
-            "--ratio/--flops-target need a ranking criterion (l1, l2, bn-scale, pfp, similarity)"
-        )
-    if criterion == DEAD:  # dead filters go whatever the budget; only the rounding applies
-        budget = Budget(round_to=budget.round_to)
+    budget = budget_for(criterion, budget)  # dead: no target, and of the limits only the rounding
     with tempfile.TemporaryDirectory(prefix="deploysparse-") as workdir:
         onnx_path, module = _resolve(model, weights, shapes, workdir, calib)
         result = api.prune(

@@ -23,10 +23,10 @@ from pydantic import (
     model_validator,
 )
 
-from deploysparse.budget import TARGETS
+from deploysparse.budget import DEAD, TARGETS
+from deploysparse.criteria import criterion_names, takes_budget
 from deploysparse.errors import DeploysparseError
 from deploysparse.recipe import (
-    CRITERIA,
     Criterion,
     Recipe,
     RecipeError,
@@ -286,8 +286,7 @@ def grid_settings(sweep: Sweep) -> list[dict[str, Any]]:
     """
     base = sweep.base_recipe
     axes = sweep.axes
-    ranking = [c for c in base.prune.criterion if c != "dead"]
-    criteria = axes.criterion or (ranking[:1] or ["dead"])
+    criteria = axes.criterion or (base.prune.ranking[:1] or [DEAD])
     budgets: list[tuple[str, float] | None] = [
         (key, value) for key in BUDGET_KEYS for value in (getattr(axes, key) or [])
     ]
@@ -304,7 +303,7 @@ def grid_settings(sweep: Sweep) -> list[dict[str, Any]]:
     points = []
     for criterion, budget, precision, backend, batch in combos:
         settings: dict[str, Any] = {"criterion": criterion}
-        if criterion != "dead" and budget is not None:
+        if budget is not None and takes_budget(criterion):
             settings[budget[0]] = budget[1]
         settings.update(precision=precision, backend=backend, batch=batch)
         if settings not in points:
@@ -316,13 +315,13 @@ def point_recipe(base: Recipe, settings: dict[str, Any]) -> Recipe:
     """The base recipe with one point's settings, validated by the recipe schema."""
     data = base.model_dump(mode="json", by_alias=True)
     criterion = settings["criterion"]
-    if criterion not in CRITERIA:
-        raise SweepError(f"criterion {criterion!r} is not one of {', '.join(CRITERIA)}")
+    if criterion not in criterion_names():
+        raise SweepError(f"criterion {criterion!r} is not one of {', '.join(criterion_names())}")
     prune = data["prune"]
-    prune["criterion"] = ["dead"] if criterion == "dead" else ["dead", criterion]
+    prune["criterion"] = [DEAD, criterion] if takes_budget(criterion) else [DEAD]
     for key in BUDGET_KEYS:
         prune[key] = settings.get(key)
-    if criterion != "dead" and not any(prune[k] for k in BUDGET_KEYS):
+    if takes_budget(criterion) and not any(prune[k] for k in BUDGET_KEYS):
         raise SweepError(
             f"criterion {criterion} needs a budget: give {' or '.join(f'axes.{k}' for k in BUDGET_KEYS)}"
         )
