@@ -9,6 +9,7 @@ error names the file and the line of the offending key.
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,22 +29,32 @@ from pydantic_core import PydanticCustomError
 
 from deploysparse.budget import DEAD, Budget, option_fields, option_of, value_type
 from deploysparse.errors import DeploysparseError, UsageError
+from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
 
 
-def _known_criterion(name: str) -> str:
-    """A recipe names criteria as `--criterion` does: dead or a registered criterion (read now: one
-    registered after import counts)."""
-    from deploysparse.criteria import criterion_names
+def one_of(names: Callable[[], Sequence[str]]) -> Any:
+    """A string that must be one of `names()`, read when a value is checked (a registry may have grown
+    since import), refused as pydantic refuses a Literal."""
 
-    names = criterion_names()
-    if name not in names:
-        raise PydanticCustomError(  # worded as pydantic's own Literal error, which this replaced
-            "literal_error", "Input should be {expected}", {"expected": ", ".join(map(repr, names))}
-        )
-    return name
+    def known(value: str) -> str:
+        allowed = names()
+        if value not in allowed:
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": ", ".join(map(repr, allowed))}
+            )
+        return value
+
+    return Annotated[str, AfterValidator(known)]
 
 
-Criterion = Annotated[str, AfterValidator(_known_criterion)]
+def _criterion_names() -> tuple[str, ...]:
+    from deploysparse.criteria import criterion_names  # not at import: the criteria load scipy
+
+    return criterion_names()
+
+
+Criterion = one_of(_criterion_names)  # as --criterion: dead or a registered criterion
+Precision = one_of(lambda: PRECISIONS)
 
 
 Positive = Annotated[int, Field(ge=1)]
@@ -137,7 +148,7 @@ class BuildSettings(_Section):
     """
 
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Precision = DEFAULT_PRECISION
     batch: list[Positive] = [1, 1, 1]
     shapes: dict[str, list[list[Positive]]] = {}
     workspace_mb: Positive | None = None

@@ -28,6 +28,7 @@ from deploysparse.criteria import criterion_names, takes_budget
 from deploysparse.errors import DeploysparseError
 from deploysparse.recipe import (
     Criterion,
+    Precision,
     Recipe,
     RecipeError,
     budget_value,
@@ -38,7 +39,6 @@ from deploysparse.recipe import (
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Positive = Annotated[int, Field(ge=1)]
-Precision = Literal["fp32", "fp16", "int8"]
 Backend = Literal["onnxruntime", "tensorrt"]
 BUDGET_KEYS = TARGETS  # the budget axis: every target a Budget declares (ratio, flops_target, latency_target)
 
