@@ -83,12 +83,12 @@ def detect_precision(model: str | os.PathLike[str]) -> str:
 
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:
-        return "fp32"  # the runner reports an unreadable model with its name
+        return DEFAULT_PRECISION  # the runner reports an unreadable model with its name
     if any(node.op_type in _INT8_OPS for node in proto.graph.node):
         return "int8"
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
         return "fp16"
-    return "fp32"
+    return DEFAULT_PRECISION
 
 
 def resolve_tolerances(precision: str, **given: Any) -> Tolerances:
@@ -135,7 +135,7 @@ class ValidationReport:
     samples: int
     outputs: list[OutputReport]
     tolerances: Tolerances
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     accuracy_original: float | None = None
     accuracy_compact: float | None = None
     failures: list[str] = field(default_factory=list)
