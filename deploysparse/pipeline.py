@@ -309,9 +309,7 @@ def _relative_metadata(files: list[Path], staging: Path) -> None:
 
 
 def _resolve_source(inputs: RunInputs, staging: Path) -> str:
-    if inputs.model.lower().endswith(".onnx") and inputs.weights is None:
-        return inputs.model
-    from deploysparse.frontend.model_source import resolve_model
+    from deploysparse.frontend.model_source import resolve_model  # a file as is, an entry point exported
 
     resolved = resolve_model(
         inputs.model, weights=inputs.weights, input_shape=inputs.input_shape, workdir=staging / "source"

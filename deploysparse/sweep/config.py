@@ -26,6 +26,7 @@ from pydantic import (
 from deploysparse.budget import DEAD, TARGETS
 from deploysparse.criteria import criterion_names, takes_budget
 from deploysparse.errors import DeploysparseError
+from deploysparse.frontend.model_source import is_entry_point
 from deploysparse.recipe import (
     Criterion,
     Precision,
@@ -61,7 +62,9 @@ class ModelSpec(_Section):
 
     @property
     def label(self) -> str:
-        return self.name or Path(self.model.rsplit(":", 1)[-1]).name
+        if self.name:
+            return self.name
+        return self.model.rpartition(":")[2] if is_entry_point(self.model) else Path(self.model).name
 
 
 class DataSpec(_Section):
@@ -131,8 +134,7 @@ class Finetune(_Section):
     @field_validator("function")
     @classmethod
     def _entry_point(cls, value: str) -> str:
-        module, sep, attr = value.partition(":")
-        if not sep or not module or not attr:
+        if not is_entry_point(value):
             raise ValueError(f"expected 'package.module:function', got {value!r}")
         return value
 
@@ -231,19 +233,24 @@ class Sweep(_Section):
             raise SweepError("the base recipe is resolved by load_sweep")
         return self._base
 
+    @property
+    def folder(self) -> Path | None:
+        """The sweep file's folder: its relative paths start there."""
+        return self.source.parent if self.source is not None else None
+
+    def is_entry_point(self, text: str) -> bool:
+        """Whether a model or data text of this sweep names a callable rather than a file
+        (deploysparse.frontend.model_source decides; a file is looked for in the sweep's folder)."""
+        return is_entry_point(text, self.folder)
+
     def resolve(self, path: str | None) -> str | None:
         """A path from the sweep file, relative to the sweep file's folder (entry points unchanged)."""
-        if path is None or is_entry_point(path) or self.source is None or Path(path).is_absolute():
+        if path is None or self.folder is None or self.is_entry_point(path) or Path(path).is_absolute():
             return path
-        return str(self.source.parent / path)
+        return str(self.folder / path)
 
     def model_specs(self) -> list[ModelSpec]:
         return [m for m in self.models if isinstance(m, ModelSpec)]
-
-
-def is_entry_point(text: str) -> bool:
-    module, sep, attr = text.partition(":")
-    return bool(sep and module and attr and "/" not in module and not module.endswith(".onnx"))
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -260,7 +267,7 @@ def load_sweep(path: str | Path) -> Sweep:
     sweep._source = path
     sweep._base = _base_recipe(sweep.recipe, path, root)
     for spec in sweep.model_specs():
-        if spec.model.lower().endswith(".onnx") and spec.weights is not None:
+        if spec.weights is not None and not sweep.is_entry_point(spec.model):
             raise SweepError(f"{path}: models: weights apply to an entry point, not to {spec.model}")
     return sweep
 
