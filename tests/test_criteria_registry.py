@@ -162,3 +162,18 @@ def test_dead_takes_no_target_and_says_which_criteria_rank(registered) -> None:
     assert budget_for(NAME, Budget(ratio=0.3)) == Budget(ratio=0.3)
     with pytest.raises(UsageError, match="--criterion l3: unknown"):
         budget_for("l3", Budget(ratio=0.3))
+
+
+def test_the_example_in_docs_design_md_runs() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text(encoding="utf-8")
+    section = text.split("### Worked example: adding a criterion", 1)[1]
+    exec(section.split("```python\n", 1)[1].split("```", 1)[0], {})
+    try:
+        rng = np.random.default_rng(4)
+        calib = {"x": rng.standard_normal((8, 3, 8, 8)).astype(np.float32)}
+        result = api.prune(
+            residual_model(rng), criterion="mean-activation", calib=calib, ratio=0.3, round_to=1
+        )
+        assert result.plan.criterion == "mean-activation" and result.summary["channels_removed"] > 0
+    finally:
+        unregister_criterion("mean-activation")
