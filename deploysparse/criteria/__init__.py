@@ -77,13 +77,6 @@ def criterion_names() -> tuple[str, ...]:
     return (DEAD, *CRITERIA)
 
 
-def __getattr__(name: str) -> Any:
-    """`CRITERION_NAMES`: criterion_names() when read (the registry may have grown since import)."""
-    if name == "CRITERION_NAMES":
-        return criterion_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def get_criterion(name: str) -> Criterion:
     """The criterion registered under `name`; UsageError listing the known names otherwise."""
     try:
