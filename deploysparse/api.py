@@ -7,7 +7,6 @@ deploysparse.modelio.save_model(result.model, "compact.onnx")
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -271,7 +270,9 @@ def prune(
     if plan is not None:
         chosen = plan if isinstance(plan, Plan) else Plan.load(plan, ga)
     elif criterion == DEAD:
-        _check_dead_budget(chosen_budget)
+        from deploysparse.criteria import budget_for
+
+        chosen_budget = budget_for(DEAD, chosen_budget)  # no target; of the limits only the rounding
         chosen = dead_plan(dead)
         chosen.keep = keep_all_but(ga, dead.channels, chosen_budget.round_to)
     else:
@@ -288,18 +289,6 @@ def prune(
     if chosen_budget.latency_target is not None and plan is None:
         summary["latency"] = _latency_summary(chosen_budget, chosen)
     return PruneResult(model=surgery.model, plan=chosen, summary=summary, surgery=surgery, graph=ga)
-
-
-def _check_dead_budget(budget: Budget) -> None:
-    """The dead criterion removes what is dead: of the budget only the rounding applies."""
-    default = Budget()
-    unknown = [
-        f.name
-        for f in dataclasses.fields(Budget)
-        if f.name != "round_to" and getattr(budget, f.name) != getattr(default, f.name)
-    ]
-    if unknown:
-        raise UsageError(f"criterion dead takes no budget ({', '.join(unknown)}); it removes what is dead")
 
 
 def _criterion_plan(
@@ -326,7 +315,7 @@ def _criterion_plan(
 
 def _latency_summary(budget: Budget, plan: Plan) -> dict:
     """Predicted (from the table, before the model was built) and measured (original and compact
-    alternately) latency: the allocation timed the compact model's structure (deploysparse.latency)."""
+    alternately) latency: the allocation timed the compact model's structure (deploysparse.budget.latency)."""
     latency = plan.latency
     original_ms, compact_ms = latency["measured_original_ms"], latency["measured_ms"]
     return {

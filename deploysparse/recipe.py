@@ -8,8 +8,8 @@ error names the file and the line of the offending key.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,41 +21,42 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from deploysparse.budget import DEAD, Budget
+from deploysparse.budget import DEAD, Budget, option_fields, option_of, value_type
 from deploysparse.errors import DeploysparseError, UsageError
+from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
 
 
-def _known_criterion(name: str) -> str:
-    """A recipe names criteria as `--criterion` does: dead or a name in the CRITERIA registry."""
-    from deploysparse.criteria import CRITERION_NAMES
+def one_of(names: Callable[[], Sequence[str]]) -> Any:
+    """A string that must be one of `names()`, read when a value is checked (a registry may have grown
+    since import), refused as pydantic refuses a Literal."""
 
-    if name not in CRITERION_NAMES:
-        raise PydanticCustomError(  # worded as pydantic's own Literal error, which this replaced
-            "literal_error", "Input should be {expected}", {"expected": ", ".join(map(repr, CRITERION_NAMES))}
-        )
-    return name
+    def known(value: str) -> str:
+        allowed = names()
+        if value not in allowed:
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": ", ".join(map(repr, allowed))}
+            )
+        return value
 
-
-Criterion = Annotated[str, AfterValidator(_known_criterion)]
-
-
-def __getattr__(name: str) -> Any:
-    """`CRITERIA`: the names a recipe accepts (dead and the CRITERIA registry's), read on first use."""
-    if name == "CRITERIA":
-        from deploysparse.criteria import CRITERION_NAMES
-
-        return CRITERION_NAMES
-    raise AttributeError(name)
+    return Annotated[str, AfterValidator(known)]
 
 
-_BUDGET = Budget()
+def _criterion_names() -> tuple[str, ...]:
+    from deploysparse.criteria import criterion_names  # not at import: the criteria load scipy
 
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+    return criterion_names()
+
+
+Criterion = one_of(_criterion_names)  # as --criterion: dead or a registered criterion
+Precision = one_of(lambda: PRECISIONS)
+
+
 Positive = Annotated[int, Field(ge=1)]
 
 
@@ -67,48 +68,74 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PruneSettings(_Section):
-    """Which channels to remove and how many.
+def budget_value(name: str) -> Any:
+    """The schema of a Budget field's values: its type, bounded as Budget declares it (names: a list)."""
+    option = option_of(name)
+    kind = value_type(name)
+    if kind is tuple:  # names: a YAML list
+        return list[str]
+    return Annotated[kind, Field(**option.interval.bounds())] if option.interval is not None else kind
 
-    With neither `ratio` nor `flops_target`, only the channels the criteria prove useless (dead
-    filters) go; with one of them, the criteria rank channels and the budget decides how many go.
-    """
 
+def _budget_keys() -> dict[str, Any]:
+    """The budget keys of `prune:`: one per Budget field a recipe sets there (a latency target's
+    backend and batch are the build's), typed, bounded and defaulted as Budget declares it, so
+    pydantic names the key and its line when a value is out of range."""
+    keys: dict[str, Any] = {}
+    for f, option in option_fields():
+        if option.from_build:
+            continue
+        value = budget_value(f.name)
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        keys[f.name] = (value | None if f.default is None else value, default)
+    return keys
+
+
+class _Criteria(_Section):
     criterion: list[Criterion] = [DEAD]
-    # the budget: meanings, defaults and checks are deploysparse.budget.Budget's (as for the CLI)
-    ratio: Fraction | None = _BUDGET.ratio
-    flops_target: Fraction | None = _BUDGET.flops_target
-    latency_target: Fraction | None = _BUDGET.latency_target  # measured on build.backend at batch opt
-    latency_allocation: str = _BUDGET.latency_allocation  # checked by Budget: LATENCY_ALLOCATIONS
-    max_layer_ratio: Fraction | None = _BUDGET.max_layer_ratio
-    min_channels: Positive = _BUDGET.min_channels
-    round_to: Positive = _BUDGET.round_to
-    protect: list[str] = list(_BUDGET.protect)
-    dead_threshold: Annotated[float, Field(ge=0.0)] = 1e-3  # near-zero filters count as dead (measured)
 
     @field_validator("criterion", mode="before")
     @classmethod
     def _one_criterion_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+
+_BudgetKeys: Any = create_model("_BudgetKeys", __base__=_Criteria, **_budget_keys())
+
+
+class PruneSettings(_BudgetKeys):
+    """Which channels to remove and how many.
+
+    With neither `ratio` nor `flops_target`, only the channels the criteria prove useless (dead
+    filters) go; with one of them, the criteria rank channels and the budget decides how many go.
+    The budget keys are deploysparse.budget.Budget's fields (meanings, defaults and checks as for
+    the CLI); a latency target is measured on build.backend at the build's optimal batch.
+    """
+
+    dead_threshold: Annotated[float, Field(ge=0.0)] = 1e-3  # near-zero filters count as dead (measured)
+
     @model_validator(mode="after")
     def _one_budget(self) -> PruneSettings:
         if not self.criterion:
             raise ValueError("criterion needs at least one criterion, e.g. [dead]")
+        from deploysparse.criteria import budget_for
+
         try:
-            budget = self.budget()
+            budget_for(self.ranking[0] if self.ranking else DEAD, self.budget())
         except UsageError as exc:
             raise ValueError(str(exc)) from None
-        if set(self.criterion) == {DEAD} and budget.targeted:
-            raise ValueError(
-                "ratio/flops_target need a ranking criterion after dead (l1, l2, bn-scale, pfp, similarity)"
-            )
         return self
+
+    @property
+    def ranking(self) -> list[str]:
+        """The criteria after `dead`: the ones that rank channels (a run takes one)."""
+        return [c for c in self.criterion if c != DEAD]
 
     def budget(self) -> Budget:
         """The Budget these settings describe (a latency target's backend and batch: Recipe.budget)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(Budget) if hasattr(self, f.name)}
-        return Budget(**fields)
+        return Budget(
+            **{f.name: getattr(self, f.name) for f, option in option_fields() if not option.from_build}
+        )
 
 
 class BuildSettings(_Section):
@@ -121,7 +148,7 @@ class BuildSettings(_Section):
     """
 
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Precision = DEFAULT_PRECISION
     batch: list[Positive] = [1, 1, 1]
     shapes: dict[str, list[list[Positive]]] = {}
     workspace_mb: Positive | None = None
@@ -215,6 +242,11 @@ class Recipe(_Section):
             if outside:
                 raise ValueError(f"bench batches {outside} lie outside build.batch [{low}, {high}]")
         return self
+
+    def budget(self) -> Budget:
+        """The recipe's Budget: the `prune:` keys, with a latency target measured where the model is
+        built (the Budget fields a recipe sets from its build section: its backend and optimal batch)."""
+        return Budget.of(self.prune.budget(), backend=self.build.backend, batch=self.build.batch[1])
 
     def calibration_path(self) -> Path | None:
         """The recipe's calibration data, resolved against the recipe's folder."""

@@ -35,9 +35,15 @@ from deploysparse.backends import get_backend
 from deploysparse.backends.base import Runner
 from deploysparse.calibration import InputSpec, batches, load_calibration, sample_count
 from deploysparse.errors import CalibrationError, UsageError
+from deploysparse.precision import (
+    DEFAULT_PRECISION,
+    DEFAULT_TOLERANCES,
+    PRECISIONS,
+    Tolerances,
+    check_precision,
+)
 
 DEFAULT_BATCH = 32
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class _PrecisionDefault:
@@ -49,31 +55,6 @@ class _PrecisionDefault:
 
 PRECISION_DEFAULT: Any = _PrecisionDefault()
 
-
-@dataclass
-class Tolerances:
-    """Pass criteria; None switches a check off. An element passes when
-    |compact - original| <= atol + rtol * |original| (a None bound counts as 0, both None: no check)."""
-
-    atol: float | None = 1e-4
-    rtol: float | None = 1e-3
-    min_cosine: float | None = 0.999
-    min_top1: float | None = None
-    max_accuracy_drop: float | None = None
-
-    @property
-    def elementwise(self) -> bool:
-        return self.atol is not None or self.rtol is not None
-
-
-# fp32: a compact model sums the same products in another order (float32 rounding, ~1e-6 relative);
-# fp16: 11-bit mantissas (~1e-3 relative per op, compounded over layers); int8: every activation is
-# rounded to 1/127 of its range, so only the direction of the output and the predictions are judged.
-DEFAULT_TOLERANCES: dict[str, Tolerances] = {
-    "fp32": Tolerances(atol=1e-4, rtol=1e-3, min_cosine=0.999),
-    "fp16": Tolerances(atol=1e-2, rtol=1e-2, min_cosine=0.995),
-    "int8": Tolerances(atol=None, rtol=None, min_cosine=0.98, min_top1=0.9),
-}
 
 _INT8_OPS = {
     "QuantizeLinear",
@@ -96,25 +77,23 @@ def detect_precision(model: str | os.PathLike[str]) -> str:
             value = json.loads(metadata.read_text(encoding="utf-8")).get("precision")
         except (OSError, ValueError, AttributeError):
             value = None
-        return value if value in PRECISIONS else "fp32"
+        return value if value in PRECISIONS else DEFAULT_PRECISION
     try:
         import onnx
 
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:
-        return "fp32"  # the runner reports an unreadable model with its name
+        return DEFAULT_PRECISION  # the runner reports an unreadable model with its name
     if any(node.op_type in _INT8_OPS for node in proto.graph.node):
         return "int8"
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
         return "fp16"
-    return "fp32"
+    return DEFAULT_PRECISION
 
 
 def resolve_tolerances(precision: str, **given: Any) -> Tolerances:
     """The precision's defaults, overridden by every tolerance given (None: that check off)."""
-    if precision not in DEFAULT_TOLERANCES:
-        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    base = asdict(DEFAULT_TOLERANCES[precision])
+    base = asdict(DEFAULT_TOLERANCES[check_precision(precision)])
     for key, value in given.items():
         if value is PRECISION_DEFAULT:
             continue
@@ -156,7 +135,7 @@ class ValidationReport:
     samples: int
     outputs: list[OutputReport]
     tolerances: Tolerances
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     accuracy_original: float | None = None
     accuracy_compact: float | None = None
     failures: list[str] = field(default_factory=list)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from deploysparse.errors import ModelLoadError, UsageError
-from deploysparse.frontend.model_source import resolve_model
+from deploysparse.frontend.model_source import is_entry_point, resolve_model
 
 _MODELS = """
 from torch import nn
@@ -96,3 +96,39 @@ def test_bare_onnx_is_used_in_place(tmp_path: Path) -> None:
 def test_bad_model_arguments(tmp_path: Path, model: str, error: type, words: str) -> None:
     with pytest.raises(error, match=words):
         resolve_model(model, workdir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "entry_point"),
+    [
+        ("x.onnx", False),
+        ("X.ONNX", False),
+        ("pkg.mod:fn", True),
+        ("pkg.mod:Factory.build", True),
+        ("models/net.py:build", True),  # torch_loader imports a .py file by path
+        ("mydata:load", True),  # a sweep's data function
+        ("C:\\path\\m.onnx", False),
+        ("C:/models/m.pt", False),  # a Windows drive, not module C
+        ("./dir/m.onnx", False),
+        ("dir/m.onnx", False),
+        ("./data:x", False),  # the module is no dotted name
+        ("pkg.mod:", False),
+        (":fn", False),
+        ("pkg.mod:fn-v2", False),
+        ("resnet18", False),
+        ("calib.npy", False),
+    ],
+)
+def test_is_entry_point(text: str, entry_point: bool) -> None:
+    assert is_entry_point(text) is entry_point
+
+
+def test_a_file_that_exists_is_a_file_even_with_a_colon(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "run:v2").write_bytes(b"")  # a name an entry point could have
+    monkeypatch.chdir(tmp_path)
+    assert not is_entry_point("run:v2")
+    assert is_entry_point("run:v3")
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    assert is_entry_point("run:v2", folder=elsewhere)  # looked for where the caller's paths start
+    assert not is_entry_point("run:v2", folder=tmp_path)

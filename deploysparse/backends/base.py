@@ -17,16 +17,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from deploysparse.calibration import InputSpec
 from deploysparse.errors import UsageError
 from deploysparse.input_shapes import parse_shape
+from deploysparse.precision import check_precision as check_precision  # what every backend checks
 
-Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 ShapeTriple = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
@@ -110,12 +108,6 @@ class Backend(ABC):
         """One-shot convenience: open `path`, run `feeds` once, close."""
         with self.runner(path) as runner:
             return runner.run(feeds)
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
 
 
 def parse_shapes(specs: list[str] | tuple[str, ...] | str | None) -> dict[str, ShapeTriple]:

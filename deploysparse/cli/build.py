@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
+from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
 
 
 @click.command("build")
@@ -15,7 +16,7 @@ from deploysparse import progress
 @click.option(
     "--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True
 )
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True)
 @click.option(
     "--calib", help="Calibration data for int8: .npy, .npz keyed by input name, or an image folder."
 )

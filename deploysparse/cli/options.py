@@ -11,58 +11,40 @@ from typing import Any
 import click
 
 from deploysparse import input_shapes
-from deploysparse.budget import DEAD, LATENCY_ALLOCATIONS, Budget
+from deploysparse.budget import DEAD, Budget, Option, flag, option_fields, value_type
 from deploysparse.errors import UsageError
 
-_DEFAULT = Budget()
-
 # The budget's options: one click option per Budget field, named after it (--flops-target ->
-# flops_target), default from Budget. Help text is the only thing said here.
-_BUDGET_HELP: dict[str, tuple[Any, str]] = {
-    "ratio": (float, "Remove this fraction of the prunable channels."),
-    "flops_target": (float, "Keep this fraction of the FLOPs (MACs)."),
-    "latency_target": (
-        float,
-        "Keep this fraction of the latency measured on --backend at --batch (per-layer tables, cached).",
-    ),
-    "backend": (click.Choice(["onnxruntime", "tensorrt"]), "Where --latency-target is measured."),
-    "batch": (int, "Batch size --latency-target is measured at."),
-    "latency_allocation": (
-        click.Choice(list(LATENCY_ALLOCATIONS)),
-        "How --latency-target picks where to cut: the global score threshold (as --flops-target) walked "
-        "by predicted latency, or HALP's knapsack (most importance per millisecond).",
-    ),
-    "max_layer_ratio": (float, "Remove at most this fraction of any one group."),
-    "min_channels": (int, "Keep at least this many per group."),
-    "round_to": (
-        int,
-        "Keep channel counts a multiple of N (default 16: what blocked CPU kernels and tensor cores want; 1 turns it off).",
-    ),
-    "protect": (str, "Group id or producer node name to leave alone (repeatable)."),
-}
+# flops_target), with the help, default and choices the field declares (deploysparse.budget.options).
+# Only the backend names come from elsewhere: the backends.
+_CHOICES: dict[str, click.Choice] = {"backend": click.Choice(["onnxruntime", "tensorrt"])}
 
 
 def budget_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one option per Budget field to a click command; `budget_from(kwargs)` reads them back."""
-    names = [f.name for f in dataclasses.fields(Budget)]
-    if sorted(names) != sorted(_BUDGET_HELP):
-        raise AssertionError(f"cli/options.py: help for budget fields {names} out of date")
-    for name in reversed(names):
-        kind, help_text = _BUDGET_HELP[name]
-        default = getattr(_DEFAULT, name)
-        flag = "--" + name.replace("_", "-")
-        if name == "protect":
-            command = click.option(flag, multiple=True, help=help_text)(command)
-        elif name in ("backend", "batch"):
-            command = click.option(flag, name, type=kind, default=default, show_default=True, help=help_text)(
-                command
-            )
-        else:
-            kind = FiniteFloat() if kind is float else kind  # NaN is no budget
-            command = click.option(
-                flag, type=kind, default=default, show_default=default is not None, help=help_text
-            )(command)
+    for f, option in reversed(list(option_fields())):
+        kind = value_type(f.name)
+        if kind is tuple:  # a list of names: the option is repeated
+            command = click.option(flag(f.name), multiple=True, help=option.help)(command)
+            continue
+        command = click.option(
+            flag(f.name),
+            type=_option_type(f.name, option, kind),
+            default=f.default,
+            show_default=f.default is not None,
+            help=option.help,
+        )(command)
     return command
+
+
+def _option_type(name: str, option: Option, kind: type) -> click.ParamType:
+    """The click type of a Budget field: its choices, or its value type (a float must be finite: NaN
+    is no budget). Ranges are Budget's to check, with the same message everywhere."""
+    if option.choices:
+        return click.Choice(list(option.choices))
+    if name in _CHOICES:
+        return _CHOICES[name]
+    return FiniteFloat() if kind is float else click.types.convert_type(kind)
 
 
 def budget_from(options: dict[str, Any]) -> Budget:
@@ -80,9 +62,9 @@ class CriterionChoice(click.Choice):
 
     @property
     def choices(self) -> tuple[str, ...]:
-        from deploysparse.criteria import CRITERION_NAMES
+        from deploysparse.criteria import criterion_names
 
-        return CRITERION_NAMES
+        return criterion_names()
 
     @choices.setter
     def choices(self, _value: Any) -> None:

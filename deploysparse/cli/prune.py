@@ -9,7 +9,6 @@ from typing import Any
 import click
 from rich.console import Console
 
-from deploysparse.budget import DEAD, Budget
 from deploysparse.cli.options import (
     analysis_options,
     budget_from,
@@ -18,7 +17,6 @@ from deploysparse.cli.options import (
     echo_json,
     parse_input_shapes,
 )
-from deploysparse.errors import UsageError
 
 
 @click.command("prune")
@@ -52,6 +50,7 @@ def command(
 ) -> None:
     """Prune MODEL (.onnx or package.module:factory) and write the compact ONNX to OUTPUT."""
     from deploysparse import api
+    from deploysparse.criteria import budget_for
     from deploysparse.output_guard import reads, refuse_overlap, writes
 
     budget = budget_from(budget_fields)
@@ -65,12 +64,7 @@ def command(
         ],
     )
     shapes = parse_input_shapes(input_shape)
-    if criterion == DEAD and budget.targeted:
-        raise UsageError(
-            "--ratio/--flops-target need a ranking criterion (l1, l2, bn-scale, pfp, similarity)"
-        )
-    if criterion == DEAD:  # dead filters go whatever the budget; only the rounding applies
-        budget = Budget(round_to=budget.round_to)
+    budget = budget_for(criterion, budget)  # dead: no target, and of the limits only the rounding
     with tempfile.TemporaryDirectory(prefix="deploysparse-") as workdir:
         onnx_path, module = _resolve(model, weights, shapes, workdir, calib)
         result = api.prune(
@@ -117,24 +111,28 @@ def command(
 
 
 def _resolve(model: str, weights: str | None, shapes, workdir: str, calib: str | None):
-    """(.onnx path, nn.Module or None) for MODEL; an entry point is exported first (needs the
-    PyTorch extra) and its module kept so criteria read activations through forward hooks."""
-    if model.lower().endswith(".onnx") and weights is None:
-        return model, None
-    from deploysparse.frontend.model_source import resolve_model
+    """(.onnx path, nn.Module or None) for MODEL, as deploysparse.frontend.model_source reads it: a
+    file as is, an entry point exported first (needs the PyTorch extra) and its module kept so
+    criteria read activations through forward hooks."""
+    from deploysparse.frontend.model_source import is_entry_point, resolve_model
 
-    calib_shape = None
-    if calib and calib.endswith(".npy"):
-        import numpy as np
-
-        from deploysparse.errors import CalibrationError
-
-        try:
-            calib_shape = (1, *np.load(calib, mmap_mode="r").shape[1:])
-        except (OSError, ValueError) as exc:
-            raise CalibrationError(f"{calib}: not a readable .npy array ({exc})") from exc
+    calib_shape = _calib_shape(calib) if is_entry_point(model) else None
     shape = next(iter(shapes.values())) if shapes else None
     resolved = resolve_model(
         model, weights=weights, input_shape=shape, workdir=workdir, calib_shape=calib_shape
     )
     return str(resolved.onnx_path), resolved.module
+
+
+def _calib_shape(calib: str | None) -> tuple[int, ...] | None:
+    """The shape of one sample of a .npy calibration array (an entry point's input shape)."""
+    if not (calib and calib.endswith(".npy")):
+        return None
+    import numpy as np
+
+    from deploysparse.errors import CalibrationError
+
+    try:
+        return (1, *np.load(calib, mmap_mode="r").shape[1:])
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{calib}: not a readable .npy array ({exc})") from exc

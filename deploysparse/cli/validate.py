@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
+from deploysparse.precision import PRECISIONS, defaults_help
 
 
 def _tolerance(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -52,25 +53,27 @@ def _off_or_float(value: str | None):
 @click.option(
     "--atol",
     callback=_tolerance,
-    help="Absolute tolerance per element ('off' to skip) [fp32 1e-4, fp16 1e-2, int8 off].",
+    help=f"Absolute tolerance per element ('off' to skip) {defaults_help('atol')}.",
 )
 @click.option(
     "--rtol",
     callback=_tolerance,
-    help="Tolerance relative to |original| per element [fp32 1e-3, fp16 1e-2, int8 off].",
+    help=f"Tolerance relative to |original| per element {defaults_help('rtol')}.",
 )
 @click.option(
     "--min-cosine",
     callback=_tolerance,
-    help="Minimum cosine similarity per output [fp32 0.999, fp16 0.995, int8 0.98].",
+    help=f"Minimum cosine similarity per output {defaults_help('min_cosine')}.",
 )
 @click.option(
     "--min-top1",
     callback=_tolerance,
-    help="Minimum top-1 agreement for (N, classes) outputs [int8 0.9, else off].",
+    help=f"Minimum top-1 agreement for (N, classes) outputs {defaults_help('min_top1')}.",
 )
 @click.option(
-    "--max-acc-drop", callback=_tolerance, help="Maximum accuracy drop (fraction) with --labels [off]."
+    "--max-acc-drop",
+    callback=_tolerance,
+    help=f"Maximum accuracy drop (fraction) with --labels {defaults_help('max_accuracy_drop')}.",
 )
 @click.option(
     "--batch",
@@ -82,7 +85,7 @@ def _off_or_float(value: str | None):
 )
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "fp16", "int8"]),
+    type=click.Choice(["auto", *PRECISIONS]),
     default="auto",
     show_default=True,
     help="Precision of COMPACT, which sets the default tolerances (auto: read from the model).",

@@ -3,6 +3,12 @@
 Every criterion scores a group's channels (higher = more important); a few add a step of their own:
 PFP allocates the budget itself (one global eps), similarity re-chooses the kept channels by
 clustering and merges the rest into them, inactive reports the channels that never fire as dead.
+
+The registry (`register_criterion`) is the one list of criteria: --criterion's choices, the names a
+recipe and a sweep accept, and the errors that list them are read from it when they are needed, so a
+criterion registered from outside the package is accepted everywhere. `dead` is no criterion: it
+removes the analysis' provably constant filters, which every plan removes first, and ranks nothing,
+so it takes no budget target (`budget_for`).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from deploysparse.budget import DEAD, Budget, make_plan
+from deploysparse.budget import DEAD, Budget, allocate_latency, describe_targets, make_plan
 from deploysparse.criteria.base import Criterion, CriterionContext
 from deploysparse.criteria.bn_scale import BN_SCALE
 from deploysparse.criteria.inactive import INACTIVE
@@ -19,22 +25,56 @@ from deploysparse.criteria.magnitude import L1, L2
 from deploysparse.criteria.pfp import PFP, PFP_RANDOM
 from deploysparse.criteria.similarity import SIMILARITY
 from deploysparse.errors import CalibrationError, UsageError
-from deploysparse.latency import allocate_latency
 
-CRITERIA: dict[str, Criterion] = {
-    c.name: c for c in (L1, L2, BN_SCALE, INACTIVE, PFP, PFP_RANDOM, SIMILARITY)
-}
-CRITERION_NAMES: tuple[str, ...] = (DEAD, *CRITERIA)  # what --criterion and a recipe accept:
-# `dead` is no Criterion, the analysis' provably constant filters, which every plan removes first
+CRITERIA: dict[str, Criterion] = {}  # the registry: name -> criterion; change it with register_criterion
 
 __all__ = [
     "CRITERIA",
-    "CRITERION_NAMES",
     "CriterionContext",
+    "budget_for",
+    "criterion_names",
     "get_criterion",
     "make_criterion_plan",
     "plan_with",
+    "register_criterion",
+    "takes_budget",
+    "unregister_criterion",
 ]
+
+
+def register_criterion(name: str, criterion: Criterion, *, replace: bool = False) -> Criterion:
+    """Teach the package a criterion: `prune --criterion NAME`, `api.prune(criterion=NAME)`, recipes
+    and sweeps accept it from now on, without editing the package.
+
+    `criterion` implements the Criterion protocol (`name`, `needs_data`, `score`, and any of the
+    optional extras `plan_with` looks up) and calls itself `name`. A criterion already registered
+    under the name is an error unless `replace=True`, so two libraries cannot silently override each
+    other. Returns the criterion.
+    """
+    if not isinstance(criterion, Criterion):
+        raise TypeError(f"criterion {name!r}: needs name, needs_data and score(group, ctx) (Criterion)")
+    if criterion.name != name:
+        raise ValueError(f"criterion registered as {name!r} calls itself {criterion.name!r}")
+    if name == DEAD:
+        raise ValueError(f"{DEAD!r} names the analysis' dead filters, which every plan removes first")
+    if name in CRITERIA and not replace:
+        raise ValueError(f"a criterion named {name!r} is already registered (pass replace=True to override)")
+    CRITERIA[name] = criterion
+    return criterion
+
+
+def unregister_criterion(name: str) -> None:
+    """Forget the criterion registered under `name` (nothing when there is none)."""
+    CRITERIA.pop(name, None)
+
+
+for _builtin in (L1, L2, BN_SCALE, INACTIVE, PFP, PFP_RANDOM, SIMILARITY):
+    register_criterion(_builtin.name, _builtin)
+
+
+def criterion_names() -> tuple[str, ...]:
+    """What --criterion, a recipe and a sweep accept now: `dead` and every registered criterion."""
+    return (DEAD, *CRITERIA)
 
 
 def get_criterion(name: str) -> Criterion:
@@ -45,6 +85,29 @@ def get_criterion(name: str) -> Criterion:
         raise UsageError(
             f"--criterion {name}: unknown; choose one of {', '.join(sorted(CRITERIA))}"
         ) from None
+
+
+def takes_budget(name: str) -> bool:
+    """Whether criterion `name` spends a budget's target: every registered criterion ranks channels
+    and does; `dead` removes the provably constant filters whatever the budget."""
+    if name == DEAD:
+        return False
+    get_criterion(name)  # an unknown name is a UsageError, not a criterion without a budget
+    return True
+
+
+def budget_for(criterion: str, budget: Budget) -> Budget:
+    """The budget `criterion` runs under: the whole budget for a criterion that ranks; for `dead` a
+    target is an error (UsageError naming the criteria that rank) and of the limits only round_to
+    applies (a recipe's limits wait for a ranking criterion)."""
+    if takes_budget(criterion):
+        return budget
+    if budget.targeted:
+        raise UsageError(
+            f"criterion {criterion} takes no budget ({describe_targets(budget)}): it removes only the "
+            f"provably constant filters; a target needs a criterion that ranks channels: {', '.join(CRITERIA)}"
+        )
+    return Budget(round_to=budget.round_to)
 
 
 def plan_with(

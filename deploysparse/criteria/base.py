@@ -81,7 +81,8 @@ class CriterionContext:
 
 @runtime_checkable
 class Criterion(Protocol):
-    """The one signature every criterion implements.
+    """The one signature every criterion implements (register one with
+    deploysparse.criteria.register_criterion; docs/design.md walks through it).
 
     Optional extras a criterion may define (looked up with getattr by `plan_with`):
       merges(group, ctx, keep, dead) -> (keep, [(src, dst, factor)])  re-chooses the kept set, merges

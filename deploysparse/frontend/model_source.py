@@ -2,7 +2,8 @@
 
 `deploysparse prune resnet.onnx` and `deploysparse prune mymodels:resnet18 --weights r18.pt
 --input-shape 1,3,224,224` take the same path from here on. torch is imported only for an entry
-point, so a bare-ONNX user never pays for (or needs) it.
+point, so a bare-ONNX user never pays for (or needs) it. Whether a text names a file or an entry
+point is decided here only (`is_entry_point`): `prune`, `run` and a sweep's models and data ask.
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ def resolve_model(
     """
     shape = _as_shape(input_shape)
     path = Path(model)
+    if is_entry_point(model):
+        return _resolve_entry_point(model, weights, shape, Path(workdir), calib_shape, exporter)
     if model.lower().endswith(".onnx"):
         if not path.exists():
             raise ModelLoadError(f"{model}: no such file")
         if weights is not None:
             raise UsageError(f"--weights applies to a PyTorch entry point, not to the ONNX file {model}")
         return ResolvedModel(onnx_path=path, module=None, input_shape=shape, source="onnx")
-    if ":" in model and not _is_windows_drive(model):
-        return _resolve_entry_point(model, weights, shape, Path(workdir), calib_shape, exporter)
     if path.suffix.lower() in _CHECKPOINT_SUFFIXES:
         raise UsageError(
             f"{model} is a weights file; name the architecture as an entry point and pass the file as "
@@ -65,6 +66,26 @@ def resolve_model(
     if path.exists():
         raise UsageError(f"{model}: not an .onnx file and not an entry point 'package.module:factory'")
     raise ModelLoadError(f"{model}: no such file, and not an entry point 'package.module:factory'")
+
+
+def is_entry_point(text: str, folder: str | os.PathLike[str] | None = None) -> bool:
+    """Whether `text` names a Python callable (`package.module:attr`, `path/file.py:attr`) rather
+    than a file. A file wins: a name ending in .onnx (any case), a Windows drive path (`C:\\m.onnx`)
+    and a path that exists (relative to `folder` when given, as a sweep's paths are) are files, colon
+    or not; so is anything whose module or attribute is not a dotted Python name."""
+    if text.lower().endswith(".onnx") or _is_windows_drive(text):
+        return False
+    module, sep, attr = text.partition(":")
+    if not (sep and module and attr) or not _dotted_name(attr):
+        return False
+    if not (module.endswith(".py") or _dotted_name(module)):
+        return False
+    path = Path(text)
+    return not (path if folder is None or path.is_absolute() else Path(folder) / path).exists()
+
+
+def _dotted_name(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
 
 
 def _resolve_entry_point(

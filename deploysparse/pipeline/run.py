@@ -119,9 +119,7 @@ def _refuse_unsafe_outdir(recipe: Recipe, inputs: RunInputs, outdir: Path) -> No
 
 
 def _resolve_source(inputs: RunInputs, staging: Path) -> str:
-    if inputs.model.lower().endswith(".onnx") and inputs.weights is None:
-        return inputs.model
-    from deploysparse.frontend.model_source import resolve_model
+    from deploysparse.frontend.model_source import resolve_model  # a file as is, an entry point exported
 
     resolved = resolve_model(
         inputs.model, weights=inputs.weights, input_shape=inputs.input_shape, workdir=staging / "source"

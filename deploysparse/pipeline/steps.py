@@ -13,7 +13,6 @@ copy the measurement times beside it, so a point and a run produce the same repo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -29,7 +28,7 @@ from deploysparse import api
 from deploysparse.atomic import write_text
 from deploysparse.backends import get_backend
 from deploysparse.backends.base import BuildResult
-from deploysparse.budget import DEAD, Budget
+from deploysparse.budget import DEAD
 from deploysparse.errors import UsageError
 from deploysparse.modelio import load_model, save_model
 from deploysparse.pipeline.original import OriginalFacts
@@ -108,12 +107,12 @@ def prune_with_recipe(
 
     With `original_model` (`source` loaded) prune analyses a copy of it and leaves it unchanged."""
     p = recipe.prune
-    ranking = [c for c in p.criterion if c != DEAD]
+    ranking = p.ranking
     if len(ranking) > 1:
         raise UsageError(f"a recipe runs one ranking criterion after 'dead', got {ranking}")
-    budget = dataclasses.replace(p.budget(), backend=recipe.build.backend, batch=recipe.build.batch[1])
-    if not ranking:
-        budget = Budget(round_to=budget.round_to)
+    from deploysparse.criteria import budget_for
+
+    budget = budget_for(ranking[0] if ranking else DEAD, recipe.budget())
     return api.prune(
         source if original_model is None else original_model,
         criterion=ranking[0] if ranking else DEAD,

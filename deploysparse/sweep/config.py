@@ -18,16 +18,21 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from deploysparse.budget import DEAD, TARGETS
+from deploysparse.criteria import criterion_names, takes_budget
 from deploysparse.errors import DeploysparseError
+from deploysparse.frontend.model_source import is_entry_point
 from deploysparse.recipe import (
-    CRITERIA,
     Criterion,
+    Precision,
     Recipe,
     RecipeError,
+    budget_value,
     describe_validation_error,
     load_recipe,
     read_yaml_mapping,
@@ -35,9 +40,8 @@ from deploysparse.recipe import (
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Positive = Annotated[int, Field(ge=1)]
-Precision = Literal["fp32", "fp16", "int8"]
 Backend = Literal["onnxruntime", "tensorrt"]
-BUDGET_KEYS = ("flops_target", "ratio", "latency_target")
+BUDGET_KEYS = TARGETS  # the budget axis: every target a Budget declares (ratio, flops_target, latency_target)
 
 
 class SweepError(DeploysparseError):
@@ -58,7 +62,9 @@ class ModelSpec(_Section):
 
     @property
     def label(self) -> str:
-        return self.name or Path(self.model.rsplit(":", 1)[-1]).name
+        if self.name:
+            return self.name
+        return self.model.rpartition(":")[2] if is_entry_point(self.model) else Path(self.model).name
 
 
 class DataSpec(_Section):
@@ -85,13 +91,22 @@ class Range(_Section):
         return self
 
 
-class Axes(_Section):
+class _CriterionAxis(_Section):
+    criterion: list[Criterion] | None = None  # ranking criterion after `dead` (or `dead` alone)
+
+
+# One axis per budget target, its values bounded as the recipe's key (a Range for a search algorithm);
+# a latency target is measured on the point's backend and batch.
+_BudgetAxes: Any = create_model(
+    "_BudgetAxes",
+    __base__=_CriterionAxis,
+    **{key: (list[budget_value(key)] | Range | None, None) for key in BUDGET_KEYS},
+)
+
+
+class Axes(_BudgetAxes):
     """The settings that vary; a missing axis takes the base recipe's value."""
 
-    criterion: list[Criterion] | None = None  # ranking criterion after `dead` (or `dead` alone)
-    flops_target: list[Fraction] | Range | None = None
-    ratio: list[Fraction] | Range | None = None
-    latency_target: list[Fraction] | Range | None = None  # measured on the point's backend and batch
     precision: list[Precision] | None = None
     backend: list[Backend] | None = None
     batch: list[Positive] | None = None  # benchmark batch size (and the build's optimal batch)
@@ -119,8 +134,7 @@ class Finetune(_Section):
     @field_validator("function")
     @classmethod
     def _entry_point(cls, value: str) -> str:
-        module, sep, attr = value.partition(":")
-        if not sep or not module or not attr:
+        if not is_entry_point(value):
             raise ValueError(f"expected 'package.module:function', got {value!r}")
         return value
 
@@ -205,9 +219,7 @@ class Sweep(_Section):
         if ranges and self.search.algorithm == "grid":
             raise ValueError(f"axes.{ranges[0]}: a range needs a search algorithm (search: random)")
         if ranges and sum(getattr(self.axes, k) is not None for k in BUDGET_KEYS) > 1:
-            raise ValueError(
-                "with a search algorithm give one budget axis: flops_target, ratio or latency_target"
-            )
+            raise ValueError(f"with a search algorithm give one budget axis: {' or '.join(BUDGET_KEYS)}")
         return self
 
     @property
@@ -221,19 +233,24 @@ class Sweep(_Section):
             raise SweepError("the base recipe is resolved by load_sweep")
         return self._base
 
+    @property
+    def folder(self) -> Path | None:
+        """The sweep file's folder: its relative paths start there."""
+        return self.source.parent if self.source is not None else None
+
+    def is_entry_point(self, text: str) -> bool:
+        """Whether a model or data text of this sweep names a callable rather than a file
+        (deploysparse.frontend.model_source decides; a file is looked for in the sweep's folder)."""
+        return is_entry_point(text, self.folder)
+
     def resolve(self, path: str | None) -> str | None:
         """A path from the sweep file, relative to the sweep file's folder (entry points unchanged)."""
-        if path is None or is_entry_point(path) or self.source is None or Path(path).is_absolute():
+        if path is None or self.folder is None or self.is_entry_point(path) or Path(path).is_absolute():
             return path
-        return str(self.source.parent / path)
+        return str(self.folder / path)
 
     def model_specs(self) -> list[ModelSpec]:
         return [m for m in self.models if isinstance(m, ModelSpec)]
-
-
-def is_entry_point(text: str) -> bool:
-    module, sep, attr = text.partition(":")
-    return bool(sep and module and attr and "/" not in module and not module.endswith(".onnx"))
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -250,7 +267,7 @@ def load_sweep(path: str | Path) -> Sweep:
     sweep._source = path
     sweep._base = _base_recipe(sweep.recipe, path, root)
     for spec in sweep.model_specs():
-        if spec.model.lower().endswith(".onnx") and spec.weights is not None:
+        if spec.weights is not None and not sweep.is_entry_point(spec.model):
             raise SweepError(f"{path}: models: weights apply to an entry point, not to {spec.model}")
     return sweep
 
@@ -271,12 +288,12 @@ def _base_recipe(recipe: str | dict[str, Any], sweep_path: Path, root: Any) -> R
 def grid_settings(sweep: Sweep) -> list[dict[str, Any]]:
     """Every combination of the axes, each a dict of the settings that differ from the base recipe.
 
-    Budgets are one axis: each flops_target, ratio and latency_target value is one budget.
+    Budgets are one axis: each value of a target (BUDGET_KEYS: ratio, flops_target, latency_target) is
+    one budget.
     """
     base = sweep.base_recipe
     axes = sweep.axes
-    ranking = [c for c in base.prune.criterion if c != "dead"]
-    criteria = axes.criterion or (ranking[:1] or ["dead"])
+    criteria = axes.criterion or (base.prune.ranking[:1] or [DEAD])
     budgets: list[tuple[str, float] | None] = [
         (key, value) for key in BUDGET_KEYS for value in (getattr(axes, key) or [])
     ]
@@ -293,7 +310,7 @@ def grid_settings(sweep: Sweep) -> list[dict[str, Any]]:
     points = []
     for criterion, budget, precision, backend, batch in combos:
         settings: dict[str, Any] = {"criterion": criterion}
-        if criterion != "dead" and budget is not None:
+        if budget is not None and takes_budget(criterion):
             settings[budget[0]] = budget[1]
         settings.update(precision=precision, backend=backend, batch=batch)
         if settings not in points:
@@ -305,15 +322,15 @@ def point_recipe(base: Recipe, settings: dict[str, Any]) -> Recipe:
     """The base recipe with one point's settings, validated by the recipe schema."""
     data = base.model_dump(mode="json", by_alias=True)
     criterion = settings["criterion"]
-    if criterion not in CRITERIA:
-        raise SweepError(f"criterion {criterion!r} is not one of {', '.join(CRITERIA)}")
+    if criterion not in criterion_names():
+        raise SweepError(f"criterion {criterion!r} is not one of {', '.join(criterion_names())}")
     prune = data["prune"]
-    prune["criterion"] = ["dead"] if criterion == "dead" else ["dead", criterion]
+    prune["criterion"] = [DEAD, criterion] if takes_budget(criterion) else [DEAD]
     for key in BUDGET_KEYS:
         prune[key] = settings.get(key)
-    if criterion != "dead" and not any(prune[k] for k in BUDGET_KEYS):
+    if takes_budget(criterion) and not any(prune[k] for k in BUDGET_KEYS):
         raise SweepError(
-            f"criterion {criterion} needs a budget: give axes.flops_target, axes.ratio or axes.latency_target"
+            f"criterion {criterion} needs a budget: give {' or '.join(f'axes.{k}' for k in BUDGET_KEYS)}"
         )
     batch = int(settings["batch"])
     low, _, high = data["build"]["batch"]

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from deploysparse.atomic import atomic_path
-from deploysparse.errors import UsageError
+from deploysparse.errors import ModelLoadError, UsageError
+from deploysparse.frontend.model_source import resolve_model
 from deploysparse.hashing import sha256_file
-from deploysparse.sweep.config import ModelSpec, Sweep, SweepError, is_entry_point
+from deploysparse.sweep.config import ModelSpec, Sweep, SweepError
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def prepare_inputs(sweep: Sweep, store: Path) -> PreparedInputs:
     labels = None
     if sweep.data.val is None:
         val = calib
-    elif is_entry_point(sweep.data.val):
+    elif sweep.is_entry_point(sweep.data.val):
         value = _call(sweep, sweep.data.val, "data.val")
         if isinstance(value, tuple):
             if len(value) != 2:
@@ -123,7 +124,7 @@ def prepare_inputs(sweep: Sweep, store: Path) -> PreparedInputs:
 
 
 def _data_blob(sweep: Sweep, text: str, key: str, store: Path) -> Blob:
-    if is_entry_point(text):
+    if sweep.is_entry_point(text):
         value = _call(sweep, text, key)
         if isinstance(value, tuple):
             raise SweepError(f"{key}: {text} returned a tuple; only data.val may return (inputs, labels)")
@@ -191,31 +192,27 @@ def _finetune_function(sweep: Sweep) -> tuple[Callable[..., Any], str]:
 def _model(
     sweep: Sweep, spec: ModelSpec, store: Path, calib_shape: list[int] | None, need_module: bool
 ) -> PreparedModel:
-    if spec.model.lower().endswith(".onnx"):
-        if need_module:
-            raise SweepError(
-                f"models: {spec.model}: fine-tuning needs the PyTorch model; name it as 'package.module:factory'"
-            )
-        path = Path(sweep.resolve(spec.model) or spec.model)
-        if not path.is_file():
-            raise SweepError(f"models: {path}: no such file")
-        return PreparedModel(spec, store_file(path, store, ".onnx"))
-    from deploysparse.frontend.model_source import resolve_model
-
-    folder = sweep.source.parent if sweep.source else None
-    if folder is not None and str(folder) not in sys.path:
-        sys.path.append(str(folder))
+    """The model as an .onnx blob in `store`: a file copied, an entry point exported (its module kept
+    for fine-tuning); resolve_model decides which and refuses what is neither."""
+    if need_module and not sweep.is_entry_point(spec.model):
+        raise SweepError(
+            f"models: {spec.model}: fine-tuning needs the PyTorch model; name it as 'package.module:factory'"
+        )
+    if sweep.folder is not None and str(sweep.folder) not in sys.path:
+        sys.path.append(str(sweep.folder))
     export_dir = store / ".export"
     try:
         resolved = resolve_model(
-            spec.model,
+            sweep.resolve(spec.model) or spec.model,
             weights=sweep.resolve(spec.weights),
             input_shape=spec.input_shape,
             workdir=export_dir,
             calib_shape=calib_shape,
         )
+        if not resolved.onnx_path.is_file():
+            raise SweepError(f"models: {resolved.onnx_path}: not a file")
         blob = store_file(resolved.onnx_path, store, ".onnx")
-    except UsageError as exc:
+    except (UsageError, ModelLoadError) as exc:
         raise SweepError(f"models: {exc}") from exc
     finally:
         shutil.rmtree(export_dir, ignore_errors=True)

@@ -34,6 +34,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honou
 import ray
 from ray import tune
 
+from deploysparse.budget import DEAD
+from deploysparse.criteria import takes_budget
 from deploysparse.errors import DeploysparseError, UsageError
 from deploysparse.pipeline.original import OriginalFacts
 from deploysparse.pipeline.speed import Speed
@@ -172,7 +174,7 @@ def _settings_of(config: dict, sweep: Sweep) -> tuple[dict[str, Any], int]:
         return dict(config["point"]["settings"]), int(config["point"]["model"])
     settings: dict[str, Any] = {"criterion": config["criterion"]}
     for key in BUDGET_KEYS:
-        if key in config and config["criterion"] != "dead":
+        if key in config and takes_budget(config["criterion"]):
             settings[key] = round(float(config[key]), 4)
     settings.update(precision=config["precision"], backend=config["backend"], batch=int(config["batch"]))
     return settings, int(config["model"])
@@ -314,10 +316,9 @@ def search_on_ray(
 def _search_space(sweep: Sweep, inputs: PreparedInputs) -> dict[str, Any]:
     base = sweep.base_recipe
     axes = sweep.axes
-    ranking = [c for c in base.prune.criterion if c != "dead"]
     space: dict[str, Any] = {
         "model": tune.choice(list(range(len(inputs.models)))),
-        "criterion": tune.choice(axes.criterion or ranking[:1] or ["dead"]),
+        "criterion": tune.choice(axes.criterion or base.prune.ranking[:1] or [DEAD]),
         "precision": tune.choice(axes.precision or [base.build.precision]),
         "backend": tune.choice(axes.backend or [base.build.backend]),
         "batch": tune.choice(axes.batch or [base.bench.batches[0]]),

@@ -18,7 +18,7 @@ from typing import Any
 from deploysparse.atomic import write_text
 from deploysparse.errors import DeploysparseError, UsageError
 from deploysparse.output_guard import Item, reads, refuse_overlap, writes
-from deploysparse.sweep.config import Sweep, grid_settings, is_entry_point
+from deploysparse.sweep.config import Sweep, grid_settings
 from deploysparse.sweep.html import write_sweep_html
 from deploysparse.sweep.inputs import prepare_inputs
 from deploysparse.sweep.jobs import failed_row, make_job
@@ -145,11 +145,11 @@ def _files_read(sweep: Sweep) -> list[Item]:
     items = reads("the sweep file", sweep.source)
     for entry in sweep.models:
         model, weights = (entry, None) if isinstance(entry, str) else (entry.model, entry.weights)
-        if not is_entry_point(model):
+        if not sweep.is_entry_point(model):
             items += reads("a sweep model", sweep.resolve(model), "model")
         items += reads("its weights", sweep.resolve(weights))
     for key in ("calib", "val", "labels"):
         text = getattr(sweep.data, key)
-        if text is not None and not is_entry_point(text):
+        if text is not None and not sweep.is_entry_point(text):
             items += reads(f"data.{key}", sweep.resolve(text))
     return items

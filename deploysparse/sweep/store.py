@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from deploysparse.atomic import write_text
+from deploysparse.budget import TARGETS
 
 CSV_COLUMNS = (
-    "key", "status", "model", "criterion", "flops_target", "ratio", "latency_target", "precision", "backend", "batch",
+    "key", "status", "model", "criterion", *TARGETS, "precision", "backend", "batch",
     "finetune", "accuracy", "accuracy_original", "accuracy_drop", "top1_agreement", "passed", "p50_ms",
     "p99_ms", "original_p50_ms", "size_bytes", "params", "flops", "flops_ratio", "channels_removed",
     "seconds", "attempts", "device", "report", "error",

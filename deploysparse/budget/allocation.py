@@ -16,7 +16,6 @@ A dead channel is kept only where a group would otherwise fall below its minimum
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,98 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from deploysparse.budget.options import Budget
 from deploysparse.errors import PlanError, UsageError
 from deploysparse.graph.groups import ChannelGroup
 
 FLOPS_TOLERANCE = 0.02
-DEAD = "dead"  # the --criterion that removes only the dead filters: no ranking, no target
-# Kept counts are rounded to multiples of 16 unless told otherwise. ONNX Runtime's blocked (NCHWc) CPU
-# convs work on blocks of 16 channels on AVX-512 machines (8 on AVX2) and pad every other count up to
-# the next block; FP16 tensor cores want multiples of 8 and Arm's NEON kernels 4. 16 serves all of
-# them with one plan on every machine: measured, MobileNetV2 at 50% FLOPs ran 1.70x faster than the
-# original with multiples of 8 and 2.07x with 16 (docs/benchmarks.md). `round_to=1` turns it off;
-# INT8 engines want 32 (the recipes say so).
-DEFAULT_ROUND_TO = 16
-# How a --latency-target picks where to cut (deploysparse.latency). The threshold is the default: at
-# equal predicted latency it kept more accuracy than the knapsack on digits-trained MobileNetV2 and
-# ResNet-50 (docs/benchmarks.md), because the knapsack treats group-normalised scores as absolute.
-LATENCY_ALLOCATIONS = ("threshold", "knapsack")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much a plan removes and under which limits; the one place these options and their defaults
-    live (the CLI, the API, recipes and every criterion take a Budget).
-
-    ratio: fraction of the live prunable channels to remove. flops_target: fraction of the original
-    MACs to keep. latency_target: fraction of the original latency to keep, on `backend` at `batch`
-    (deploysparse.latency). At most one of the three; with none only dead channels go.
-    latency_allocation: how a latency target chooses where to cut: "threshold" (the global score
-    threshold that --flops-target uses, walked by predicted latency) or "knapsack" (HALP's: the most
-    importance per millisecond; it lost accuracy with group-normalised scores, docs/criteria.md).
-    max_layer_ratio: no group loses more than this fraction of its channels (None: no cap).
-    min_channels: no group keeps fewer. round_to: kept counts are multiples of it, 16 by default
-    (see legal_counts for groups that are smaller or not a multiple by design).
-    protect: group ids or producer node names left whole.
-    """
-
-    ratio: float | None = None
-    flops_target: float | None = None
-    latency_target: float | None = None
-    backend: str = "onnxruntime"
-    batch: int = 1
-    latency_allocation: str = "threshold"
-    max_layer_ratio: float | None = None
-    min_channels: int = 1
-    round_to: int = DEFAULT_ROUND_TO
-    protect: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "protect", tuple(self.protect))
-        given = [n for n in ("ratio", "flops_target", "latency_target") if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise UsageError(
-                f"give either {given[0]} or {given[1]}, not both (one of --ratio, --flops-target, "
-                "--latency-target)"
-            )
-        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
-            raise UsageError(f"--ratio {self.ratio}: must be in [0, 1)")
-        if self.flops_target is not None and not 0.0 < self.flops_target <= 1.0:
-            raise UsageError(f"--flops-target {self.flops_target}: must be in (0, 1]")
-        if self.latency_target is not None and not 0.0 < self.latency_target <= 1.0:
-            raise UsageError(f"--latency-target {self.latency_target}: must be in (0, 1]")
-        if self.latency_allocation not in LATENCY_ALLOCATIONS:
-            raise UsageError(
-                f"--latency-allocation {self.latency_allocation}: one of {', '.join(LATENCY_ALLOCATIONS)}"
-            )
-        if self.batch < 1:
-            raise UsageError(f"--batch {self.batch}: must be at least 1")
-        if self.max_layer_ratio is not None and not 0.0 <= self.max_layer_ratio <= 1.0:
-            raise UsageError(f"--max-layer-ratio {self.max_layer_ratio}: must be in [0, 1]")
-        if self.min_channels < 1:
-            raise UsageError(f"--min-channels {self.min_channels}: must be at least 1")
-        if self.round_to < 1:
-            raise UsageError(f"--round-to {self.round_to}: must be at least 1")
-
-    @classmethod
-    def of(cls, budget: Budget | None = None, **fields: Any) -> Budget:
-        """`budget` with `fields` replaced (None values ignored); UsageError naming an unknown field."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise UsageError(f"unknown budget option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        given = {k: v for k, v in fields.items() if v is not None}
-        return dataclasses.replace(budget or cls(), **given)
-
-    @property
-    def targeted(self) -> bool:
-        """Whether the budget asks for more than the dead channels (a ratio, FLOPs or latency target)."""
-        return self.ratio is not None or self.flops_target is not None or self.latency_target is not None
-
-    @property
-    def limits(self) -> tuple[float | None, int, int]:
-        """(max_layer_ratio, min_channels, round_to): what shapes each group's legal counts."""
-        return self.max_layer_ratio, self.min_channels, self.round_to
 
 
 @dataclass
@@ -335,7 +247,7 @@ class ThresholdPath:
     (step 0) to removing every live channel a group may lose (the last step): at step i every
     live channel at or below the i-th lowest score goes, and each group snaps to its nearest legal
     count. A --flops-target or --ratio walks it by MACs or channels, a --latency-target by predicted
-    latency (deploysparse.latency): the same ranking, whichever budget is spent.
+    latency (deploysparse.budget.latency): the same ranking, whichever budget is spent.
 
     Builds the budgets' global ranks (rank_scores) in place."""
 
@@ -458,7 +370,7 @@ def make_plan(
     allocation: Allocation | None = None,
 ) -> Any:
     """A Plan for `ga` from per-group scores (higher = more important) and one budget (or from an
-    `allocation` made elsewhere: a --latency-target's, deploysparse.latency)."""
+    `allocation` made elsewhere: a --latency-target's, deploysparse.budget.latency)."""
     from deploysparse.plan import Plan
 
     if allocation is None:
