@@ -53,12 +53,16 @@ from deploysparse.graph.rules.registry import (
     rule_for,
     unregister_rule,
 )
+from deploysparse.graph.rules.timing import LAYER_KINDS, LayerKind, LayerShape
 
 __all__ = [
+    "LAYER_KINDS",
     "RULES",
     "AnalyzeFn",
     "ComputeFn",
     "Fold",
+    "LayerKind",
+    "LayerShape",
     "MacsFn",
     "Reading",
     "RewriteFn",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.edits import GraphEdits
@@ -19,6 +20,13 @@ from deploysparse.graph.rules.helpers import (
     weight_macs,
 )
 from deploysparse.graph.rules.registry import Fold, Reading, rule
+from deploysparse.graph.rules.timing import (
+    LAYER_KINDS,
+    LayerKind,
+    LayerShape,
+    one_node_model,
+    weight_and_input,
+)
 
 
 def _is_depthwise(node: onnx.NodeProto, t: ChannelTable) -> bool:
@@ -43,6 +51,73 @@ def _conv_contribution(node: onnx.NodeProto, weight: np.ndarray, axis: int, valu
     return np.tensordot(weight.sum(axis=tuple(range(2, weight.ndim))), values, axes=([axis], [0]))
 
 
+def _conv_timing(node: onnx.NodeProto, t: ChannelTable) -> LayerShape | None:
+    """A 2-D conv, ungrouped or depthwise, not auto-padded to SAME, times as a one-node Conv of its
+    geometry at its input's size."""
+    found = weight_and_input(node, t)
+    if found is None:
+        return None
+    weight, x_shape = found
+    if weight.ndim != 4 or len(x_shape) != 4:
+        return None
+    group = attr(node, "group", 1)
+    c_in, c_out = int(x_shape[1]), int(weight.shape[0])
+    depthwise = group == c_in == c_out
+    if group != 1 and not depthwise:
+        return None
+    if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        return None
+    return LayerShape(
+        "conv",
+        c_in,
+        c_out,
+        tuple(weight.shape[2:]),
+        tuple(attr(node, "strides", [1, 1])),
+        tuple(attr(node, "pads", [0, 0, 0, 0])),
+        tuple(attr(node, "dilations", [1, 1])),
+        depthwise,
+        tuple(int(d) for d in x_shape[2:]),
+    )
+
+
+def _conv_layer(shape: LayerShape, c_in: int, c_out: int) -> onnx.ModelProto:
+    """A Conv of `shape`'s geometry, c_in -> c_out channels (a depthwise one: c_in -> c_in)."""
+    group = c_in if shape.depthwise else 1
+    c_out = c_in if shape.depthwise else c_out
+    weight = (
+        np.random.default_rng(0).standard_normal((c_out, c_in // group, *shape.kernel)).astype(np.float32)
+    )
+    node = helper.make_node(
+        "Conv",
+        ["x", "w", "b"],
+        ["y"],
+        strides=list(shape.strides),
+        pads=list(shape.pads),
+        dilations=list(shape.dilations),
+        group=group,
+    )
+    x_shape = _conv_in_shape(shape, c_in)
+    return one_node_model(node, x_shape, None, {"w": weight, "b": np.zeros(c_out, np.float32)})
+
+
+def _conv_in_shape(shape: LayerShape, c_in: int) -> list[int]:
+    return [shape.batch, c_in, *shape.spatial]
+
+
+def _conv_out_shape(shape: LayerShape, c_in: int, c_out: int) -> list[int]:
+    c_out = c_in if shape.depthwise else c_out
+    spatial = []
+    for i, size in enumerate(shape.spatial):
+        span = (shape.kernel[i] - 1) * shape.dilations[i] + 1
+        spatial.append(
+            (size + shape.pads[i] + shape.pads[i + len(shape.spatial)] - span) // shape.strides[i] + 1
+        )
+    return [shape.batch, c_out, *spatial]
+
+
+LAYER_KINDS["conv"] = LayerKind(_conv_layer, _conv_in_shape, _conv_out_shape)
+
+
 @rule(
     "Conv",
     rewrite=lambda node, s: _conv_rewrite(node, s),
@@ -60,6 +135,7 @@ def _conv_contribution(node: onnx.NodeProto, weight: np.ndarray, axis: int, valu
     zeroes=(1, 2),
     zero_to_zero=bias_keeps_zero,
     layer_output=True,
+    timing=_conv_timing,
 )
 def _conv(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]

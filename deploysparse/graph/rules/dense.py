@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.rules.helpers import (
@@ -17,10 +18,56 @@ from deploysparse.graph.rules.helpers import (
     weight_macs,
 )
 from deploysparse.graph.rules.registry import Fold, Reading, rule
+from deploysparse.graph.rules.timing import (
+    LAYER_KINDS,
+    LayerKind,
+    LayerShape,
+    one_node_model,
+    weight_and_input,
+)
 
 
 def _gemm_contribution(node: onnx.NodeProto, weight: np.ndarray, axis: int, values: np.ndarray) -> np.ndarray:
     return np.tensordot(weight, values, axes=([axis], [0]))
+
+
+def _dense_layer(shape: LayerShape, c_in: int, c_out: int) -> onnx.ModelProto:
+    """A Gemm of a (batch, c_in) input by a (c_out, c_in) weight, transposed."""
+    weight = np.random.default_rng(0).standard_normal((c_out, c_in)).astype(np.float32)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+    weights = {"w": weight, "b": np.zeros(c_out, np.float32)}
+    return one_node_model(node, _dense_in_shape(shape, c_in), _dense_out_shape(shape, c_in, c_out), weights)
+
+
+def _dense_in_shape(shape: LayerShape, c_in: int) -> list[int]:
+    return [shape.batch, c_in]
+
+
+def _dense_out_shape(shape: LayerShape, c_in: int, c_out: int) -> list[int]:
+    return [shape.batch, c_out]
+
+
+LAYER_KINDS["dense"] = LayerKind(_dense_layer, _dense_in_shape, _dense_out_shape)
+
+
+def _gemm_timing(node: onnx.NodeProto, t: ChannelTable) -> LayerShape | None:
+    """A Gemm of a 2-D input (not transposed) times as a one-node dense layer."""
+    found = weight_and_input(node, t)
+    if found is None or len(found[1]) != 2 or attr(node, "transA", 0):
+        return None
+    weight, x_shape = found
+    return LayerShape(
+        "dense", int(x_shape[1]), int(weight.shape[0] if attr(node, "transB", 0) else weight.shape[1])
+    )
+
+
+def _matmul_timing(node: onnx.NodeProto, t: ChannelTable) -> LayerShape | None:
+    """A 2-D activation times a constant matrix: a one-node dense layer."""
+    found = weight_and_input(node, t)
+    if found is None or len(found[1]) != 2 or found[0].ndim != 2:
+        return None
+    weight, x_shape = found
+    return LayerShape("dense", int(x_shape[1]), int(weight.shape[1]))
 
 
 @rule(
@@ -33,6 +80,7 @@ def _gemm_contribution(node: onnx.NodeProto, weight: np.ndarray, axis: int, valu
     zeroes=(1, 2),
     zero_to_zero=bias_keeps_zero,
     layer_output=True,
+    timing=_gemm_timing,
 )
 def _gemm(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
@@ -59,6 +107,7 @@ def _gemm(node: onnx.NodeProto, t: ChannelTable) -> None:
     macs=weight_macs(lambda n, t, w: per_sample(t, n.output[0]) * int(w.shape[0])),
     reads=lambda node, t: Reading(0, -1, "dense"),
     zero_to_zero=True,
+    timing=_matmul_timing,
 )
 def _matmul(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]

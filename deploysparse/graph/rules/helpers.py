@@ -48,6 +48,11 @@ def pin_all(node: onnx.NodeProto, t: ChannelTable, reason: str) -> None:
         t.pin(name, node, reason)
 
 
+def identity_node(src: str, dst: str, name: str = "") -> onnx.NodeProto:
+    """A node that passes `src` on as `dst` unchanged (Identity)."""
+    return helper.make_node("Identity", [src], [dst], name=name)
+
+
 def constant(t: ChannelTable, name: str) -> np.ndarray | None:
     """The constant value of input `name` (an initializer after normalisation), None for an activation."""
     return t.weights.get(name) if name else None

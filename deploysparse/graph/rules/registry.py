@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.edits import GraphEdits
+
+if TYPE_CHECKING:
+    from deploysparse.graph.rules.timing import LayerShape
 
 AnalyzeFn = Callable[[onnx.NodeProto, ChannelTable], None]
 RewriteFn = Callable[[onnx.NodeProto, GraphEdits], None]
@@ -68,6 +71,7 @@ class Rule:
     layer_output: bool = False
     compute: ComputeFn | None = None
     scale_shift: tuple[int, int] | None = None
+    timing: Callable[[onnx.NodeProto, ChannelTable], LayerShape | None] | None = None
 
     def reading(self, node: onnx.NodeProto, table: ChannelTable) -> Reading | None:
         """Where this node reads channels with its weights, None when it does not."""
@@ -81,6 +85,10 @@ class Rule:
         """Does an all-zero input channel give an all-zero output channel?"""
         z = self.zero_to_zero
         return bool(z(node, table) if callable(z) else z)
+
+    def timed_layer(self, node: onnx.NodeProto, table: ChannelTable) -> LayerShape | None:
+        """The layer this node times like on a backend (its batch left at 1), None when it is not timed."""
+        return self.timing(node, table) if self.timing is not None else None
 
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -105,6 +113,7 @@ def register_rule(
     layer_output: bool = False,
     compute: ComputeFn | None = None,
     scale_shift: tuple[int, int] | None = None,
+    timing: Callable[[onnx.NodeProto, ChannelTable], LayerShape | None] | None = None,
     replace: bool = False,
 ) -> Rule:
     """Teach the package an op: how its channels flow and everything else asked of it.
@@ -131,6 +140,7 @@ def register_rule(
         layer_output=layer_output,
         compute=compute,
         scale_shift=scale_shift,
+        timing=timing,
     )
     for op in names:
         key = _key(op, domain)

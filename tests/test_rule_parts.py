@@ -1,0 +1,206 @@
+"""What the rest of the package asks the op rules instead of naming op types: what layer a node times
+like (the latency table), which ops a backend fuses into their producer (the per-layer profile),
+which weight takes a following normalisation's scale (the denormal count), which nodes add depth and
+merge residuals (the depth advisor). Each part is checked on the built-in ops and on a custom-domain
+op registered from outside the package, which the latency table, the profile, the denormal fold and
+the depth advisor then see as they see the built-in ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deploysparse.graph.analysis import analyze_graph
+from deploysparse.graph.channels import ChannelTable
+from deploysparse.graph.rules import LayerShape, register_rule, rule_for, unregister_rule
+from deploysparse.latency import LatencyModel, LatencyTable
+from tests.exporting import run
+
+DOMAIN = "my.ops"
+
+
+def _model(
+    nodes: list[onnx.NodeProto],
+    arrays: dict[str, np.ndarray],
+    x_shape: list,
+    y_shape: list | None,
+    functions: list[onnx.FunctionProto] = (),
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "parts",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(v, n) for n, v in arrays.items()],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)],
+        functions=list(functions),
+    )
+    model.ir_version = 8
+    return model
+
+
+def _timed(model: onnx.ModelProto) -> dict[str, LayerShape | None]:
+    ga = analyze_graph(model)
+    return {
+        n.name: rule_for(n).timed_layer(n, ga.table) if rule_for(n) else None for n in ga.model.graph.node
+    }
+
+
+# ---- timing: what layer a node times like ------------------------------------------------------------
+
+
+def test_layer_shapes_keep_the_cache_keys_of_existing_tables() -> None:
+    """LatencyTable caches are keyed by LayerShape.key: a changed form would re-time every table."""
+    conv = LayerShape("conv", 8, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False, (8, 8), 2)
+    assert conv.key(4, 16) == '["conv", 4, 16, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], false, [8, 8], 2]'
+    assert LayerShape("dense", 64, 10).key(32, 10) == '["dense", 32, 10, [], [], [], [], false, [], 1]'
+
+
+def test_built_in_rules_say_what_each_layer_times_like() -> None:
+    """Conv (ungrouped or depthwise, not SAME-padded), Gemm on a 2-D input and a 2-D MatMul are timed;
+    a grouped conv, a SAME-padded one and a layer without weights are not."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w0": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "w1": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+        "w2": rng.standard_normal((8, 4, 1, 1)).astype(np.float32),
+        "w3": rng.standard_normal((8, 8, 3, 3)).astype(np.float32),
+        "wg": rng.standard_normal((5, 8 * 4 * 4)).astype(np.float32),
+        "wm": rng.standard_normal((5, 6)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Conv", ["a", "w1"], ["b"], name="depthwise", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["b", "w2"], ["c"], name="grouped", group=2),
+        helper.make_node("Conv", ["c", "w3"], ["d"], name="same", auto_pad="SAME_UPPER"),
+        helper.make_node("Relu", ["d"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wg"], ["g"], name="gemm", transB=1),
+        helper.make_node("MatMul", ["g", "wm"], ["y"], name="matmul"),
+    ]
+    timed = _timed(_model(nodes, arrays, [1, 3, 8, 8], [1, 6]))
+    assert timed == {
+        "conv": LayerShape("conv", 3, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False, (8, 8)),
+        "depthwise": LayerShape("conv", 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, (4, 4)),
+        "grouped": None,
+        "same": None,
+        "relu": None,
+        "flat": None,
+        "gemm": LayerShape("dense", 128, 5),
+        "matmul": LayerShape("dense", 5, 6),
+    }
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        LayerShape("conv", 6, 10, (3, 3), (2, 1), (1, 0, 1, 0), (1, 2), False, (9, 8), 2),
+        LayerShape("conv", 6, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, (5, 5), 3),
+        LayerShape("dense", 12, 7, batch=2),
+    ],
+    ids=["conv", "depthwise", "dense"],
+)
+def test_one_node_layer_models_run_at_the_shapes_they_declare(shape: LayerShape) -> None:
+    """The table feeds `in_shape` and sizes the null model's constant by `out_shape`: both must be
+    what ONNX Runtime computes, for the layer and for its null model, at a narrower width too."""
+    for c_in, c_out in [(shape.in_channels, shape.out_channels), (4, 4)]:
+        x = np.random.default_rng(1).standard_normal(shape.in_shape(c_in)).astype(np.float32)
+        (y,) = run(shape.model(c_in, c_out), {"x": x})
+        assert list(y.shape) == shape.out_shape(c_in, c_out)
+        y_null, x_out = run(shape.model(c_in, c_out, null=True), {"x": x})
+        assert list(y_null.shape) == list(y.shape) and np.array_equal(x_out, x)
+
+
+class CountingTimer:
+    """A stand-in for a backend's LayerTimer: it runs each one-node model once (the feeds must fit)
+    and answers with the layer's weight count as its 'milliseconds' (0 for a null model), so the
+    table's grid is known without timing anything."""
+
+    backend, batch = "counting", 2
+
+    def __init__(self) -> None:
+        self.timed: list[list[int]] = []
+
+    def milliseconds(self, path: Path, feeds: dict[str, np.ndarray]) -> float:
+        model = onnx.load(str(path))
+        run(model, feeds)
+        weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "w"]
+        if weights:
+            self.timed.append(list(weights[0].shape))
+        return float(weights[0].size) if weights else 0.0
+
+
+def _pointwise_function() -> onnx.FunctionProto:
+    return helper.make_function(
+        DOMAIN, "PointwiseConv", ["X", "W"], ["Y"], [helper.make_node("Conv", ["X", "W"], ["Y"])],
+        [helper.make_opsetid("", 17)],
+    )  # fmt: skip
+
+
+def _pointwise(node: onnx.NodeProto, t: ChannelTable) -> None:
+    t.attach("producer", node, 1, 0, node.output[0])
+    t.attach("consumer", node, 1, 1, node.input[0])
+
+
+def _pointwise_timing(node: onnx.NodeProto, t: ChannelTable) -> LayerShape:
+    """A pointwise conv times like a 1x1 Conv of the same widths at the same size."""
+    (c_out, c_in), spatial = t.weights[node.input[1]].shape[:2], t.shapes[node.input[0]][2:]
+    return LayerShape("conv", c_in, c_out, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), False, tuple(spatial))
+
+
+@pytest.fixture
+def pointwise_rule() -> Iterator[None]:
+    register_rule("PointwiseConv", _pointwise, domain=DOMAIN, timing=_pointwise_timing)
+    yield
+    unregister_rule("PointwiseConv", DOMAIN)
+
+
+def _pointwise_model() -> onnx.ModelProto:
+    """x -> Conv 3->8 (3x3) -> my.ops::PointwiseConv 8->6 -> y."""
+    rng = np.random.default_rng(2)
+    arrays = {
+        "w0": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "w1": rng.standard_normal((6, 8, 1, 1)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("PointwiseConv", ["a", "w1"], ["y"], name="pw", domain=DOMAIN),
+    ]
+    return _model(nodes, arrays, ["n", 3, 8, 8], ["n", 6, 8, 8], [_pointwise_function()])
+
+
+def test_a_registered_op_with_a_timing_part_is_timed_by_the_latency_table(
+    pointwise_rule, tmp_path: Path
+) -> None:
+    ga = analyze_graph(_pointwise_model())
+    timer = CountingTimer()
+    model = LatencyModel(ga, LatencyTable(timer, tmp_path / "table.json"), whole_ms=1000.0, round_to=1)
+    layers = {layer.name: layer for layer in model.layers}
+    assert sorted(layers) == ["conv", "pw"]
+    pw = layers["pw"]
+    assert pw.shape == LayerShape("conv", 8, 6, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), False, (8, 8), 2)
+    assert (pw.in_tensor, pw.out_tensor) == ("a", "y")
+    # the grid holds what the timer answered for a 1x1 Conv at each pair of widths: c_out x c_in weights
+    assert pw.grid.tolist() == [[float(i * o) for o in pw.outputs] for i in pw.inputs]
+    assert [6, 8, 1, 1] in timer.timed
+    (conv_group,) = [g.id for g in ga.groups if g.prunable]  # conv's filters; pw's outputs are the graph's
+    assert model.touches[conv_group] == [0, 1]  # pruning conv's filters narrows pw's input too
+
+
+def test_without_a_timing_part_a_registered_op_is_not_timed(tmp_path: Path) -> None:
+    register_rule("PointwiseConv", _pointwise, domain=DOMAIN)
+    try:
+        ga = analyze_graph(_pointwise_model())
+        model = LatencyModel(ga, LatencyTable(CountingTimer(), tmp_path / "t.json"), whole_ms=1.0, round_to=1)
+    finally:
+        unregister_rule("PointwiseConv", DOMAIN)
+    assert [layer.name for layer in model.layers] == ["conv"]
