@@ -18,8 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.graph.channels import ChannelTable
-from deploysparse.graph.rules import LayerShape, register_rule, rule_for, unregister_rule
+from deploysparse.graph.rules import RULES, LayerShape, kernel_node, register_rule, rule_for, unregister_rule
 from deploysparse.latency import LatencyModel, LatencyTable
+from deploysparse.profiling import _labeller
 from tests.exporting import run
 
 DOMAIN = "my.ops"
@@ -204,3 +205,69 @@ def test_without_a_timing_part_a_registered_op_is_not_timed(tmp_path: Path) -> N
     finally:
         unregister_rule("PointwiseConv", DOMAIN)
     assert [layer.name for layer in model.layers] == ["conv"]
+
+
+# ---- fused_into_producer: whose kernel computes a tensor --------------------------------------------
+
+
+def _chain(ops: list[tuple[str, str]], functions: list[onnx.FunctionProto] = ()) -> onnx.ModelProto:
+    """x -> Conv 3->4 -> each (op, domain) of `ops` in turn -> y; node i is named after its op."""
+    rng = np.random.default_rng(3)
+    arrays = {
+        "w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "g": rng.uniform(0.5, 1.5, 4).astype(np.float32),
+        "b": rng.normal(0, 0.1, 4).astype(np.float32),
+        "m": rng.normal(0, 0.1, 4).astype(np.float32),
+        "v": rng.uniform(0.5, 1.5, 4).astype(np.float32),
+        "s": rng.uniform(0.5, 1.5, (4, 1, 1)).astype(np.float32),
+    }
+    extra = {"BatchNormalization": ["g", "b", "m", "v"], "ChannelScale": ["s"]}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["t0"], name="conv", pads=[1, 1, 1, 1])]
+    for i, (op, domain) in enumerate(ops):
+        out = "y" if i == len(ops) - 1 else f"t{i + 1}"
+        nodes.append(helper.make_node(op, [f"t{i}", *extra.get(op, [])], [out], name=op, domain=domain))
+    return _model(nodes, arrays, ["n", 3, 6, 6], None, functions)
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def test_backends_fuse_batch_norm_and_the_usual_activations_into_the_conv() -> None:
+    model = _chain([("BatchNormalization", ""), ("Relu", ""), ("MaxPool", ""), ("HardSwish", "")])
+    producers = _producers(model)
+    assert kernel_node("t2", producers).name == "conv"  # the Relu's output: conv + BN + Relu, one kernel
+    # MaxPool has a kernel of its own; the HardSwish after it is computed there
+    assert kernel_node("t3", producers).name == kernel_node("y", producers).name == "MaxPool"
+    assert kernel_node("x", producers) is None
+    fused = {op for (_, op), rule in RULES.items() if rule.fused_into_producer}
+    assert fused == {"BatchNormalization", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish"}
+
+
+def _scale_function() -> onnx.FunctionProto:
+    return helper.make_function(
+        DOMAIN, "ChannelScale", ["X", "S"], ["Y"], [helper.make_node("Mul", ["X", "S"], ["Y"])],
+        [helper.make_opsetid("", 17)],
+    )  # fmt: skip
+
+
+def _scale(node: onnx.NodeProto, t: ChannelTable) -> None:
+    t.flow(node.input[0], node.output[0])
+    t.attach("param", node, 1, 0, node.output[0])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_profile_attributes_a_registered_op_fused_into_the_conv_to_the_conv(
+    fused: bool, tmp_path: Path
+) -> None:
+    """ONNX Runtime names a node it moved to the NCHWc layout after its output: the row is the conv's
+    when the op between them is fused into its producer, the op's own otherwise."""
+    path = tmp_path / "chain.onnx"
+    onnx.save(_chain([("ChannelScale", DOMAIN), ("Relu", "")], [_scale_function()]), path)
+    register_rule("ChannelScale", _scale, domain=DOMAIN, fused_into_producer=fused)
+    try:
+        label = _labeller(path)
+        assert label("y_nchwc", "Conv") == ("conv" if fused else "ChannelScale")
+        assert label("conv", "Conv") == "conv"  # a node of the source model keeps its name
+    finally:
+        unregister_rule("ChannelScale", DOMAIN)

@@ -37,7 +37,14 @@ from deploysparse.graph.rules import (  # noqa: F401  (importing a family regist
     shape,
     spatial,
 )
-from deploysparse.graph.rules.helpers import attr, filter_magnitude, has_padding, pin_all, readers
+from deploysparse.graph.rules.helpers import (
+    attr,
+    filter_magnitude,
+    has_padding,
+    kernel_node,
+    pin_all,
+    readers,
+)
 from deploysparse.graph.rules.registry import (
     RULES,
     AnalyzeFn,
@@ -70,6 +77,7 @@ __all__ = [
     "attr",
     "filter_magnitude",
     "has_padding",
+    "kernel_node",
     "ops_with",
     "pin_all",
     "readers",

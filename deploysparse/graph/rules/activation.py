@@ -20,6 +20,9 @@ _KEEP_ZERO = (
     "ThresholdedRelu", "Sin",
 )  # fmt: skip
 _MOVE_ZERO = ("Sigmoid", "HardSigmoid", "Softplus", "Exp", "Log", "Reciprocal", "Cos")
+# Activations ONNX Runtime computes inside the conv before them (FusedConv, or a Conv in its NCHWc
+# layout): a per-layer profile has no time of their own for them.
+_FUSED = ("Relu", "LeakyRelu", "HardSwish", "Sigmoid", "HardSigmoid", "Clip")
 
 
 def _one_input(fn: Callable[[Any, Any], Any]) -> ComputeFn:
@@ -90,10 +93,10 @@ _COMPUTE: dict[str, ComputeFn] = {
 
 
 for _op in _KEEP_ZERO:
-    register_rule(_op, unary, zero_to_zero=True, compute=_COMPUTE.get(_op))
+    register_rule(_op, unary, zero_to_zero=True, compute=_COMPUTE.get(_op), fused_into_producer=_op in _FUSED)
 for _op in _MOVE_ZERO:
-    register_rule(_op, unary, compute=_COMPUTE.get(_op))
-register_rule("Clip", unary, zero_to_zero=_clip_keeps_zero, compute=_clip_compute)
+    register_rule(_op, unary, compute=_COMPUTE.get(_op), fused_into_producer=_op in _FUSED)
+register_rule("Clip", unary, zero_to_zero=_clip_keeps_zero, compute=_clip_compute, fused_into_producer=True)
 
 
 @rule("Softmax", "LogSoftmax", "Hardmax")

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -46,6 +46,21 @@ def pin_all(node: onnx.NodeProto, t: ChannelTable, reason: str) -> None:
     """Keep every channel of every activation this node reads or writes."""
     for name in [*node.input, *node.output]:
         t.pin(name, node, reason)
+
+
+def kernel_node(tensor: str, producer: Mapping[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The node whose kernel computes `tensor` once a backend has fused the graph: the tensor's
+    producer, followed back through nodes fused into their producer (Rule.fused_into_producer: a
+    BatchNormalization or an activation after a conv); None when no node writes `tensor`."""
+    source = producer.get(tensor)
+    while source is not None and source.input and _fused(source):
+        source = producer.get(source.input[0])
+    return source
+
+
+def _fused(node: onnx.NodeProto) -> bool:
+    rule = rule_for(node)
+    return rule is not None and rule.fused_into_producer
 
 
 def identity_node(src: str, dst: str, name: str = "") -> onnx.NodeProto:

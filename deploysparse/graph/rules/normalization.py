@@ -28,5 +28,12 @@ def _normalization(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.constant_source(dst, np.abs(t.weights[node.input[1]]).astype(np.float64))
 
 
-register_rule("BatchNormalization", _normalization, zeroes=(1, 2), layer_output=True, scale_shift=(1, 2))
+register_rule(
+    "BatchNormalization",
+    _normalization,
+    zeroes=(1, 2),
+    layer_output=True,
+    scale_shift=(1, 2),
+    fused_into_producer=True,
+)
 register_rule("InstanceNormalization", _normalization, zeroes=(1, 2), layer_output=True)

@@ -72,6 +72,7 @@ class Rule:
     compute: ComputeFn | None = None
     scale_shift: tuple[int, int] | None = None
     timing: Callable[[onnx.NodeProto, ChannelTable], LayerShape | None] | None = None
+    fused_into_producer: bool = False
 
     def reading(self, node: onnx.NodeProto, table: ChannelTable) -> Reading | None:
         """Where this node reads channels with its weights, None when it does not."""
@@ -114,6 +115,7 @@ def register_rule(
     compute: ComputeFn | None = None,
     scale_shift: tuple[int, int] | None = None,
     timing: Callable[[onnx.NodeProto, ChannelTable], LayerShape | None] | None = None,
+    fused_into_producer: bool = False,
     replace: bool = False,
 ) -> Rule:
     """Teach the package an op: how its channels flow and everything else asked of it.
@@ -141,6 +143,7 @@ def register_rule(
         compute=compute,
         scale_shift=scale_shift,
         timing=timing,
+        fused_into_producer=fused_into_producer,
     )
     for op in names:
         key = _key(op, domain)
