@@ -8,6 +8,7 @@ the depth advisor then see as they see the built-in ones.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +17,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from deploysparse.denormals import bn_fold_scales, count_denormals
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.rules import RULES, LayerShape, kernel_node, register_rule, rule_for, unregister_rule
 from deploysparse.latency import LatencyModel, LatencyTable
 from deploysparse.profiling import _labeller
 from tests.exporting import run
+from tests.test_denormals import ort_fused
 
 DOMAIN = "my.ops"
 
@@ -271,3 +274,73 @@ def test_the_profile_attributes_a_registered_op_fused_into_the_conv_to_the_conv(
         assert label("conv", "Conv") == "conv"  # a node of the source model keeps its name
     finally:
         unregister_rule("ChannelScale", DOMAIN)
+
+
+# ---- absorbs_scale, inference_scale: what weight a backend runs -------------------------------------
+
+
+def _folded_model(producer: tuple[str, str], norm: tuple[str, str], functions: list) -> onnx.ModelProto:
+    """x -> producer (a 3x3 Conv or a PointwiseConv, 3->8) -> norm (BatchNormalization or ChannelScale)
+    -> Relu -> y, with 3 filters as Adam + L2 leaves them: weights ~1e-30 (normal) and a scale of
+    ~1e-10, so the weight a backend folds is ~1e-40: subnormal."""
+    rng = np.random.default_rng(4)
+    kernel = 3 if producer[0] == "Conv" else 1
+    w = rng.standard_normal((8, 3, kernel, kernel)).astype(np.float32)
+    w[:3] *= np.float32(1e-30)
+    gamma = rng.uniform(0.5, 1.5, 8).astype(np.float32)
+    gamma[:3] *= np.float32(1e-10)
+    if norm[0] == "BatchNormalization":
+        beta, var = rng.standard_normal(8).astype(np.float32), rng.uniform(0.5, 2.0, 8).astype(np.float32)
+        arrays = {"w": w, "g": gamma, "b": beta, "m": np.zeros(8, np.float32), "v": var}
+    else:
+        arrays = {"w": w, "s": gamma.reshape(8, 1, 1)}
+    nodes = [
+        helper.make_node(producer[0], ["x", "w"], ["c"], name="producer", domain=producer[1]),
+        helper.make_node(norm[0], ["c", *list(arrays)[1:]], ["n"], name="norm", domain=norm[1]),
+        helper.make_node("Relu", ["n"], ["y"], name="relu"),
+    ]
+    return _model(nodes, arrays, ["n", 3, 6, 6], None, functions)
+
+
+def test_a_bn_scale_goes_into_the_conv_before_it() -> None:
+    bn = helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"], epsilon=0.01)
+    values = {"g": np.array([2.0, 3.0], np.float32), "v": np.array([0.99, 3.99], np.float32)}
+    np.testing.assert_allclose(rule_for(bn).inference_scale(bn, values.get), [2.0, 1.5], rtol=1e-6)
+    unstored = helper.make_node("BatchNormalization", ["c", "g", "b", "m", "u"], ["n"])
+    assert rule_for(unstored).inference_scale(unstored, values.get) is None
+    assert bn_fold_scales(_folded_model(("Conv", ""), ("BatchNormalization", ""), [])).keys() == {"w"}
+    assert {op for (_, op), rule in RULES.items() if rule.absorbs_scale is not None} == {"Conv"}
+
+
+@contextlib.contextmanager
+def _fold_rules(with_parts: bool) -> Iterator[None]:
+    """PointwiseConv takes a following scale into its weight, ChannelScale is one (with_parts), or
+    neither says so."""
+    register_rule("PointwiseConv", _pointwise, domain=DOMAIN, absorbs_scale=1 if with_parts else None)
+    scale = (lambda node, value: value(node.input[1])) if with_parts else None
+    register_rule("ChannelScale", _scale, domain=DOMAIN, inference_scale=scale)
+    try:
+        yield
+    finally:
+        unregister_rule("PointwiseConv", DOMAIN)
+        unregister_rule("ChannelScale", DOMAIN)
+
+
+@pytest.mark.parametrize(
+    ("producer", "norm"),
+    [(("PointwiseConv", DOMAIN), ("BatchNormalization", "")), (("Conv", ""), ("ChannelScale", DOMAIN))],
+    ids=["custom-producer", "custom-normalisation"],
+)
+@pytest.mark.parametrize("with_parts", [True, False])
+def test_registered_ops_with_the_fold_parts_have_their_folded_weights_counted(
+    producer: tuple[str, str], norm: tuple[str, str], with_parts: bool, tmp_path: Path
+) -> None:
+    """ONNX Runtime inlines the custom ops' functions and folds the scale into the conv (Conv + BN,
+    Conv + Mul): the weights it runs hold the planted denormals (3 filters of 3 x k x k), and so
+    does the count when the rules say which weight takes which scale."""
+    model = _folded_model(producer, norm, [_pointwise_function(), _scale_function()])
+    planted = 3 * 3 * (9 if producer[0] == "Conv" else 1)
+    assert count_denormals(ort_fused(model, tmp_path)).total == planted
+    with _fold_rules(with_parts):
+        found = count_denormals(model)
+    assert found.total == found.folded == (planted if with_parts else 0)

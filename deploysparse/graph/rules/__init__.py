@@ -44,12 +44,14 @@ from deploysparse.graph.rules.helpers import (
     kernel_node,
     pin_all,
     readers,
+    stored_tensors,
 )
 from deploysparse.graph.rules.registry import (
     RULES,
     AnalyzeFn,
     ComputeFn,
     Fold,
+    InferenceScaleFn,
     MacsFn,
     Reading,
     RewriteFn,
@@ -68,6 +70,7 @@ __all__ = [
     "AnalyzeFn",
     "ComputeFn",
     "Fold",
+    "InferenceScaleFn",
     "LayerKind",
     "LayerShape",
     "MacsFn",
@@ -84,5 +87,6 @@ __all__ = [
     "register_rule",
     "rule",
     "rule_for",
+    "stored_tensors",
     "unregister_rule",
 ]

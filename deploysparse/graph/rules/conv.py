@@ -136,6 +136,7 @@ LAYER_KINDS["conv"] = LayerKind(_conv_layer, _conv_in_shape, _conv_out_shape)
     zero_to_zero=bias_keeps_zero,
     layer_output=True,
     timing=_conv_timing,
+    absorbs_scale=1,
 )
 def _conv(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -33,6 +33,19 @@ def readers(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
         for name in node.input:
             index.setdefault(name, []).append(node)
     return index
+
+
+def stored_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """Every tensor stored in the graph, by the name nodes read it as: the initializers, then the
+    values of Constant nodes (converters store weights there)."""
+    for tensor in graph.initializer:
+        yield tensor.name, tensor
+    for node in graph.node:
+        if node.op_type != "Constant":
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "value":
+                yield node.output[0], attribute.t
 
 
 def has_padding(node: onnx.NodeProto) -> bool:

@@ -27,6 +27,9 @@ MacsFn = Callable[[onnx.NodeProto, ChannelTable], tuple[int, tuple[str, ...]]]
 # The op's output as a function of its activation inputs, written with the functions `F` offers
 # (torch.nn.functional); None when the node's attributes are not supported.
 ComputeFn = Callable[[onnx.NodeProto, Mapping[str, np.ndarray]], Callable[[list[Any], Any], Any] | None]
+# A normalisation's per-channel factor at inference from stored values (`value(name)`: a stored
+# tensor's values, None when the tensor is not stored); None when a value it needs is not stored.
+InferenceScaleFn = Callable[[onnx.NodeProto, Callable[[str], np.ndarray | None]], np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class Rule:
     scale_shift: tuple[int, int] | None = None
     timing: Callable[[onnx.NodeProto, ChannelTable], LayerShape | None] | None = None
     fused_into_producer: bool = False
+    absorbs_scale: int | None = None
+    inference_scale: InferenceScaleFn | None = None
 
     def reading(self, node: onnx.NodeProto, table: ChannelTable) -> Reading | None:
         """Where this node reads channels with its weights, None when it does not."""
@@ -116,6 +121,8 @@ def register_rule(
     scale_shift: tuple[int, int] | None = None,
     timing: Callable[[onnx.NodeProto, ChannelTable], LayerShape | None] | None = None,
     fused_into_producer: bool = False,
+    absorbs_scale: int | None = None,
+    inference_scale: InferenceScaleFn | None = None,
     replace: bool = False,
 ) -> Rule:
     """Teach the package an op: how its channels flow and everything else asked of it.
@@ -144,6 +151,8 @@ def register_rule(
         scale_shift=scale_shift,
         timing=timing,
         fused_into_producer=fused_into_producer,
+        absorbs_scale=absorbs_scale,
+        inference_scale=inference_scale,
     )
     for op in names:
         key = _key(op, domain)
