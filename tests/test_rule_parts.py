@@ -18,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from deploysparse.denormals import bn_fold_scales, count_denormals
+from deploysparse.depth_advisor import drop_blocks, find_residual_blocks
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.rules import RULES, LayerShape, kernel_node, register_rule, rule_for, unregister_rule
@@ -344,3 +345,65 @@ def test_registered_ops_with_the_fold_parts_have_their_folded_weights_counted(
     with _fold_rules(with_parts):
         found = count_denormals(model)
     assert found.total == found.folded == (planted if with_parts else 0)
+
+
+# ---- adds_depth, merges_residual: the depth advisor's blocks ----------------------------------------
+
+
+def test_convs_add_depth_and_adds_merge_residuals() -> None:
+    assert {op for (_, op), rule in RULES.items() if rule.adds_depth} == {"Conv"}
+    assert {op for (_, op), rule in RULES.items() if rule.merges_residual} == {"Add"}
+
+
+def _merge_function() -> onnx.FunctionProto:
+    return helper.make_function(
+        DOMAIN, "Merge", ["A", "B"], ["Y"], [helper.make_node("Add", ["A", "B"], ["Y"])],
+        [helper.make_opsetid("", 17)],
+    )  # fmt: skip
+
+
+def _merge(node: onnx.NodeProto, t: ChannelTable) -> None:
+    for name in node.input:
+        t.flow(name, node.output[0])
+
+
+@pytest.mark.parametrize("with_parts", [True, False])
+def test_the_depth_advisor_finds_a_block_of_registered_ops(with_parts: bool) -> None:
+    """x -> Conv -> a; a -> PointwiseConv -> Relu -> h; my.ops::Merge(a, h) -> y: a residual block of
+    depth 2 when PointwiseConv adds depth and Merge merges residuals; dropping it leaves the conv."""
+    rng = np.random.default_rng(6)
+    arrays = {
+        "w0": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "w1": rng.standard_normal((4, 4, 1, 1)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("PointwiseConv", ["a", "w1"], ["p"], name="pw", domain=DOMAIN),
+        helper.make_node("Relu", ["p"], ["h"], name="relu"),
+        helper.make_node("Merge", ["a", "h"], ["y"], name="merge", domain=DOMAIN),
+    ]
+    model = _model(nodes, arrays, ["n", 3, 6, 6], ["n", 4, 6, 6], [_pointwise_function(), _merge_function()])
+    register_rule("PointwiseConv", _pointwise, domain=DOMAIN, adds_depth=with_parts)
+    register_rule("Merge", _merge, domain=DOMAIN, merges_residual=with_parts)
+    try:
+        blocks = find_residual_blocks(model)
+        dropped = drop_blocks(model, ["merge"]) if blocks else None
+    finally:
+        unregister_rule("PointwiseConv", DOMAIN)
+        unregister_rule("Merge", DOMAIN)
+    if not with_parts:
+        assert blocks == []
+        return
+    assert [(b.add, b.shortcut, b.residual, b.conv_depth) for b in blocks] == [("merge", "a", "h", 2)]
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    (shortcut,) = run(_with_output(model, "a"), {"x": x})[1:]
+    (y,) = run(dropped, {"x": x})
+    np.testing.assert_array_equal(y, shortcut)
+    assert [n.name for n in dropped.graph.node] == ["conv", "merge"]  # the merge is a pass-through now
+
+
+def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy of the model with tensor `name` as a second graph output."""
+    copy = onnx.ModelProto.FromString(model.SerializeToString())
+    copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return copy

@@ -137,6 +137,7 @@ LAYER_KINDS["conv"] = LayerKind(_conv_layer, _conv_in_shape, _conv_out_shape)
     layer_output=True,
     timing=_conv_timing,
     absorbs_scale=1,
+    adds_depth=True,
 )
 def _conv(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]

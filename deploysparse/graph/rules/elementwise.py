@@ -71,7 +71,8 @@ def _product(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]):
     return lambda xs, F: xs[0] * xs[1]
 
 
-register_rule(("Add", "Sub"), _elementwise, zeroes=(0, 1), zero_to_zero=_no_constant_operand)
+register_rule("Add", _elementwise, zeroes=(0, 1), zero_to_zero=_no_constant_operand, merges_residual=True)
+register_rule("Sub", _elementwise, zeroes=(0, 1), zero_to_zero=_no_constant_operand)
 register_rule(("Sum", "Mean", "Max", "Min"), _elementwise, zero_to_zero=_no_constant_operand)
 register_rule("Mul", _elementwise, zero_to_zero=True, compute=_product)
 register_rule("Div", _elementwise, zero_to_zero=True)

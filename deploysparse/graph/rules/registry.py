@@ -78,6 +78,8 @@ class Rule:
     fused_into_producer: bool = False
     absorbs_scale: int | None = None
     inference_scale: InferenceScaleFn | None = None
+    adds_depth: bool = False
+    merges_residual: bool = False
 
     def reading(self, node: onnx.NodeProto, table: ChannelTable) -> Reading | None:
         """Where this node reads channels with its weights, None when it does not."""
@@ -123,6 +125,8 @@ def register_rule(
     fused_into_producer: bool = False,
     absorbs_scale: int | None = None,
     inference_scale: InferenceScaleFn | None = None,
+    adds_depth: bool = False,
+    merges_residual: bool = False,
     replace: bool = False,
 ) -> Rule:
     """Teach the package an op: how its channels flow and everything else asked of it.
@@ -153,6 +157,8 @@ def register_rule(
         fused_into_producer=fused_into_producer,
         absorbs_scale=absorbs_scale,
         inference_scale=inference_scale,
+        adds_depth=adds_depth,
+        merges_residual=merges_residual,
     )
     for op in names:
         key = _key(op, domain)
