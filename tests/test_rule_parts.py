@@ -21,9 +21,18 @@ from deploysparse.denormals import bn_fold_scales, count_denormals
 from deploysparse.depth_advisor import drop_blocks, find_residual_blocks
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.graph.channels import ChannelTable
-from deploysparse.graph.rules import RULES, LayerShape, kernel_node, register_rule, rule_for, unregister_rule
+from deploysparse.graph.rules import (
+    RULES,
+    LayerShape,
+    kernel_node,
+    register_rule,
+    rule_for,
+    runs_int8,
+    unregister_rule,
+)
 from deploysparse.latency import LatencyModel, LatencyTable
 from deploysparse.profiling import _labeller
+from deploysparse.validate import detect_precision
 from tests.exporting import run
 from tests.test_denormals import ort_fused
 
@@ -407,3 +416,24 @@ def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     copy = onnx.ModelProto.FromString(model.SerializeToString())
     copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     return copy
+
+
+# ---- quantization: whether a graph runs int8 ------------------------------------------------------
+
+
+def test_a_graph_with_quantize_dequantize_pairs_runs_int8(tmp_path: Path) -> None:
+    arrays = {"scale": np.array(0.05, np.float32), "zero": np.array(0, np.int8)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"], name="dq"),
+    ]
+    quantized = _model(nodes, arrays, ["n", 4], ["n", 4])
+    plain = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], {}, ["n", 4], ["n", 4])
+    assert runs_int8(quantized.graph) and not runs_int8(plain.graph)
+    for name, model in {"quantized": quantized, "plain": plain}.items():
+        onnx.save(model, tmp_path / f"{name}.onnx")
+    x = np.random.default_rng(7).uniform(-3.0, 3.0, (2, 4)).astype(np.float32)  # inside int8's range
+    (y,) = run(quantized, {"x": x})  # ONNX Runtime runs it: a real Q/DQ graph, x rounded to 0.05
+    assert np.abs(y - x).max() <= 0.05 / 2 + 1e-6
+    assert detect_precision(tmp_path / "quantized.onnx") == "int8"
+    assert detect_precision(tmp_path / "plain.onnx") == "fp32"

@@ -47,6 +47,7 @@ from deploysparse.graph.rules.helpers import (
     readers,
     stored_tensors,
 )
+from deploysparse.graph.rules.quantization import INT8_OPS, runs_int8
 from deploysparse.graph.rules.registry import (
     RULES,
     AnalyzeFn,
@@ -66,6 +67,7 @@ from deploysparse.graph.rules.registry import (
 from deploysparse.graph.rules.timing import LAYER_KINDS, LayerKind, LayerShape
 
 __all__ = [
+    "INT8_OPS",
     "LAYER_KINDS",
     "RULES",
     "AnalyzeFn",
@@ -89,6 +91,7 @@ __all__ = [
     "register_rule",
     "rule",
     "rule_for",
+    "runs_int8",
     "stored_tensors",
     "unregister_rule",
 ]
