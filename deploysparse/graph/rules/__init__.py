@@ -15,14 +15,25 @@ onnx-graphsurgeon's `Graph.register` (extension by registration). It says:
 - `zero_to_zero`: whether an all-zero input channel gives an all-zero output channel;
 - `layer_output` / `compute`: how a framework layer's output maps to the node (hooks on torch modules);
 - `scale_shift`: the inputs holding a normalisation's learned per-channel scale and shift (BN's
-  gamma and beta: the evidence of the bn-scale and similarity criteria).
+  gamma and beta: the evidence of the bn-scale and similarity criteria);
+- `timing`: what layer the node times like (a `LayerShape`: the latency table times its one-node
+  model);
+- `fused_into_producer`: a backend computes the op inside the kernel of the node before it (BN and
+  the usual activations after a conv: a per-layer profile gives that node their time);
+- `absorbs_scale` / `inference_scale`: the weight input into which a backend folds a following
+  per-channel scale (a Conv's), and the scale a normalisation applies at inference (BN's
+  gamma / sqrt(var + eps)): the denormal count tests weights as the backend runs them;
+- `adds_depth` / `merges_residual`: a layer of the network's depth (Conv) and a residual merge (Add),
+  for the depth advisor.
 An op with no rule pins every channel tensor it touches: never pruned, never a crash. `register_rule`
 adds an op, including a custom-domain one, without editing this package.
 
 Floor plan: `registry` (Rule, Reading, Fold, register_rule, rule_for, ...), `helpers` (the ONNX
-helpers every family shares: attr, readers, has_padding, pin_all, filter_magnitude, ...), then one
-module per op family, each registering its rules when imported: `activation`, `pooling`,
-`normalization`, `elementwise`, `conv`, `dense`, `shape`, `spatial`.
+helpers every family shares: attr, readers, has_padding, pin_all, filter_magnitude, ...), `timing`
+(LayerShape and the one-node models' kinds), then one module per op family, each registering its
+rules when imported: `activation`, `pooling`, `normalization`, `elementwise`, `conv`, `dense`,
+`shape`, `spatial`; `quantization` holds what is asked of the quantized ops, which have no rule yet.
+The order in which families register has no effect: rules are looked up by (domain, op type).
 """
 
 from __future__ import annotations

@@ -112,54 +112,27 @@ def register_rule(
     analyze: AnalyzeFn,
     *,
     domain: str = "",
-    rewrite: RewriteFn | None = None,
-    macs: MacsFn | None = None,
-    reads: Callable[[onnx.NodeProto, ChannelTable], Reading | None] | None = None,
-    fold: Fold | None = None,
-    zeroes: Sequence[int] = (),
-    zero_to_zero: bool | Callable[[onnx.NodeProto, ChannelTable], bool] = False,
-    layer_output: bool = False,
-    compute: ComputeFn | None = None,
-    scale_shift: tuple[int, int] | None = None,
-    timing: Callable[[onnx.NodeProto, ChannelTable], LayerShape | None] | None = None,
-    fused_into_producer: bool = False,
-    absorbs_scale: int | None = None,
-    inference_scale: InferenceScaleFn | None = None,
-    adds_depth: bool = False,
-    merges_residual: bool = False,
     replace: bool = False,
+    **parts: Any,
 ) -> Rule:
     """Teach the package an op: how its channels flow and everything else asked of it.
 
     `analyze(node, table)` is the only required part: it writes the node's channel relations into the
     `ChannelTable` (`table.flow`, `table.attach`, `table.pin`, `table.constant_source`, ...). The
-    other parts default to "nothing": no MACs counted, not a final reader, no folding, nothing zeroed,
-    zero not kept. A rule already registered for the op is an error unless `replace=True`, so two
-    libraries cannot silently override each other. Returns the registered rule.
+    other parts are `Rule`'s fields, given by name (an unknown name is a TypeError), and default to
+    "nothing": no MACs counted, not a final reader, no folding, nothing zeroed, zero not kept, not
+    timed, not fused, no scale folded, no depth, no residual merge. A rule already registered for the
+    op is an error unless `replace=True`, so two libraries cannot silently override each other.
+    Returns the registered rule.
 
     Example: a custom-domain per-channel scale `y = x * s` (s of shape (C, 1, 1)) prunes through
     with `register_rule("ChannelScale", analyze, domain="my.ops", zeroes=[1], zero_to_zero=True)`
     where analyze does `table.flow(x, y)` and `table.attach("param", node, 1, 0, y)`.
     """
     names = [op_types] if isinstance(op_types, str) else list(op_types)
-    built = Rule(
-        analyze=analyze,
-        rewrite=rewrite,
-        macs=macs,
-        reads=reads,
-        fold=fold,
-        zeroes=frozenset(int(i) for i in zeroes),
-        zero_to_zero=zero_to_zero,
-        layer_output=layer_output,
-        compute=compute,
-        scale_shift=scale_shift,
-        timing=timing,
-        fused_into_producer=fused_into_producer,
-        absorbs_scale=absorbs_scale,
-        inference_scale=inference_scale,
-        adds_depth=adds_depth,
-        merges_residual=merges_residual,
-    )
+    if "zeroes" in parts:
+        parts["zeroes"] = frozenset(int(i) for i in parts["zeroes"])
+    built = Rule(analyze=analyze, **parts)
     for op in names:
         key = _key(op, domain)
         if key in RULES and not replace:
