@@ -35,6 +35,7 @@ from deploysparse.profiling import _labeller
 from deploysparse.validate import detect_precision
 from tests.exporting import run
 from tests.test_denormals import ort_fused
+from tests.test_graph_rules import _scale
 
 DOMAIN = "my.ops"
 
@@ -153,11 +154,14 @@ class CountingTimer:
         return float(weights[0].size) if weights else 0.0
 
 
+def _function(name: str, inputs: list[str], body: str) -> onnx.FunctionProto:
+    """my.ops::name(inputs) computed as one ONNX `body` op: a model-local function ONNX Runtime inlines."""
+    node = helper.make_node(body, inputs, ["Y"])
+    return helper.make_function(DOMAIN, name, inputs, ["Y"], [node], [helper.make_opsetid("", 17)])
+
+
 def _pointwise_function() -> onnx.FunctionProto:
-    return helper.make_function(
-        DOMAIN, "PointwiseConv", ["X", "W"], ["Y"], [helper.make_node("Conv", ["X", "W"], ["Y"])],
-        [helper.make_opsetid("", 17)],
-    )  # fmt: skip
+    return _function("PointwiseConv", ["X", "W"], "Conv")
 
 
 def _pointwise(node: onnx.NodeProto, t: ChannelTable) -> None:
@@ -258,15 +262,7 @@ def test_backends_fuse_batch_norm_and_the_usual_activations_into_the_conv() -> N
 
 
 def _scale_function() -> onnx.FunctionProto:
-    return helper.make_function(
-        DOMAIN, "ChannelScale", ["X", "S"], ["Y"], [helper.make_node("Mul", ["X", "S"], ["Y"])],
-        [helper.make_opsetid("", 17)],
-    )  # fmt: skip
-
-
-def _scale(node: onnx.NodeProto, t: ChannelTable) -> None:
-    t.flow(node.input[0], node.output[0])
-    t.attach("param", node, 1, 0, node.output[0])
+    return _function("ChannelScale", ["X", "S"], "Mul")
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -365,10 +361,7 @@ def test_convs_add_depth_and_adds_merge_residuals() -> None:
 
 
 def _merge_function() -> onnx.FunctionProto:
-    return helper.make_function(
-        DOMAIN, "Merge", ["A", "B"], ["Y"], [helper.make_node("Add", ["A", "B"], ["Y"])],
-        [helper.make_opsetid("", 17)],
-    )  # fmt: skip
+    return _function("Merge", ["A", "B"], "Add")
 
 
 def _merge(node: onnx.NodeProto, t: ChannelTable) -> None:
@@ -437,3 +430,9 @@ def test_a_graph_with_quantize_dequantize_pairs_runs_int8(tmp_path: Path) -> Non
     assert np.abs(y - x).max() <= 0.05 / 2 + 1e-6
     assert detect_precision(tmp_path / "quantized.onnx") == "int8"
     assert detect_precision(tmp_path / "plain.onnx") == "fp32"
+
+
+def test_a_misspelt_part_is_refused_and_registers_nothing() -> None:
+    with pytest.raises(TypeError, match="adds_dept"):
+        register_rule("Merge", _merge, domain=DOMAIN, adds_dept=True)
+    assert rule_for(helper.make_node("Merge", ["a", "b"], ["c"], domain=DOMAIN)) is None
