@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from deploysparse.graph.rules import attr, readers
+from deploysparse.graph.rules import readers, rule_for, stored_tensors
 from deploysparse.ort_options import session_options
 
 _EXPONENT = np.uint32(0x7F800000)
@@ -76,15 +76,9 @@ def denormal_mask(values: np.ndarray) -> np.ndarray:
 
 def _weight_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
     """Every float32 tensor stored in the graph: initializers and Constant nodes' values."""
-    for tensor in model.graph.initializer:
+    for name, tensor in stored_tensors(model.graph):
         if tensor.data_type == onnx.TensorProto.FLOAT:
-            yield tensor.name, tensor
-    for node in model.graph.node:
-        if node.op_type != "Constant":
-            continue
-        for attribute in node.attribute:
-            if attribute.name == "value" and attribute.t.data_type == onnx.TensorProto.FLOAT:
-                yield node.output[0], attribute.t
+            yield name, tensor
 
 
 def _values(tensor: onnx.TensorProto) -> np.ndarray | None:
@@ -97,26 +91,36 @@ def _values(tensor: onnx.TensorProto) -> np.ndarray | None:
 
 
 def bn_fold_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """gamma / sqrt(var + eps) per output channel, by the name of the Conv weight a backend folds
-    that BatchNormalization into: the Conv's output feeds the BN alone (and is no graph output), the
-    BN's gamma and variance are stored in the graph, the weight feeds that one Conv."""
+    """The per-channel factor a backend folds into a weight, by the weight's name, as the rules say:
+    a normalisation's inference scale (Rule.inference_scale: BatchNormalization's gamma / sqrt(var +
+    eps), its values stored in the graph) goes into the weight of the node before it (Rule.absorbs_scale:
+    a Conv's, along its leading, output-channel axis) when the normalisation alone reads that node's
+    output, which is no graph output, and that node alone reads the weight."""
     stored = {name: tensor for name, tensor in _weight_tensors(model)}
     consumers = readers(model.graph.node)
     graph_outputs = {o.name for o in model.graph.output}
+
+    def value(name: str) -> np.ndarray | None:
+        return _values(stored[name]) if name in stored else None
+
     scales: dict[str, np.ndarray] = {}
     for node in model.graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2 or node.output[0] in graph_outputs:
+        producer = rule_for(node)
+        index = producer.absorbs_scale if producer is not None else None
+        if index is None or len(node.input) <= index or node.output[0] in graph_outputs:
             continue
-        weight, after = node.input[1], consumers.get(node.output[0], [])
-        if len(after) != 1 or after[0].op_type != "BatchNormalization" or len(consumers[weight]) != 1:
+        weight, after = node.input[index], consumers.get(node.output[0], [])
+        norm = rule_for(after[0]) if len(after) == 1 else None
+        if (
+            norm is None
+            or norm.inference_scale is None
+            or len(consumers[weight]) != 1
+            or weight not in stored
+        ):
             continue
-        bn = after[0]
-        gamma, var = (stored.get(name) for name in (bn.input[1], bn.input[4]))
-        gamma_values, var_values = (_values(t) if t is not None else None for t in (gamma, var))
-        if gamma_values is None or var_values is None or weight not in stored:
-            continue
-        eps = attr(bn, "epsilon", 1e-5)
-        scales[weight] = gamma_values.astype(np.float64) / np.sqrt(var_values.astype(np.float64) + eps)
+        scale = norm.inference_scale(after[0], value)
+        if scale is not None:
+            scales[weight] = scale
     return scales
 
 

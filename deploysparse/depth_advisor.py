@@ -19,11 +19,12 @@ span every dependency the data holds: d* is our upper bound on useful conv depth
 only make the receptive field grow faster, so for a real network it is an over-estimate: an upper
 bound). Data with no spatial dependency (i.i.d. noise) gets bound 1.
 
-Backing measurement: each identity-shortcut residual block (an Add whose one input is an ancestor of
-the other) is measured on the data: ||F(x)|| / ||x|| (residual branch over shortcut) and the relative
-change of the model's output when the block is bypassed. Blocks deeper than the bound (their conv
-depth, the most Convs on a path from the input to the Add) that measure near identity are
-candidates; `drop_blocks` replaces each such Add by its shortcut.
+Backing measurement: each identity-shortcut residual block (an Add, or any op whose rule
+`merges_residual`, whose one input is an ancestor of the other) is measured on the data: ||F(x)|| /
+||x|| (residual branch over shortcut) and the relative change of the model's output when the block is
+bypassed. Blocks deeper than the bound (their conv depth, the most Convs, or ops whose rule
+`adds_depth`, on a path from the input to the Add) that measure near identity are candidates;
+`drop_blocks` replaces each such Add by its shortcut.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 import onnx
 
 from deploysparse.errors import CalibrationError, UsageError
+from deploysparse.graph.rules import identity_node, rule_for
 
 DEPENDENCY_FRACTION = 0.05
 MI_BITS = 6
@@ -179,17 +181,20 @@ def _ancestors(
 
 
 def conv_depths(graph: onnx.GraphProto) -> dict[str, int]:
-    """Most Conv nodes on any path from a graph input to each tensor (nodes are topologically sorted)."""
+    """Most depth layers (nodes whose rule `adds_depth`: Conv) on any path from a graph input to each
+    tensor (nodes are topologically sorted)."""
     depth: dict[str, int] = {}
     for node in graph.node:
         inherited = max((depth.get(i, 0) for i in node.input if i), default=0)
+        rule = rule_for(node)
         for out in node.output:
-            depth[out] = inherited + (1 if node.op_type == "Conv" else 0)
+            depth[out] = inherited + (1 if rule is not None and rule.adds_depth else 0)
     return depth
 
 
 def find_residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
-    """Adds whose one input is an ancestor of the other, with a Conv on the residual branch."""
+    """Residual merges (a two-input node whose rule `merges_residual`: Add) whose one input is an
+    ancestor of the other, with a depth layer (Conv) on the residual branch."""
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
     producers = _producers(graph)
@@ -197,7 +202,8 @@ def find_residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
     cache: dict[str, frozenset[str]] = {}
     blocks = []
     for node in graph.node:
-        if node.op_type != "Add" or len(node.input) != 2 or set(node.input) & initializers:
+        rule = rule_for(node)
+        if rule is None or not rule.merges_residual or len(node.input) != 2 or set(node.input) & initializers:
             continue
         a, b = node.input
         for shortcut, residual in ((a, b), (b, a)):
@@ -230,9 +236,7 @@ def drop_blocks(model: onnx.ModelProto, adds: list[str]) -> onnx.ModelProto:
             block = by_name[node.name]
             shortcut = rename.get(block.shortcut, block.shortcut)
             if node.output[0] in outputs:
-                kept_nodes.append(
-                    onnx.helper.make_node("Identity", [shortcut], [node.output[0]], name=node.name)
-                )
+                kept_nodes.append(identity_node(shortcut, node.output[0], name=node.name))
             else:
                 rename[node.output[0]] = shortcut
             continue

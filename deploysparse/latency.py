@@ -4,10 +4,11 @@ that predicts the model's latency from it at any kept channel counts. The alloca
 
 FLOPs fall faster than latency: a conv with 61 channels runs no faster than one with 64, memory-bound
 layers barely shrink, and the first layers cost more per MAC than the last. So the budget asks the
-backend. Every Conv (2-D), Gemm and MatMul of the model is timed on its own, as a one-node ONNX model
-at the analysed input size and the requested batch, at a grid of input and output widths; a layer's
-latency at any width is interpolated in that grid. The rest of the model (pooling, adds, activations
-ONNX Runtime did not fuse) is the measured whole-model latency minus the layers' sum, scaled by the
+backend. Every layer whose rule says what it times like (Rule.timing: a 2-D Conv, a Gemm, a 2-D
+MatMul, a registered op that answers) is timed on its own, as a one-node ONNX model
+(graph/rules/timing.py) at the analysed input size and the requested batch, at a grid of input and
+output widths; a layer's latency at any width is interpolated in that grid. The rest of the model
+(pooling, adds, activations ONNX Runtime did not fuse) is the measured whole-model latency minus the layers' sum, scaled by the
 fraction of layer outputs kept. Tables are cached on disk keyed by backend, its version, the machine
 and the layer shape (~/.cache/deploysparse/latency, or $DEPLOYSPARSE_CACHE).
 
@@ -26,118 +27,21 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from deploysparse.budget import DEFAULT_ROUND_TO, Budget
 from deploysparse.errors import UsageError
-from deploysparse.graph.rules import attr
+from deploysparse.graph.rules import LayerShape, rule_for
 from deploysparse.modelio import save_model
 
 GRID = (0.25, 0.5, 0.75, 1.0)  # fractions of a layer's channels timed in the table
 WARMUP, ITERS = 2, 7
 PAIR_RUNS = 11  # alternating runs of original and compact each when the compact model is measured
-
-
-@dataclass(frozen=True)
-class LayerShape:
-    """What decides one layer's latency besides its channel counts."""
-
-    op: str  # "conv" or "dense"
-    in_channels: int
-    out_channels: int
-    kernel: tuple[int, ...] = ()
-    strides: tuple[int, ...] = ()
-    pads: tuple[int, ...] = ()
-    dilations: tuple[int, ...] = ()
-    depthwise: bool = False
-    spatial: tuple[int, ...] = ()
-    batch: int = 1
-
-    def key(self, c_in: int, c_out: int) -> str:
-        return json.dumps(
-            [
-                self.op,
-                c_in,
-                c_out,
-                self.kernel,
-                self.strides,
-                self.pads,
-                self.dilations,
-                self.depthwise,
-                self.spatial,
-                self.batch,
-            ]
-        )
-
-    def model(self, c_in: int, c_out: int, null: bool = False) -> onnx.ModelProto:
-        """A one-node ONNX model of this layer with c_in inputs and c_out outputs (random weights).
-
-        null: the same inputs and outputs without the layer (the output is a broadcast constant): what
-        a session run costs around the layer (feeding, allocating and copying), subtracted from it."""
-        rng = np.random.default_rng(0)
-        if self.op == "dense":
-            weight = rng.standard_normal((c_out, c_in)).astype(np.float32)
-            node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
-            x_shape, y_shape = [self.batch, c_in], [self.batch, c_out]
-        else:
-            group = c_in if self.depthwise else 1
-            c_out = c_in if self.depthwise else c_out
-            weight = rng.standard_normal((c_out, c_in // group, *self.kernel)).astype(np.float32)
-            node = helper.make_node(
-                "Conv",
-                ["x", "w", "b"],
-                ["y"],
-                strides=list(self.strides),
-                pads=list(self.pads),
-                dilations=list(self.dilations),
-                group=group,
-            )
-            x_shape, y_shape = [self.batch, c_in, *self.spatial], None
-        bias = np.zeros(c_out, np.float32)
-        if null:
-            out_shape = self.out_shape(c_in, c_out)
-            node = helper.make_node("Expand", ["b0", "s"], ["y"])
-            extra = [
-                numpy_helper.from_array(np.zeros(1, np.float32), "b0"),
-                numpy_helper.from_array(np.array(out_shape, np.int64), "s"),
-            ]
-            graph = helper.make_graph(
-                [node, helper.make_node("Identity", ["x"], ["x_out"])],
-                "null",
-                [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                [
-                    helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape),
-                    helper.make_tensor_value_info("x_out", TensorProto.FLOAT, x_shape),
-                ],
-                extra,
-            )
-            return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        graph = helper.make_graph(
-            [node],
-            "layer",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
-            [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
-        )
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-    def out_shape(self, c_in: int, c_out: int) -> list[int]:
-        if self.op == "dense":
-            return [self.batch, c_out]
-        c_out = c_in if self.depthwise else c_out
-        spatial = []
-        for i, size in enumerate(self.spatial):
-            span = (self.kernel[i] - 1) * self.dilations[i] + 1
-            spatial.append(
-                (size + self.pads[i] + self.pads[i + len(self.spatial)] - span) // self.strides[i] + 1
-            )
-        return [self.batch, c_out, *spatial]
 
 
 class LayerTimer:
@@ -243,8 +147,9 @@ class LatencyTable:
         key = shape.key(c_in, c_out)
         if key not in self.entries:
             with tempfile.TemporaryDirectory(prefix="deploysparse-latency-") as folder:
-                x_shape = [shape.batch, c_in, *shape.spatial] if shape.op == "conv" else [shape.batch, c_in]
-                feeds = {"x": np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)}
+                feeds = {
+                    "x": np.random.default_rng(0).standard_normal(shape.in_shape(c_in)).astype(np.float32)
+                }
                 times = []
                 for null in (False, True):
                     path = Path(folder) / f"layer{int(null)}.onnx"
@@ -349,43 +254,13 @@ class LatencyModel:
 
 
 def _layer(ga: Any, node: onnx.NodeProto, table: LatencyTable, round_to: int) -> Layer | None:
-    """The timed layer for a Conv (2-D, dense or depthwise), Gemm or 2-D MatMul with a constant weight."""
-    if len(node.input) < 2 or node.input[1] not in ga.weights:
+    """The timed layer of a node whose rule says what layer it times like (Rule.timing: a 2-D Conv,
+    dense or depthwise, a Gemm, a 2-D MatMul with a constant weight), at the timer's batch."""
+    rule = rule_for(node)
+    shape = rule.timed_layer(node, ga.table) if rule is not None else None
+    if shape is None:
         return None
-    weight = ga.weights[node.input[1]]
-    x_shape = ga.shapes.get(node.input[0])
-    if x_shape is None:
-        return None
-    batch = table.timer.batch
-    if node.op_type == "Conv" and weight.ndim == 4 and len(x_shape) == 4:
-        group = attr(node, "group", 1)
-        c_in, c_out = int(x_shape[1]), int(weight.shape[0])
-        depthwise = group == c_in == c_out
-        if group != 1 and not depthwise:
-            return None
-        auto_pad = attr(node, "auto_pad", b"NOTSET")
-        if auto_pad not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-            return None
-        shape = LayerShape(
-            "conv",
-            c_in,
-            c_out,
-            tuple(weight.shape[2:]),
-            tuple(attr(node, "strides", [1, 1])),
-            tuple(attr(node, "pads", [0, 0, 0, 0])),
-            tuple(attr(node, "dilations", [1, 1])),
-            depthwise,
-            tuple(int(d) for d in x_shape[2:]),
-            batch,
-        )
-    elif node.op_type == "Gemm" and len(x_shape) == 2 and not attr(node, "transA", 0):
-        c_in = int(x_shape[1])
-        c_out = int(weight.shape[0] if attr(node, "transB", 0) else weight.shape[1])
-        shape = LayerShape("dense", c_in, c_out, batch=batch)
-    elif node.op_type == "MatMul" and len(x_shape) == 2 and weight.ndim == 2:
-        shape = LayerShape("dense", int(x_shape[1]), int(weight.shape[1]), batch=batch)
-    else:
-        return None
+    shape = replace(shape, batch=table.timer.batch)
     inputs, outputs = grid_widths(shape.in_channels, round_to), grid_widths(shape.out_channels, round_to)
     if shape.depthwise:
         grid = np.array([[table.latency(shape, c, c) for c in outputs]])

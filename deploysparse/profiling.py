@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from deploysparse.errors import BackendError, UsageError
+from deploysparse.graph.rules import kernel_node
 from deploysparse.ort_options import session_options
 
 _ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -148,7 +149,6 @@ def _feeds(sess, batch: int, rng: np.random.Generator, model: str) -> dict[str, 
     return feeds
 
 
-_PASS_THROUGH = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "BatchNormalization"}
 _REORDERS = {"ReorderInput", "ReorderOutput"}
 REORDER_ROW = "(layout reorders)"
 
@@ -158,7 +158,8 @@ def _labeller(path: str | os.PathLike[str]):
 
     ONNX Runtime names a node it moved to its blocked (NCHWc) layout after its output tensor plus
     `_nchwc`; a conv fused with its activation but left in NCHW keeps the conv's name. Both are
-    traced back to the conv: the tensor's producer, then through BatchNormalization and activations.
+    traced back to the conv: the tensor's producer, then through the nodes the rules say a backend
+    fuses into their producer (Rule.fused_into_producer: BatchNormalization, activations).
     The layout reorders ONNX Runtime inserts are pooled into one row.
     """
     import onnx
@@ -172,9 +173,7 @@ def _labeller(path: str | os.PathLike[str]):
             return REORDER_ROW
         if node in names or not node.endswith("_nchwc"):
             return node
-        source = producer.get(node.removesuffix("_nchwc"))
-        while source is not None and source.op_type in _PASS_THROUGH and source.input:
-            source = producer.get(source.input[0])
+        source = kernel_node(node.removesuffix("_nchwc"), producer)
         return source.name if source is not None else node
 
     return label

@@ -56,17 +56,6 @@ class _PrecisionDefault:
 PRECISION_DEFAULT: Any = _PrecisionDefault()
 
 
-_INT8_OPS = {
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "QLinearConv",
-    "QLinearMatMul",
-    "ConvInteger",
-    "MatMulInteger",
-    "DynamicQuantizeLinear",
-}
-
-
 def detect_precision(model: str | os.PathLike[str]) -> str:
     """fp32, fp16 or int8: from the graph of an .onnx (Q/DQ ops, float16 weights), or from the
     `.json` metadata a TensorRT build writes beside its engine."""
@@ -78,13 +67,15 @@ def detect_precision(model: str | os.PathLike[str]) -> str:
         except (OSError, ValueError, AttributeError):
             value = None
         return value if value in PRECISIONS else DEFAULT_PRECISION
+    from deploysparse.graph.rules import runs_int8
+
     try:
         import onnx
 
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:
         return DEFAULT_PRECISION  # the runner reports an unreadable model with its name
-    if any(node.op_type in _INT8_OPS for node in proto.graph.node):
+    if runs_int8(proto.graph):
         return "int8"
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
         return "fp16"

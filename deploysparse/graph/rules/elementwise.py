@@ -1,0 +1,79 @@
+"""Elementwise ops between activations and constants (Add, Mul, ..., PRelu): two activations' channels
+are coupled (residual sums, SE gates); a constant with a per-channel axis is sliced with them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from deploysparse.graph.channels import ChannelTable
+from deploysparse.graph.rules.helpers import constant, pin_all
+from deploysparse.graph.rules.registry import register_rule, rule
+
+
+@rule("PRelu", zero_to_zero=True)
+def _prelu(node: onnx.NodeProto, t: ChannelTable) -> None:
+    _elementwise(node, t)
+
+
+def _channel_axis_of(operand_rank: int, out_rank: int) -> int | None:
+    """Where an operand broadcast against a rank-`out_rank` output keeps the channel axis (axis 1)."""
+    axis = 1 - (out_rank - operand_rank)
+    return axis if axis >= 0 else None
+
+
+def _elementwise(node: onnx.NodeProto, t: ChannelTable) -> None:
+    """Two activations: their channels are coupled (residual sums, SE gates). A constant with a
+    per-channel axis is sliced with them; a broadcast one is left alone."""
+    dst = node.output[0]
+    out_c = t.channels(dst)
+    out_rank = len(t.shapes.get(dst, ()))
+    if out_c is None:
+        pin_all(node, t, "no static channel axis")
+        return
+    live = []
+    for i, name in enumerate(node.input):
+        value = constant(t, name)
+        if value is not None:
+            axis = _channel_axis_of(value.ndim, out_rank)
+            if axis is not None and value.shape[axis] == out_c and out_c > 1:
+                t.attach("param", node, i, axis, dst)
+            continue
+        shape = t.shapes.get(name)
+        if shape is None or len(shape) != out_rank:
+            pin_all(node, t, "operand of another rank")
+            return
+        if shape[1] == out_c:
+            live.append(name)
+        elif shape[1] == 1:
+            t.not_constant(dst)  # a broadcast gate varies along positions the channel does not see
+        else:
+            pin_all(node, t, "channel counts do not broadcast")
+            return
+    if not live:
+        pin_all(node, t, "no activation operand with channels")
+        return
+    for name in live:
+        t.flow(name, dst, constant_if="any" if node.op_type == "Mul" else "all")
+
+
+def _no_constant_operand(node: onnx.NodeProto, t: ChannelTable) -> bool:
+    """0 + 0 is 0; 0 + a constant is not (a sum keeps zero only when every operand is an activation)."""
+    return not any(constant(t, name) is not None for name in node.input)
+
+
+def _product(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]):
+    """x * gate(x) (SiLU) from one layer's output; a constant operand is not read here."""
+    if len(node.input) != 2 or any(name in constants for name in node.input):
+        return None
+    return lambda xs, F: xs[0] * xs[1]
+
+
+register_rule("Add", _elementwise, zeroes=(0, 1), zero_to_zero=_no_constant_operand, merges_residual=True)
+register_rule("Sub", _elementwise, zeroes=(0, 1), zero_to_zero=_no_constant_operand)
+register_rule(("Sum", "Mean", "Max", "Min"), _elementwise, zero_to_zero=_no_constant_operand)
+register_rule("Mul", _elementwise, zero_to_zero=True, compute=_product)
+register_rule("Div", _elementwise, zero_to_zero=True)
+register_rule("Pow", _elementwise)
