@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from deploysparse.backends.denormal_cost import DenormalCost, measure_cost
 from deploysparse.budget import DEAD, DEFAULT_ROUND_TO, Budget
-from deploysparse.denormals import DenormalCost, DenormalCount, count_denormals, flush_denormals, measure_cost
+from deploysparse.denormals import DenormalCount, count_denormals, flush_denormals
 from deploysparse.errors import UsageError
 from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
 from deploysparse.graph.cost import count_cost
@@ -390,9 +391,10 @@ def measure_change(
     ga: GraphAnalysis,
 ) -> dict:
     """Largest absolute and relative output difference on the calibration data (or random data)."""
-    from deploysparse.ort_intermediates import random_feeds, run_batched, session
+    from deploysparse.backends.feeds import make_feeds
+    from deploysparse.ort_intermediates import run_batched, session
 
-    data = dict(feeds) if feeds is not None else random_feeds(original, ga.input_shapes)
+    data = dict(feeds) if feeds is not None else make_feeds(original, ga.input_shapes, min_batch=2)
     data = {k: v[:64] for k, v in data.items()}
     a = list(run_batched(session(original), data, None).values())
     b = list(run_batched(session(compact), data, None).values())

@@ -90,17 +90,3 @@ def run_batched(
         for name, value in zip(output_names, results, strict=True):
             chunks[name].append(value[:real])
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
-
-
-def random_feeds(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Standard-normal inputs of the analysed shapes (batch of 2): fresh data, never zeros."""
-    rng = np.random.default_rng(seed)
-    elem = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-    feeds = {}
-    for name, shape in input_shapes.items():
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem.get(name, onnx.TensorProto.FLOAT))
-        shape = [max(2, shape[0]), *shape[1:]]
-        feeds[name] = rng.standard_normal(shape).astype(dtype)
-    return feeds

@@ -14,6 +14,7 @@ a previous run's output (it has a report.json): a folder of other files is never
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -30,7 +31,8 @@ import onnx
 
 from deploysparse import api
 from deploysparse.atomic import replace_folder, write_text
-from deploysparse.backends import get_backend
+from deploysparse.backends import REFERENCE_BACKEND, get_backend
+from deploysparse.backends.timing import interleaved
 from deploysparse.bench import benchmark
 from deploysparse.budget import DEAD, Budget
 from deploysparse.denormals import DenormalCount, count_denormals, flushed_copy
@@ -380,29 +382,19 @@ def _layers(recipe: Recipe, original: str, compact: Path, flushed: Path | None) 
 
 
 def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None = None) -> dict:
-    """p50/p99 of each repeated run, original (and its flushed copy) and compact alternating so all
+    """p50/p99 of each repeated run, original (and its flushed copy) and compact interleaved so all
     see the same machine load (a shared CI runner drifts by more than pruning gains); the reported
     point is the run with the median p50."""
     bench = recipe.bench
-    models = {"original": (original, "onnxruntime")}
+    models = {"original": (original, REFERENCE_BACKEND)}
     if flushed is not None:
-        models["original_flushed"] = (flushed, "onnxruntime")
+        models["original_flushed"] = (flushed, REFERENCE_BACKEND)
     models["compact"] = (compact, recipe.build.backend)
-    runs: dict[str, list] = {key: [] for key in models}
     with progress("benchmark", total=len(models) * bench.repeats) as advance:
-        for repeat in range(bench.repeats):
-            for key, (path, backend) in models.items():
-                runs[key].append(
-                    benchmark(
-                        path,
-                        backend=backend,
-                        batches=bench.batches,
-                        warmup=bench.warmup,
-                        iters=bench.iters,
-                        seed=repeat,
-                    ).results
-                )
-                advance(1)
+        tasks = [
+            functools.partial(_bench_once, path, backend, bench, advance) for path, backend in models.values()
+        ]
+        runs = dict(zip(models, interleaved(tasks, bench.repeats), strict=True))
     out: dict[str, list] = {key: [] for key in models}
     for key, repeats in runs.items():
         for i, batch in enumerate(bench.batches):
@@ -420,6 +412,15 @@ def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None 
                 }
             )
     return out
+
+
+def _bench_once(path: str | Path, backend: str, bench, advance, repeat: int) -> list:
+    """One repeat of `bench` on one model (the repeat's number seeds its random inputs)."""
+    results = benchmark(
+        path, backend=backend, batches=bench.batches, warmup=bench.warmup, iters=bench.iters, seed=repeat
+    ).results
+    advance(1)
+    return results
 
 
 def _report(recipe, model_label, source, result, built, validation, latency, started, finished) -> dict:

@@ -23,16 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deploysparse.backends.feeds import make_feeds
+from deploysparse.backends.onnxruntime import session_input_specs
 from deploysparse.errors import BackendError, UsageError
 from deploysparse.ort_options import session_options
-
-_ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
-_ORT_INT = {
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-}
 
 
 @dataclass
@@ -96,7 +90,10 @@ def profile_side_by_side(
             label: _session(Path(path), Path(folder) / f"m{i}", threads)
             for i, (label, path) in enumerate(models.items())
         }
-        feeds = {label: _feeds(sess, batch, rng, str(models[label])) for label, sess in sessions.items()}
+        feeds = {
+            label: make_feeds(session_input_specs(sess), batch=batch, seed=rng, source=str(models[label]))
+            for label, sess in sessions.items()
+        }
         for _ in range(warmup + runs):
             for label, sess in sessions.items():
                 sess.run(None, feeds[label])
@@ -124,28 +121,6 @@ def _session(path: Path, prefix: Path, threads: int | None):
         raise BackendError(
             f"{path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0]})"
         ) from exc
-
-
-def _feeds(sess, batch: int, rng: np.random.Generator, model: str) -> dict[str, np.ndarray]:
-    """Random inputs at `batch`: normal floats, small positive integers; never zeros."""
-    feeds = {}
-    for inp in sess.get_inputs():
-        dims = list(inp.shape)
-        if dims and isinstance(dims[0], int) and dims[0] not in (batch, -1):
-            raise UsageError(f"{model}: input '{inp.name}' has a static batch of {dims[0]}, not {batch}")
-        rest = dims[1:]
-        if any(not isinstance(d, int) or d < 1 for d in rest):
-            raise UsageError(f"{model}: input '{inp.name}' has dynamic non-batch dims {dims}")
-        shape = [batch, *rest] if dims else []
-        if inp.type in _ORT_FLOAT:
-            feeds[inp.name] = rng.standard_normal(shape).astype(_ORT_FLOAT[inp.type])
-        elif inp.type in _ORT_INT:
-            feeds[inp.name] = rng.integers(1, 10, size=shape).astype(_ORT_INT[inp.type])
-        elif inp.type == "tensor(bool)":
-            feeds[inp.name] = rng.random(shape) < 0.5
-        else:
-            raise UsageError(f"{model}: input '{inp.name}' of type {inp.type} cannot be profiled")
-    return feeds
 
 
 _PASS_THROUGH = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "BatchNormalization"}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from deploysparse import api
+from deploysparse.backends import get_backend
 from deploysparse.budget import Budget
 from deploysparse.errors import UsageError
 from deploysparse.graph.groups import ChannelGroup, Member
@@ -25,7 +26,6 @@ from deploysparse.latency import (
     LatencyModel,
     Layer,
     LayerShape,
-    LayerTimer,
     _best_measured,
     allocate_latency,
     grid_widths,
@@ -337,15 +337,14 @@ def test_alternating_timing_turns_thread_spinning_off(monkeypatch: pytest.Monkey
     with pytest.raises(Exception, match=key):  # ONNX Runtime's default: spinning
         session_options(ort, 2).get_session_config_entry(key)
     opened = []
-    timer = LayerTimer(batch=1)
-    real_runner = timer.engine.runner
+    timer = get_backend("onnxruntime").timer(batch=1)
+    real_runner = timer.backend.runner
 
     def runner(path, threads=None, *, spinning=True):
         opened.append(spinning)
         return real_runner(path, threads, spinning=spinning)
 
-    monkeypatch.setattr(timer.engine, "runner", runner)
+    monkeypatch.setattr(timer.backend, "runner", runner)
     path = save_model(LayerShape("dense", 4, 4).model(4, 4), tmp_path / "layer.onnx")
-    feeds = {"x": np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)}
-    first, second = timer.pair(path, path, feeds)
+    first, second = timer.interleaved_ms([path, path])
     assert first > 0 and second > 0 and opened == [False, False]

@@ -76,5 +76,5 @@ def test_static_batch_is_refused_with_the_input_named(tmp_path: Path) -> None:
     onnx.save(model, path)
     from deploysparse.errors import UsageError
 
-    with pytest.raises(UsageError, match="input 'x' has a static batch of 1, not 4"):
+    with pytest.raises(UsageError, match="input 'x' has a static batch of 1, so batch 4 cannot run"):
         profile_layers(path, batch=4, warmup=0, runs=1)

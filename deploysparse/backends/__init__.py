@@ -12,6 +12,10 @@ import importlib
 from deploysparse.backends.base import Backend, BuildResult, Runner, parse_shapes
 from deploysparse.errors import UsageError
 
+# The backend that runs an ONNX model as it is: the reference `validate` compares with, and where
+# the analysis, the dead-filter check and the criteria read intermediate tensors.
+REFERENCE_BACKEND = "onnxruntime"
+
 # name -> (module, class)
 BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("deploysparse.backends.onnxruntime", "OnnxRuntimeBackend"),

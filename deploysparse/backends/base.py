@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from deploysparse.backends.timing import Timer
 from deploysparse.calibration import InputSpec
 from deploysparse.errors import UsageError
 from deploysparse.input_shapes import parse_shape
@@ -110,6 +111,11 @@ class Backend(ABC):
         """One-shot convenience: open `path`, run `feeds` once, close."""
         with self.runner(path) as runner:
             return runner.run(feeds)
+
+    def timer(self, batch: int, threads: int | None = None) -> Timer:
+        """What latency tables and measured corrections time models with, at `batch` (each model
+        opened with `runner`; a backend that must build a model before running it overrides this)."""
+        return Timer(self, batch, threads)
 
 
 def check_precision(precision: str) -> str:

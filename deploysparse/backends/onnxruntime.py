@@ -78,6 +78,18 @@ def _ort():
     return onnxruntime
 
 
+def session_input_specs(session) -> list[InputSpec]:
+    """The inputs of an InferenceSession as InputSpecs (an unknown element type reads as float32)."""
+    return [
+        InputSpec(
+            i.name,
+            tuple(d if isinstance(d, int) else (d or None) for d in i.shape),
+            np.dtype(_ORT_TYPES.get(i.type, np.float32)),
+        )
+        for i in session.get_inputs()
+    ]
+
+
 class OrtRunner(Runner):
     """An InferenceSession with full graph optimisation and an explicit thread count (see
     `session_options` for `spinning`)."""
@@ -102,14 +114,7 @@ class OrtRunner(Runner):
             raise BackendError(f"{path}: ONNX Runtime cannot load the model ({first_line(exc)})") from exc
         self.path = path
         self.providers = self.session.get_providers()
-        self.input_specs = [
-            InputSpec(
-                i.name,
-                tuple(d if isinstance(d, int) else (d or None) for d in i.shape),
-                np.dtype(_ORT_TYPES.get(i.type, np.float32)),
-            )
-            for i in self.session.get_inputs()
-        ]
+        self.input_specs = session_input_specs(self.session)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ TensorRT is optional. Without it (or without a GPU) every entry point raises Bac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ from deploysparse.backends.base import (
     check_shapes_match,
     metadata_json,
 )
+from deploysparse.backends.timing import Timer
 from deploysparse.backends.trt_support import check_onnx
 from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
 from deploysparse.denormals import flush_for_build
@@ -133,6 +135,17 @@ class TrtRunner(Runner):
             self._runner.deactivate()
 
 
+class EngineTimer(Timer):
+    """TensorRT times engines: each model is built into an FP16 engine first, in a temporary folder."""
+
+    @contextlib.contextmanager
+    def open(self, path: Path, spinning: bool = True) -> Iterator[Runner]:
+        with tempfile.TemporaryDirectory(prefix="deploysparse-engine-") as folder:
+            built = self.backend.build(path, folder, precision="fp16")
+            with self.backend.runner(built.artifact, spinning=spinning) as runner:
+                yield runner
+
+
 class TensorRTBackend(Backend):
     """Build and run TensorRT engines (needs the tensorrt package and an NVIDIA GPU)."""
 
@@ -148,6 +161,9 @@ class TensorRTBackend(Backend):
         self, path: str | os.PathLike[str], threads: int | None = None, *, spinning: bool = True
     ) -> TrtRunner:
         return TrtRunner(path)  # the GPU runs the engine: no CPU thread pool to spin
+
+    def timer(self, batch: int, threads: int | None = None) -> EngineTimer:
+        return EngineTimer(self, batch, threads)
 
     def build(
         self,
