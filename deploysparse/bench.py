@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from deploysparse import progress
-from deploysparse.backends import get_backend
+from deploysparse.backends import DEFAULT_BACKEND, get_backend
 from deploysparse.backends.feeds import feed_shapes, make_feeds
 from deploysparse.backends.timing import timed_runs
 from deploysparse.errors import UsageError
@@ -57,7 +57,7 @@ class BenchReport:
 
 def benchmark(
     model_path: str | os.PathLike[str],
-    backend: str = "onnxruntime",
+    backend: str = DEFAULT_BACKEND,
     batches: Sequence[int] = (1,),
     warmup: int = 10,
     iters: int = 100,

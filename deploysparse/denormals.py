@@ -18,10 +18,8 @@ Pruning is then credited only with what pruning did: reports time the flushed or
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -173,19 +171,3 @@ def flushed_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, DenormalCount
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy, flush_denormals(copy)
-
-
-def flush_for_build(
-    model: onnx.ModelProto, onnx_path: str | os.PathLike[str], workdir: str | os.PathLike[str], keep: bool
-) -> tuple[Path, DenormalCount]:
-    """The file a backend builds from: `onnx_path` itself when there is nothing to flush (or `keep`),
-    else `model` (the backend's own loaded copy) flushed in place and written into `workdir`, with
-    external data if the original had it. The user's file is never touched."""
-    if keep:
-        return Path(onnx_path), DenormalCount()
-    flushed = flush_denormals(model)
-    if not flushed.total:
-        return Path(onnx_path), flushed
-    from deploysparse.modelio import save_model
-
-    return save_model(model, Path(workdir) / Path(onnx_path).name), flushed

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import json
 import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -40,7 +39,7 @@ from deploysparse.errors import UsageError
 from deploysparse.hashing import sha256_file
 from deploysparse.modelio import external_data_files, load_model, save_model
 from deploysparse.output_guard import reads, refuse_overlap, writes
-from deploysparse.profiling import profile_side_by_side, side_by_side_rows
+from deploysparse.profiling import side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
 from deploysparse.report import ReportError, write_report
@@ -351,7 +350,7 @@ def _shapes(recipe: Recipe, source: str, original: OriginalFacts | None) -> dict
     b = recipe.build
     if b.shapes:
         return {name: tuple(tuple(s) for s in profile) for name, profile in b.shapes.items()}
-    if b.backend != "tensorrt":
+    if not get_backend(b.backend).needs_shape_profile:
         return None
     inputs = (original if original is not None else OriginalFacts.read(source)).inputs
     return {name: tuple(tuple([n, *dims[1:]]) for n in b.batch) for name, dims in inputs.items()}
@@ -369,15 +368,16 @@ def _flushed_original(original: onnx.ModelProto, folder: Path) -> Path:
 
 def _layers(recipe: Recipe, original: str, compact: Path, flushed: Path | None) -> dict | None:
     """Per-layer latency of the fp32 original, its flushed copy and the compact ONNX, side by side,
-    at the recipe's largest batch; only for ONNX Runtime recipes (the profiler is ONNX Runtime's,
-    and CPU figures would say nothing about a TensorRT engine)."""
-    if recipe.build.backend != "onnxruntime":
+    at the recipe's largest batch, on the recipe's backend; None for a backend without a per-layer
+    profiler (TensorRT: CPU figures would say nothing about its engine)."""
+    backend = get_backend(recipe.build.backend)
+    if not backend.has_profiler:
         return None
     bench = recipe.bench
     models = {"original": original, **({"original_flushed": flushed} if flushed else {}), "compact": compact}
     batch = max(bench.batches)
     with progress("per-layer profile"):
-        profiles = profile_side_by_side(models, batch=batch, warmup=bench.warmup, runs=bench.iters)
+        profiles = backend.profile(models, batch=batch, warmup=bench.warmup, runs=bench.iters)
     return {"batch": batch, "runs": bench.iters, "models": list(models), "rows": side_by_side_rows(profiles)}
 
 
@@ -467,9 +467,8 @@ def _report(recipe, model_label, source, result, built, validation, latency, sta
 
 
 def _device(built) -> str:
-    if built.backend == "tensorrt":
-        return str(built.metadata.get("gpu", "GPU"))
-    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'CPU'}"
+    """Where the compact model runs: the build metadata's `device` (one schema for every backend)."""
+    return str(built.metadata["device"])
 
 
 def _versions() -> dict[str, str | None]:

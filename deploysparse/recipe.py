@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from deploysparse.backends import DEFAULT_BACKEND, backend_names, get_backend
 from deploysparse.budget import DEAD, Budget
 from deploysparse.errors import DeploysparseError, UsageError
 
@@ -42,6 +43,20 @@ def _known_criterion(name: str) -> str:
 
 
 Criterion = Annotated[str, AfterValidator(_known_criterion)]
+
+
+def _known_backend(name: str) -> str:
+    """A recipe names a backend as `--backend` does: a name in the backend registry, read when the
+    recipe is (a backend registered after import counts)."""
+    names = backend_names()
+    if name not in names:
+        raise PydanticCustomError(
+            "literal_error", "Input should be {expected}", {"expected": ", ".join(map(repr, names))}
+        )
+    return name
+
+
+BackendName = Annotated[str, AfterValidator(_known_backend)]
 
 
 def __getattr__(name: str) -> Any:
@@ -120,7 +135,7 @@ class BuildSettings(_Section):
     TensorRT builds its optimization profile from these; ONNX Runtime uses `opt` for analysis.
     """
 
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    backend: BackendName = DEFAULT_BACKEND
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     batch: list[Positive] = [1, 1, 1]
     shapes: dict[str, list[list[Positive]]] = {}
@@ -148,9 +163,10 @@ class BuildSettings(_Section):
         return shapes
 
     @model_validator(mode="after")
-    def _backend_supports_precision(self) -> BuildSettings:
-        if self.backend == "onnxruntime" and self.workspace_mb is not None:
-            raise ValueError("workspace_mb only applies to backend tensorrt")
+    def _backend_takes_workspace(self) -> BuildSettings:
+        if self.workspace_mb is not None and not get_backend(self.backend).takes_workspace:
+            takers = [name for name in backend_names() if get_backend(name).takes_workspace]
+            raise ValueError(f"workspace_mb only applies to backend {' or '.join(takers)}")
         return self
 
 
@@ -208,7 +224,7 @@ class Recipe(_Section):
     @model_validator(mode="after")
     def _bench_batches_fit_profile(self) -> Recipe:
         low, _, high = self.build.batch
-        if self.build.backend == "tensorrt" and not self.build.shapes:
+        if get_backend(self.build.backend).needs_shape_profile and not self.build.shapes:
             outside = [b for b in self.bench.batches if not low <= b <= high]
             if outside:
                 raise ValueError(f"bench batches {outside} lie outside build.batch [{low}, {high}]")

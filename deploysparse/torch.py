@@ -112,16 +112,16 @@ def _aliases_of_graph_constants(
 
 def _verify_against_graph(module: nn.Module, model: onnx.ModelProto) -> None:
     """Run the compact module and the compact ONNX model on one random input; they must agree."""
+    from deploysparse.backends import reference_backend
     from deploysparse.backends.feeds import make_feeds
     from deploysparse.calibration import model_input_specs
-    from deploysparse.ort_intermediates import run_batched, session
 
     specs = model_input_specs(model)
     try:
         feeds = make_feeds(specs, min_batch=2)
     except UsageError:
         return  # dynamic spatial dims: no shape to try; the caller's data will tell
-    expected = list(run_batched(session(model), feeds, None).values())
+    expected = list(reference_backend().intermediates(model, feeds).values())
     was_training = module.training
     module.eval()
     try:

@@ -330,7 +330,7 @@ def test_alternating_timing_turns_thread_spinning_off(monkeypatch: pytest.Monkey
     the cores of the one being timed (docs/benchmarks.md, thread spinning)."""
     import onnxruntime as ort
 
-    from deploysparse.ort_options import session_options
+    from deploysparse.backends.onnxruntime.runtime import session_options
 
     key = "session.intra_op.allow_spinning"
     assert session_options(ort, 2, spinning=False).get_session_config_entry(key) == "0"

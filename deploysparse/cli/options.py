@@ -11,10 +11,32 @@ from typing import Any
 import click
 
 from deploysparse import input_shapes
+from deploysparse.backends import DEFAULT_BACKEND, backend_names, check_backend_name, get_backend
 from deploysparse.budget import DEAD, LATENCY_ALLOCATIONS, Budget
 from deploysparse.errors import UsageError
 
 _DEFAULT = Budget()
+
+
+class BackendChoice(click.Choice):
+    """--backend: a name in the backend registry, read when the option is parsed or shown, so a
+    backend registered after the CLI was imported is a choice too."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return backend_names()
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:
+        pass
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The name, or the project's one-line UsageError naming the registered backends."""
+        return check_backend_name(value)
+
 
 # The budget's options: one click option per Budget field, named after it (--flops-target ->
 # flops_target), default from Budget. Help text is the only thing said here.
@@ -25,7 +47,7 @@ _BUDGET_HELP: dict[str, tuple[Any, str]] = {
         float,
         "Keep this fraction of the latency measured on --backend at --batch (per-layer tables, cached).",
     ),
-    "backend": (click.Choice(["onnxruntime", "tensorrt"]), "Where --latency-target is measured."),
+    "backend": (BackendChoice(), "Where --latency-target is measured."),
     "batch": (int, "Batch size --latency-target is measured at."),
     "latency_allocation": (
         click.Choice(list(LATENCY_ALLOCATIONS)),
@@ -93,6 +115,23 @@ class CriterionChoice(click.Choice):
         if value in self.choices:
             return value
         raise UsageError(f"--criterion {value}: unknown; choose one of {', '.join(self.choices)}")
+
+
+def backend_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--backend, one of the registered backends, default DEFAULT_BACKEND."""
+    return click.option(
+        "--backend", type=BackendChoice(), default=DEFAULT_BACKEND, show_default=True, help=help_text
+    )
+
+
+def require_profiler(backend: str) -> None:
+    """UsageError unless `backend` has a per-layer profiler (--per-layer), naming those that do."""
+    if not get_backend(backend).has_profiler:
+        profilers = [name for name in backend_names() if get_backend(name).has_profiler]
+        raise UsageError(
+            f"--per-layer needs a backend with a per-layer profiler, and {backend} has none; "
+            f"use --backend {' or '.join(profilers)}"
+        )
 
 
 def criterion_option(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -132,12 +132,12 @@ def _complete_with_a_run(
     ]
     if not unknown and not bounds:
         return {}
+    from deploysparse.backends import reference_backend
     from deploysparse.backends.feeds import make_feeds
-    from deploysparse.ort_intermediates import intermediate_values
 
     try:
         feeds = make_feeds(model, input_shapes)
-        values = intermediate_values(model, feeds, list(dict.fromkeys(unknown + bounds)))
+        values = reference_backend().intermediates(model, feeds, unknown + bounds)
     except Exception:  # a graph ORT cannot run keeps its unknown shapes; those channels stay pinned
         return {}
     for name in unknown:

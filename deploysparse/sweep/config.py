@@ -25,6 +25,7 @@ from pydantic import (
 from deploysparse.errors import DeploysparseError
 from deploysparse.recipe import (
     CRITERIA,
+    BackendName,
     Criterion,
     Recipe,
     RecipeError,
@@ -36,7 +37,6 @@ from deploysparse.recipe import (
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Positive = Annotated[int, Field(ge=1)]
 Precision = Literal["fp32", "fp16", "int8"]
-Backend = Literal["onnxruntime", "tensorrt"]
 BUDGET_KEYS = ("flops_target", "ratio", "latency_target")
 
 
@@ -93,7 +93,7 @@ class Axes(_Section):
     ratio: list[Fraction] | Range | None = None
     latency_target: list[Fraction] | Range | None = None  # measured on the point's backend and batch
     precision: list[Precision] | None = None
-    backend: list[Backend] | None = None
+    backend: list[BackendName] | None = None
     batch: list[Positive] | None = None  # benchmark batch size (and the build's optimal batch)
 
     @field_validator("criterion", "precision", "backend", "batch", *BUDGET_KEYS, mode="before")
