@@ -24,7 +24,7 @@ from deploysparse.backends import (
 )
 from deploysparse.backends.base import BuildRequest, Built, cpu_name
 from deploysparse.calibration import model_input_specs
-from deploysparse.errors import BackendError, UsageError
+from deploysparse.errors import BackendError, DeploysparseError, UsageError
 from deploysparse.modelio import load_model, save_model
 
 NAME = "onnx-reference"
@@ -149,6 +149,21 @@ def test_unregistered_names_are_refused_everywhere(model_and_data, tmp_path, cli
     recipe.write_text(f"build: {{backend: {NAME}}}\n", encoding="utf-8")
     ran = cli("run", recipe, "--model", model, "--calib", data, "-o", tmp_path / "run")
     assert ran.code == 2 and "'onnxruntime', 'tensorrt'" in ran.err
+
+
+class BrokenBackend(ReferenceBackend):
+    """Writes an artifact its own runner cannot load."""
+
+    def _build_artifact(self, request: BuildRequest) -> Built:
+        request.artifact.write_bytes(b"not a model")
+        return Built([request.artifact])
+
+
+def test_an_artifact_the_runtime_cannot_load_is_never_reported_built(model_and_data, tmp_path) -> None:
+    model, _ = model_and_data
+    with pytest.raises(DeploysparseError, match=r"model\.reference\.onnx"):
+        BrokenBackend().build(model, tmp_path / "out")
+    assert not (tmp_path / "out" / "model.reference.onnx.json").exists()  # no metadata for it either
 
 
 def test_registration_refuses_a_silent_overwrite() -> None:
