@@ -39,12 +39,13 @@ from torch import nn
 
 from deploysparse import api
 from deploysparse.atomic import write_text
+from deploysparse.backends import reference_backend
 from deploysparse.budget import Budget
+from deploysparse.calibration import model_input_specs
 from deploysparse.criteria import CRITERIA, CriterionContext, plan_with
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.modelio import load_model
-from deploysparse.ort_intermediates import session
 from deploysparse.torch import apply_plan
 from deploysparse.zoo.digits import digits_model, load_digits_data, validation_set
 from deploysparse.zoo.resnet import cifar_resnet
@@ -117,8 +118,8 @@ def torch_accuracy(module: nn.Module, data: tuple[np.ndarray, np.ndarray]) -> fl
 
 
 def onnx_accuracy(model, data: tuple[np.ndarray, np.ndarray]) -> float:
-    runner = session(model)
-    logits = runner.run(None, {runner.get_inputs()[0].name: data[0]})[0]
+    feeds = {model_input_specs(model)[0].name: data[0]}
+    logits = next(iter(reference_backend().intermediates(model, feeds).values()))
     return float((logits.argmax(1) == data[1]).mean())
 
 

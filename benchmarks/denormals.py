@@ -4,9 +4,10 @@
 
 The bundled digits VGG (trained with Adam + L2) is exported as `deploysparse demo` exports it (BN kept;
 ONNX Runtime folds it). Printed: its denormal weights per tensor; then, per batch size, the whole
-model's median latency as it is and with its denormal weights set to zero (`denormals.measure_cost`:
-two ONNX Runtime sessions, runs interleaved round by round) and the per-layer profile of both
-(`profiling.profile_side_by_side`, runs interleaved), so a slow conv shows by name. The runs are
+model's median latency as it is and with its denormal weights set to zero
+(`backends.denormal_cost.measure_cost`: two ONNX Runtime sessions, runs interleaved round by round)
+and the per-layer profile of both
+(`Backend.profile`, runs interleaved), so a slow conv shows by name. The runs are
 interleaved because the machine may be shared: only the ratio measured side by side is meaningful.
 """
 
@@ -20,10 +21,12 @@ from pathlib import Path
 import onnx
 import torch
 
-from deploysparse.denormals import count_denormals, flushed_copy, measure_cost
+from deploysparse.backends import get_backend
+from deploysparse.backends.denormal_cost import measure_cost
+from deploysparse.denormals import count_denormals, flushed_copy
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.modelio import save_model
-from deploysparse.profiling import profile_side_by_side, side_by_side_rows
+from deploysparse.profiling import side_by_side_rows
 from deploysparse.zoo.digits import INPUT_SHAPE, digits_model
 
 
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {batch} | {cost.as_is_ms:.3f} | {cost.flushed_ms:.3f} | {cost.slowdown:.2f}x | {cost.runs} |"
             )
         for batch in batches:
-            profiles = profile_side_by_side(
+            profiles = get_backend("onnxruntime").profile(
                 {"as is": original_path, "flushed": flushed_path},
                 batch=batch,
                 warmup=5,

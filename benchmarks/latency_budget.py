@@ -62,14 +62,15 @@ from benchmarks._tp_uniform import UniformL1
 from benchmarks.speedup import Variant, time_interleaved
 from deploysparse import api
 from deploysparse.atomic import write_text
+from deploysparse.backends import reference_backend
 from deploysparse.budget import LATENCY_ALLOCATIONS, Budget
+from deploysparse.calibration import model_input_specs
 from deploysparse.criteria import CRITERIA, CriterionContext
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.graph.analysis import GraphAnalysis
 from deploysparse.graph.cost import count_cost
 from deploysparse.latency import latency_model
 from deploysparse.modelio import load_model, save_model
-from deploysparse.ort_intermediates import run_batched, session
 from deploysparse.plan import Plan
 from deploysparse.torch import apply_plan
 from deploysparse.zoo.mobilenet import mobilenet_v2
@@ -144,8 +145,8 @@ def counts_in(original: GraphAnalysis, compact: GraphAnalysis) -> dict[str, int]
 def outputs(path: Path, images: np.ndarray) -> np.ndarray:
     """The model's first output on `images` in ONNX Runtime."""
     proto = load_model(path)
-    feeds = {session(proto).get_inputs()[0].name: images}
-    return next(iter(run_batched(session(proto), feeds, None).values()))
+    feeds = {model_input_specs(proto)[0].name: images}
+    return next(iter(reference_backend().intermediates(proto, feeds).values()))
 
 
 def proxy(y0: np.ndarray, compact: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:

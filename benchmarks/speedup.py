@@ -41,7 +41,8 @@ import torch
 from deploysparse import api
 from deploysparse.atomic import write_text
 from deploysparse.backends import get_backend
-from deploysparse.bench import benchmark, random_input
+from deploysparse.backends.feeds import make_feeds
+from deploysparse.bench import benchmark
 from deploysparse.errors import DeploysparseError
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.modelio import load_model, save_model
@@ -144,7 +145,7 @@ def time_interleaved(variants: list[Variant], args: argparse.Namespace) -> dict:
             for v in variants
         ]
         for batch in args.batches:
-            feeds = {spec.name: random_input(spec, batch, rng) for spec in runners[0].input_specs}
+            feeds = make_feeds(runners[0].input_specs, batch=batch, seed=rng)
             for _ in range(args.warmup):
                 for runner in runners:
                     runner.run(feeds)

@@ -26,7 +26,7 @@ import torch
 from benchmarks.latency_budget import export, uniform_at
 from deploysparse import api
 from deploysparse.backends import get_backend
-from deploysparse.bench import random_input
+from deploysparse.backends.feeds import make_feeds
 from deploysparse.modelio import save_model
 from deploysparse.zoo.mobilenet import mobilenet_v2
 
@@ -51,7 +51,7 @@ def fractions(original: Path, compact: Path, args: argparse.Namespace) -> dict[s
             engine.runner(compact, args.threads, spinning=spinning) as b,
         ):
             rng = np.random.default_rng(0)
-            feeds = {s.name: random_input(s, args.batch, rng) for s in a.input_specs}
+            feeds = make_feeds(a.input_specs, batch=args.batch, seed=rng)
             for _ in range(2):
                 a.run(feeds)
                 b.run(feeds)

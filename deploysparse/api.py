@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from deploysparse.backends.denormal_cost import DenormalCost, measure_cost
 from deploysparse.budget import DEAD, DEFAULT_ROUND_TO, Budget
-from deploysparse.denormals import DenormalCost, DenormalCount, count_denormals, flush_denormals, measure_cost
+from deploysparse.denormals import DenormalCount, count_denormals, flush_denormals
 from deploysparse.errors import UsageError
 from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
 from deploysparse.graph.cost import count_cost
@@ -379,12 +380,13 @@ def measure_change(
     ga: GraphAnalysis,
 ) -> dict:
     """Largest absolute and relative output difference on the calibration data (or random data)."""
-    from deploysparse.ort_intermediates import random_feeds, run_batched, session
+    from deploysparse.backends import reference_backend
+    from deploysparse.backends.feeds import make_feeds
 
-    data = dict(feeds) if feeds is not None else random_feeds(original, ga.input_shapes)
+    data = dict(feeds) if feeds is not None else make_feeds(original, ga.input_shapes, min_batch=2)
     data = {k: v[:64] for k, v in data.items()}
-    a = list(run_batched(session(original), data, None).values())
-    b = list(run_batched(session(compact), data, None).values())
+    a = list(reference_backend().intermediates(original, data).values())
+    b = list(reference_backend().intermediates(compact, data).values())
     max_abs = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
     scale = max(float(np.abs(x).max()) for x in a) or 1.0
     return {

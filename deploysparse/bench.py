@@ -9,15 +9,15 @@ a latency figure without them cannot be compared with another.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from deploysparse import progress
-from deploysparse.backends import get_backend
-from deploysparse.calibration import InputSpec
+from deploysparse.backends import DEFAULT_BACKEND, get_backend
+from deploysparse.backends.feeds import feed_shapes, make_feeds
+from deploysparse.backends.timing import timed_runs
 from deploysparse.errors import UsageError
 
 
@@ -57,7 +57,7 @@ class BenchReport:
 
 def benchmark(
     model_path: str | os.PathLike[str],
-    backend: str = "onnxruntime",
+    backend: str = DEFAULT_BACKEND,
     batches: Sequence[int] = (1,),
     warmup: int = 10,
     iters: int = 100,
@@ -72,9 +72,8 @@ def benchmark(
     engine = get_backend(backend)
     rng = np.random.default_rng(seed)
     with engine.runner(model_path, threads=threads) as runner:
-        for batch in batches:
-            for spec in runner.input_specs:
-                _check_batch(spec, batch, str(model_path))
+        for batch in batches:  # every batch size checked before any is timed
+            feed_shapes(runner.input_specs, batch=batch, source=str(model_path))
         report = BenchReport(
             backend=engine.name,
             version=engine.version(),
@@ -86,43 +85,10 @@ def benchmark(
         )
         with progress.progress("benchmarking", total=len(batches) * (warmup + iters)) as advance:
             for batch in batches:
-                feeds = {spec.name: random_input(spec, batch, rng) for spec in runner.input_specs}
-                for _ in range(warmup):
-                    runner.run(feeds)
-                    advance(1)
-                times = np.empty(iters)
-                for i in range(iters):
-                    start = time.perf_counter()
-                    runner.run(feeds)
-                    times[i] = time.perf_counter() - start
-                    advance(1)
-                report.results.append(_summarise(batch, times))
+                feeds = make_feeds(runner.input_specs, batch=batch, seed=rng, source=str(model_path))
+                seconds = timed_runs(lambda feeds=feeds: runner.run(feeds), iters, warmup, advance)
+                report.results.append(_summarise(batch, seconds))
     return report
-
-
-def _check_batch(spec: InputSpec, batch: int, model: str) -> None:
-    if isinstance(spec.batch_dim, int) and spec.batch_dim != batch:
-        raise UsageError(
-            f"{model}: input '{spec.name}' has a static batch of {spec.batch_dim}, so --batch {batch} cannot run; "
-            "export the model with a dynamic batch axis or benchmark --batch "
-            f"{spec.batch_dim}"
-        )
-    dynamic = [i for i, d in enumerate(spec.shape[1:], start=1) if not isinstance(d, int)]
-    if dynamic:
-        raise UsageError(
-            f"{model}: input '{spec.name}' has dynamic dims at axes {dynamic} {spec.shape_text()}; "
-            "benchmark a model with fixed non-batch dims"
-        )
-
-
-def random_input(spec: InputSpec, batch: int, rng: np.random.Generator) -> np.ndarray:
-    """Random data for one input: normal floats, small non-zero integers, or random booleans."""
-    shape = (batch, *(int(d) for d in spec.shape[1:]))
-    if spec.dtype.kind == "f":
-        return rng.standard_normal(shape).astype(spec.dtype)
-    if spec.dtype.kind == "b":
-        return rng.random(shape) < 0.5
-    return rng.integers(1, 10, size=shape).astype(spec.dtype)
 
 
 def _summarise(batch: int, seconds: np.ndarray) -> BatchTiming:

@@ -1,4 +1,5 @@
-"""Denormal float32 weights: find them, flush them to zero, and measure what they cost on this CPU.
+"""Denormal float32 weights: find them and flush them to zero (backends/denormal_cost.py measures
+what they cost on this CPU).
 
 Adam with coupled L2 drives the weights of filters it has given up on towards zero, and many stop in
 float32's subnormal range (|x| < 1.18e-38). x86 arithmetic on subnormal operands takes a slow
@@ -17,19 +18,14 @@ Pruning is then credited only with what pruning did: reports time the flushed or
 
 from __future__ import annotations
 
-import os
-import statistics
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from deploysparse.graph.rules import readers, rule_for, stored_tensors
-from deploysparse.ort_options import session_options
 
 _EXPONENT = np.uint32(0x7F800000)
 _MANTISSA = np.uint32(0x007FFFFF)
@@ -179,103 +175,3 @@ def flushed_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, DenormalCount
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy, flush_denormals(copy)
-
-
-@dataclass
-class DenormalCost:
-    """Latency of the model as it is and with its denormal weights flushed, timed side by side."""
-
-    batch: int
-    as_is_ms: float
-    flushed_ms: float
-    runs: int
-
-    @property
-    def slowdown(self) -> float:
-        return self.as_is_ms / self.flushed_ms if self.flushed_ms else float("nan")
-
-    def to_json(self) -> dict:
-        return {
-            "batch": self.batch,
-            "as_is_ms": self.as_is_ms,
-            "flushed_ms": self.flushed_ms,
-            "slowdown": self.slowdown,
-            "runs": self.runs,
-        }
-
-
-def measure_cost(
-    model: onnx.ModelProto,
-    input_shapes: Mapping[str, Sequence[int]],
-    rounds: int = 5,
-    iters: int = 5,
-    threads: int | None = None,
-    seed: int = 0,
-) -> DenormalCost:
-    """Time `model` as it is and flushed on ONNX Runtime CPU (all graph optimisations, as `bench`).
-
-    The two sessions run interleaved: `rounds` rounds of `iters` runs each, the order alternating
-    from round to round, so both see the same load on a shared machine; each figure is the median
-    of its runs. The batch is the analysed input shape's (usually 1).
-    """
-    flushed, _ = flushed_copy(model)
-    feeds = _random_feeds(model, input_shapes, seed)
-    sessions = [_cpu_session(model, threads), _cpu_session(flushed, threads)]
-    for sess in sessions:  # warm-up: allocation and kernel selection are not what is measured
-        sess.run(None, feeds)
-        sess.run(None, feeds)
-    times: list[list[float]] = [[], []]
-    for r in range(rounds):
-        order = (0, 1) if r % 2 == 0 else (1, 0)
-        for i in order:
-            for _ in range(iters):
-                start = time.perf_counter()
-                sessions[i].run(None, feeds)
-                times[i].append(time.perf_counter() - start)
-    batch = int(next(iter(input_shapes.values()))[0]) if input_shapes else 1
-    return DenormalCost(
-        batch=batch,
-        as_is_ms=statistics.median(times[0]) * 1e3,
-        flushed_ms=statistics.median(times[1]) * 1e3,
-        runs=rounds * iters,
-    )
-
-
-def _cpu_session(model: onnx.ModelProto, threads: int | None):
-    import onnxruntime as ort
-
-    options = session_options(ort, threads, spinning=False)  # the two sessions' runs are interleaved
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _random_feeds(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int
-) -> dict[str, np.ndarray]:
-    """Standard-normal float inputs (small positive integers for integer inputs): never zeros."""
-    rng = np.random.default_rng(seed)
-    elem = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-    feeds = {}
-    for name, shape in input_shapes.items():
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem.get(name, onnx.TensorProto.FLOAT)))
-        shape = [int(d) for d in shape]
-        if dtype.kind == "f":
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[name] = rng.integers(1, 10, size=shape).astype(dtype)
-    return feeds
-
-
-def flush_for_build(
-    model: onnx.ModelProto, onnx_path: str | os.PathLike[str], workdir: str | os.PathLike[str], keep: bool
-) -> tuple[Path, DenormalCount]:
-    """The file a backend builds from: `onnx_path` itself when there is nothing to flush (or `keep`),
-    else `model` (the backend's own loaded copy) flushed in place and written into `workdir`, with
-    external data if the original had it. The user's file is never touched."""
-    if keep:
-        return Path(onnx_path), DenormalCount()
-    flushed = flush_denormals(model)
-    if not flushed.total:
-        return Path(onnx_path), flushed
-    from deploysparse.modelio import save_model
-
-    return save_model(model, Path(workdir) / Path(onnx_path).name), flushed

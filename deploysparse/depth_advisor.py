@@ -260,10 +260,10 @@ def drop_blocks(model: onnx.ModelProto, adds: list[str]) -> onnx.ModelProto:
 
 def measure_blocks(model: onnx.ModelProto, feeds: dict[str, np.ndarray], blocks: list[ResidualBlock]) -> None:
     """Fill each block's ||F(x)||/||x|| and the relative output change when it alone is bypassed."""
-    from deploysparse.ort_intermediates import intermediate_values, session
+    from deploysparse.backends import reference_backend
 
     names = sorted({t for b in blocks for t in (b.shortcut, b.residual)})
-    values = intermediate_values(model, feeds, names) if names else {}
+    values = reference_backend().intermediates(model, feeds, names)
     reference = _first_output(model, feeds)
     scale = float(np.linalg.norm(reference)) or 1.0
     for block in blocks:
@@ -271,14 +271,17 @@ def measure_blocks(model: onnx.ModelProto, feeds: dict[str, np.ndarray], blocks:
         fx = values[block.residual].astype(np.float64)
         block.residual_ratio = float(np.linalg.norm(fx) / (np.linalg.norm(x) or 1.0))
         dropped = drop_blocks(model, [block.add])
-        out = session(dropped).run(None, feeds)[0]
+        out = _first_output(dropped, feeds)
         block.output_change = float(np.linalg.norm(out - reference) / scale)
 
 
 def _first_output(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    from deploysparse.ort_intermediates import session
+    """The model's first output on every sample of `feeds`, run as one batch."""
+    from deploysparse.backends import reference_backend
 
-    return session(model).run(None, feeds)[0].astype(np.float64)
+    samples = len(next(iter(feeds.values())))
+    outputs = reference_backend().intermediates(model, feeds, batch_size=samples)
+    return next(iter(outputs.values())).astype(np.float64)
 
 
 def candidates(blocks: list[ResidualBlock], bound: int, threshold: float) -> list[ResidualBlock]:

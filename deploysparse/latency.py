@@ -12,21 +12,17 @@ output widths; a layer's latency at any width is interpolated in that grid. The 
 fraction of layer outputs kept. Tables are cached on disk keyed by backend, its version, the machine
 and the layer shape (~/.cache/deploysparse/latency, or $DEPLOYSPARSE_CACHE).
 
-Building tables is pluggable: `TABLE_BUILDERS` maps a backend name to a LayerTimer; ONNX Runtime's
-runs here, TensorRT's builds one engine per layer shape through the TensorRT backend and needs a GPU.
+Tables are timed by the backend's own timer (`Backend.timer`, backends/timing.py): ONNX Runtime's
+runs here, TensorRT's builds one engine per layer shape and needs a GPU.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
-import tempfile
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,82 +30,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from deploysparse.backends import get_backend
+from deploysparse.backends.timing import Timer
 from deploysparse.budget import DEFAULT_ROUND_TO, Budget
-from deploysparse.errors import UsageError
 from deploysparse.graph.rules import LayerShape, rule_for
-from deploysparse.modelio import save_model
 
 GRID = (0.25, 0.5, 0.75, 1.0)  # fractions of a layer's channels timed in the table
-WARMUP, ITERS = 2, 7
-PAIR_RUNS = 11  # alternating runs of original and compact each when the compact model is measured
-
-
-class LayerTimer:
-    """Times one-layer models on a backend: `milliseconds(model_path, feeds)` -> a robust latency."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, batch: int) -> None:
-        from deploysparse.backends import get_backend
-
-        self.batch = batch
-        self.engine = get_backend(self.backend)
-
-    def version(self) -> str:
-        return self.engine.version()
-
-    @contextlib.contextmanager
-    def open(self, path: Path, spinning: bool = True) -> Iterator[Any]:
-        """A runner of the backend for one model file (spinning: Backend.runner's)."""
-        with self.engine.runner(path, spinning=spinning) as runner:
-            yield runner
-
-    def milliseconds(self, path: Path, feeds: dict[str, np.ndarray]) -> float:
-        """The fastest of ITERS runs after WARMUP: the least disturbed by other work on the machine."""
-        with self.open(path) as runner:
-            return fastest_run(lambda: runner.run(feeds))
-
-    def pair(self, first: Path, second: Path, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
-        """Median latency (ms) of two models timed run by run in alternating order: a change of the
-        machine's load hits both alike, and the median ignores the runs it disturbed most."""
-        with self.open(first, spinning=False) as a, self.open(second, spinning=False) as b:
-            for _ in range(WARMUP):
-                a.run(feeds)
-                b.run(feeds)
-            times: dict[int, list[float]] = {0: [], 1: []}
-            for i in range(PAIR_RUNS):
-                for which in (i % 2, 1 - i % 2):
-                    runner = (a, b)[which]
-                    start = time.perf_counter()
-                    runner.run(feeds)
-                    times[which].append(time.perf_counter() - start)
-        return float(np.median(times[0])) * 1e3, float(np.median(times[1])) * 1e3
-
-
-class TensorRTTimer(LayerTimer):
-    """The TensorRT backend builds an FP16 engine per model and times it (needs TensorRT and a GPU)."""
-
-    backend = "tensorrt"
-
-    @contextlib.contextmanager
-    def open(self, path: Path, spinning: bool = True) -> Iterator[Any]:
-        built = self.engine.build(path, path.parent / (path.stem + "-engine"), precision="fp16")
-        with self.engine.runner(built.artifact, spinning=spinning) as runner:
-            yield runner
-
-
-TABLE_BUILDERS: dict[str, type[LayerTimer]] = {"onnxruntime": LayerTimer, "tensorrt": TensorRTTimer}
-
-
-def fastest_run(run: Callable[[], Any]) -> float:
-    for _ in range(WARMUP):
-        run()
-    best = math.inf
-    for _ in range(ITERS):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def cache_file(backend: str, version: str) -> Path:
@@ -125,19 +51,14 @@ def cache_file(backend: str, version: str) -> Path:
 class LatencyTable:
     """Measured layer latencies (ms) by LayerShape.key, persisted as JSON."""
 
-    timer: LayerTimer
+    timer: Timer
     path: Path
     entries: dict[str, float] = field(default_factory=dict)
     measured: int = 0
 
     @classmethod
     def open(cls, backend: str, batch: int) -> LatencyTable:
-        builder = TABLE_BUILDERS.get(backend)
-        if builder is None:
-            raise UsageError(
-                f"--backend {backend}: no latency table builder; choose {', '.join(TABLE_BUILDERS)}"
-            )
-        timer = builder(batch)
+        timer = get_backend(backend).timer(batch)
         path = cache_file(backend, timer.version())
         entries = json.loads(path.read_text()) if path.exists() else {}
         return cls(timer, path, entries)
@@ -146,16 +67,8 @@ class LatencyTable:
         """The layer's own time (ms): its one-node model minus the same model without it."""
         key = shape.key(c_in, c_out)
         if key not in self.entries:
-            with tempfile.TemporaryDirectory(prefix="deploysparse-latency-") as folder:
-                feeds = {
-                    "x": np.random.default_rng(0).standard_normal(shape.in_shape(c_in)).astype(np.float32)
-                }
-                times = []
-                for null in (False, True):
-                    path = Path(folder) / f"layer{int(null)}.onnx"
-                    onnx.save(shape.model(c_in, c_out, null), path)
-                    times.append(self.timer.milliseconds(path, feeds))
-                self.entries[key] = max(times[0] - times[1], 0.0)
+            layer, null = (self.timer.fastest_ms(shape.model(c_in, c_out, empty)) for empty in (False, True))
+            self.entries[key] = max(layer - null, 0.0)
             self.measured += 1
         return self.entries[key]
 
@@ -201,7 +114,7 @@ class LatencyModel:
     ) -> None:
         self.ga = ga
         self.timer = table.timer
-        self.backend, self.batch = table.timer.backend, table.timer.batch
+        self.backend, self.batch = table.timer.name, table.timer.batch
         self.layers = [layer for node in ga.model.graph.node if (layer := _layer(ga, node, table, round_to))]
         table.save()
         self.group_size = {g.id: g.size for g in ga.groups}
@@ -250,7 +163,10 @@ class LatencyModel:
         from deploysparse.plan import Plan
 
         compact = rewrite_graph(self.ga, Plan(keep=keep)).model
-        return measured_pair(self.ga.model, compact, self.timer, self.ga.input_shapes)
+        original_ms, compact_ms = self.timer.interleaved_ms(
+            [self.ga.model, compact], shapes=self.ga.input_shapes
+        )
+        return original_ms, compact_ms
 
 
 def _layer(ga: Any, node: onnx.NodeProto, table: LatencyTable, round_to: int) -> Layer | None:
@@ -283,35 +199,9 @@ def _shares(ga: Any, tensor: str) -> dict[str, int]:
     return out
 
 
-def whole_model_ms(model: onnx.ModelProto, timer: LayerTimer, input_shapes: dict[str, list[int]]) -> float:
-    """The whole model's latency at the timer's batch (fastest run, as for the layers)."""
-    with tempfile.TemporaryDirectory(prefix="deploysparse-latency-") as folder:
-        path = save_model(model, Path(folder) / "model.onnx")
-        return timer.milliseconds(path, _random_feeds(timer.batch, input_shapes))
-
-
-def _random_feeds(batch: int, input_shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {
-        name: rng.standard_normal([batch, *shape[1:]]).astype(np.float32)
-        for name, shape in input_shapes.items()
-    }
-
-
 def latency_model(ga: Any, budget: Budget) -> LatencyModel:
-    """The LatencyModel of `ga` on the budget's backend and batch (tables from the cache or measured)."""
+    """The LatencyModel of `ga` on the budget's backend and batch (tables from the cache or measured;
+    the whole model timed at the analysed input shape, fastest run as for the layers)."""
     table = LatencyTable.open(budget.backend, budget.batch)
-    return LatencyModel(ga, table, whole_model_ms(ga.model, table.timer, ga.input_shapes), budget.round_to)
-
-
-def measured_pair(
-    original: onnx.ModelProto,
-    compact: onnx.ModelProto,
-    timer: LayerTimer,
-    input_shapes: dict[str, list[int]],
-) -> tuple[float, float]:
-    """Original and compact latency (ms), timed run by run in alternating order (LayerTimer.pair)."""
-    with tempfile.TemporaryDirectory(prefix="deploysparse-latency-") as folder:
-        first = save_model(original, Path(folder) / "original.onnx")
-        second = save_model(compact, Path(folder) / "compact.onnx")
-        return timer.pair(first, second, _random_feeds(timer.batch, input_shapes))
+    whole_ms = table.timer.fastest_ms(ga.model, shapes=ga.input_shapes)
+    return LatencyModel(ga, table, whole_ms, budget.round_to)

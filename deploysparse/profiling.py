@@ -1,39 +1,20 @@
-"""Where the time goes: per-node latency from ONNX Runtime's profiler, for one model or several side by side.
+"""Where the time goes: per-node latency, for one model or several side by side.
 
-A whole-model speed-up says nothing about which layers earned it. ONNX Runtime's profiler records
-one `<node>_kernel_time` event per node and run; this module runs the models, drops the warm-up
-runs' events and reports each node's median time per run. Several models (the original, its flushed
-copy, the compact one) are run interleaved, run after run, so a shared machine's load falls on all
-of them alike. Rows are the source model's nodes: ONNX Runtime's optimised graph fuses a conv with
-its BatchNormalization and activation (op `FusedConv`, or `Conv` in its blocked NCHWc layout, renamed
-after its output) and the row is named after the conv; surgery keeps node names, so the original's
-and the compact model's rows line up even when only one of them got the blocked layout.
+A whole-model speed-up says nothing about which layers earned it. A backend with a profiler
+(`Backend.profile`; ONNX Runtime's: backends/onnxruntime/profiler.py) runs the models, drops the
+warm-up runs and reports each node's median time per run as a `LayerProfile`. Several models (the
+original, its flushed copy, the compact one) are run interleaved, run after run, so a shared
+machine's load falls on all of them alike. Rows are the source model's nodes, and surgery keeps node
+names, so `side_by_side_rows` lines up the original's and the compact model's rows.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
-import tempfile
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-
-from deploysparse.errors import BackendError, UsageError
-from deploysparse.graph.rules import kernel_node
-from deploysparse.ort_options import session_options
-
-_ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
-_ORT_INT = {
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-}
+from deploysparse.backends import DEFAULT_BACKEND, get_backend
 
 
 @dataclass
@@ -75,135 +56,11 @@ def profile_layers(
     warmup: int = 5,
     runs: int = 20,
     threads: int | None = None,
+    backend: str = DEFAULT_BACKEND,
 ) -> LayerProfile:
-    """Per-node latency of one ONNX model on ONNX Runtime CPU (the session `bench` uses)."""
-    return profile_side_by_side({str(model): model}, batch, warmup, runs, threads)[str(model)]
-
-
-def profile_side_by_side(
-    models: Mapping[str, str | os.PathLike[str]],
-    batch: int = 1,
-    warmup: int = 5,
-    runs: int = 20,
-    threads: int | None = None,
-    seed: int = 0,
-) -> dict[str, LayerProfile]:
-    """Per-node latency of several models, label -> profile, their runs interleaved."""
-    if warmup < 0 or runs < 1:
-        raise UsageError(f"profiling needs warmup >= 0 and runs >= 1, got {warmup} and {runs}")
-    rng = np.random.default_rng(seed)
-    with tempfile.TemporaryDirectory(prefix="deploysparse-profile-") as folder:
-        sessions = {
-            label: _session(Path(path), Path(folder) / f"m{i}", threads)
-            for i, (label, path) in enumerate(models.items())
-        }
-        feeds = {label: _feeds(sess, batch, rng, str(models[label])) for label, sess in sessions.items()}
-        for _ in range(warmup + runs):
-            for label, sess in sessions.items():
-                sess.run(None, feeds[label])
-        return {
-            label: _parse(
-                Path(sess.end_profiling()), str(models[label]), batch, warmup, runs, _labeller(models[label])
-            )
-            for label, sess in sessions.items()
-        }
-
-
-def _session(path: Path, prefix: Path, threads: int | None):
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise BackendError("per-layer profiling needs ONNX Runtime: pip install 'deploysparse[cpu]'") from exc
-    if not path.exists():
-        raise BackendError(f"{path}: no such model file")
-    options = session_options(ort, threads, spinning=False)  # the models' runs are interleaved
-    options.enable_profiling = True
-    options.profile_file_prefix = str(prefix)
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise BackendError(
-            f"{path}: ONNX Runtime cannot load the model ({str(exc).splitlines()[0]})"
-        ) from exc
-
-
-def _feeds(sess, batch: int, rng: np.random.Generator, model: str) -> dict[str, np.ndarray]:
-    """Random inputs at `batch`: normal floats, small positive integers; never zeros."""
-    feeds = {}
-    for inp in sess.get_inputs():
-        dims = list(inp.shape)
-        if dims and isinstance(dims[0], int) and dims[0] not in (batch, -1):
-            raise UsageError(f"{model}: input '{inp.name}' has a static batch of {dims[0]}, not {batch}")
-        rest = dims[1:]
-        if any(not isinstance(d, int) or d < 1 for d in rest):
-            raise UsageError(f"{model}: input '{inp.name}' has dynamic non-batch dims {dims}")
-        shape = [batch, *rest] if dims else []
-        if inp.type in _ORT_FLOAT:
-            feeds[inp.name] = rng.standard_normal(shape).astype(_ORT_FLOAT[inp.type])
-        elif inp.type in _ORT_INT:
-            feeds[inp.name] = rng.integers(1, 10, size=shape).astype(_ORT_INT[inp.type])
-        elif inp.type == "tensor(bool)":
-            feeds[inp.name] = rng.random(shape) < 0.5
-        else:
-            raise UsageError(f"{model}: input '{inp.name}' of type {inp.type} cannot be profiled")
-    return feeds
-
-
-_REORDERS = {"ReorderInput", "ReorderOutput"}
-REORDER_ROW = "(layout reorders)"
-
-
-def _labeller(path: str | os.PathLike[str]):
-    """Map an optimised-graph node to the source model's node it computes, so rows line up across models.
-
-    ONNX Runtime names a node it moved to its blocked (NCHWc) layout after its output tensor plus
-    `_nchwc`; a conv fused with its activation but left in NCHW keeps the conv's name. Both are
-    traced back to the conv: the tensor's producer, then through the nodes the rules say a backend
-    fuses into their producer (Rule.fused_into_producer: BatchNormalization, activations).
-    The layout reorders ONNX Runtime inserts are pooled into one row.
-    """
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    names = {node.name for node in graph.node}
-    producer = {out: node for node in graph.node for out in node.output}
-
-    def label(node: str, op: str) -> str:
-        if op in _REORDERS:
-            return REORDER_ROW
-        if node in names or not node.endswith("_nchwc"):
-            return node
-        source = kernel_node(node.removesuffix("_nchwc"), producer)
-        return source.name if source is not None else node
-
-    return label
-
-
-def _parse(trace: Path, model: str, batch: int, warmup: int, runs: int, label) -> LayerProfile:
-    """Median kernel time per source node over the timed runs (each optimised node's first `warmup`
-    events dropped; optimised nodes that compute the same source node are summed)."""
-    events = json.loads(trace.read_text(encoding="utf-8"))
-    durations: dict[str, list[float]] = defaultdict(list)
-    ops: dict[str, str] = {}
-    for event in events:
-        name = event.get("name", "")
-        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
-            continue
-        node = name.removesuffix("_kernel_time")
-        durations[node].append(float(event["dur"]) / 1e3)
-        ops[node] = event.get("args", {}).get("op_name", "")
-    per_row: dict[str, float] = defaultdict(float)
-    row_ops: dict[str, set[str]] = defaultdict(set)
-    for node, times in durations.items():
-        row = label(node, ops[node])
-        per_row[row] += statistics.median(times[warmup:] or times)
-        row_ops[row].add(ops[node])
-    layers = [LayerTime(row, "+".join(sorted(row_ops[row])), ms) for row, ms in per_row.items()]
-    total = sum(layer.ms for layer in layers) or 1.0
-    for layer in layers:
-        layer.share = layer.ms / total
-    layers.sort(key=lambda layer: -layer.ms)
-    return LayerProfile(model=model, batch=batch, runs=runs, layers=layers)
+    """Per-node latency of one model on `backend` (ONNX Runtime CPU: the session `bench` uses); several
+    models side by side: `get_backend(name).profile({label: path, ...})`."""
+    return get_backend(backend).profile({str(model): model}, batch, warmup, runs, threads)[str(model)]
 
 
 def side_by_side_rows(profiles: Mapping[str, LayerProfile]) -> list[dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from deploysparse.backends import DEFAULT_BACKEND, backend_names, get_backend
 from deploysparse.budget import DEAD, Budget, option_fields, option_of, value_type
 from deploysparse.errors import DeploysparseError, UsageError
 from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
@@ -55,6 +56,7 @@ def _criterion_names() -> tuple[str, ...]:
 
 Criterion = one_of(_criterion_names)  # as --criterion: dead or a registered criterion
 Precision = one_of(lambda: PRECISIONS)
+BackendName = one_of(backend_names)  # as --backend: a name in the backend registry
 
 
 Positive = Annotated[int, Field(ge=1)]
@@ -147,7 +149,7 @@ class BuildSettings(_Section):
     TensorRT builds its optimization profile from these; ONNX Runtime uses `opt` for analysis.
     """
 
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    backend: BackendName = DEFAULT_BACKEND
     precision: Precision = DEFAULT_PRECISION
     batch: list[Positive] = [1, 1, 1]
     shapes: dict[str, list[list[Positive]]] = {}
@@ -175,9 +177,10 @@ class BuildSettings(_Section):
         return shapes
 
     @model_validator(mode="after")
-    def _backend_supports_precision(self) -> BuildSettings:
-        if self.backend == "onnxruntime" and self.workspace_mb is not None:
-            raise ValueError("workspace_mb only applies to backend tensorrt")
+    def _backend_takes_workspace(self) -> BuildSettings:
+        if self.workspace_mb is not None and not get_backend(self.backend).takes_workspace:
+            takers = [name for name in backend_names() if get_backend(name).takes_workspace]
+            raise ValueError(f"workspace_mb only applies to backend {' or '.join(takers)}")
         return self
 
 
@@ -237,7 +240,7 @@ class Recipe(_Section):
     @model_validator(mode="after")
     def _bench_batches_fit_profile(self) -> Recipe:
         low, _, high = self.build.batch
-        if self.build.backend == "tensorrt" and not self.build.shapes:
+        if get_backend(self.build.backend).needs_shape_profile and not self.build.shapes:
             outside = [b for b in self.bench.batches if not low <= b <= high]
             if outside:
                 raise ValueError(f"bench batches {outside} lie outside build.batch [{low}, {high}]")

@@ -18,7 +18,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from deploysparse.errors import PlanError
+from deploysparse.errors import PlanError, UsageError
 from deploysparse.graph.rules import attr, rule_for
 
 
@@ -112,23 +112,21 @@ def _aliases_of_graph_constants(
 
 def _verify_against_graph(module: nn.Module, model: onnx.ModelProto) -> None:
     """Run the compact module and the compact ONNX model on one random input; they must agree."""
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    shapes = []
-    for inp in inputs:
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-        if any(d is None for d in dims[1:]):
-            return  # dynamic spatial dims: no shape to try; the caller's data will tell
-        shapes.append([2 if dims[0] is None else dims[0], *dims[1:]])
-    rng = np.random.default_rng(0)
-    feeds = {i.name: rng.standard_normal(s).astype(np.float32) for i, s in zip(inputs, shapes, strict=True)}
-    from deploysparse.ort_intermediates import session
+    from deploysparse.backends import reference_backend
+    from deploysparse.backends.feeds import make_feeds
+    from deploysparse.calibration import model_input_specs
 
-    expected = session(model).run(None, feeds)
+    specs = model_input_specs(model)
+    try:
+        feeds = make_feeds(specs, min_batch=2)
+    except UsageError:
+        return  # dynamic spatial dims: no shape to try; the caller's data will tell
+    expected = list(reference_backend().intermediates(model, feeds).values())
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            got = module(*(torch.from_numpy(feeds[i.name]) for i in inputs))
+            got = module(*(torch.from_numpy(feeds[spec.name]) for spec in specs))
     except Exception as exc:  # the module's own forward failed: name it
         raise PlanError(
             f"the compact module does not run ({type(exc).__name__}: {exc}); its forward probably "

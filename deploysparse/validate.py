@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from deploysparse import progress
-from deploysparse.backends import get_backend
+from deploysparse.backends import DEFAULT_BACKEND, get_backend, reference_backend
 from deploysparse.backends.base import Runner
 from deploysparse.calibration import InputSpec, batches, load_calibration, sample_count
 from deploysparse.errors import CalibrationError, UsageError
@@ -179,7 +179,7 @@ def validate(
     compact: str | os.PathLike[str],
     data: str | os.PathLike[str] | Mapping[str, np.ndarray],
     labels: str | os.PathLike[str] | np.ndarray | None = None,
-    backend: str = "onnxruntime",
+    backend: str = DEFAULT_BACKEND,
     atol: float | None = PRECISION_DEFAULT,
     rtol: float | None = PRECISION_DEFAULT,
     min_cosine: float | None = PRECISION_DEFAULT,
@@ -204,7 +204,7 @@ def validate(
         min_top1=min_top1,
         max_accuracy_drop=max_accuracy_drop,
     )
-    reference = get_backend("onnxruntime")
+    reference = reference_backend()
     with (
         reference.runner(original, threads=threads) as ref,
         get_backend(backend).runner(compact, threads) as cmp,

@@ -112,3 +112,51 @@ def test_the_graph_layer_does_not_import_what_sits_above_it() -> None:
     for name, deps in import_graph().items():
         if name.startswith("deploysparse.graph"):
             assert not [d for d in deps if d.startswith(above)], name
+
+
+RUNTIMES = ("onnxruntime", "tensorrt", "polygraphy")  # the runtimes only deploysparse/backends/ may load
+
+
+def runtime_imports(tree: ast.AST) -> set[str]:
+    """The runtimes `tree` imports: `import x`, `from x... import y` and `importlib.import_module("x...")`,
+    at any depth (a function-level import loads the runtime all the same)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute | ast.Name)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names = [node.args[0].value]
+        found.update(name.split(".")[0] for name in names if name.split(".")[0] in RUNTIMES)
+    return found
+
+
+def test_runtime_imports_are_found() -> None:
+    source = (
+        "import os\nimport onnxruntime as ort\ndef f():\n    from tensorrt import Builder\n"
+        "    import importlib\n    importlib.import_module('polygraphy.backend.trt')\n"
+        "from deploysparse.backends import onnxruntime\n"
+    )
+    assert runtime_imports(ast.parse(source)) == {"onnxruntime", "tensorrt", "polygraphy"}
+
+
+def test_only_the_backends_package_imports_a_runtime() -> None:
+    """deploysparse/backends/ is the only code that opens a runtime session (docs/design.md)."""
+    backends = PACKAGE / "backends"
+    offenders = {
+        str(path.relative_to(PACKAGE.parent)): sorted(found)
+        for path in PACKAGE.rglob("*.py")
+        if not path.is_relative_to(backends)
+        and (found := runtime_imports(ast.parse(path.read_text(encoding="utf-8"))))
+    }
+    assert not offenders, f"runtimes imported outside deploysparse/backends/: {offenders}"
+    assert any(runtime_imports(ast.parse(p.read_text(encoding="utf-8"))) for p in backends.rglob("*.py"))

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from deploysparse import api
+from deploysparse.backends import get_backend
 from deploysparse.budget.latency import CORRECTIONS
-from deploysparse.latency import Layer, LayerShape, LayerTimer, grid_widths
+from deploysparse.latency import Layer, LayerShape, grid_widths
 from deploysparse.modelio import save_model
 from tests.exporting import random_feeds, run
 
@@ -91,22 +92,21 @@ def test_alternating_timing_turns_thread_spinning_off(monkeypatch: pytest.Monkey
     the cores of the one being timed (docs/benchmarks.md, thread spinning)."""
     import onnxruntime as ort
 
-    from deploysparse.ort_options import session_options
+    from deploysparse.backends.onnxruntime.runtime import session_options
 
     key = "session.intra_op.allow_spinning"
     assert session_options(ort, 2, spinning=False).get_session_config_entry(key) == "0"
     with pytest.raises(Exception, match=key):  # ONNX Runtime's default: spinning
         session_options(ort, 2).get_session_config_entry(key)
     opened = []
-    timer = LayerTimer(batch=1)
-    real_runner = timer.engine.runner
+    timer = get_backend("onnxruntime").timer(batch=1)
+    real_runner = timer.backend.runner
 
     def runner(path, threads=None, *, spinning=True):
         opened.append(spinning)
         return real_runner(path, threads, spinning=spinning)
 
-    monkeypatch.setattr(timer.engine, "runner", runner)
+    monkeypatch.setattr(timer.backend, "runner", runner)
     path = save_model(LayerShape("dense", 4, 4).model(4, 4), tmp_path / "layer.onnx")
-    feeds = {"x": np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)}
-    first, second = timer.pair(path, path, feeds)
+    first, second = timer.interleaved_ms([path, path])
     assert first > 0 and second > 0 and opened == [False, False]

@@ -675,7 +675,7 @@ def test_a_broken_onnxruntime_is_not_reported_as_missing(monkeypatch: pytest.Mon
     """An import that fails inside onnxruntime (a bad DLL, an interrupted import) says so."""
     import builtins
 
-    from deploysparse.backends.onnxruntime import _ort
+    from deploysparse.backends.onnxruntime.runtime import load_onnxruntime
     from deploysparse.errors import BackendError
 
     real_import = builtins.__import__
@@ -687,7 +687,7 @@ def test_a_broken_onnxruntime_is_not_reported_as_missing(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(builtins, "__import__", failing)
     with pytest.raises(BackendError, match=r"installed but cannot be imported.*libonnxruntime"):
-        _ort()
+        load_onnxruntime()
 
     def missing(name, *args, **kwargs):
         if name == "onnxruntime":
@@ -696,4 +696,4 @@ def test_a_broken_onnxruntime_is_not_reported_as_missing(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(builtins, "__import__", missing)
     with pytest.raises(BackendError, match="not installed"):
-        _ort()
+        load_onnxruntime()

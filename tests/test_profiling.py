@@ -10,8 +10,9 @@ import onnx
 import pytest
 
 from deploysparse import api
+from deploysparse.backends import get_backend
 from deploysparse.modelio import save_model
-from deploysparse.profiling import profile_layers, profile_side_by_side, side_by_side_rows
+from deploysparse.profiling import profile_layers, side_by_side_rows
 from tests.test_denormals import denormal_model
 
 
@@ -38,7 +39,8 @@ def test_every_compute_node_gets_a_time_and_shares_add_up(model_path: Path) -> N
 
 def test_original_and_compact_line_up_by_node_name(model_path: Path, tmp_path: Path) -> None:
     compact = save_model(api.prune(model_path, criterion="l1", ratio=0.3).model, tmp_path / "compact.onnx")
-    profiles = profile_side_by_side({"original": model_path, "compact": compact}, batch=4, warmup=1, runs=3)
+    models = {"original": model_path, "compact": compact}
+    profiles = get_backend("onnxruntime").profile(models, batch=4, warmup=1, runs=3)
     rows = side_by_side_rows(profiles)
     assert {r["node"] for r in rows} == {t.node for t in profiles["original"].layers} | {
         t.node for t in profiles["compact"].layers
@@ -65,7 +67,8 @@ def test_per_layer_needs_onnxruntime(model_path: Path, cli) -> None:
     result = cli("bench", model_path, "--backend", "tensorrt", "--per-layer")
     assert result.code == 2
     assert result.err.strip() == (
-        "error: --per-layer uses ONNX Runtime's profiler; use it with --backend onnxruntime"
+        "error: --per-layer needs a backend with a per-layer profiler, and tensorrt has none; "
+        "use --backend onnxruntime"
     )
 
 
@@ -76,5 +79,5 @@ def test_static_batch_is_refused_with_the_input_named(tmp_path: Path) -> None:
     onnx.save(model, path)
     from deploysparse.errors import UsageError
 
-    with pytest.raises(UsageError, match="input 'x' has a static batch of 1, not 4"):
+    with pytest.raises(UsageError, match="input 'x' has a static batch of 1, so batch 4 cannot run"):
         profile_layers(path, batch=4, warmup=0, runs=1)

@@ -17,6 +17,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from deploysparse.backends.feeds import make_feeds
+from deploysparse.backends.onnxruntime.profiler import _labeller
 from deploysparse.denormals import bn_fold_scales, count_denormals
 from deploysparse.depth_advisor import drop_blocks, find_residual_blocks
 from deploysparse.graph.analysis import analyze_graph
@@ -31,7 +33,6 @@ from deploysparse.graph.rules import (
     unregister_rule,
 )
 from deploysparse.latency import LatencyModel, LatencyTable
-from deploysparse.profiling import _labeller
 from deploysparse.validate import detect_precision
 from tests.exporting import run
 from tests.test_denormals import ort_fused
@@ -136,18 +137,17 @@ def test_one_node_layer_models_run_at_the_shapes_they_declare(shape: LayerShape)
 
 
 class CountingTimer:
-    """A stand-in for a backend's LayerTimer: it runs each one-node model once (the feeds must fit)
-    and answers with the layer's weight count as its 'milliseconds' (0 for a null model), so the
-    table's grid is known without timing anything."""
+    """A stand-in for a backend's Timer: it runs each one-node model once (on inputs made for its
+    declared shapes) and answers with the layer's weight count as its 'milliseconds' (0 for a null
+    model), so the table's grid is known without timing anything."""
 
-    backend, batch = "counting", 2
+    name, batch = "counting", 2
 
     def __init__(self) -> None:
         self.timed: list[list[int]] = []
 
-    def milliseconds(self, path: Path, feeds: dict[str, np.ndarray]) -> float:
-        model = onnx.load(str(path))
-        run(model, feeds)
+    def fastest_ms(self, model: onnx.ModelProto, feeds=None, shapes=None) -> float:
+        run(model, make_feeds(model))
         weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "w"]
         if weights:
             self.timed.append(list(weights[0].shape))

@@ -135,7 +135,8 @@ def test_engine_build_and_validate_on_gpu(tmp_path, precision):
         tmp_path / "m.onnx", tmp_path / "out", precision, calib=data if precision == "int8" else None
     )
     meta = json.loads((tmp_path / "out" / "model.engine.json").read_text())
-    assert meta["precision"] == precision and meta["tensorrt_version"] and meta["source_sha256"]
+    assert meta["precision"] == precision and meta["version"] and meta["source_sha256"]
+    assert meta["backend"] == "tensorrt" and meta["device"].startswith("GPU: ")
     tolerance = {"fp32": 1e-3, "fp16": 2e-2, "int8": 2e-1}[precision]
     report = validate(
         tmp_path / "m.onnx",

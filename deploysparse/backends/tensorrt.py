@@ -12,6 +12,7 @@ TensorRT is optional. Without it (or without a GPU) every entry point raises Bac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,26 +25,17 @@ import numpy as np
 import onnx
 
 from deploysparse import progress
-from deploysparse.atomic import atomic_path, write_text
-from deploysparse.backends.base import (
-    Backend,
-    BuildResult,
-    Runner,
-    ShapeTriple,
-    check_precision,
-    check_shapes_match,
-    metadata_json,
-)
+from deploysparse.atomic import atomic_path
+from deploysparse.backends.base import Backend, BuildRequest, Built, Runner, ShapeTriple, check_shapes_match
+from deploysparse.backends.timing import Timer
 from deploysparse.backends.trt_support import check_onnx
-from deploysparse.calibration import InputSpec, batches, load_calibration, model_input_specs, sample_count
-from deploysparse.denormals import flush_for_build
+from deploysparse.calibration import InputSpec, batches, load_calibration, sample_count
 from deploysparse.errors import BackendError, UsageError
-from deploysparse.hashing import sha256_model
-from deploysparse.modelio import load_model
-from deploysparse.output_guard import reads, refuse_overlap, writes
 
 # Without --shapes, a model whose only dynamic dim is the batch gets this profile (min, opt, max).
 DEFAULT_BATCH_PROFILE = (1, 1, 32)
+TIMING_CACHE = "timing.cache"  # tactic timings, reused by the next build in the same folder
+CALIBRATION_CACHE = "model.engine.calib"  # INT8 calibration, reused while the source is unchanged
 
 
 def _tensorrt():
@@ -133,10 +125,23 @@ class TrtRunner(Runner):
             self._runner.deactivate()
 
 
+class EngineTimer(Timer):
+    """TensorRT times engines: each model is built into an FP16 engine first, in a temporary folder."""
+
+    @contextlib.contextmanager
+    def open(self, path: Path, spinning: bool = True) -> Iterator[Runner]:
+        with tempfile.TemporaryDirectory(prefix="deploysparse-engine-") as folder:
+            built = self.backend.build(path, folder, precision="fp16")
+            with self.backend.runner(built.artifact, spinning=spinning) as runner:
+                yield runner
+
+
 class TensorRTBackend(Backend):
     """Build and run TensorRT engines (needs the tensorrt package and an NVIDIA GPU)."""
 
     name = "tensorrt"
+    needs_shape_profile = True
+    takes_workspace = True
 
     def version(self) -> str:
         return _tensorrt().__version__
@@ -149,36 +154,40 @@ class TensorRTBackend(Backend):
     ) -> TrtRunner:
         return TrtRunner(path)  # the GPU runs the engine: no CPU thread pool to spin
 
-    def build(
-        self,
-        onnx_path: str | os.PathLike[str],
-        out_dir: str | os.PathLike[str],
-        precision: str = "fp32",
-        calib: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
-        shapes: Mapping[str, ShapeTriple] | None = None,
-        workspace_mb: int | None = None,
-        keep_denormals: bool = False,
-    ) -> BuildResult:
-        """Write `model.engine`, `model.engine.json`, `timing.cache` (and the INT8 calibration cache).
+    def timer(self, batch: int, threads: int | None = None) -> EngineTimer:
+        return EngineTimer(self, batch, threads)
 
-        The engine is built from a copy with denormal float32 weights set to zero unless `keep_denormals`.
-        """
-        check_precision(precision)
-        onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-        model = load_model(onnx_path)
-        support = check_onnx(model)
-        if not support.ok:
-            raise BackendError(f"{onnx_path}: {support.summary()}")
-        specs = model_input_specs(model)
-        profile = resolve_profile(specs, shapes or {}, str(onnx_path))
-        explicit_qdq = _has_qdq(model)
-        if precision == "int8" and calib is None and not explicit_qdq:
-            raise UsageError(
+    def _artifact_path(self, out_dir: Path, precision: str) -> Path:
+        return out_dir / "model.engine"
+
+    def _extra_outputs(self, out_dir: Path, precision: str) -> list[tuple[Path, str]]:
+        return [(out_dir / TIMING_CACHE, "file"), (out_dir / CALIBRATION_CACHE, "file")]
+
+    def _build_shapes(
+        self, specs: list[InputSpec], shapes: dict[str, ShapeTriple], source: str
+    ) -> dict[str, ShapeTriple]:
+        return resolve_profile(specs, shapes, source)
+
+    def _calibration_required(self, model: onnx.ModelProto, precision: str) -> str | None:
+        if precision == "int8" and not _has_qdq(model):
+            return (
                 "--precision int8 needs --calib DATA, or a QDQ model (build one with --backend onnxruntime "
                 "--precision int8 and pass its model.int8.onnx)"
             )
+        return None
+
+    def _check(self, model: onnx.ModelProto, source: Path) -> None:
+        support = check_onnx(model)
+        if not support.ok:
+            raise BackendError(f"{source}: {support.summary()}")
+        _require_gpu(_tensorrt())
+
+    def _build_artifact(self, request: BuildRequest) -> Built:
+        """Write `model.engine`, `timing.cache` (and the INT8 calibration cache `model.engine.calib`).
+
+        The engine is built from the request's model: the source file itself, or its copy with
+        denormal float32 weights set to zero."""
         trt = _tensorrt()
-        _require_gpu(trt)
         from polygraphy.backend.trt import (
             Calibrator,
             CreateConfig,
@@ -188,27 +197,24 @@ class TensorRTBackend(Backend):
             SaveEngine,
         )
 
-        engine_path = out_dir / "model.engine"
-        metadata_path = out_dir / "model.engine.json"
-        timing_cache = out_dir / "timing.cache"
-        calib_cache = out_dir / "model.engine.calib"
-        refuse_overlap(
-            [*writes("the engine", engine_path), *writes("its metadata", metadata_path)],
-            reads("the input model", onnx_path, "model"),
+        out_dir, precision, engine_path = request.out_dir, request.precision, request.artifact
+        timing_cache = out_dir / TIMING_CACHE
+        calib_cache = out_dir / CALIBRATION_CACHE
+        explicit_qdq = _has_qdq(request.model)
+        _drop_stale_calibration_cache(
+            engine_path.with_name(engine_path.name + ".json"), calib_cache, request.source_sha256
         )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        source_sha = sha256_model(onnx_path)
-        _drop_stale_calibration_cache(metadata_path, calib_cache, source_sha)
 
         trt_profile = Profile()
-        for name, (lo, opt, hi) in profile.items():
+        for name, (lo, opt, hi) in request.shapes.items():
             trt_profile.add(name, min=lo, opt=opt, max=hi)
         calibrator = None
         calibration_samples = None
         if precision == "int8" and not explicit_qdq:
-            feeds = load_calibration(calib, specs)
+            feeds = load_calibration(request.calib, request.specs)
             calibration_samples = sample_count(feeds)
-            calibrator = Calibrator(_calibration_loader(feeds, profile), cache=str(calib_cache))
+            calibrator = Calibrator(_calibration_loader(feeds, request.shapes), cache=str(calib_cache))
+        workspace_mb = request.workspace_mb
         config = CreateConfig(
             fp16=precision in ("fp16", "int8"),
             int8=precision == "int8",
@@ -224,34 +230,22 @@ class TensorRTBackend(Backend):
             atomic_path(engine_path, suffix=".engine") as tmp,
             tempfile.TemporaryDirectory(prefix=".flushed-", dir=out_dir) as work,
         ):
-            source, flushed = flush_for_build(model, onnx_path, work, keep_denormals)
-            network = NetworkFromOnnxPath(str(source))
+            network = NetworkFromOnnxPath(str(request.model_file(Path(work))))
             try:
                 SaveEngine(
                     EngineFromNetwork(network, config=config, save_timing_cache=str(timing_cache)), str(tmp)
                 )()
             except Exception as exc:
-                raise BackendError(f"{onnx_path}: TensorRT engine build failed ({exc})") from exc
+                raise BackendError(f"{request.source}: TensorRT engine build failed ({exc})") from exc
 
         files = [engine_path, timing_cache]
         if calib_cache.exists():
             files.append(calib_cache)
         metadata = {
-            "backend": self.name,
-            "tensorrt_version": self.version(),
-            "gpu": gpu_name(),
-            "precision": precision,
             "int8_mode": ("explicit QDQ" if explicit_qdq else "calibrated") if precision == "int8" else None,
             "calibration_samples": calibration_samples,
-            "shapes": {name: [list(s) for s in triple] for name, triple in profile.items()},
-            "workspace_mb": workspace_mb,
-            "source_model": str(onnx_path),
-            "source_sha256": source_sha,
-            "denormals_flushed": flushed.total,
         }
-        write_text(metadata_path, metadata_json(metadata))
-        files.append(metadata_path)
-        return BuildResult(self.name, precision, engine_path, files, metadata)
+        return Built(files, metadata)
 
 
 def resolve_profile(

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
+from deploysparse.cli.options import backend_option, require_profiler
 
 
 def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -22,9 +23,7 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
 
 @click.command("bench")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True
-)
+@backend_option("Runs MODEL (an .onnx, or the artifact `build` wrote for the backend).")
 @click.option(
     "--batch",
     "batch_sizes",
@@ -47,7 +46,7 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
 @click.option(
     "--per-layer",
     is_flag=True,
-    help="Also profile each node with ONNX Runtime's profiler (median ms per run, per batch size).",
+    help="Also profile each node with the backend's profiler (ONNX Runtime's: median ms per run, per batch size).",
 )
 @click.option(
     "--top",
@@ -61,10 +60,9 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
 def command(model, backend, batch_sizes, warmup, iters, threads, per_layer, top, as_json, quiet):
     """Time MODEL (an .onnx, or an engine for tensorrt) on random inputs after warm-up."""
     from deploysparse.bench import benchmark
-    from deploysparse.errors import UsageError
 
-    if per_layer and backend != "onnxruntime":
-        raise UsageError("--per-layer uses ONNX Runtime's profiler; use it with --backend onnxruntime")
+    if per_layer:
+        require_profiler(backend)
     progress.set_quiet(quiet or as_json)
     report = benchmark(
         model, backend=backend, batches=batch_sizes, warmup=warmup, iters=iters, threads=threads
@@ -75,7 +73,9 @@ def command(model, backend, batch_sizes, warmup, iters, threads, per_layer, top,
 
         with progress.progress("profiling layers", total=len(batch_sizes)) as advance:
             for batch in batch_sizes:
-                profiles.append(profile_layers(model, batch, warmup=warmup, runs=iters, threads=threads))
+                profiles.append(
+                    profile_layers(model, batch, warmup=warmup, runs=iters, threads=threads, backend=backend)
+                )
                 advance(1)
     if as_json:
         data = report.to_json()

@@ -8,14 +8,13 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
+from deploysparse.cli.options import backend_option
 from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
 
 
 @click.command("build")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True
-)
+@backend_option("The runtime to build for (its artifact and metadata go into -o).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True)
 @click.option(
     "--calib", help="Calibration data for int8: .npy, .npz keyed by input name, or an image folder."
@@ -65,7 +64,6 @@ def command(
         return _check_only(ctx, model, backend, as_json)
     if out_dir is None:
         raise UsageError("build needs -o/--output FOLDER for the built model")
-    _refuse_overlap(model, calib, out_dir, backend, precision)
     result = get_backend(backend).build(
         model,
         out_dir,
@@ -88,26 +86,6 @@ def command(
             if path != result.artifact:
                 click.echo(f"  wrote {path}")
     return 0
-
-
-def _refuse_overlap(model: Path, calib: str | None, out_dir: Path, backend: str, precision: str) -> None:
-    """Every file the build will write, against the model (and its external data) and the data."""
-    from deploysparse.output_guard import reads, refuse_overlap, writes
-
-    if backend == "onnxruntime":
-        outputs = [
-            *(writes("-o", out_dir / f"model.{precision}.onnx", "model") if precision != "fp32" else []),
-            *writes("-o", out_dir / "model.optimized.onnx", "model"),
-            *writes("-o", out_dir / "model.optimized.onnx.json"),
-        ]
-    else:
-        names = ("model.engine", "model.engine.json", "timing.cache", "model.engine.calib")
-        outputs = [item for name in names for item in writes("-o", out_dir / name)]
-    if out_dir.exists() and not out_dir.is_dir():
-        from deploysparse.errors import UsageError
-
-        raise UsageError(f"-o {out_dir}: exists and is not a folder")
-    refuse_overlap(outputs, [*reads("the input model", model, "model"), *reads("--calib", calib)])
 
 
 def _check_only(ctx: click.Context, model: Path, backend: str, as_json: bool) -> int:

@@ -11,13 +11,35 @@ from typing import Any
 import click
 
 from deploysparse import input_shapes
+from deploysparse.backends import DEFAULT_BACKEND, backend_names, check_backend_name, get_backend
 from deploysparse.budget import DEAD, Budget, Option, flag, option_fields, value_type
 from deploysparse.errors import UsageError
 
+
+class BackendChoice(click.Choice):
+    """--backend: a name in the backend registry, read when the option is parsed or shown, so a
+    backend registered after the CLI was imported is a choice too."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return backend_names()
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:
+        pass
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The name, or the project's one-line UsageError naming the registered backends."""
+        return check_backend_name(value)
+
+
 # The budget's options: one click option per Budget field, named after it (--flops-target ->
 # flops_target), with the help, default and choices the field declares (deploysparse.budget.options).
-# Only the backend names come from elsewhere: the backends.
-_CHOICES: dict[str, click.Choice] = {"backend": click.Choice(["onnxruntime", "tensorrt"])}
+# Only the backend names come from elsewhere: the backend registry.
+_CHOICES: dict[str, click.ParamType] = {"backend": BackendChoice()}
 
 
 def budget_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,6 +97,23 @@ class CriterionChoice(click.Choice):
         if value in self.choices:
             return value
         raise UsageError(f"--criterion {value}: unknown; choose one of {', '.join(self.choices)}")
+
+
+def backend_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--backend, one of the registered backends, default DEFAULT_BACKEND."""
+    return click.option(
+        "--backend", type=BackendChoice(), default=DEFAULT_BACKEND, show_default=True, help=help_text
+    )
+
+
+def require_profiler(backend: str) -> None:
+    """UsageError unless `backend` has a per-layer profiler (--per-layer), naming those that do."""
+    if not get_backend(backend).has_profiler:
+        profilers = [name for name in backend_names() if get_backend(name).has_profiler]
+        raise UsageError(
+            f"--per-layer needs a backend with a per-layer profiler, and {backend} has none; "
+            f"use --backend {' or '.join(profilers)}"
+        )
 
 
 def criterion_option(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
+from deploysparse.cli.options import backend_option
 from deploysparse.precision import PRECISIONS, defaults_help
 
 
@@ -43,12 +44,9 @@ def _off_or_float(value: str | None):
 @click.option(
     "--labels", type=click.Path(path_type=Path), help="Class labels (.npy of ints) to score accuracy."
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["onnxruntime", "tensorrt"]),
-    default="onnxruntime",
-    show_default=True,
-    help="Runs COMPACT (an .onnx, or an engine for tensorrt); the original always runs on ONNX Runtime.",
+@backend_option(
+    "Runs COMPACT (an .onnx, or the artifact `build` wrote for the backend); the original always runs on "
+    "the reference backend (ONNX Runtime)."
 )
 @click.option(
     "--atol",

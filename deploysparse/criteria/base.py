@@ -31,7 +31,7 @@ class CriterionContext:
     calib: calibration feeds (input name -> array, batch first), or None when there is no data.
     rng: the one source of randomness (PFP's random variant), seeded by the caller for reproducibility.
     values_fn: computes intermediate tensors by name; defaults to ONNX Runtime on `ga.model` with the
-        calibration feeds (deploysparse.ort_intermediates.intermediate_values). Tests and callers with their own
+        calibration feeds (`Backend.intermediates` of the reference backend). Tests and callers with their own
         runner inject it.
     """
 
@@ -61,7 +61,7 @@ class CriterionContext:
             raise CalibrationError(
                 f"this criterion reads activations (tensor {missing[0]}): pass calibration data (--calib)"
             )
-        runner = self.values_fn or self._run_onnxruntime
+        runner = self.values_fn or self._run_reference
         values = runner(missing)
         for name in missing:
             if name not in values:
@@ -73,10 +73,10 @@ class CriterionContext:
         self.prefetch([tensor_name])
         return self._cache[tensor_name]
 
-    def _run_onnxruntime(self, names: list[str]) -> dict[str, np.ndarray]:
-        from deploysparse.ort_intermediates import intermediate_values
+    def _run_reference(self, names: list[str]) -> dict[str, np.ndarray]:
+        from deploysparse.backends import reference_backend
 
-        return intermediate_values(self.ga.model, self.calib, names)
+        return reference_backend().intermediates(self.ga.model, self.calib, names)
 
 
 @runtime_checkable

@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 from torch import nn
 
+from deploysparse.backends import reference_backend
 from deploysparse.channel_stats import ChannelStats, ChannelStatsAccumulator
 from deploysparse.errors import CalibrationError
 from deploysparse.frontend.torch_hooks import map_tensors, run_hooks
-from deploysparse.ort_intermediates import session
 
 __all__ = ["collect_torch_stats", "collect_torch_values"]
 
@@ -80,10 +80,8 @@ def collect_torch_values(
     values = {name: np.concatenate(c.parts) for name, c in collectors.items()}
     rest = [name for name in wanted if name not in values]
     if rest:
-        from deploysparse.ort_intermediates import intermediate_values
-
         feeds = dict(zip(_input_names(onnx_model), inputs, strict=True))
-        values.update(intermediate_values(onnx_model, feeds, rest, batch_size))
+        values.update(reference_backend().intermediates(onnx_model, feeds, rest, batch_size))
     return values
 
 
@@ -120,11 +118,9 @@ def _onnxruntime_stats(
     unknown = [n for n in names if n not in produced]
     if unknown:
         raise CalibrationError(f"tensor {unknown[0]!r} is not produced by any node of the ONNX graph")
-    sess = session(model, names)
-    feed_names = [i.name for i in sess.get_inputs()]
+    feeds = dict(zip(_input_names(model), inputs, strict=True))
     accumulators = {name: ChannelStatsAccumulator(correlation) for name in names}
-    for start in range(0, inputs[0].shape[0], batch_size):
-        feeds = {n: x[start : start + batch_size] for n, x in zip(feed_names, inputs, strict=True)}
-        for name, value in zip(names, sess.run(names, feeds), strict=True):
+    for values in reference_backend().intermediate_batches(model, feeds, names, batch_size):
+        for name, value in values.items():
             accumulators[name].add(value)
     return {name: acc.result() for name, acc in accumulators.items()}

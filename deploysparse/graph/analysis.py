@@ -132,16 +132,12 @@ def _complete_with_a_run(
     ]
     if not unknown and not bounds:
         return {}
-    from deploysparse.ort_intermediates import intermediate_values
+    from deploysparse.backends import reference_backend
+    from deploysparse.backends.feeds import make_feeds
 
-    rng = np.random.default_rng(0)
-    elem = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-    feeds = {
-        name: rng.standard_normal(dims).astype(onnx.helper.tensor_dtype_to_np_dtype(elem[name] or 1))
-        for name, dims in input_shapes.items()
-    }
     try:
-        values = intermediate_values(model, feeds, list(dict.fromkeys(unknown + bounds)))
+        feeds = make_feeds(model, input_shapes)
+        values = reference_backend().intermediates(model, feeds, unknown + bounds)
     except Exception:  # a graph ORT cannot run keeps its unknown shapes; those channels stay pinned
         return {}
     for name in unknown:

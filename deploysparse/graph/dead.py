@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deploysparse.backends import reference_backend
+from deploysparse.backends.feeds import make_feeds
 from deploysparse.graph.analysis import GraphAnalysis
 from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.rules import rule_for
-from deploysparse.ort_intermediates import intermediate_values, random_feeds
 
 # The paper's authors keep a channel only if |gamma| > 1e-3; on folded weights the same threshold is
 # read relative to the layer's median filter norm (rules.filter_magnitude).
@@ -75,9 +76,9 @@ def find_dead(
     conditions = conditions[candidate[ga.identity[conditions]]]
     zero_checks = list(table.tensor_channels(conditions).items())
     tensors = [t for t in read_tensors if candidate[ga.identity[table.elements(t)]].any()]
-    data = feeds if feeds is not None else random_feeds(ga.model, ga.input_shapes)
+    data = feeds if feeds is not None else make_feeds(ga.model, ga.input_shapes, min_batch=2)
     data = {name: value[:VALUE_SAMPLES] for name, value in data.items()}
-    values = intermediate_values(ga.model, data, list(dict.fromkeys(tensors + [t for t, _ in zero_checks])))
+    values = reference_backend().intermediates(ga.model, data, tensors + [t for t, _ in zero_checks])
     for tensor, channels in zero_checks:
         # A constant passed zero padding: only an exact 0 stays constant at the border.
         moved = np.moveaxis(values[tensor], 1, 0).reshape(values[tensor].shape[1], -1)[channels]

@@ -7,8 +7,6 @@ report.html), and what `deploysparse check` compares.
 
 from __future__ import annotations
 
-import os
-import platform
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -100,10 +98,8 @@ def _report(recipe, model_label, source, result, built, validation, latency, sta
 
 
 def _device(built: BuildResult) -> str:
-    """The machine the artifact runs on, in words: the GPU an engine was built for, else this CPU."""
-    if built.backend == "tensorrt":
-        return str(built.metadata.get("gpu", "GPU"))
-    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'CPU'}"
+    """Where the compact model runs: the build metadata's `device` (one schema for every backend)."""
+    return str(built.metadata["device"])
 
 
 def _versions() -> dict[str, str | None]:

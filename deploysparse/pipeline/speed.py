@@ -8,13 +8,16 @@ only the original as it is would credit pruning with what flushing did.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploysparse.backends import REFERENCE_BACKEND, get_backend
+from deploysparse.backends.timing import interleaved
 from deploysparse.bench import benchmark
 from deploysparse.pipeline.original import OriginalFacts
-from deploysparse.profiling import profile_side_by_side, side_by_side_rows
+from deploysparse.profiling import side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
 
@@ -56,46 +59,36 @@ def measure_speed(
 
 
 def profiles_layers(recipe: Recipe) -> bool:
-    """Whether a run of `recipe` profiles each layer: when `bench.per_layer` asks for it, and only for
-    ONNX Runtime recipes (the profiler is ONNX Runtime's, and CPU figures would say nothing about a
-    TensorRT engine)."""
-    return recipe.bench.per_layer and recipe.build.backend == "onnxruntime"
+    """Whether a run of `recipe` profiles each layer: when `bench.per_layer` asks for it, and only on
+    a backend with a per-layer profiler (not TensorRT: CPU figures would say nothing about its engine)."""
+    return recipe.bench.per_layer and get_backend(recipe.build.backend).has_profiler
 
 
 def _layers(recipe: Recipe, original: str, compact: Path, flushed: Path | None) -> dict:
     """Per-layer latency of the fp32 original, its flushed copy and the compact ONNX, side by side,
-    at the recipe's largest batch."""
+    at the recipe's largest batch, on the recipe's backend."""
+    backend = get_backend(recipe.build.backend)
     bench = recipe.bench
     models = {"original": original, **({"original_flushed": flushed} if flushed else {}), "compact": compact}
     batch = max(bench.batches)
     with progress("per-layer profile"):
-        profiles = profile_side_by_side(models, batch=batch, warmup=bench.warmup, runs=bench.iters)
+        profiles = backend.profile(models, batch=batch, warmup=bench.warmup, runs=bench.iters)
     return {"batch": batch, "runs": bench.iters, "models": list(models), "rows": side_by_side_rows(profiles)}
 
 
 def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None = None) -> dict:
-    """p50/p99 of each repeated run, original (and its flushed copy) and compact alternating so all
+    """p50/p99 of each repeated run, original (and its flushed copy) and compact interleaved so all
     see the same machine load; the reported point is the run with the median p50."""
     bench = recipe.bench
-    models = {"original": (original, "onnxruntime")}
+    models = {"original": (original, REFERENCE_BACKEND)}
     if flushed is not None:
-        models["original_flushed"] = (flushed, "onnxruntime")
+        models["original_flushed"] = (flushed, REFERENCE_BACKEND)
     models["compact"] = (compact, recipe.build.backend)
-    runs: dict[str, list] = {key: [] for key in models}
     with progress("benchmark", total=len(models) * bench.repeats) as advance:
-        for repeat in range(bench.repeats):
-            for key, (path, backend) in models.items():
-                runs[key].append(
-                    benchmark(
-                        path,
-                        backend=backend,
-                        batches=bench.batches,
-                        warmup=bench.warmup,
-                        iters=bench.iters,
-                        seed=repeat,
-                    ).results
-                )
-                advance(1)
+        tasks = [
+            functools.partial(_bench_once, path, backend, bench, advance) for path, backend in models.values()
+        ]
+        runs = dict(zip(models, interleaved(tasks, bench.repeats), strict=True))
     out: dict[str, list] = {key: [] for key in models}
     for key, repeats in runs.items():
         for i, batch in enumerate(bench.batches):
@@ -113,3 +106,12 @@ def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None 
                 }
             )
     return out
+
+
+def _bench_once(path: str | Path, backend: str, bench, advance, repeat: int) -> list:
+    """One repeat of `bench` on one model (the repeat's number seeds its random inputs)."""
+    results = benchmark(
+        path, backend=backend, batches=bench.batches, warmup=bench.warmup, iters=bench.iters, seed=repeat
+    ).results
+    advance(1)
+    return results

@@ -194,6 +194,6 @@ def _shapes(recipe: Recipe, original: OriginalFacts) -> dict[str, tuple] | None:
     b = recipe.build
     if b.shapes:
         return {name: tuple(tuple(s) for s in profile) for name, profile in b.shapes.items()}
-    if b.backend != "tensorrt":
+    if not get_backend(b.backend).needs_shape_profile:
         return None
     return {name: tuple(tuple([n, *dims[1:]]) for n in b.batch) for name, dims in original.inputs.items()}

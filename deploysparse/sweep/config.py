@@ -28,6 +28,7 @@ from deploysparse.criteria import criterion_names, takes_budget
 from deploysparse.errors import DeploysparseError
 from deploysparse.frontend.model_source import is_entry_point
 from deploysparse.recipe import (
+    BackendName,
     Criterion,
     Precision,
     Recipe,
@@ -40,7 +41,6 @@ from deploysparse.recipe import (
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Positive = Annotated[int, Field(ge=1)]
-Backend = Literal["onnxruntime", "tensorrt"]
 BUDGET_KEYS = TARGETS  # the budget axis: every target a Budget declares (ratio, flops_target, latency_target)
 
 
@@ -108,7 +108,7 @@ class Axes(_BudgetAxes):
     """The settings that vary; a missing axis takes the base recipe's value."""
 
     precision: list[Precision] | None = None
-    backend: list[Backend] | None = None
+    backend: list[BackendName] | None = None
     batch: list[Positive] | None = None  # benchmark batch size (and the build's optimal batch)
 
     @field_validator("criterion", "precision", "backend", "batch", *BUDGET_KEYS, mode="before")

@@ -1,25 +1,25 @@
-"""Intermediate activations from ONNX Runtime.
+"""Intermediate activations from ONNX Runtime (OnnxRuntimeBackend.intermediate_batches).
 
 The bare-ONNX route to the data a criterion or the dead-filter check needs: the chosen intermediate
-tensors are exposed as extra graph outputs and the calibration data is run through in batches.
+tensors are exposed as extra graph outputs and the calibration data is run through in batches, on
+the CPU provider with graph optimisations off, so every tensor of the model as it is can be read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 
+from deploysparse.backends.onnxruntime.runtime import load_onnxruntime
 from deploysparse.errors import BackendError
 from deploysparse.modelio import detached_weights, needs_external_data, point_to_external
 
 
 def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()):
     """An ONNX Runtime CPU session on `model` with `extra_outputs` exposed."""
-    from deploysparse.backends.onnxruntime import _ort
-
-    ort = _ort()
+    ort = load_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
@@ -45,19 +45,6 @@ def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()):
     return sess
 
 
-def intermediate_values(
-    model: onnx.ModelProto,
-    feeds: Mapping[str, np.ndarray],
-    names: Sequence[str],
-    batch_size: int = 32,
-) -> dict[str, np.ndarray]:
-    """Values of the tensors `names` for every sample of `feeds`, concatenated along the batch."""
-    names = list(dict.fromkeys(names))
-    if not names:
-        return {}
-    return run_batched(session(model, names), feeds, names, batch_size)
-
-
 def static_batch(sess) -> int | None:
     """The batch size a model was exported with when its batch dimension is not dynamic."""
     dims = [inp.shape[0] for inp in sess.get_inputs() if inp.shape]
@@ -65,19 +52,23 @@ def static_batch(sess) -> int | None:
     return fixed[0] if fixed else None
 
 
-def run_batched(
-    sess, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None, batch_size: int = 32
-) -> dict[str, np.ndarray]:
-    """Run `feeds` through `sess` in batches and concatenate each output along the batch.
+def intermediate_batches(
+    model: onnx.ModelProto,
+    feeds: Mapping[str, np.ndarray],
+    names: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run `feeds` through `model` in batches; yield the tensors `names` (the graph outputs when
+    None) of each batch.
 
     A model with a fixed batch size gets batches of exactly that size; the last partial batch is
     padded by repeating samples and the padding dropped from the results.
     """
+    sess = session(model, names or ())
     output_names = list(names) if names is not None else [o.name for o in sess.get_outputs()]
     count = next(iter(feeds.values())).shape[0]
     fixed = static_batch(sess)
     step = fixed or batch_size
-    chunks: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
     for start in range(0, count, step):
         batch = {k: v[start : start + step] for k, v in feeds.items()}
         real = next(iter(batch.values())).shape[0]
@@ -87,20 +78,4 @@ def run_batched(
             results = sess.run(output_names, batch)
         except Exception as exc:  # ORT reports shape and type mismatches as several exception types
             raise BackendError(f"ONNX Runtime could not run the model on this data: {exc}") from exc
-        for name, value in zip(output_names, results, strict=True):
-            chunks[name].append(value[:real])
-    return {name: np.concatenate(parts) for name, parts in chunks.items()}
-
-
-def random_feeds(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Standard-normal inputs of the analysed shapes (batch of 2): fresh data, never zeros."""
-    rng = np.random.default_rng(seed)
-    elem = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-    feeds = {}
-    for name, shape in input_shapes.items():
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem.get(name, onnx.TensorProto.FLOAT))
-        shape = [max(2, shape[0]), *shape[1:]]
-        feeds[name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
+        yield {name: value[:real] for name, value in zip(output_names, results, strict=True)}
