@@ -18,14 +18,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/deploysparse demo -o demo-out
 
+# --dist loadgroup: tests marked with one xdist_group run in one worker, in turn (the Ray modules:
+# `--ray auto` joins any Ray on the machine, so two must not run at once); the others as --dist load.
 test: $(STAMP)
 	$(BIN)/ruff check deploysparse tests benchmarks examples
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
 
 # The inner loop: everything but the tests marked slow (browser, hadolint, subprocess CLIs, full-size
 # hypothesis). `make test` (and CI) still runs them all.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q -m "not slow" tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check deploysparse tests benchmarks examples
