@@ -229,10 +229,13 @@ def test_worker_node_lost_mid_point_is_retried_on_the_other_node(
     """Last in the module: the cluster keeps only its bench worker afterwards."""
     out = tmp_path / "out"
     doomed, survivor = cluster.nodes["cpu"], cluster.nodes["bench"]
+    # A point's staging folder exists on its node while the point runs. Trials of the driver killed
+    # in the test above were killed too and left theirs: only a new one tells of a point of this sweep.
+    earlier = set(doomed.tmpdir.glob("deploysparse-point-*"))
     driver = start_sweep(cluster, out)
 
-    def mid_point() -> bool:  # a point's staging folder exists on the node while the point runs
-        return driver.poll() is not None or any(doomed.tmpdir.glob("deploysparse-point-*"))
+    def mid_point() -> bool:
+        return driver.poll() is not None or bool(set(doomed.tmpdir.glob("deploysparse-point-*")) - earlier)
 
     wait_until(mid_point, SWEEP_TIMEOUT, "a point to start on the cpu node", every=0.1)
     assert driver.poll() is None, "the sweep ended before a point ran on the cpu node"

@@ -12,12 +12,12 @@ the points' spans; on a cluster they come from several machines' clocks, as clos
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from deploysparse.recipe import Recipe
-from deploysparse.sweep.point import MeasureLatency
+Args = ParamSpec("Args")
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -29,11 +29,13 @@ class PointClock:
     bench_s: float | None = None  # the measurement alone, when it ran elsewhere (a Ray task)
     measure_call_s: float = 0.0  # the whole benchmark call, as the point saw it
 
-    def timed(self, measure: MeasureLatency) -> MeasureLatency:
-        def timed_measure(recipe: Recipe, original: str, compact: Path) -> tuple[dict, str]:
+    def timed(self, measure: Callable[Args, Result]) -> Callable[Args, Result]:
+        """`measure` (the point's benchmark call, whatever its arguments) adding its time to the clock."""
+
+        def timed_measure(*args: Args.args, **kwargs: Args.kwargs) -> Result:
             start = time.perf_counter()
             try:
-                return measure(recipe, original, compact)
+                return measure(*args, **kwargs)
             finally:
                 self.measure_call_s += time.perf_counter() - start
 
