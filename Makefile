@@ -18,8 +18,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/deploysparse demo -o demo-out
 
-# --dist loadgroup: tests marked with one xdist_group run in one worker, in turn (the Ray modules:
-# `--ray auto` joins any Ray on the machine, so two must not run at once); the others as --dist load.
+# --dist loadgroup: tests marked with one xdist_group run in one worker (the Ray modules, which also
+# hold a lock: pytest 9.2 + xdist 3.8 ignore the mark, tests/conftest.py); the others as --dist load.
 test: $(STAMP)
 	$(BIN)/ruff check deploysparse tests benchmarks examples
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests

@@ -48,7 +48,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a 
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(one_ray_at_a_time):
     """Head (0 CPU) + `bench` (1 CPU, the latency label) + `cpu` (1 CPU), stopped after the module,
     and then no process of theirs may be alive."""
     local = LocalCluster()

@@ -19,9 +19,9 @@ from deploysparse.sweep import load_sweep, run_sweep  # noqa: E402
 from deploysparse.sweep.config import RaySettings  # noqa: E402
 from tests.test_sweep import SWEEP, write_sweep  # noqa: E402
 
-# A local Ray and real sweep points. One xdist worker runs every Ray module in turn (make test's
-# --dist loadgroup): `--ray auto` joins any Ray process it finds on the machine, so a Ray started by
-# one module must not be running while another module's test starts its own.
+# A local Ray and real sweep points. `--ray auto` joins any Ray process it finds on the machine, so a
+# Ray started by one module must not be running while another module's test starts its own: the Ray
+# modules hold conftest's one_ray_at_a_time lock, and ask `--dist loadgroup` for one worker.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 LABEL = RaySettings().latency_resource
 TIMING = {"p50_ms", "p99_ms", "original_p50_ms", "seconds", "device", "attempts", "report", "phases"}
@@ -70,7 +70,7 @@ def shutdown_and_check() -> None:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(one_ray_at_a_time):
     """One local Ray for this module's tests, as the tests of a user would start it."""
     ray.init(num_cpus=2, resources={LABEL: 1}, include_dashboard=False, log_to_driver=False)
     try:
