@@ -105,3 +105,18 @@ def model_loads(monkeypatch: pytest.MonkeyPatch) -> Counter[Path]:
         ):
             monkeypatch.setattr(module, "load_model", counting)
     return loads
+
+
+@pytest.fixture(scope="module")
+def one_ray_at_a_time(tmp_path_factory: pytest.TempPathFactory, worker_id: str):
+    """Held for the whole module by every test module that starts Ray: the pytest-xdist workers
+    share the lock file, so two of this suite's Rays never run at once (`--ray auto` joins any Ray
+    process it finds on the machine). `make test`'s `--dist loadgroup` would put these modules in
+    one worker by their `xdist_group("ray")` mark, but pytest 9.2 with pytest-xdist 3.8 ignores the
+    mark (pytest-xdist issue 1386); the lock holds either way."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if worker_id != "master" else base
+    with FileLock(str(root / "ray.lock")):
+        yield

@@ -19,9 +19,13 @@ from deploysparse.sweep import load_sweep, run_sweep  # noqa: E402
 from deploysparse.sweep.config import RaySettings  # noqa: E402
 from tests.test_sweep import SWEEP, write_sweep  # noqa: E402
 
-pytestmark = pytest.mark.slow  # a local Ray and real sweep points
+# A local Ray and real sweep points. `--ray auto` joins any Ray process it finds on the machine, so a
+# Ray started by one module must not be running while another module's test starts its own: the Ray
+# modules hold conftest's one_ray_at_a_time lock, and ask `--dist loadgroup` for one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 LABEL = RaySettings().latency_resource
-TIMING = {"p50_ms", "p99_ms", "original_p50_ms", "seconds", "device", "attempts", "report"}
+TIMING = {"p50_ms", "p99_ms", "original_p50_ms", "seconds", "device", "attempts", "report", "phases"}
+PLACEMENT = {"node_id", "node_ip", "bench_node_id", "bench_node_ip"}  # only on Ray
 
 
 def descendants(root: int) -> set[int]:
@@ -66,7 +70,7 @@ def shutdown_and_check() -> None:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(one_ray_at_a_time):
     """One local Ray for this module's tests, as the tests of a user would start it."""
     ray.init(num_cpus=2, resources={LABEL: 1}, include_dashboard=False, log_to_driver=False)
     try:
@@ -76,7 +80,7 @@ def local_ray():
 
 
 def comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING | PLACEMENT} for r in rows]
 
 
 def test_ray_gives_the_in_process_results(tmp_path: Path, local_ray) -> None:

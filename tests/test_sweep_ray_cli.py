@@ -18,7 +18,10 @@ from tests.test_sweep_ray import descendants, wait_gone  # noqa: E402
 
 
 @pytest.mark.slow
-def test_cli_ray_auto_starts_and_stops_a_local_ray(tmp_path: Path, cli, monkeypatch) -> None:
+@pytest.mark.xdist_group("ray")  # no other module's Ray may be running (conftest: one_ray_at_a_time)
+def test_cli_ray_auto_starts_and_stops_a_local_ray(
+    tmp_path: Path, cli, monkeypatch, one_ray_at_a_time
+) -> None:
     assert not ray.is_initialized()
     started: set[int] = set()
     real_shutdown = ray.shutdown

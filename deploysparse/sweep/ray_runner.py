@@ -10,12 +10,17 @@ of a custom resource (the sweep's `ray.latency_resource`): only nodes started wi
 benchmark, one benchmark at a time per node, so every figure of a sweep comes from the same kind of
 machine under the same load. The task reserves no CPU (its trial waits idle on it meanwhile); it
 gets the original by its object reference and makes the denormal-flushed copy it times beside it.
+Each row records the node its point ran on and the node that measured it (`node_id`, `node_ip`,
+`bench_node_id`, `bench_node_ip`; in report.json under `extra.sweep.placement`), and where its time
+went (`phases`, see phases.py).
 
 A trial that raises a DeploysparseError (bad input: it would fail again) reports a failed row at
 once; any other exception is retried by Tune (`FailureConfig(max_failures=ray.max_retries)`) and,
-if every attempt fails, recorded as failed with its traceback. Nothing is dropped silently.
-Finished points land in OUTDIR as they complete (a Tune callback on the driver), from the trial's
-checkpoint, so an interrupted sweep keeps them and a re-run skips them by key.
+if every attempt fails, recorded as failed with its traceback. Nothing is dropped silently. A
+node lost mid-trial is a crash like any other: Tune runs the trial again on a node still alive.
+Only the driver writes OUTDIR: finished points land there as they complete (a Tune callback), from
+the trial's checkpoint, once per key (ResultStore.publish replaces a key's row, never adds a second),
+so an interrupted sweep keeps them and a re-run (`--resume`) skips them by key.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,8 +46,10 @@ from deploysparse.errors import DeploysparseError, UsageError
 from deploysparse.pipeline.original import OriginalFacts
 from deploysparse.pipeline.speed import Speed
 from deploysparse.recipe import Recipe
+from deploysparse.report import write_report
 from deploysparse.sweep.config import BUDGET_KEYS, Range, Sweep
 from deploysparse.sweep.inputs import PreparedInputs, sha256_bytes
+from deploysparse.sweep.phases import PointClock, published
 from deploysparse.sweep.point import PointJob, measure_here, run_point
 from deploysparse.sweep.progress import SweepProgress
 from deploysparse.sweep.select import score
@@ -69,8 +77,17 @@ def ray_session(address: str, label: str) -> Iterator[None]:
                 ray.init(num_cpus=os.cpu_count(), resources={label: 1}, **quiet)
         else:
             ray.init(address=address, **quiet)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise UsageError(f"--ray {address}: cannot connect to Ray ({str(exc).splitlines()[0]})") from exc
+    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            # Ray >= 2.52 may run a cluster with token authentication, and then refuses a driver that
+            # sends none with nothing more than "Failed to connect".
+            hint = (
+                "; if the cluster authenticates with a token, set RAY_AUTH_MODE=token and give its "
+                "token in ~/.ray/auth_token or RAY_AUTH_TOKEN (docs/scale.md)"
+            )
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"--ray {address}: cannot connect to Ray ({first_line}){hint}") from exc
     try:
         yield
     finally:
@@ -85,12 +102,19 @@ def _require_label(label: str) -> None:
         )
 
 
+def _this_node() -> dict[str, str]:
+    """The Ray node this process runs on: its id and IP address."""
+    return {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
+
+
 @ray.remote(num_cpus=0)
 def _measure_task(
     recipe_json: dict, original: bytes, artifact: bytes, suffix: str, compact_onnx: bytes
-) -> Speed:
+) -> tuple[Speed, dict[str, str], float]:
     """Speed of the original (its flushed copy made here) and the compact model, and the per-layer
-    profile when the recipe asks for it, on the node this task landed on."""
+    profile when the recipe asks for it, on the node this task landed on; that node; and how long
+    the measurement took there."""
+    start = time.perf_counter()
     recipe = Recipe.model_validate(recipe_json)
     with tempfile.TemporaryDirectory(prefix="deploysparse-bench-") as tmp:
         original_path, artifact_path = Path(tmp) / "original.onnx", Path(tmp) / f"artifact{suffix}"
@@ -98,7 +122,8 @@ def _measure_task(
         original_path.write_bytes(original)
         artifact_path.write_bytes(artifact)
         compact_path.write_bytes(compact_onnx)
-        return measure_here(recipe, str(original_path), artifact_path, compact_path)
+        speed = measure_here(recipe, str(original_path), artifact_path, compact_path)
+    return speed, _this_node(), time.perf_counter() - start
 
 
 def _materialise(blobs: dict[str, Any], suffixes: dict[str, str]) -> dict[str, Path]:
@@ -123,6 +148,8 @@ def _trial(config: dict, *, sweep: Sweep, inputs: PreparedInputs, blobs: dict, d
     """One Tune trial: materialise the blobs, run the point, report its row and its files."""
     from deploysparse.sweep.jobs import failed_row, make_job
 
+    clock = PointClock()
+    here = _this_node()
     settings, model_index = _settings_of(config, sweep)
     suffixes = {sha: path.suffix for sha, path in inputs.blobs.items()}
     model = inputs.models[model_index]
@@ -133,18 +160,19 @@ def _trial(config: dict, *, sweep: Sweep, inputs: PreparedInputs, blobs: dict, d
         )
         return
     needed = {model.onnx.sha256, *filter(None, inputs.data_hashes())}
-    job = make_job(
-        sweep, inputs, model, settings, paths=_materialise({sha: blobs[sha] for sha in needed}, suffixes)
-    )
+    paths = _materialise({sha: blobs[sha] for sha in needed}, suffixes)
+    clock.transfer_s = time.time() - clock.started
+    job = make_job(sweep, inputs, model, settings, paths=paths)
     label = sweep.ray.latency_resource
     original_ref = blobs[model.onnx.sha256]
+    bench_node: dict[str, str] = {}
 
     def measure(
         recipe: Recipe, original: str, artifact: Path, compact_onnx: Path, facts: OriginalFacts
     ) -> Speed:
         # The flushed original in `facts` lies on this node: the task makes its own from the bytes.
         task = _measure_task.options(resources={label: 1}, scheduling_strategy="DEFAULT")
-        return ray.get(
+        speed, node, seconds = ray.get(
             task.remote(
                 recipe.model_dump(mode="json", by_alias=True),
                 original_ref,
@@ -153,19 +181,36 @@ def _trial(config: dict, *, sweep: Sweep, inputs: PreparedInputs, blobs: dict, d
                 compact_onnx.read_bytes(),
             )
         )
+        bench_node.update(node)
+        clock.bench_s = seconds
+        return speed
 
     staging = Path(tempfile.mkdtemp(prefix="deploysparse-point-"))
     try:
         try:
-            row = run_point(job, staging, measure)
+            row = run_point(job, staging, clock.timed(measure))
         except DeploysparseError as exc:  # bad input fails the same way every time: no retry
-            row = failed_row(job, str(exc))
+            row = {**failed_row(job, str(exc)), "node_id": here["id"], "node_ip": here["ip"]}
             tune.report({"row": json.dumps(row), "score": score(row, sweep.select)})
             return
+        row = {**row, **_placement(staging, here, bench_node), "phases": clock.phases(row["seconds"])}
         checkpoint = tune.Checkpoint.from_directory(str(staging))
         tune.report({"row": json.dumps(row), "score": score(row, sweep.select)}, checkpoint=checkpoint)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _placement(staging: Path, node: dict[str, str], bench_node: dict[str, str]) -> dict[str, str]:
+    """Record in the point's report.json where it ran and where it was measured; the row's fields."""
+    report = json.loads((staging / "report.json").read_text(encoding="utf-8"))
+    report["extra"]["sweep"]["placement"] = {"node": node, "bench_node": bench_node}
+    write_report(report, staging)
+    return {
+        "node_id": node["id"],
+        "node_ip": node["ip"],
+        "bench_node_id": bench_node.get("id"),
+        "bench_node_ip": bench_node.get("ip"),
+    }
 
 
 def _settings_of(config: dict, sweep: Sweep) -> tuple[dict[str, Any], int]:
@@ -207,7 +252,7 @@ class _Collect(tune.Callback):
             if self.sweep.ray.storage is None:  # a local copy in OUTDIR/tune: keep only Tune's logs
                 shutil.rmtree(trial.checkpoint.path, ignore_errors=True)
         row["attempts"] = trial.num_failures + 1
-        self.bar.finished(self.store.publish(row["key"], staging, row))
+        self.bar.finished(self.store.publish(row["key"], staging, published(row)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from deploysparse.sweep.jobs import failed_row, make_job

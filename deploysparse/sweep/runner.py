@@ -22,7 +22,8 @@ from deploysparse.sweep.config import Sweep, grid_settings
 from deploysparse.sweep.html import write_sweep_html
 from deploysparse.sweep.inputs import prepare_inputs
 from deploysparse.sweep.jobs import failed_row, make_job
-from deploysparse.sweep.point import PointJob, run_point
+from deploysparse.sweep.phases import PointClock, published
+from deploysparse.sweep.point import PointJob, measure_here, run_point
 from deploysparse.sweep.progress import SweepProgress
 from deploysparse.sweep.select import choose, violations
 from deploysparse.sweep.store import ResultStore
@@ -97,8 +98,10 @@ def _ray_runner():
 def _run_here(jobs: list[PointJob], store: ResultStore, bar: SweepProgress) -> None:
     for job in jobs:
         staging = store.staging()
+        clock = PointClock()
         try:
-            row = run_point(job, staging)
+            row = run_point(job, staging, clock.timed(measure_here))
+            row = {**row, "phases": clock.phases(row["seconds"])}
         except DeploysparseError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             row = failed_row(job, str(exc))
@@ -107,7 +110,7 @@ def _run_here(jobs: list[PointJob], store: ResultStore, bar: SweepProgress) -> N
             shutil.rmtree(staging, ignore_errors=True)
             row = failed_row(job, f"{type(exc).__name__}: {exc}", traceback.format_exc())
             staging = None
-        bar.finished(store.publish(job.key, staging, {**row, "attempts": 1}))
+        bar.finished(store.publish(job.key, staging, published({**row, "attempts": 1})))
 
 
 def finish(sweep: Sweep, store: ResultStore, keys: list[str], ran: int, skipped: int) -> SweepOutcome:

@@ -3,11 +3,15 @@
 A point's files are staged beside the store and renamed into place in one step, its `result.json`
 last, so a crash or a kill mid-point leaves every finished point intact and the half-done one absent;
 a re-run finds finished points by key and skips them. results.jsonl/csv are views over the store,
-rewritten at the end of every sweep.
+rewritten at the end of every sweep. While a sweep runs, results.jsonl holds the latest row of each
+point published so far, one line per key, replaced whole at every publish: a point retried (on
+another node, or by a re-run after a failure or a kill) replaces its line, so the file never holds
+a point twice, whenever the sweep is stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -24,7 +28,7 @@ CSV_COLUMNS = (
     "key", "status", "model", "criterion", *TARGETS, "precision", "backend", "batch",
     "finetune", "accuracy", "accuracy_original", "accuracy_drop", "top1_agreement", "passed", "p50_ms",
     "p99_ms", "original_p50_ms", "size_bytes", "params", "flops", "flops_ratio", "channels_removed",
-    "seconds", "attempts", "device", "report", "error",
+    "seconds", "attempts", "device", "node_ip", "node_id", "bench_node_ip", "bench_node_id", "report", "error",
 )  # fmt: skip
 
 
@@ -66,11 +70,19 @@ class ResultStore:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(staging, target)
-        with open(self.outdir / "results.jsonl", "a", encoding="utf-8") as log:
-            log.write(json.dumps(row, sort_keys=True) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
+        self._log(row)
         return row
+
+    def _log(self, row: dict[str, Any]) -> None:
+        """results.jsonl with `row` in place of any earlier row of its key, written atomically."""
+        path = self.outdir / "results.jsonl"
+        rows: dict[str, str] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+                    rows[json.loads(line)["key"]] = line
+        rows[row["key"]] = json.dumps(row, sort_keys=True)
+        write_text(path, "".join(line + "\n" for line in rows.values()))
 
     def clean_staging(self) -> None:
         """Remove folders a killed run left half-written (never a finished point)."""
