@@ -1,6 +1,6 @@
 """Ops that move channels or read shapes: Concat, Split, Slice (index maps), Flatten and Reshape (a
-channel owns a run of features), Squeeze, Unsqueeze, Transpose (the channel axis must stay axis 1),
-Shape and Size (no channel values read)."""
+channel owns a run of features), Squeeze, Unsqueeze, Transpose (the channels move with their axis:
+NCHW -> NHWC puts them on the last axis), Shape and Size (no channel values read)."""
 
 from __future__ import annotations
 
@@ -262,11 +262,23 @@ def _squeeze(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.flow(src, dst)
 
 
-@rule("Transpose", zero_to_zero=True)
-def _transpose(node: onnx.NodeProto, t: ChannelTable) -> None:
+def _permutation(node: onnx.NodeProto, t: ChannelTable) -> list[int]:
+    """The Transpose's perm (default: the axes reversed)."""
     perm = attr(node, "perm")
-    if perm is None or list(perm[:2]) != [0, 1] or t.channels(node.input[0]) is None:
-        pin_all(node, t, "transpose moves the channel axis")
+    return list(perm) if perm is not None else list(reversed(range(len(t.shapes.get(node.input[0], ())))))
+
+
+def _transpose_axis(node: onnx.NodeProto, t: ChannelTable) -> int | None:
+    """The channel axis moves where the permutation puts it (NCHW -> NHWC: from 1 to 3)."""
+    channel_axis = t.channel_axis(node.input[0])
+    perm = _permutation(node, t)
+    return perm.index(channel_axis) if channel_axis is not None and channel_axis in perm else 1
+
+
+@rule("Transpose", zero_to_zero=True, channel_axis=_transpose_axis)
+def _transpose(node: onnx.NodeProto, t: ChannelTable) -> None:
+    if t.channels(node.input[0]) is None or t.channels(node.output[0]) != t.channels(node.input[0]):
+        pin_all(node, t, "transpose moves the channel axis to the batch axis")
         return
     t.flow(node.input[0], node.output[0])
 
