@@ -70,8 +70,8 @@ def find_dead(
         np.logical_and.at(all_exact, ga.identity[elements], exactly[elements])
         read_tensors.setdefault(tensor, []).append(node)
     result = DeadFilters()
-    in_statistic = _read_by_statistics(ga, constant, result.kept)
-    candidate = all_const & ~ga.identity_pinned & ~in_statistic
+    candidate = all_const & ~ga.identity_pinned
+    candidate &= ~_kept_for_statistics(ga, candidate, result.kept)
     if not candidate.any():
         return result
     conditions = table.zero_conditions(threshold)
@@ -127,23 +127,23 @@ def find_dead(
     return result
 
 
-def _read_by_statistics(ga: GraphAnalysis, constant: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Identities that enter a statistic over the channels (a LayerNorm's mean and variance): removing
-    one changes every other channel's output, so none is dead, whatever it holds. A note per node
-    whose input has constant channels says why they stay."""
+def _kept_for_statistics(ga: GraphAnalysis, candidate: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Candidate identities that enter a statistic over the channels (a channel mean, a LayerNorm's
+    mean and variance): removing one changes every other channel's output, so none is dead however
+    constant it is where it is read. One note per such node names the channels it keeps."""
     table = ga.table
-    found = np.zeros(len(ga.identity_group), dtype=bool)
+    kept = np.zeros(len(candidate), dtype=bool)
     for tensor, node in table.statistics:
-        elements = table.elements(tensor)
-        found[ga.identity[elements]] = True
-        held = np.flatnonzero(constant[elements] & ~ga.identity_pinned[ga.identity[elements]])
+        ids = ga.identity[table.elements(tensor)]
+        held = np.flatnonzero(candidate[ids])
+        kept[ids[held]] = True
         if len(held):
             notes.append(
                 f"{tensor} channels {held[:8].tolist()}{' ...' if len(held) > 8 else ''} are constant but "
                 f"{node} takes a statistic over the channels (removing one changes every other "
                 "channel's output); kept"
             )
-    return found
+    return kept
 
 
 def _per_channel(value: np.ndarray, axis: int) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""Ops that move channels or read shapes: Concat, Split, Slice (index maps), Flatten and Reshape (a
-channel owns a run of features), Squeeze, Unsqueeze, Transpose (the channels move with their axis:
-NCHW -> NHWC puts them on the last axis), Shape and Size (no channel values read)."""
+"""Ops that move channels or read shapes: Concat, Split, Slice (index maps on the channel axis, wherever
+it lies; on other axes the channels pass), Flatten and Reshape (a channel owns a run of features),
+Squeeze, Unsqueeze, Transpose (the channels move with their axis: NCHW -> NHWC puts them on the last
+axis), Shape and Size (no channel values read)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,25 @@ import onnx
 
 from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.edits import GraphEdits
-from deploysparse.graph.rules.helpers import attr, constant, norm_axis, pin_all
+from deploysparse.graph.rules.helpers import attr, constant, input_axis, norm_axis, pin_all
 from deploysparse.graph.rules.registry import rule
 
 
-@rule("Concat", zero_to_zero=True)
+def _same_axis(node: onnx.NodeProto, t: ChannelTable, names: list[str]) -> int | None:
+    """The channel axis every tensor in `names` shares, None when one has no channels or they differ."""
+    axes = {t.channel_axis(name) for name in names}
+    return axes.pop() if len(axes) == 1 and None not in axes else None
+
+
+@rule("Concat", zero_to_zero=True, channel_axis=input_axis)
 def _concat(node: onnx.NodeProto, t: ChannelTable) -> None:
     dst = node.output[0]
     rank = len(t.shapes.get(dst, ()))
-    if t.channels(dst) is None or any(t.channels(i) is None for i in node.input):
-        pin_all(node, t, "an operand without a channel axis (a constant?)")
+    channel_axis = _same_axis(node, t, [dst, *node.input])
+    if channel_axis is None:
+        pin_all(node, t, "an operand without a channel axis (a constant?) or with its channels elsewhere")
         return
-    if norm_axis(int(attr(node, "axis")), rank) != 1:
+    if norm_axis(int(attr(node, "axis")), rank) != channel_axis:
         for name in node.input:
             t.flow(name, dst)
         return
@@ -44,15 +52,16 @@ def _split_sizes(node: onnx.NodeProto, t: ChannelTable, total: int) -> list[int]
     return [first] * (n - 1) + [total - first * (n - 1)]
 
 
-@rule("Split", rewrite=lambda node, s: _split_rewrite(node, s), zero_to_zero=True)
+@rule("Split", rewrite=lambda node, s: _split_rewrite(node, s), zero_to_zero=True, channel_axis=input_axis)
 def _split(node: onnx.NodeProto, t: ChannelTable) -> None:
     src = node.input[0]
     rank = len(t.shapes.get(src, ()))
     total = t.channels(src)
-    if total is None or any(t.channels(o) is None for o in node.output):
+    channel_axis = _same_axis(node, t, [src, *node.output])
+    if channel_axis is None:
         pin_all(node, t, "no static channel axis")
         return
-    if norm_axis(int(attr(node, "axis", 0)), rank) != 1:
+    if norm_axis(int(attr(node, "axis", 0)), rank) != channel_axis:
         for out in node.output:
             t.flow(src, out)
         return
@@ -68,7 +77,7 @@ def _split(node: onnx.NodeProto, t: ChannelTable) -> None:
 
 def _split_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
     rank = len(s.shapes[node.input[0]])
-    if norm_axis(int(attr(node, "axis", 0)), rank) != 1:
+    if norm_axis(int(attr(node, "axis", 0)), rank) != s.table.channel_axis(node.input[0]):
         return
     sizes = np.array([int(s.keep(o).sum()) for o in node.output], dtype=np.int64)
     if len(node.input) > 1 and node.input[1]:
@@ -107,11 +116,12 @@ def _clamp_range(start: int, end: int, size: int) -> tuple[int, int]:
     return max(0, min(start, size)), max(0, min(end, size))
 
 
-@rule("Slice", rewrite=lambda node, s: _slice_rewrite(node, s), zero_to_zero=True)
+@rule("Slice", rewrite=lambda node, s: _slice_rewrite(node, s), zero_to_zero=True, channel_axis=input_axis)
 def _slice(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     rank = len(t.shapes.get(src, ()))
-    if t.channels(src) is None or t.channels(dst) is None:
+    channel_axis = _same_axis(node, t, [src, dst])
+    if channel_axis is None:
         pin_all(node, t, "no static channel axis")
         return
     params = _slice_params(node, {**t.static, **t.weights}, rank)
@@ -119,7 +129,7 @@ def _slice(node: onnx.NodeProto, t: ChannelTable) -> None:
         pin_all(node, t, "slice bounds are computed at run time")
         return
     starts, ends, axes, steps = params
-    on_channels = [i for i, a in enumerate(axes) if a == 1]
+    on_channels = [i for i, a in enumerate(axes) if a == channel_axis]
     if not on_channels:
         if any(n in t.static for n in node.input[1:]):
             pin_all(node, t, "slice bounds are computed at run time")
@@ -141,7 +151,7 @@ def _slice_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
     src = node.input[0]
     rank = len(s.shapes[src])
     starts, ends, axes, _ = _slice_params(node, {**s.static, **s.weights}, rank)
-    on_channels = [i for i, a in enumerate(axes) if a == 1]
+    on_channels = [i for i, a in enumerate(axes) if a == s.table.channel_axis(src)]
     if not on_channels:
         return
     i = on_channels[0]
