@@ -48,7 +48,7 @@ def apply_plan(module: nn.Module, surgery: SurgeryRecord, verify: bool = True) -
     groups_before = {
         name: m.groups for name, m in compact.named_modules() if isinstance(m, nn.modules.conv._ConvNd)
     }
-    sliced: set[str] = set()
+    sliced: dict[str, Mapping[int, np.ndarray]] = {}  # module tensor -> its kept positions per axis
     for name, axes in surgery.slices.items():
         if name in aliases:
             name, axes = aliases[name].tensor, {aliases[name].axis(a): kept for a, kept in axes.items()}
@@ -64,7 +64,8 @@ def apply_plan(module: nn.Module, surgery: SurgeryRecord, verify: bool = True) -
             tensor = tensor.index_select(axis, index)
         _replace(compact, name, tensor)
         tensors[name] = tensor
-        sliced.add(name)
+        sliced[name] = axes
+    _slice_dropped_zero_biases(compact, sliced)
     for name, value in surgery.values.items():
         if name in aliases:
             name, value = aliases[name].tensor, aliases[name].layout(np.asarray(value))
@@ -204,6 +205,24 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
         owner._parameters[attr] = nn.Parameter(value, requires_grad=owner._parameters[attr].requires_grad)
     else:
         owner._buffers[attr] = value
+
+
+def _slice_dropped_zero_biases(module: nn.Module, sliced: Mapping[str, Mapping[int, np.ndarray]]) -> None:
+    """Exporters leave an all-zero bias out of the graph (it adds nothing), so the surgery never
+    slices it: it follows the kept rows of its conv's or Linear's weight."""
+    for weight_name, axes in sliced.items():
+        owner_name, _, attr = weight_name.rpartition(".")
+        if attr != "weight" or 0 not in axes or f"{owner_name}.bias" in sliced:
+            continue
+        owner = module.get_submodule(owner_name)
+        bias = getattr(owner, "bias", None)
+        plain = isinstance(owner, nn.Linear) or (
+            isinstance(owner, nn.modules.conv._ConvNd)
+            and not isinstance(owner, nn.modules.conv._ConvTransposeNd)
+        )
+        if plain and isinstance(bias, torch.Tensor) and not torch.count_nonzero(bias):
+            index = torch.as_tensor(np.asarray(axes[0], dtype=np.int64))
+            _replace(module, f"{owner_name}.bias", bias.detach().index_select(0, index))
 
 
 def _set_bias(module: nn.Module, weight_name: str, bias: np.ndarray) -> None:

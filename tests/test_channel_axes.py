@@ -223,3 +223,14 @@ def test_an_op_without_an_axis_rule_is_pinned_when_the_channels_moved() -> None:
     assert ("MaxPool", "reads channels on axis 3; its rule follows axis 1 only") in {
         (p.op, p.reason) for p in ga.pinned
     }
+
+
+def test_reading_a_shape_pins_nothing_wherever_the_channels_lie() -> None:
+    """Exporters read `x.shape` of NHWC maps and tokens (Swin's padding, ViT's class token): no channel
+    value is read, so a Shape node pins nothing."""
+    transpose = helper.make_node("Transpose", ["a"], ["t"], name="to_nhwc", perm=[0, 2, 3, 1])
+    model = _one_node(transpose, [1, 3, 5, 5], {})
+    model.graph.node.append(helper.make_node("Shape", ["t"], ["s"], name="shape"))
+    model.graph.output.append(helper.make_tensor_value_info("s", TensorProto.INT64, [4]))
+    ga = analyze_graph(model)
+    assert "Shape" not in {p.op for p in ga.pinned}

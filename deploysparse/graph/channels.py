@@ -1,10 +1,12 @@
 """The channel-level bookkeeping that rules write into while the graph is analysed.
 
-Every channel of every activation tensor is one *element*. Rules connect elements that must be kept
-or removed together (a BN input channel and its output channel, the two operands of a residual
-add, a concat input and its place in the output) and record where initializers line up with them
-(a conv's weight rows, a BN's scale). Connected components of that graph, found with scipy in one
-vectorised pass, are the channel identities; no per-op special case survives past this module.
+Every channel of every activation tensor is one *element*; a tensor's channels lie on axis 1 unless
+the rule of the node writing it moved them (`axis`: an NHWC transpose, a MatMul's last axis). Rules
+connect elements that must be kept or removed together (a BN input channel and its output channel,
+the two operands of a residual add, a concat input and its place in the output) and record where
+initializers line up with them (a conv's weight rows, a BN's scale). Connected components of that
+graph, found with scipy in one vectorised pass, are the channel identities; no per-op special case
+survives past this module.
 """
 
 from __future__ import annotations

@@ -123,7 +123,10 @@ def _matmul(node: onnx.NodeProto, t: ChannelTable) -> None:
     still a space of its own."""
     src, dst = node.input[0], node.output[0]
     weight = constant(t, node.input[1])
-    if weight is None or weight.ndim != 2 or t.channels(dst) is None:
+    if weight is None:
+        pin_all(node, t, "a product of two activations (attention's scores or values): widths kept")
+        return
+    if weight.ndim != 2 or t.channels(dst) is None:
         pin_all(node, t, "only an activation times a constant matrix is pruned")
         return
     t.attach("producer", node, 1, 1, dst)

@@ -293,6 +293,7 @@ def _transpose(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.flow(node.input[0], node.output[0])
 
 
-@rule("Shape", "Size")
+@rule("Shape", "Size", channel_axis=lambda node, t: None)
 def _shape_reader(node: onnx.NodeProto, t: ChannelTable) -> None:
-    """Reading a shape does not depend on channel values; shapes computed from it adapt by themselves."""
+    """Reading a shape does not depend on channel values, wherever they lie; shapes computed from it
+    adapt by themselves, and the output has no channels."""
