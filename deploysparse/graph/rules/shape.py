@@ -197,9 +197,25 @@ def _reshape_kind(t_shapes: dict, node: onnx.NodeProto) -> str | None:
     return None
 
 
-@rule("Reshape", rewrite=lambda node, s: _reshape_rewrite(node, s), zero_to_zero=True)
+@rule(
+    "Reshape",
+    rewrite=lambda node, s: _reshape_rewrite(node, s),
+    zero_to_zero=True,
+    channel_axis=lambda node, t: 1,
+)
 def _reshape(node: onnx.NodeProto, t: ChannelTable) -> None:
+    """(N, C, *S) to (N, C, *S') or (N, C * prod(S)). Channels on another axis (the features of tokens,
+    an NHWC map, a shuffle's transposed view) are pinned: a reshape there splits or merges them
+    (attention's heads, Swin's windows, ShuffleNet's shuffle), which no rule follows."""
     src, dst = node.input[0], node.output[0]
+    channel_axis = t.channel_axis(src)
+    if channel_axis not in (None, 1):
+        pin_all(
+            node,
+            t,
+            f"reshape of channels on axis {channel_axis} (attention heads, windows, a channel shuffle): kept",
+        )
+        return
     kind = _reshape_kind(t.shapes, node)
     if kind is None or t.channels(src) is None or t.channels(dst) is None:
         pin_all(node, t, "reshape mixes the channel axis with others")
