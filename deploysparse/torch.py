@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -47,9 +48,10 @@ def apply_plan(module: nn.Module, surgery: SurgeryRecord, verify: bool = True) -
     groups_before = {
         name: m.groups for name, m in compact.named_modules() if isinstance(m, nn.modules.conv._ConvNd)
     }
+    sliced: dict[str, Mapping[int, np.ndarray]] = {}  # module tensor -> its kept positions per axis
     for name, axes in surgery.slices.items():
         if name in aliases:
-            name, axes = aliases[name], {0: next(iter(axes.values()))}
+            name, axes = aliases[name].tensor, {aliases[name].axis(a): kept for a, kept in axes.items()}
         if _skip_graph_constant(name, tensors, compact):
             continue
         tensor = tensors[name]
@@ -62,12 +64,16 @@ def apply_plan(module: nn.Module, surgery: SurgeryRecord, verify: bool = True) -
             tensor = tensor.index_select(axis, index)
         _replace(compact, name, tensor)
         tensors[name] = tensor
+        sliced[name] = axes
+    _slice_dropped_zero_biases(compact, sliced)
     for name, value in surgery.values.items():
+        if name in aliases:
+            name, value = aliases[name].tensor, aliases[name].layout(np.asarray(value))
         if _skip_graph_constant(name, tensors, compact):
             continue
         old = tensors[name]
         new = torch.as_tensor(np.asarray(value)).to(old.dtype)
-        if new.dim() != old.dim() or (name in surgery.slices and new.shape != old.shape):
+        if new.dim() != old.dim() or (name in sliced and new.shape != old.shape):
             raise PlanError(
                 f"new value of {name} has shape {tuple(new.shape)}, the module has {tuple(old.shape)}"
             )
@@ -81,33 +87,55 @@ def apply_plan(module: nn.Module, surgery: SurgeryRecord, verify: bool = True) -
     return compact
 
 
+@dataclass(frozen=True)
+class _Alias:
+    """A graph constant that holds a module tensor in another layout: a 1-D parameter reshaped (a
+    PReLU slope or a channels-first LayerNorm's weight as (C, 1, 1)), or a Linear's weight transposed
+    (the (in, out) matrix of a MatMul on an N-D input)."""
+
+    tensor: str
+    transposed: bool
+
+    def axis(self, graph_axis: int) -> int:
+        """The axis of the module tensor that the constant's `graph_axis` is."""
+        return 1 - graph_axis if self.transposed else 0
+
+    def layout(self, value: np.ndarray) -> np.ndarray:
+        """The constant's value in the module tensor's layout."""
+        return value.T if self.transposed else value.reshape(-1)
+
+
 def _aliases_of_graph_constants(
     surgery: SurgeryRecord, tensors: Mapping[str, torch.Tensor]
-) -> dict[str, str]:
+) -> dict[str, _Alias]:
     """Exporters fold some parameters into renamed constants (a PReLU slope reshaped to (C, 1, 1)
-    becomes `val_16`). A sliced constant whose kept values equal the same positions of exactly one
-    1-D module tensor is that tensor: slicing it keeps the module in step with the graph."""
-    model = getattr(surgery, "model", None)
-    if model is None:
+    becomes `val_16`; a Linear on an N-D input becomes a MatMul by its transposed weight). A constant
+    the surgery changed whose original values equal exactly one module tensor, reshaped or
+    transposed, is that tensor: changing it keeps the module in step with the graph."""
+    original = getattr(surgery, "original", None)
+    if original is None:
         return {}
-    compact_values = {init.name: init for init in model.graph.initializer}
+    stored = {init.name: init for init in original.graph.initializer}
     aliases = {}
-    for name, axes in surgery.slices.items():
-        if name in tensors or name not in compact_values or len(axes) != 1:
+    for name in {*surgery.slices, *surgery.values}:
+        if name in tensors or name not in stored:
             continue
-        kept = np.asarray(next(iter(axes.values())), dtype=np.int64)
-        value = numpy_helper.to_array(compact_values[name]).reshape(-1)
-        if value.size != kept.size or not kept.size:
-            continue
-        matches = [
-            tname
-            for tname, t in tensors.items()
-            if t.dim() == 1 and t.shape[0] > int(kept.max()) and t.shape[0] != kept.size
-            and np.array_equal(t.detach().cpu().numpy()[kept], value)
-        ]  # fmt: skip
+        value = numpy_helper.to_array(stored[name])
+        matches = [alias for tname, t in tensors.items() if (alias := _alias(value, tname, t)) is not None]
         if len(matches) == 1:
             aliases[name] = matches[0]
     return aliases
+
+
+def _alias(value: np.ndarray, name: str, tensor: torch.Tensor) -> _Alias | None:
+    """Module tensor `name` as what a constant holding `value` stands for, None when they differ."""
+    if tensor.dim() == 1 and value.size == tensor.shape[0] and max(value.shape, default=1) == value.size:
+        same = np.array_equal(value.reshape(-1), tensor.detach().cpu().numpy())
+        return _Alias(name, transposed=False) if same else None
+    if tensor.dim() == 2 and value.shape == tuple(tensor.shape)[::-1]:
+        same = np.array_equal(value, tensor.detach().cpu().numpy().T)
+        return _Alias(name, transposed=True) if same else None
+    return None
 
 
 def _verify_against_graph(module: nn.Module, model: onnx.ModelProto) -> None:
@@ -177,6 +205,24 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
         owner._buffers[attr] = value
 
 
+def _slice_dropped_zero_biases(module: nn.Module, sliced: Mapping[str, Mapping[int, np.ndarray]]) -> None:
+    """Exporters leave an all-zero bias out of the graph (it adds nothing), so the surgery never
+    slices it: it follows the kept rows of its conv's or Linear's weight."""
+    for weight_name, axes in sliced.items():
+        owner_name, _, attr = weight_name.rpartition(".")
+        if attr != "weight" or 0 not in axes or f"{owner_name}.bias" in sliced:
+            continue
+        owner = module.get_submodule(owner_name)
+        bias = getattr(owner, "bias", None)
+        plain = isinstance(owner, nn.Linear) or (
+            isinstance(owner, nn.modules.conv._ConvNd)
+            and not isinstance(owner, nn.modules.conv._ConvTransposeNd)
+        )
+        if plain and isinstance(bias, torch.Tensor) and not torch.count_nonzero(bias):
+            index = torch.as_tensor(np.asarray(axes[0], dtype=np.int64))
+            _replace(module, f"{owner_name}.bias", bias.detach().index_select(0, index))
+
+
 def _set_bias(module: nn.Module, weight_name: str, bias: np.ndarray) -> None:
     owner_name, _, attr = weight_name.rpartition(".")
     if attr != "weight":
@@ -215,6 +261,8 @@ def _fix_module_attributes(
                 sub.num_features = reference.shape[0]
         elif isinstance(sub, nn.Linear):
             sub.out_features, sub.in_features = sub.weight.shape
+        elif isinstance(sub, nn.LayerNorm) and sub.weight is not None:
+            sub.normalized_shape = tuple(sub.weight.shape)
         elif isinstance(sub, nn.PReLU):
             sub.num_parameters = sub.weight.numel()
 

@@ -19,15 +19,15 @@ import pytest
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Callable[..., Path]:
     """`exported(arch, exporter="dynamo", keep_bn=False, opset=None)`: the path of that architecture's
-    ONNX export with dead channels planted (30% of every BN layer), exported at batch 2 with a dynamic
-    batch (opset None: the exporter's default).
+    (ARCHS or TOKEN_ARCHS) ONNX export with dead channels planted (30% of every BN layer; the token
+    nets have none), exported at batch 2 with a dynamic batch (opset None: the exporter's default).
 
     Under pytest-xdist the cache lives in the folder all workers share, each file made once under a
     file lock: the second worker that asks waits for the first one's export instead of repeating it.
     """
     from filelock import FileLock
 
-    from tests.archs import ARCHS
+    from tests.archs import ARCHS, TOKEN_ARCHS
     from tests.exporting import export
 
     base = tmp_path_factory.getbasetemp()
@@ -40,7 +40,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Callab
         done = folder / "complete"
         with FileLock(str(folder) + ".lock"):
             if not done.exists():
-                spec = ARCHS[arch]
+                spec = ARCHS.get(arch) or TOKEN_ARCHS[arch]
                 export(
                     spec.planted(),
                     spec.example(2),

@@ -139,13 +139,13 @@ def test_plan_that_is_not_json(cli, model_path: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out.onnx").exists()
 
 
-@pytest.mark.parametrize("middle", ["lpnorm", "transpose_pair"])
+@pytest.mark.parametrize("middle", ["lpnorm", "batch_transpose_pair"])
 def test_unknown_op_pins_its_channels_and_the_rest_is_pruned(cli, tmp_path: Path, middle: str) -> None:
     path = tmp_path / "model.onnx"
     model = dead_convnet(middle)
     onnx.save(model, str(path))
     before = digest(path)
-    middle_op = {"lpnorm": "LpNormalization", "transpose_pair": "Transpose"}[middle]
+    middle_op = {"lpnorm": "LpNormalization", "batch_transpose_pair": "Transpose"}[middle]
 
     report = cli("analyze", path, "--json")
     assert report.code == 0, report.err

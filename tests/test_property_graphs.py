@@ -1,8 +1,10 @@
 """Property: on any graph made of supported ops, surgery with any legal plan equals masking.
 
 Hypothesis draws a sequence of blocks (plain, depthwise and grouped convs, BN, Relu/Clip, residual
-Add, Concat, dense concat, MaxPool, per-channel Mul, Split and Slice on the channel axis) and a head
-(GAP + Gemm, spatial Flatten + Gemm, 1x1 conv); shrinking finds the smallest failing graph.
+Add, Concat, dense concat, MaxPool, per-channel Mul, Split and Slice on the channel axis, ConvNeXt's
+NHWC MLP with a LayerNorm, op or written out, over the last axis) and a head (GAP + Gemm, spatial
+Flatten + Gemm, 1x1 conv); shrinking finds the smallest failing graph. The masked original takes a
+LayerNorm's statistics over the kept channels, as the compact model does.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from tests.exporting import random_feeds, relative_error, run
 @example(blocks=["mul", "grouped", "slice"], head="flatten_gemm", seed=299040099, opset=17)
 # Split with `num_outputs` (opset 18+) must get explicit sizes once its halves differ.
 @example(blocks=["split"], head="gap_gemm", seed=0, opset=21)
+# Channels on the last axis between two Transposes, the LayerNorm written out (opset 11) and as the op.
+@example(blocks=["nhwc_mlp", "split", "nhwc_mlp"], head="conv_out", seed=3, opset=11)
+@example(blocks=["depthwise", "nhwc_mlp", "nhwc_mlp"], head="flatten_gemm", seed=5, opset=21)
 def test_surgery_equals_masking_on_random_graphs(blocks: list[str], head: str, seed: int, opset: int) -> None:
     model = random_convnet(blocks, head, seed, opset)
     ga = analyze_graph(model)

@@ -12,11 +12,10 @@ import pytest
 
 from deploysparse.graph.analysis import analyze_graph
 from deploysparse.graph.masking import zero_channels
-from deploysparse.graph.surgery import rewrite_graph
 from deploysparse.modelio import load_model
 from tests.archs import ARCHS
-from tests.archs.plans import random_plan, removed_count
-from tests.exporting import EXPORTERS, random_feeds, relative_error, run, weight_count
+from tests.archs.plans import assert_random_plans_match_masked, random_plan
+from tests.exporting import EXPORTERS, random_feeds, relative_error, run
 
 SEEDS = (0, 1, 2)
 CASES = (
@@ -44,26 +43,7 @@ def test_random_plan_matches_masked_original(
 ) -> None:
     ga = analyze_graph(load_model(exported(arch, exporter, keep_bn, opset)))
     assert any(g.prunable for g in ga.groups), "no prunable group found"
-    for seed in SEEDS:
-        rng = np.random.default_rng([ARCHS[arch].seed, seed])
-        plan = random_plan(ga, rng)
-        assert removed_count(ga, plan) > 0
-        masked = zero_channels(ga, plan)
-        compact = rewrite_graph(ga, plan).model
-        assert weight_count(compact) < weight_count(ga.model)
-
-        feeds = random_feeds(ga.model, rng, batch=2)
-        original_out = run(ga.model, feeds)
-        masked_out = run(masked, feeds)
-        compact_out = run(compact, feeds)
-        assert any(relative_error(a, b) > 1e-4 for a, b in zip(original_out, masked_out, strict=True)), (
-            f"seed {seed}: masking changed nothing, the plan removed only dead channels"
-        )
-        for i, (a, b) in enumerate(zip(masked_out, compact_out, strict=True)):
-            err = relative_error(a, b)
-            assert err < 1e-5, (
-                f"seed {seed}, output {i}: compact vs masked original, relative error {err:.3g}"
-            )
+    assert_random_plans_match_masked(ga, ARCHS[arch].seed, SEEDS)
 
 
 @pytest.mark.parametrize("arch", ["resnext", "densenet", "unet_convtranspose", "vgg_flatten"])

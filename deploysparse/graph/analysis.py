@@ -1,8 +1,9 @@
 """Channel analysis: from an ONNX graph to the groups of channels that can be removed together.
 
-The per-op rules (rules.py) connect channel elements; connected components are channel
-identities; identities that live in the same tensors form a group. Everything a criterion, a
-budget or the surgery needs is read off the resulting `GraphAnalysis`.
+The per-op rules (graph/rules/) connect channel elements; a tensor's channels lie on axis 1 unless
+the rule of the node writing it says they moved (an NHWC transpose, a MatMul's last axis). Connected
+components are channel identities; identities that live in the same tensors form a group.
+Everything a criterion, a budget or the surgery needs is read off the resulting `GraphAnalysis`.
 """
 
 from __future__ import annotations
@@ -87,21 +88,27 @@ def analyze_graph(
     table = ChannelTable(shapes=shapes, weights=weights, static=static, producer=producer)
     for inp in model.graph.input:
         table.declare(inp.name)
-    for node in model.graph.node:
-        for out in node.output:
-            table.declare(out)
-    for inp in model.graph.input:
         table.pin(inp.name, None, "graph input")
     for node in model.graph.node:
         rule = rule_for(node)
+        axis = rule.output_axis(node, table) if rule is not None else 1
+        for out in node.output:
+            table.declare(out, axis)
         if rule is None:
             where = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
             pin_all(node, table, f"no channel rule for {where}")
+        elif rule.channel_axis is None and (moved := _moved_channels(node, table)):
+            pin_all(node, table, f"reads channels on axis {moved}; its rule follows axis 1 only")
         else:
             rule.analyze(node, table)
     for out in model.graph.output:
         table.pin(out.name, None, "graph output")
     return _group(model, table, shapes_in)
+
+
+def _moved_channels(node: onnx.NodeProto, table: ChannelTable) -> int | None:
+    """The channel axis of the first input whose channels are not on axis 1, None when all are."""
+    return next((a for name in node.input if (a := table.channel_axis(name)) is not None and a != 1), None)
 
 
 _SEQUENCE_OPS = ("SplitToSequence", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceEmpty")
@@ -304,7 +311,15 @@ def _add_members(
             input_index=att.input_index,
         )
     for tensor in table.base:
-        _members_of("tensor", tensor, 1, identity[table.elements(tensor)], identity_group, position, groups)
+        _members_of(
+            "tensor",
+            tensor,
+            table.axis[tensor],
+            identity[table.elements(tensor)],
+            identity_group,
+            position,
+            groups,
+        )
 
 
 def _add_blocks(

@@ -1,10 +1,12 @@
 """The channel-level bookkeeping that rules write into while the graph is analysed.
 
-Every channel of every activation tensor is one *element*. Rules connect elements that must be kept
-or removed together (a BN input channel and its output channel, the two operands of a residual
-add, a concat input and its place in the output) and record where initializers line up with them
-(a conv's weight rows, a BN's scale). Connected components of that graph, found with scipy in one
-vectorised pass, are the channel identities; no per-op special case survives past this module.
+Every channel of every activation tensor is one *element*; a tensor's channels lie on axis 1 unless
+the rule of the node writing it moved them (`axis`: an NHWC transpose, a MatMul's last axis). Rules
+connect elements that must be kept or removed together (a BN input channel and its output channel,
+the two operands of a residual add, a concat input and its place in the output) and record where
+initializers line up with them (a conv's weight rows, a BN's scale). Connected components of that
+graph, found with scipy in one vectorised pass, are the channel identities; no per-op special case
+survives past this module.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class ChannelTable:
     producer: dict[str, onnx.NodeProto] = field(default_factory=dict)  # tensor -> node writing it
     base: dict[str, int] = field(default_factory=dict)
     count: dict[str, int] = field(default_factory=dict)
+    axis: dict[str, int] = field(default_factory=dict)  # tensor -> the axis its channels lie on
     total: int = 0
     edges_a: list[np.ndarray] = field(default_factory=list)
     edges_b: list[np.ndarray] = field(default_factory=list)
@@ -64,22 +67,33 @@ class ChannelTable:
     blocks: list[tuple[str, int]] = field(default_factory=list)
     # constant propagation, in node order: ("flow", src, dst) | ("source", dst, magnitude) | ("break", dst, None)
     const_log: list[tuple[str, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+    # tensors whose channels all enter a statistic over the channels (a LayerNormalization's mean and
+    # variance): removing any channel changes every output of the node, so none is removed exactly
+    statistics: list[tuple[str, str]] = field(default_factory=list)  # (tensor, node)
 
     # ---- elements -------------------------------------------------------------------------------
-    def declare(self, tensor: str) -> None:
-        """Give `tensor` elements if it is an activation with a static channel axis (axis 1)."""
-        if tensor in self.base or tensor in self.weights or not tensor:
+    def declare(self, tensor: str, axis: int | None = 1) -> None:
+        """Give `tensor` elements along its channel `axis` if it is an activation with a static size
+        there. Axis 1 (NCHW, a Gemm's features) unless the rule of the node that writes the tensor
+        moved the channels (an NHWC transpose, a MatMul's last axis); the batch axis 0 and None
+        (the node leaves no channel axis) give no elements."""
+        if tensor in self.base or tensor in self.weights or not tensor or axis is None:
             return
         shape = self.shapes.get(tensor)
-        if shape is None or len(shape) < 2 or shape[1] <= 0:
+        if shape is None or len(shape) < 2 or not 1 <= axis < len(shape) or shape[axis] <= 0:
             return
         self.base[tensor] = self.total
-        self.count[tensor] = shape[1]
-        self.total += shape[1]
+        self.count[tensor] = shape[axis]
+        self.axis[tensor] = axis
+        self.total += shape[axis]
 
     def channels(self, tensor: str) -> int | None:
         """Channel count of an activation tensor, None when it has no channel space."""
         return self.count.get(tensor)
+
+    def channel_axis(self, tensor: str) -> int | None:
+        """The axis of `tensor` its channels lie on (1 unless a rule moved them), None without channels."""
+        return self.axis.get(tensor)
 
     def elements(self, tensor: str, channels: np.ndarray | None = None) -> np.ndarray:
         base = self.base[tensor]
@@ -141,6 +155,13 @@ class ChannelTable:
         if tensor in self.base:
             op = node.op_type if node is not None else "graph"
             self.pins.append(Pin(tensor, op, node.name if node is not None else "", reason))
+
+    def statistic(self, tensor: str, node: onnx.NodeProto) -> None:
+        """Every channel of `tensor` enters a statistic over the channels at `node` (a LayerNorm's mean
+        and variance): criteria may remove them, measuring the change; the dead-filter check never
+        calls that removal exact."""
+        if tensor in self.base:
+            self.statistics.append((tensor, node.name))
 
     def block(self, tensor: str, blocks: int) -> None:
         """Channels of `tensor` fall into `blocks` equal parts that must keep equal counts."""

@@ -6,6 +6,8 @@ constant c each consumer sees is read off one run of the graph; c = 0 (a ReLU af
 shift) is removed as is, c != 0 is folded into the consumers' bias where that is exact (Gemm, an
 unpadded conv) and kept otherwise. With a threshold, near-zero filters count too: then the removal is
 not exact, the folded value is the calibration mean, and the caller measures the output change.
+A channel that enters a statistic over the channels (a LayerNorm's mean and variance) is never dead:
+removing it would change every other channel; a note says so when it is constant.
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ def find_dead(
         np.logical_and.at(all_const, ga.identity[elements], constant[elements])
         np.logical_and.at(all_exact, ga.identity[elements], exactly[elements])
         read_tensors.setdefault(tensor, []).append(node)
-    candidate = all_const & ~ga.identity_pinned
     result = DeadFilters()
+    candidate = all_const & ~ga.identity_pinned
+    candidate &= ~_kept_for_statistics(ga, candidate, result.kept)
     if not candidate.any():
         return result
     conditions = table.zero_conditions(threshold)
@@ -81,13 +84,13 @@ def find_dead(
     values = reference_backend().intermediates(ga.model, data, tensors + [t for t, _ in zero_checks])
     for tensor, channels in zero_checks:
         # A constant passed zero padding: only an exact 0 stays constant at the border.
-        moved = np.moveaxis(values[tensor], 1, 0).reshape(values[tensor].shape[1], -1)[channels]
+        moved = _per_channel(values[tensor], table.axis[tensor])[channels]
         nonzero = np.any(moved != 0, axis=1)
         candidate[ga.identity[table.elements(tensor, channels[nonzero])]] = False
     removable = candidate.copy()
     for tensor in tensors:
         ids = ga.identity[table.elements(tensor)]
-        value = values[tensor].astype(np.float64)
+        value = _per_channel(values[tensor].astype(np.float64), table.axis[tensor])
         per_channel = np.where(all_exact[ids], _channel_values(value, True), _channel_values(value, False))
         # A near-dead channel's mean of 1e-9 is zero for every purpose: removing it outright changes
         # the output by less than folding would be worth, and folding may not be exact.
@@ -125,10 +128,34 @@ def find_dead(
     return result
 
 
-def _channel_values(value: np.ndarray, exact: bool) -> np.ndarray:
-    """Per channel (axis 1): the constant it holds, NaN where it varies (exact mode); the mean over
-    samples and positions otherwise. A flattened (N, F) tensor gets one value per feature."""
-    moved = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1)
+def _kept_for_statistics(ga: GraphAnalysis, candidate: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Candidate identities that enter a statistic over the channels (a channel mean, a LayerNorm's
+    mean and variance): removing one changes every other channel's output, so none is dead however
+    constant it is where it is read. One note per such node names the channels it keeps."""
+    table = ga.table
+    kept = np.zeros(len(candidate), dtype=bool)
+    for tensor, node in table.statistics:
+        ids = ga.identity[table.elements(tensor)]
+        held = np.flatnonzero(candidate[ids])
+        kept[ids[held]] = True
+        if len(held):
+            notes.append(
+                f"{tensor} channels {held[:8].tolist()}{' ...' if len(held) > 8 else ''} are constant but "
+                f"{node} takes a statistic over the channels (removing one changes every other "
+                "channel's output); kept"
+            )
+    return kept
+
+
+def _per_channel(value: np.ndarray, axis: int) -> np.ndarray:
+    """A tensor's values as (channels, every sample and position), its channels on `axis`."""
+    return np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
+
+
+def _channel_values(moved: np.ndarray, exact: bool) -> np.ndarray:
+    """Per channel (rows of `_per_channel`): the constant it holds, NaN where it varies (exact mode);
+    the mean over samples and positions otherwise. A flattened (N, F) tensor gets one value per
+    feature."""
     mean = moved.mean(axis=1)
     if not exact:
         return mean

@@ -30,14 +30,17 @@ class SurgeryResult:
 
     slices: initializer -> {axis: kept positions}; values: initializers whose values changed beyond
     slicing (final arrays); biases: weight initializer of a node that folds constants (its rule has a
-    `fold`: Conv, Gemm) -> its final bias (also when the bias was created to hold a folded constant). `deploysparse.torch.apply_plan` replays these on
-    an nn.Module.
+    `fold`: Conv, Gemm) -> its final bias (also when the bias was created to hold a folded constant);
+    original: the analysed model those names refer to (an exporter's renamed copy of a parameter, a
+    Linear's weight transposed for a MatMul, is found there by its values).
+    `deploysparse.torch.apply_plan` replays these on an nn.Module.
     """
 
     model: onnx.ModelProto
     slices: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict)
     biases: dict[str, np.ndarray] = field(default_factory=dict)
+    original: onnx.ModelProto | None = field(default=None, repr=False)
 
 
 def rewrite_graph(ga: GraphAnalysis, plan: Plan) -> SurgeryResult:
@@ -46,7 +49,7 @@ def rewrite_graph(ga: GraphAnalysis, plan: Plan) -> SurgeryResult:
     kept_identity = kept_identities(ga, plan)
     opset = next((i.version for i in ga.model.opset_import if i.domain in ("", "ai.onnx")), 13)
     s = GraphEdits(ga.table, lambda tensor: kept_identity[ga.tensor_identities(tensor)], opset)
-    result = SurgeryResult(model=onnx.ModelProto())
+    result = SurgeryResult(model=onnx.ModelProto(), original=ga.model)
     bias_slots = _absorb_removed(ga, plan, s, kept_identity)
     _slice_attachments(ga, s, result)
     for node_name, (index, out_tensor) in bias_slots.items():  # biases created by folding

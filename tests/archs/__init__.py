@@ -2,7 +2,8 @@
 channels dead.
 
 `ARCHS` maps a name to an `Arch`; `Arch.build()` returns a deterministic eval-mode model with random
-BN statistics, and `Arch.planted(fraction)` the same model with dead channels planted.
+BN statistics, and `Arch.planted(fraction)` the same model with dead channels planted. `TOKEN_ARCHS`
+holds the ConvNeXt-, ViT- and Swin-shaped nets (LayerNorms, channels on the last axis).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.archs.classic import DenseNet, ResNetBasic, ResNetBottleneck, ResNeXt
 from tests.archs.common import plant_dead, randomize
 from tests.archs.dense import MiscActs, TwoHead, UNet
 from tests.archs.mobile import MobileNetV2, SENet, ShuffleNet
+from tests.archs.tokens import TinyConvNeXt, TinySwin, TinyViT
 
 
 @dataclass(frozen=True)
@@ -78,4 +80,10 @@ ARCHS: dict[str, Arch] = {
         Arch("shufflenet", ShuffleNet),
         Arch("misc_acts", MiscActs, dead_beta=0.0),
     ]
+}
+
+# Channels on the last axis (NHWC maps, tokens) and LayerNorms instead of BN: apart from ARCHS, whose
+# tests plant dead filters through BN.
+TOKEN_ARCHS: dict[str, Arch] = {
+    a.name: a for a in [Arch("convnext", TinyConvNeXt), Arch("vit", TinyViT), Arch("swin", TinySwin)]
 }

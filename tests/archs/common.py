@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tests.archs.tokens import ChannelsFirstLayerNorm
+
 
 def conv_bn(
     cin: int,
@@ -29,15 +31,25 @@ def conv_bn(
     return nn.Sequential(*layers)
 
 
+@torch.no_grad()
 def randomize(model: nn.Module, rng: np.random.Generator) -> nn.Module:
-    """Give every BN layer non-trivial running statistics and affine parameters; put the model in eval."""
+    """Give every BN layer non-trivial running statistics and affine parameters, every LayerNorm (and
+    channels-first LayerNorm) a random scale and shift, and every layer scale, gamma or class token
+    random values (fresh ones are 1, 0 or one constant, so a slice landing on the wrong channel would
+    not show); put the model in eval."""
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             c = module.num_features
             module.running_mean.copy_(torch.from_numpy(rng.normal(0.0, 0.5, c).astype(np.float32)))
             module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, c).astype(np.float32)))
+        if isinstance(module, nn.BatchNorm2d | nn.LayerNorm | ChannelsFirstLayerNorm):
+            c = module.weight.shape[0]
             module.weight.data.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, c).astype(np.float32)))
             module.bias.data.copy_(torch.from_numpy(rng.normal(0.0, 0.3, c).astype(np.float32)))
+        for name in ("layer_scale", "gamma", "class_token"):
+            value = getattr(module, name, None)
+            if isinstance(value, nn.Parameter):
+                value.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, tuple(value.shape)).astype(np.float32)))
     return model.eval()
 
 

@@ -12,7 +12,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-BLOCKS = ("conv", "depthwise", "grouped", "residual", "concat", "dense", "pool", "mul", "split", "slice")
+BLOCKS = (
+    "conv", "depthwise", "grouped", "residual", "concat", "dense", "pool", "mul", "split", "slice", "nhwc_mlp",
+)  # fmt: skip
 HEADS = ("gap_gemm", "flatten_gemm", "conv_out")
 
 
@@ -104,6 +106,41 @@ class GraphBuilder:
         b = self.rng.normal(0, 0.2, fout).astype(np.float32)
         return self.node("Gemm", [x, self.const("Wfc", w), self.const("Bfc", b)], transB=1)[0]
 
+    def mean_last(self, x: str) -> str:
+        """ReduceMean over the last axis, dims kept: axes as an attribute before opset 18, an input from it."""
+        if self.opset >= 18:
+            return self.node("ReduceMean", [x, self.const("axes", np.array([-1], np.int64))])[0]
+        return self.node("ReduceMean", [x], axes=[-1])[0]
+
+    def layer_norm(self, x: str, c: int) -> str:
+        """LayerNorm over the last axis (c channels) with random scale and shift: the
+        LayerNormalization op (opset 17 on, or) the decomposition exporters write below opset 17."""
+        scale = self.const("ln_scale", self.rng.uniform(0.5, 1.5, c).astype(np.float32))
+        shift = self.const("ln_shift", self.rng.normal(0, 0.3, c).astype(np.float32))
+        if self.opset >= 17 and self.rng.random() < 0.6:
+            return self.node("LayerNormalization", [x, scale, shift], axis=-1, epsilon=1e-5)[0]
+        centred = self.node("Sub", [x, self.mean_last(x)])[0]
+        square = self.node("Pow", [centred, self.const("two", np.array(2.0, np.float32))])[0]
+        shifted = self.node("Add", [self.mean_last(square), self.const("eps", np.array(1e-5, np.float32))])[0]
+        normalised = self.node("Div", [centred, self.node("Sqrt", [shifted])[0]])[0]
+        return self.node("Add", [self.node("Mul", [normalised, scale])[0], shift])[0]
+
+    def linear(self, x: str, fin: int, fout: int) -> str:
+        """x @ W + b on the last axis (a torch Linear on an N-D input, as exporters write it)."""
+        w = (self.rng.standard_normal((fin, fout)) / np.sqrt(fin)).astype(np.float32)
+        b = self.rng.normal(0, 0.2, fout).astype(np.float32)
+        return self.node("Add", [self.node("MatMul", [x, self.const("Wmm", w)])[0], self.const("Bmm", b)])[0]
+
+    def gelu(self, x: str) -> str:
+        """GELU written out as x * 0.5 * (1 + erf(x / sqrt(2))), as torch exports it below opset 20."""
+        erf = self.node("Erf", [self.node("Div", [x, self.const("root2", np.array(2**0.5, np.float32))])[0]])[
+            0
+        ]
+        one_more = self.node("Add", [erf, self.const("one", np.array(1.0, np.float32))])[0]
+        return self.node(
+            "Mul", [self.node("Mul", [x, one_more])[0], self.const("half", np.array(0.5, np.float32))]
+        )[0]
+
     def model(
         self, x: str, input_shape: list[int | str], y: str, output_shape: list[int | str]
     ) -> onnx.ModelProto:
@@ -154,6 +191,14 @@ def add_block(b: GraphBuilder, kind: str, x: str, c: int, hw: int) -> tuple[str,
         ca, cb = int(rng.integers(1, 5)), int(rng.integers(1, 5))
         y = [b.conv_bn_act(left, first, ca, 1), b.conv_bn_act(right, c - first, cb, 3)]
         return b.node("Concat", y, axis=1)[0], ca + cb, hw
+    if kind == "nhwc_mlp":
+        # ConvNeXt's block without the depthwise conv: to NHWC, LayerNorm, Linear, GELU, Linear, a
+        # per-channel layer scale on the last axis, back to NCHW, residual.
+        hidden = int(rng.integers(2, 9))
+        nhwc = b.node("Transpose", [x], perm=[0, 2, 3, 1])[0]
+        y = b.linear(b.gelu(b.linear(b.layer_norm(nhwc, c), c, hidden)), hidden, c)
+        y = b.node("Mul", [y, b.const("layer_scale", rng.uniform(0.5, 1.5, c).astype(np.float32))])[0]
+        return b.node("Add", [x, b.node("Transpose", [y], perm=[0, 3, 1, 2])[0]])[0], c, hw
     if kind == "slice" and c >= 2:
         start = int(rng.integers(0, c - 1))
         end = int(rng.integers(start + 1, c + 1))
@@ -193,8 +238,8 @@ def dead_convnet(
     exactly 0 after the activation): 4 removable channels. `act` is "relu", or hardswish written out
     the way converters and old exporters do: "hardswish_clip" x * Clip(x + 3, 0, 6) / 6, or
     "hardswish_hardsigmoid" x * HardSigmoid(x). `middle` is an op the channel rules do not know
-    ("lpnorm": LpNormalization over channels; "transpose_pair": NCHW -> NHWC -> NCHW), which must pin
-    the space it reads and leave the others prunable. The batch dim is symbolic ("N").
+    ("lpnorm": LpNormalization over channels; "batch_transpose_pair": NCHW -> CNHW -> NCHW, channels on
+    the batch axis between), which must pin the space it reads and leave the others prunable. The batch dim is symbolic ("N").
     """
     b = GraphBuilder(np.random.default_rng(seed), opset)
 
@@ -223,8 +268,8 @@ def dead_convnet(
     x = b.relu(b.conv(x, width, width))
     if middle == "lpnorm":
         x = b.node("LpNormalization", [x], axis=1, p=2)[0]
-    elif middle == "transpose_pair":
-        x = b.node("Transpose", [b.node("Transpose", [x], perm=[0, 2, 3, 1])[0]], perm=[0, 3, 1, 2])[0]
+    elif middle == "batch_transpose_pair":
+        x = b.node("Transpose", [b.node("Transpose", [x], perm=[1, 0, 2, 3])[0]], perm=[1, 0, 2, 3])[0]
     x = dead_conv(x, width, 6, [0, 3])
     pooled = b.node("GlobalAveragePool", [x])[0]
     y = b.gemm(b.node("Flatten", [pooled], axis=1)[0], 6, 4)

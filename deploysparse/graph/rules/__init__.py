@@ -24,7 +24,11 @@ onnx-graphsurgeon's `Graph.register` (extension by registration). It says:
   per-channel scale (a Conv's), and the scale a normalisation applies at inference (BN's
   gamma / sqrt(var + eps)): the denormal count tests weights as the backend runs them;
 - `adds_depth` / `merges_residual`: a layer of the network's depth (Conv) and a residual merge (Add),
-  for the depth advisor.
+  for the depth advisor;
+- `channel_axis`: the axis the node's outputs keep their channels on (Transpose moves it, a MatMul
+  writes the last; without this part a rule follows channels on axis 1 only);
+- `masked`: a statistic over the channels (LayerNorm's mean and variance) written over the kept
+  channels only, for the masked original the tests compare the surgery with.
 An op with no rule pins every channel tensor it touches: never pruned, never a crash. `register_rule`
 adds an op, including a custom-domain one, without editing this package.
 
@@ -62,10 +66,12 @@ from deploysparse.graph.rules.quantization import INT8_OPS, runs_int8
 from deploysparse.graph.rules.registry import (
     RULES,
     AnalyzeFn,
+    AxisFn,
     ComputeFn,
     Fold,
     InferenceScaleFn,
     MacsFn,
+    MaskedFn,
     Reading,
     RewriteFn,
     Rule,
@@ -82,12 +88,14 @@ __all__ = [
     "LAYER_KINDS",
     "RULES",
     "AnalyzeFn",
+    "AxisFn",
     "ComputeFn",
     "Fold",
     "InferenceScaleFn",
     "LayerKind",
     "LayerShape",
     "MacsFn",
+    "MaskedFn",
     "Reading",
     "RewriteFn",
     "Rule",

@@ -1,6 +1,7 @@
 """Activations and other ops that keep every channel where it is, computed value by value: Relu,
-Sigmoid, Clip, Identity, Cast, ... (which of them map 0 to 0, and how the torch front end computes
-them from a hooked layer output), and Softmax along a non-channel axis."""
+Sigmoid, Clip, Identity, Cast, Gelu, ... (which of them map 0 to 0, and how the torch front end
+computes them from a hooked layer output), and Softmax along a non-channel axis. All of them keep the
+channels on whatever axis they lie."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import onnx
 
 from deploysparse.graph.channels import ChannelTable
-from deploysparse.graph.rules.helpers import attr, norm_axis, pin_all, text, unary
+from deploysparse.graph.rules.helpers import attr, input_axis, norm_axis, pin_all, text, unary
 from deploysparse.graph.rules.registry import ComputeFn, register_rule, rule
 
 _KEEP_ZERO = (
@@ -92,19 +93,37 @@ _COMPUTE: dict[str, ComputeFn] = {
 }
 
 
+# Value by value, these ops keep the channels on whatever axis they lie (NHWC after a transpose, the
+# features of a token): channel_axis=input_axis.
 for _op in _KEEP_ZERO:
-    register_rule(_op, unary, zero_to_zero=True, compute=_COMPUTE.get(_op), fused_into_producer=_op in _FUSED)
+    register_rule(
+        _op,
+        unary,
+        zero_to_zero=True,
+        compute=_COMPUTE.get(_op),
+        fused_into_producer=_op in _FUSED,
+        channel_axis=input_axis,
+    )
 for _op in _MOVE_ZERO:
-    register_rule(_op, unary, compute=_COMPUTE.get(_op), fused_into_producer=_op in _FUSED)
-register_rule("Clip", unary, zero_to_zero=_clip_keeps_zero, compute=_clip_compute, fused_into_producer=True)
+    register_rule(
+        _op, unary, compute=_COMPUTE.get(_op), fused_into_producer=_op in _FUSED, channel_axis=input_axis
+    )
+register_rule(
+    "Clip",
+    unary,
+    zero_to_zero=_clip_keeps_zero,
+    compute=_clip_compute,
+    fused_into_producer=True,
+    channel_axis=input_axis,
+)
 
 
-@rule("Softmax", "LogSoftmax", "Hardmax")
+@rule("Softmax", "LogSoftmax", "Hardmax", channel_axis=input_axis)
 def _softmax(node: onnx.NodeProto, t: ChannelTable) -> None:
     src = node.input[0]
     rank = len(t.shapes.get(src, ()))
     axis = attr(node, "axis")  # the default differs between opsets: without one, assume the worst
-    if axis is None or norm_axis(int(axis), rank) == 1 or t.channels(src) is None:
+    if axis is None or t.channels(src) is None or norm_axis(int(axis), rank) == t.channel_axis(src):
         pin_all(node, t, "normalises across channels")
         return
     t.flow(src, node.output[0])

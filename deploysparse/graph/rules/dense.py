@@ -1,5 +1,6 @@
-"""Matrix products with a constant weight (Gemm, 2-D MatMul): weight columns or rows are the output
-features, the others read the input's."""
+"""Matrix products with a constant weight (Gemm, and MatMul on an activation of any rank: a Linear on
+[N, C], on tokens [N, T, C] or on an NHWC map): weight columns or rows are the output features on the
+last axis, the others read the input's channels there."""
 
 from __future__ import annotations
 
@@ -102,25 +103,35 @@ def _gemm(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.constant_source(dst, filter_magnitude(weight, out_axis))
 
 
+def _matmul_axis(node: onnx.NodeProto, t: ChannelTable) -> int | None:
+    """A matrix product writes its features on the last axis (axis 1 of a 2-D product)."""
+    return len(t.shapes.get(node.output[0], ())) - 1
+
+
 @rule(
     "MatMul",
     macs=weight_macs(lambda n, t, w: per_sample(t, n.output[0]) * int(w.shape[0])),
     reads=lambda node, t: Reading(0, -1, "dense"),
     zero_to_zero=True,
     timing=_matmul_timing,
+    channel_axis=_matmul_axis,
 )
 def _matmul(node: onnx.NodeProto, t: ChannelTable) -> None:
+    """An activation of any rank times a constant matrix (a Linear on [N, C], on the tokens of
+    [N, T, C] or on an NHWC map): the weight's columns are the output features, its rows read the
+    input's channels when they lie on the last axis; otherwise the input is pinned and the output is
+    still a space of its own."""
     src, dst = node.input[0], node.output[0]
     weight = constant(t, node.input[1])
-    if (
-        weight is None
-        or weight.ndim != 2
-        or len(t.shapes.get(src, ())) != 2
-        or t.channels(src) is None
-        or t.channels(dst) is None
-    ):
-        pin_all(node, t, "only a 2-D activation times a constant matrix is pruned")
+    if weight is None:
+        pin_all(node, t, "a product of two activations (attention's scores or values): widths kept")
+        return
+    if weight.ndim != 2 or t.channels(dst) is None:
+        pin_all(node, t, "only an activation times a constant matrix is pruned")
         return
     t.attach("producer", node, 1, 1, dst)
-    t.attach("consumer", node, 1, 0, src)
+    if t.channels(src) is not None and t.channel_axis(src) == len(t.shapes[src]) - 1:
+        t.attach("consumer", node, 1, 0, src)
+    else:
+        t.pin(src, node, "the matrix product reads the last axis, which does not hold this tensor's channels")
     t.constant_source(dst, filter_magnitude(weight, 1))

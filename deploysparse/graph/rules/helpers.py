@@ -86,6 +86,18 @@ def constant(t: ChannelTable, name: str) -> np.ndarray | None:
     return t.weights.get(name) if name else None
 
 
+def input_axis(node: onnx.NodeProto, t: ChannelTable) -> int | None:
+    """Where the node's output keeps the channels of its first input that has them, counted in the
+    output's rank (broadcasting aligns trailing axes): the `channel_axis` of activations, elementwise
+    ops and normalisations. Axis 1 when no input has channels."""
+    out_rank = len(t.shapes.get(node.output[0], ()))
+    for name in node.input:
+        axis = t.channel_axis(name)
+        if axis is not None:
+            return axis + out_rank - len(t.shapes[name])
+    return 1
+
+
 def same_channels(node: onnx.NodeProto, t: ChannelTable, reason: str, constant_if: str = "all") -> bool:
     """Input 0's channels become output 0's one to one; pin everything (and say False) when the
     counts differ or are unknown."""

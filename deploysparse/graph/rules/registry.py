@@ -30,6 +30,15 @@ ComputeFn = Callable[[onnx.NodeProto, Mapping[str, np.ndarray]], Callable[[list[
 # A normalisation's per-channel factor at inference from stored values (`value(name)`: a stored
 # tensor's values, None when the tensor is not stored); None when a value it needs is not stored.
 InferenceScaleFn = Callable[[onnx.NodeProto, Callable[[str], np.ndarray | None]], np.ndarray | None]
+# The axis the node's outputs keep their channels on, read from its inputs' axes in the table (None:
+# the outputs have no channel axis). A rule with this part follows channels on any axis.
+AxisFn = Callable[[onnx.NodeProto, ChannelTable], int | None]
+# A node that takes a statistic over its input's channels (ChannelTable.statistic), written so that
+# the channels `kept` marks False take no part in it: the nodes that replace it (writing its outputs)
+# and the constants they read. The masked original then computes what the compact model computes.
+MaskedFn = Callable[
+    [onnx.NodeProto, np.ndarray, ChannelTable], tuple[list[onnx.NodeProto], dict[str, np.ndarray]]
+]
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,13 @@ class Rule:
     inference_scale: InferenceScaleFn | None = None
     adds_depth: bool = False
     merges_residual: bool = False
+    channel_axis: AxisFn | None = None
+    masked: MaskedFn | None = None
+
+    def output_axis(self, node: onnx.NodeProto, table: ChannelTable) -> int | None:
+        """The axis the node's outputs keep their channels on: axis 1 unless the rule follows
+        channels on any axis (`channel_axis`)."""
+        return self.channel_axis(node, table) if self.channel_axis is not None else 1
 
     def reading(self, node: onnx.NodeProto, table: ChannelTable) -> Reading | None:
         """Where this node reads channels with its weights, None when it does not."""
@@ -121,7 +137,8 @@ def register_rule(
     `ChannelTable` (`table.flow`, `table.attach`, `table.pin`, `table.constant_source`, ...). The
     other parts are `Rule`'s fields, given by name (an unknown name is a TypeError), and default to
     "nothing": no MACs counted, not a final reader, no folding, nothing zeroed, zero not kept, not
-    timed, not fused, no scale folded, no depth, no residual merge. A rule already registered for the
+    timed, not fused, no scale folded, no depth, no residual merge, channels on axis 1 only (a node
+    that reads channels on another axis is pinned), no statistic over channels. A rule already registered for the
     op is an error unless `replace=True`, so two libraries cannot silently override each other.
     Returns the registered rule.
 

@@ -1,6 +1,7 @@
-"""Ops that move channels or read shapes: Concat, Split, Slice (index maps), Flatten and Reshape (a
-channel owns a run of features), Squeeze, Unsqueeze, Transpose (the channel axis must stay axis 1),
-Shape and Size (no channel values read)."""
+"""Ops that move channels or read shapes: Concat, Split, Slice (index maps on the channel axis, wherever
+it lies; on other axes the channels pass), Flatten and Reshape (a channel owns a run of features),
+Squeeze, Unsqueeze, Transpose (the channels move with their axis: NCHW -> NHWC puts them on the last
+axis), Shape and Size (no channel values read)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,25 @@ import onnx
 
 from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.edits import GraphEdits
-from deploysparse.graph.rules.helpers import attr, constant, norm_axis, pin_all
+from deploysparse.graph.rules.helpers import attr, constant, input_axis, norm_axis, pin_all
 from deploysparse.graph.rules.registry import rule
 
 
-@rule("Concat", zero_to_zero=True)
+def _same_axis(node: onnx.NodeProto, t: ChannelTable, names: list[str]) -> int | None:
+    """The channel axis every tensor in `names` shares, None when one has no channels or they differ."""
+    axes = {t.channel_axis(name) for name in names}
+    return axes.pop() if len(axes) == 1 and None not in axes else None
+
+
+@rule("Concat", zero_to_zero=True, channel_axis=input_axis)
 def _concat(node: onnx.NodeProto, t: ChannelTable) -> None:
     dst = node.output[0]
     rank = len(t.shapes.get(dst, ()))
-    if t.channels(dst) is None or any(t.channels(i) is None for i in node.input):
-        pin_all(node, t, "an operand without a channel axis (a constant?)")
+    channel_axis = _same_axis(node, t, [dst, *node.input])
+    if channel_axis is None:
+        pin_all(node, t, "an operand without a channel axis (a constant?) or with its channels elsewhere")
         return
-    if norm_axis(int(attr(node, "axis")), rank) != 1:
+    if norm_axis(int(attr(node, "axis")), rank) != channel_axis:
         for name in node.input:
             t.flow(name, dst)
         return
@@ -44,15 +52,16 @@ def _split_sizes(node: onnx.NodeProto, t: ChannelTable, total: int) -> list[int]
     return [first] * (n - 1) + [total - first * (n - 1)]
 
 
-@rule("Split", rewrite=lambda node, s: _split_rewrite(node, s), zero_to_zero=True)
+@rule("Split", rewrite=lambda node, s: _split_rewrite(node, s), zero_to_zero=True, channel_axis=input_axis)
 def _split(node: onnx.NodeProto, t: ChannelTable) -> None:
     src = node.input[0]
     rank = len(t.shapes.get(src, ()))
     total = t.channels(src)
-    if total is None or any(t.channels(o) is None for o in node.output):
+    channel_axis = _same_axis(node, t, [src, *node.output])
+    if channel_axis is None:
         pin_all(node, t, "no static channel axis")
         return
-    if norm_axis(int(attr(node, "axis", 0)), rank) != 1:
+    if norm_axis(int(attr(node, "axis", 0)), rank) != channel_axis:
         for out in node.output:
             t.flow(src, out)
         return
@@ -68,7 +77,7 @@ def _split(node: onnx.NodeProto, t: ChannelTable) -> None:
 
 def _split_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
     rank = len(s.shapes[node.input[0]])
-    if norm_axis(int(attr(node, "axis", 0)), rank) != 1:
+    if norm_axis(int(attr(node, "axis", 0)), rank) != s.table.channel_axis(node.input[0]):
         return
     sizes = np.array([int(s.keep(o).sum()) for o in node.output], dtype=np.int64)
     if len(node.input) > 1 and node.input[1]:
@@ -107,11 +116,12 @@ def _clamp_range(start: int, end: int, size: int) -> tuple[int, int]:
     return max(0, min(start, size)), max(0, min(end, size))
 
 
-@rule("Slice", rewrite=lambda node, s: _slice_rewrite(node, s), zero_to_zero=True)
+@rule("Slice", rewrite=lambda node, s: _slice_rewrite(node, s), zero_to_zero=True, channel_axis=input_axis)
 def _slice(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     rank = len(t.shapes.get(src, ()))
-    if t.channels(src) is None or t.channels(dst) is None:
+    channel_axis = _same_axis(node, t, [src, dst])
+    if channel_axis is None:
         pin_all(node, t, "no static channel axis")
         return
     params = _slice_params(node, {**t.static, **t.weights}, rank)
@@ -119,7 +129,7 @@ def _slice(node: onnx.NodeProto, t: ChannelTable) -> None:
         pin_all(node, t, "slice bounds are computed at run time")
         return
     starts, ends, axes, steps = params
-    on_channels = [i for i, a in enumerate(axes) if a == 1]
+    on_channels = [i for i, a in enumerate(axes) if a == channel_axis]
     if not on_channels:
         if any(n in t.static for n in node.input[1:]):
             pin_all(node, t, "slice bounds are computed at run time")
@@ -141,7 +151,7 @@ def _slice_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
     src = node.input[0]
     rank = len(s.shapes[src])
     starts, ends, axes, _ = _slice_params(node, {**s.static, **s.weights}, rank)
-    on_channels = [i for i, a in enumerate(axes) if a == 1]
+    on_channels = [i for i, a in enumerate(axes) if a == s.table.channel_axis(src)]
     if not on_channels:
         return
     i = on_channels[0]
@@ -187,9 +197,25 @@ def _reshape_kind(t_shapes: dict, node: onnx.NodeProto) -> str | None:
     return None
 
 
-@rule("Reshape", rewrite=lambda node, s: _reshape_rewrite(node, s), zero_to_zero=True)
+@rule(
+    "Reshape",
+    rewrite=lambda node, s: _reshape_rewrite(node, s),
+    zero_to_zero=True,
+    channel_axis=lambda node, t: 1,
+)
 def _reshape(node: onnx.NodeProto, t: ChannelTable) -> None:
+    """(N, C, *S) to (N, C, *S') or (N, C * prod(S)). Channels on another axis (the features of tokens,
+    an NHWC map, a shuffle's transposed view) are pinned: a reshape there splits or merges them
+    (attention's heads, Swin's windows, ShuffleNet's shuffle), which no rule follows."""
     src, dst = node.input[0], node.output[0]
+    channel_axis = t.channel_axis(src)
+    if channel_axis not in (None, 1):
+        pin_all(
+            node,
+            t,
+            f"reshape of channels on axis {channel_axis} (attention heads, windows, a channel shuffle): kept",
+        )
+        return
     kind = _reshape_kind(t.shapes, node)
     if kind is None or t.channels(src) is None or t.channels(dst) is None:
         pin_all(node, t, "reshape mixes the channel axis with others")
@@ -262,15 +288,28 @@ def _squeeze(node: onnx.NodeProto, t: ChannelTable) -> None:
     t.flow(src, dst)
 
 
-@rule("Transpose", zero_to_zero=True)
-def _transpose(node: onnx.NodeProto, t: ChannelTable) -> None:
+def _permutation(node: onnx.NodeProto, t: ChannelTable) -> list[int]:
+    """The Transpose's perm (default: the axes reversed)."""
     perm = attr(node, "perm")
-    if perm is None or list(perm[:2]) != [0, 1] or t.channels(node.input[0]) is None:
-        pin_all(node, t, "transpose moves the channel axis")
+    return list(perm) if perm is not None else list(reversed(range(len(t.shapes.get(node.input[0], ())))))
+
+
+def _transpose_axis(node: onnx.NodeProto, t: ChannelTable) -> int | None:
+    """The channel axis moves where the permutation puts it (NCHW -> NHWC: from 1 to 3)."""
+    channel_axis = t.channel_axis(node.input[0])
+    perm = _permutation(node, t)
+    return perm.index(channel_axis) if channel_axis is not None and channel_axis in perm else 1
+
+
+@rule("Transpose", zero_to_zero=True, channel_axis=_transpose_axis)
+def _transpose(node: onnx.NodeProto, t: ChannelTable) -> None:
+    if t.channels(node.input[0]) is None or t.channels(node.output[0]) != t.channels(node.input[0]):
+        pin_all(node, t, "transpose moves the channel axis to the batch axis")
         return
     t.flow(node.input[0], node.output[0])
 
 
-@rule("Shape", "Size")
+@rule("Shape", "Size", channel_axis=lambda node, t: None)
 def _shape_reader(node: onnx.NodeProto, t: ChannelTable) -> None:
-    """Reading a shape does not depend on channel values; shapes computed from it adapt by themselves."""
+    """Reading a shape does not depend on channel values, wherever they lie; shapes computed from it
+    adapt by themselves, and the output has no channels."""

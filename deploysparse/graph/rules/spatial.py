@@ -1,5 +1,5 @@
 """Ops that change positions, not channels: Resize and Upsample (a size constant to rewrite), Pad
-(what its border does to a constant channel)."""
+(what its border does to a constant channel; the channels may lie on any axis it does not pad)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import onnx
 
 from deploysparse.graph.channels import ChannelTable
 from deploysparse.graph.edits import GraphEdits
-from deploysparse.graph.rules.helpers import attr, constant, padded_constant, pin_all, same_channels, text
+from deploysparse.graph.rules.helpers import (
+    attr,
+    constant,
+    input_axis,
+    padded_constant,
+    pin_all,
+    same_channels,
+    text,
+)
 from deploysparse.graph.rules.registry import rule
 
 
@@ -28,7 +36,7 @@ def _resize_rewrite(node: onnx.NodeProto, s: GraphEdits) -> None:
     s.put(node, 3, new_sizes)
 
 
-@rule("Pad", zero_to_zero=lambda node, t: _pad_keeps_zero(node, t))
+@rule("Pad", zero_to_zero=lambda node, t: _pad_keeps_zero(node, t), channel_axis=input_axis)
 def _pad(node: onnx.NodeProto, t: ChannelTable) -> None:
     src, dst = node.input[0], node.output[0]
     pads = attr(node, "pads")
