@@ -81,9 +81,9 @@ class Row:
 def run_model(name: str, args: argparse.Namespace, folder: Path) -> Row:
     from deploysparse import api
     from deploysparse.backends import get_backend
+    from deploysparse.backends.onnxruntime.intermediates import session
     from deploysparse.frontend.torch_export import export_onnx
     from deploysparse.modelio import save_model
-    from deploysparse.ort_intermediates import session
     from deploysparse.torch import apply_plan
     from deploysparse.validate import validate
 

@@ -48,7 +48,7 @@ def test_compact_token_module_matches_compact_onnx(tmp_path: Path, arch: str, ex
     assert result.summary["channels_removed"] > 0
     compact = apply_plan(module, result)
     x = spec.example(3)
-    from deploysparse.ort_intermediates import session
+    from deploysparse.backends.onnxruntime.intermediates import session
 
     want = session(result.model).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
