@@ -308,16 +308,20 @@ def pfp_allocate(
             "(8 is the default); pass --round-to 1"
         )
     budgets = group_budgets(groups, {gid: g.s for gid, g in sens.items()}, budget, dead)
-    target = BudgetTarget(budgets, budget, macs_of)
+    target = BudgetTarget.of(groups, budgets, budget, macs_of)
     scored = [b for b in budgets if b.scores is not None]
 
-    def counts_at(log_eps: float) -> dict[str, int]:
+    def wanted_at(log_eps: float) -> dict[str, int]:
         eps = math.exp(log_eps)
-        counts = {b.group.id: b.snap(b.wanted_at(np.inf)) for b in budgets}
+        wanted = {b.group.id: b.wanted_at(np.inf) for b in budgets}
         for b in scored:
-            usable = ~b.dead
-            counts[b.group.id] = b.snap(max(sens[b.group.id].kept(eps, usable), int(b.pinned.sum())))
-        return counts
+            wanted[b.group.id] = max(sens[b.group.id].kept(eps, ~b.dead), int(b.pinned.sum()))
+        return wanted
+
+    def counts_at(log_eps: float) -> dict[str, int]:
+        return {
+            b.group.id: b.snap(wanted) for b, wanted in zip(budgets, wanted_at(log_eps).values(), strict=True)
+        }
 
     lo, hi = LOG_EPS_RANGE
     log_eps = lo
@@ -331,15 +335,14 @@ def pfp_allocate(
             root = brentq(lambda t: target.excess(counts_at(t)), lo, hi, xtol=1e-6)
             log_eps = min((root - 1e-6, root + 1e-6), key=lambda t: (abs(target.excess(counts_at(t))), -t))
     counts = counts_at(log_eps)
-    allocation = PFPAllocation(eps=math.exp(log_eps))
-    allocation.notes = target.verdict(counts, counts_at(hi)) if budgets else []
+    allocation = PFPAllocation(eps=math.exp(log_eps), outcome=target.outcome(counts))
     allocation.notes.append(f"pfp: eps = {allocation.eps:.4g} ({variant})")
     if variant == "deterministic" or not scored:
-        finish(allocation, budgets, counts, budget.round_to)
+        finish(allocation, budgets, counts, budget, wanted_at(log_eps))
         return allocation
     for b in budgets:
         if b.scores is None or b.group.block > 1:
-            finish(allocation, [b], counts, budget.round_to)
+            finish(allocation, [b], counts, budget)
             continue
         keep, scale = _sample(b, sens[b.group.id], allocation.eps, rng)
         if len(keep) < b.group.size:

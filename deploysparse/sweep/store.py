@@ -24,7 +24,7 @@ CSV_COLUMNS = (
     "key", "status", "model", "criterion", *TARGETS, "precision", "backend", "batch",
     "finetune", "accuracy", "accuracy_original", "accuracy_drop", "top1_agreement", "passed", "p50_ms",
     "p99_ms", "original_p50_ms", "size_bytes", "params", "flops", "flops_ratio", "channels_removed",
-    "seconds", "attempts", "device", "report", "error",
+    "budget_met", "seconds", "attempts", "device", "report", "error",
 )  # fmt: skip
 
 
