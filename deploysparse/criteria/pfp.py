@@ -38,9 +38,7 @@ from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.optimize import brentq
 
-from deploysparse.backends.base import usable_cores
 from deploysparse.budget import (
     Allocation,
     Budget,
@@ -151,6 +149,10 @@ def _max_product(flat: np.ndarray, inv: np.ndarray, by_position: np.ndarray, ste
     flat (I, R) weights, inv (I, N, P) = 1/z, by_position (N, P, R) = a. Blocks of `step` points run
     on every usable core: numpy's elementwise kernels release the GIL, and a max does not depend on
     the order its parts are taken in, so the result is the same as one thread's."""
+    from deploysparse.backends.base import (
+        usable_cores,
+    )  # not at import: the backends load the calibration readers
+
     points, positions, rows = by_position.shape
     starts = list(range(0, points, step))
     workers = max(1, min(usable_cores(), len(starts)))
@@ -332,6 +334,8 @@ def pfp_allocate(
         elif f_hi > 0:
             log_eps = hi
         else:
+            from scipy.optimize import brentq  # not at import: scipy.optimize costs a prune with l1 0.1-0.2 s
+
             root = brentq(lambda t: target.excess(counts_at(t)), lo, hi, xtol=1e-6)
             log_eps = min((root - 1e-6, root + 1e-6), key=lambda t: (abs(target.excess(counts_at(t))), -t))
     counts = counts_at(log_eps)

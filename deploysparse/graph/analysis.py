@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from deploysparse.graph.channels import INTERFACE_OP, Attachment, ChannelTable, Pin
 from deploysparse.graph.groups import ChannelGroup, Member, PinnedSpace
@@ -155,10 +153,34 @@ def _components(table: ChannelTable) -> np.ndarray:
         b = np.concatenate(table.edges_b)
     else:
         a = b = np.zeros(0, dtype=np.int64)
-    n = table.total
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return labels.astype(np.int64)
+    return connected_labels(table.total, a, b)
+
+
+def connected_labels(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The connected component of each of `n` nodes joined by the edges a[i]-b[i], numbered in the
+    order of each component's smallest node (as scipy.sparse.csgraph numbers them).
+
+    Union by hooking, in numpy: every root that an edge joins to a smaller root hooks onto the
+    smallest one it touches, then every node points straight at its root; edges inside one component
+    are dropped. Roots only ever hook onto smaller ones, so a component's root is its smallest node,
+    and each round leaves fewer roots. Done here rather than by scipy.sparse.csgraph, whose import
+    (scipy.sparse.linalg, scipy.linalg) cost every `prune` 0.15-0.3 s."""
+    parent = np.arange(n, dtype=np.int64)
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    while True:
+        root_a, root_b = parent[a], parent[b]
+        apart = root_a != root_b
+        if not apart.any():
+            break
+        a, b, root_a, root_b = a[apart], b[apart], root_a[apart], root_b[apart]
+        np.minimum.at(parent, np.maximum(root_a, root_b), np.minimum(root_a, root_b))
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+    is_root = parent == np.arange(n)
+    return (np.cumsum(is_root) - 1)[parent]  # roots numbered in order, every node its root's number
 
 
 def _group(model: onnx.ModelProto, table: ChannelTable, input_shapes: dict[str, list[int]]) -> GraphAnalysis:
