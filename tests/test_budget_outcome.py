@@ -83,15 +83,16 @@ def test_every_group_pinned_ratio_is_not_met_and_says_which_pins_hold_the_model(
         "met": False,
     }
     softmax = share_of(summary, *SOFTMAX)
-    assert (softmax["groups"], softmax["channels"]) == (2, 48)
-    # the two groups hold both convs; the linear layer reads the second softmax's output, channels
-    # no filter produces (a Softmax that pins starts new channels), so it is not theirs
-    conv_macs, conv_params = 64 * (16 * 3 * 9 + 32 * 16 * 9), (16 * 3 * 9 + 16) + (32 * 16 * 9 + 32)
-    assert softmax["macs_share"] == pytest.approx(conv_macs / (conv_macs + 320))
-    assert softmax["params_share"] == pytest.approx(conv_params / (conv_params + 330))
+    # each Softmax pins the conv's channels it reads and the channels it writes (no filter produces
+    # those: a pinning op starts new ones): 4 groups, 16 + 16 + 32 + 32 channels, and with them
+    # every layer; of the parameters all but the linear layer's 10 biases (the model's output)
+    assert (softmax["groups"], softmax["channels"]) == (4, 96)
+    params = (16 * 3 * 9 + 16) + (32 * 16 * 9 + 32) + (10 * 32 + 10)
+    assert softmax["macs_share"] == pytest.approx(1.0)
+    assert softmax["params_share"] == pytest.approx((params - 10) / params)
     line = next(w for w in summary["warnings"] if w.startswith("budget not met"))
     assert "--ratio 0.3 not met: 0.0% of the channels removed" in line
-    assert "Softmax (normalises across channels): 2 groups, 99.9% of MACs, 93.9% of params" in line
+    assert "Softmax (normalises across channels): 4 groups, 100.0% of MACs, 99.8% of params" in line
     feeds = {"x": fresh_input(1)}
     np.testing.assert_array_equal(run(model, feeds)[0], run(result.model, feeds)[0])
 
@@ -109,7 +110,7 @@ def test_ratio_counts_the_channels_ops_pin_and_cuts_the_rest_to_make_up():
     short = api.prune(model, criterion="l1", ratio=0.7, round_to=1)
     assert short.summary["channels_removed"] == 28 and short.summary["budget_met"] is False
     assert short.summary["budget"]["reached"] == pytest.approx(28 / 48)
-    assert share_of(short.summary, *SOFTMAX)["groups"] == 1
+    assert share_of(short.summary, *SOFTMAX)["groups"] == 2  # conv 1's channels and the softmax's
     assert_same_as_masked(short, seed=4)
 
 
@@ -148,7 +149,7 @@ def test_latency_target_end_to_end_with_every_group_pinned(tmp_path: Path, monke
 def test_dead_criterion_has_no_target_and_counts_as_met():
     result = api.prune(softmax_model(np.random.default_rng(7)), criterion="dead")
     assert result.summary["budget_met"] is True and result.summary["budget"] is None
-    assert share_of(result.summary, *SOFTMAX)["groups"] == 2  # the pins are reported all the same
+    assert share_of(result.summary, *SOFTMAX)["groups"] == 4  # the pins are reported all the same
 
 
 def test_max_layer_ratio_keeps_the_ranking_from_emptying_a_trunk():

@@ -5,8 +5,10 @@ know *how much* each kind of pin costs: "Transpose (transpose moves the channel 
 85% of the MACs" says at once which rule is missing. A group is counted for every op that pins any
 of its channels, and what it holds is what removing all of the groups a pin touches would free:
 the MACs and parameters of every layer that reads or writes their channels (graph.cost with those
-groups kept at 0 channels), so the shares of one kind never count a layer twice. Only groups of
-filters count (a graph input's channels are no filter's to remove).
+groups kept at 0 channels), so the shares of one kind never count a layer twice. Groups no filter
+produces count too: the output of a MatMul without a rule has no producer because the pin stopped
+the rule, and its layer is exactly what the pin holds. The model's own inputs and outputs are
+reported like any pin (op `graph`); `prune`'s line about a missed budget leaves them out.
 """
 
 from __future__ import annotations
@@ -43,15 +45,13 @@ class PinShare:
 
 
 def pin_shares(ga: GraphAnalysis, cost: CostModel | None = None) -> list[PinShare]:
-    """Per (op, reason) of the pinned spaces of filter groups, most MACs first."""
+    """Per (op, reason) of the pinned spaces, most MACs first."""
     cost = cost or CostModel(ga)
-    with_filters = {g.id for g in ga.groups if g.producers}
     groups: dict[tuple[str, str], set[str]] = defaultdict(set)
     channels: dict[tuple[str, str], int] = defaultdict(int)
     for space in ga.pinned:
-        if space.group in with_filters:
-            groups[(space.op, space.reason)].add(space.group)
-            channels[(space.op, space.reason)] += space.channels
+        groups[(space.op, space.reason)].add(space.group)
+        channels[(space.op, space.reason)] += space.channels
     whole = cost.cost()
     shares = []
     for (op, reason), held in groups.items():
