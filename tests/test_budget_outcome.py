@@ -18,6 +18,7 @@ import pytest
 from deploysparse import api
 from deploysparse.budget import Budget
 from deploysparse.budget.latency import allocate_latency
+from deploysparse.criteria import CRITERIA
 from deploysparse.graph.groups import ChannelGroup, Member
 from deploysparse.graph.masking import zero_channels
 from deploysparse.report import load_report
@@ -112,6 +113,15 @@ def test_ratio_counts_the_channels_ops_pin_and_cuts_the_rest_to_make_up():
     assert short.summary["budget"]["reached"] == pytest.approx(28 / 48)
     assert share_of(short.summary, *SOFTMAX)["groups"] == 2  # conv 1's channels and the softmax's
     assert_same_as_masked(short, seed=4)
+
+
+@pytest.mark.parametrize("criterion", sorted(set(CRITERIA) - {"bn-scale"}))  # bn-scale: no BN here
+def test_every_criterion_reports_the_miss(criterion: str):
+    """PFP allocates on its own (and pfp-random samples); the outcome comes with every allocation."""
+    calib = {"x": np.random.default_rng(14).standard_normal((8, 3, 8, 8)).astype(np.float32)}
+    model = softmax_model(np.random.default_rng(15))
+    result = api.prune(model, criterion=criterion, calib=calib, ratio=0.3, round_to=1)
+    assert result.summary["budget_met"] is False and result.summary["budget"]["reached"] == 0.0
 
 
 def test_flops_target_out_of_reach_is_not_met_instead_of_an_error():

@@ -339,19 +339,22 @@ def pfp_allocate(
             root = brentq(lambda t: target.excess(counts_at(t)), lo, hi, xtol=1e-6)
             log_eps = min((root - 1e-6, root + 1e-6), key=lambda t: (abs(target.excess(counts_at(t))), -t))
     counts = counts_at(log_eps)
-    allocation = PFPAllocation(eps=math.exp(log_eps), outcome=target.outcome(counts))
+    allocation = PFPAllocation(eps=math.exp(log_eps))
     allocation.notes.append(f"pfp: eps = {allocation.eps:.4g} ({variant})")
     if variant == "deterministic" or not scored:
         finish(allocation, budgets, counts, budget, wanted_at(log_eps))
-        return allocation
-    for b in budgets:
-        if b.scores is None or b.group.block > 1:
-            finish(allocation, [b], counts, budget)
-            continue
-        keep, scale = _sample(b, sens[b.group.id], allocation.eps, rng)
-        if len(keep) < b.group.size:
-            allocation.keep[b.group.id] = keep
-            allocation.scales[b.group.id] = scale
+    else:
+        for b in budgets:
+            if b.scores is None or b.group.block > 1:
+                finish(allocation, [b], counts, budget)
+                continue
+            keep, scale = _sample(b, sens[b.group.id], allocation.eps, rng)
+            if len(keep) < b.group.size:
+                allocation.keep[b.group.id] = keep
+                allocation.scales[b.group.id] = scale
+    # judged on what is kept: the random variant's draws meet the budget in expectation only
+    kept = {b.group.id: len(allocation.keep.get(b.group.id, range(b.group.size))) for b in budgets}
+    allocation.outcome = target.outcome(kept)
     return allocation
 
 
