@@ -11,8 +11,8 @@ Linear ignored). Needs the `bench` extra (torch-pruning) and torchvision:
     PYTHONPATH=$PWD .venv/bin/python benchmarks/torchvision_zoo.py --out zoo-out [--only 'resnet*,vgg11']
         [--skip 'vit_*'] [--tools deploysparse,torch-pruning] [--input-size 224] [--timeout 1800]
 
-Every (model, tool) runs in its own process (a crash or a timeout costs one row) and its row is
-appended to OUT/results.jsonl as soon as it ends, so an interrupted run resumes where it stopped
+Every (model, tool) runs in its own process (a crash or a timeout costs one row), smallest model
+first, and its row is appended to OUT/results.jsonl as soon as it ends, so an interrupted run resumes where it stopped
 (`--redo` runs the selected rows again). Each run rewrites OUT/zoo.md (the table for
 docs/comparison.md) and OUT/zoo.json from every row stored.
 
@@ -368,7 +368,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     named = select(all_models(), args.only, args.skip)
     sizes = {n: c for n, c in model_sizes(named, args.out / "sizes.json").items() if c < args.max_params}
-    names = [n for n in named if n in sizes]
+    names = sorted((n for n in named if n in sizes), key=sizes.get)  # smallest first: most rows soonest
     results = args.out / "results.jsonl"
     done = {(r["model"], r["tool"]) for r in stored(results)}
     print(f"{len(names)} selected models under {args.max_params / 1e6:.0f}M parameters", flush=True)
