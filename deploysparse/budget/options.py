@@ -111,7 +111,8 @@ class Budget:
 
     ratio: fraction of the model's channels to remove (of its filters' channels, less the model's own
     inputs and outputs, protected groups and dead channels; channels an op pins count, see
-    deploysparse.budget.outcome). flops_target: fraction of the original MACs to keep. latency_target: fraction of the original latency to keep, on `backend` at `batch`
+    deploysparse.budget.outcome). flops_target: fraction of the original MACs to keep.
+    latency_target: fraction of the original latency to keep, on `backend` at `batch`
     (deploysparse.budget.latency). At most one of the three; with none only dead channels go.
     latency_allocation: how a latency target chooses where to cut: "threshold" (the global score
     threshold that --flops-target uses, walked by predicted latency) or "knapsack" (HALP's: the most
