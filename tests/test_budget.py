@@ -194,3 +194,15 @@ def test_budget_options_are_checked_once():
     with pytest.raises(UsageError, match="unknown budget option 'flops'"):
         Budget.of(flops=0.5)
     assert Budget.of(Budget(ratio=0.2), round_to=None, min_channels=2) == Budget(ratio=0.2, min_channels=2)
+
+
+def test_rounding_that_leaves_a_grouped_conv_whole_says_so(rng):
+    """24 channels in 3 grouped-conv blocks: every block keeps the same count, so a kept count is a
+    multiple of 3, and of --round-to 8: only 24. The ranking wants the group cut (its scores are the
+    lowest); the plan keeps it whole, cuts the other group instead, and says why."""
+    groups = [make_group("g0", 24, block=3), make_group("g1", 32)]
+    scores = {"g0": rng.random(24) * 0.01, "g1": 1 + rng.random(32)}
+    alloc = allocate(groups, scores, Budget(ratio=0.3, round_to=8))
+    assert "g0" not in alloc.keep and len(alloc.keep["g1"]) < 32
+    [note] = [n for n in alloc.notes if n.startswith("--round-to 8 left 1 group whole")]
+    assert "conv_g0 (24 channels, 3 grouped-conv blocks)" in note

@@ -45,6 +45,9 @@ class GroupBudget:
     legal: np.ndarray  # sorted legal kept counts
     rounding_met: bool = True
     cap: int = 0  # the kept count --max-layer-ratio holds the group at, where no other limit is higher
+    # --round-to leaves no count below the group's size though its other limits would (a grouped
+    # conv's 55 blocks and --round-to 8 have no common multiple below 440)
+    whole_by_rounding: bool = False
 
     @property
     def live(self) -> np.ndarray:
@@ -335,7 +338,8 @@ def finish(
     wanted: dict[str, int] | None = None,
 ) -> None:
     """Fill the allocation's kept channels from chosen counts, with notes on unmet rounding and, given
-    what the ranking `wanted` before snapping, the groups --max-layer-ratio held (`capped`, and a note)."""
+    what the ranking `wanted` before snapping, on the groups --max-layer-ratio held (`capped`, and a
+    note) and those --round-to left whole."""
     for b in budgets:
         if counts[b.group.id] < b.group.size:
             allocation.keep[b.group.id] = b.choose(counts[b.group.id])
@@ -350,6 +354,26 @@ def finish(
     ]
     if allocation.capped:
         allocation.notes.append(describe_capped(allocation.capped, budget.max_layer_ratio))
+    whole = [
+        b for b in budgets if wanted is not None and b.whole_by_rounding and wanted[b.group.id] < b.group.size
+    ]
+    if whole:
+        allocation.notes.append(_describe_whole(whole, budget.round_to))
+
+
+def _describe_whole(whole: list[GroupBudget], round_to: int, shown: int = 5) -> str:
+    """One line naming the groups the ranking wanted to cut that --round-to left whole."""
+    items = "; ".join(
+        f"{b.group.label or b.group.id} ({b.group.size} channels"
+        + (f", {b.group.block} grouped-conv blocks)" if b.group.block > 1 else ")")
+        for b in whole[:shown]
+    )
+    more = f"; +{len(whole) - shown} more" if len(whole) > shown else ""
+    plural = "s" if len(whole) != 1 else ""
+    return (
+        f"--round-to {round_to} left {len(whole)} group{plural} whole that the ranking would cut (no smaller "
+        f"multiple of {round_to} that a grouped conv's blocks share evenly): {items}{more}"
+    )
 
 
 def first_within(excess: Callable[[int], float], n: int) -> int:
@@ -402,7 +426,10 @@ def _group_budget(
     )
     floor, ceiling = _count_bounds(group.size, group.block, pinned, dead_mask, budget.min_channels)
     cap = cap_count(group.size, group.block, budget.max_layer_ratio)
-    return GroupBudget(group, scores, pinned, dead_mask, legal, met, cap if floor < cap <= ceiling else 0)
+    whole = legal.tolist() == [group.size] and max(floor, cap) < group.size
+    return GroupBudget(
+        group, scores, pinned, dead_mask, legal, met, cap if floor < cap <= ceiling else 0, whole
+    )
 
 
 def _resolve_protect(groups: list[ChannelGroup], protect: Iterable[str]) -> set[str]:
