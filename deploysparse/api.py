@@ -17,12 +17,14 @@ import numpy as np
 import onnx
 
 from deploysparse.backends.denormal_cost import DenormalCost, measure_cost
-from deploysparse.budget import DEAD, DEFAULT_ROUND_TO, Budget
+from deploysparse.budget import DEAD, DEFAULT_ROUND_TO, Budget, BudgetOutcome
 from deploysparse.denormals import DenormalCount, count_denormals, flush_denormals
 from deploysparse.errors import UsageError
 from deploysparse.graph.analysis import GraphAnalysis, analyze_graph
-from deploysparse.graph.cost import count_cost
+from deploysparse.graph.channels import INTERFACE_OP
+from deploysparse.graph.cost import CostModel, count_cost
 from deploysparse.graph.dead import DEFAULT_DEAD_THRESHOLD, DeadFilters, find_dead
+from deploysparse.graph.pinned import PinShare, pin_shares
 from deploysparse.graph.rules import ops_with
 from deploysparse.graph.shapes import skeleton
 from deploysparse.graph.surgery import SurgeryResult, rewrite_graph
@@ -334,9 +336,12 @@ def _latency_summary(budget: Budget, plan: Plan) -> dict:
 
 
 def summarize(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> dict:
-    """The keys scripts rely on: params/flops before and after, groups, channels removed, pinned."""
-    before = count_cost(ga)
-    after = count_cost(ga, plan.keep)
+    """The keys scripts rely on: params/flops before and after, groups, channels removed, pinned,
+    and whether the budget was met (`budget_met`, `budget`, `capped`, `pinned_by_op`): a target
+    not met is also one warning naming what the pins hold."""
+    cost = CostModel(ga)
+    before = cost.cost()
+    after = cost.cost(plan.keep)
     removed = plan.removed_count(ga)
     groups = [
         {
@@ -350,6 +355,10 @@ def summarize(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> dict:
         }
         for g in ga.groups
     ]
+    shares = pin_shares(ga, cost)
+    warnings = [*dead.kept, *plan.notes]
+    if plan.outcome is not None and not plan.outcome.met:
+        warnings.append(describe_unmet(plan.outcome, shares))
     return {
         "criterion": plan.criterion,
         "params_before": before.params,
@@ -360,9 +369,25 @@ def summarize(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> dict:
         "channels_removed": int(sum(removed.values())),
         "dead_removed": _dead_removed(ga, plan, dead),
         "pinned": [p.to_json() for p in ga.pinned],
-        "warnings": [*dead.kept, *plan.notes],
+        "pinned_by_op": [share.to_json() for share in shares],
+        "budget_met": plan.outcome is None or plan.outcome.met,
+        "budget": plan.outcome.to_json() if plan.outcome is not None else None,
+        "capped": [c.to_json() for c in plan.capped],
+        "warnings": warnings,
         "exact": dead.exact and plan.criterion in ("dead", ""),
     }
+
+
+def describe_unmet(outcome: BudgetOutcome, shares: Sequence[PinShare], shown: int = 4) -> str:
+    """The one line an unmet budget prints: the target, what was reached, and what holds the model
+    (the kinds of pins with the most MACs, or the limits when no op pins anything)."""
+    held = [s for s in shares if s.op != INTERFACE_OP]
+    if held:
+        more = f"; +{len(held) - shown} more (`pinned_by_op` in --json)" if len(held) > shown else ""
+        why = "pinned: " + "; ".join(s.describe() for s in held[:shown]) + more
+    else:
+        why = "no op pins channels: the limits (--max-layer-ratio, --min-channels, --round-to, --protect) allow no closer fit"
+    return f"budget not met: {outcome.describe()}; {why}"
 
 
 def _dead_removed(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> int:

@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 
 from deploysparse.errors import CalibrationError
-from deploysparse.image_folder import read_image_folder
 
 Dim = int | str | None
 
@@ -101,6 +100,8 @@ def _read_source(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
     if not path.exists():
         raise CalibrationError(f"{path}: no such file or folder")
     if path.is_dir():
+        from deploysparse.image_folder import read_image_folder  # PyYAML and the PNG reader, for folders only
+
         return read_image_folder(path, [spec.name for spec in specs])
     suffix = path.suffix.lower()
     if suffix == ".npy":

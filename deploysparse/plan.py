@@ -20,6 +20,7 @@ from deploysparse.atomic import write_text
 from deploysparse.errors import PlanError
 
 if TYPE_CHECKING:
+    from deploysparse.budget.outcome import BudgetOutcome, CappedGroup
     from deploysparse.graph.analysis import GraphAnalysis
 
 PLAN_FORMAT = 1
@@ -45,6 +46,11 @@ class Plan:
     # --latency-target: predicted_ms, original_ms, and measured_ms, measured_original_ms, corrections
     # when the compact model was timed (deploysparse.latency)
     latency: dict[str, float] = field(default_factory=dict)
+    # How the plan stands against the budget's target (None: no target, or a plan read from a file)
+    # and the groups --max-layer-ratio held; neither is written to plan.json (a plan applied again
+    # has no target).
+    outcome: BudgetOutcome | None = None
+    capped: list[CappedGroup] = field(default_factory=list)
 
     def kept(self, gid: str, size: int) -> np.ndarray:
         """Kept channel indices of a group of `size` channels."""

@@ -10,16 +10,6 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-
 _quiet = False
 
 
@@ -45,6 +35,16 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[[i
     if not enabled():
         yield lambda steps=1: None
         return
+    from rich.console import Console  # only when a person sees the bar: a CI log never pays for rich
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     columns = [SpinnerColumn(), TextColumn("{task.description}")]
     if total is not None:
         columns += [BarColumn(), MofNCompleteColumn()]

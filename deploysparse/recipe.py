@@ -115,6 +115,9 @@ class PruneSettings(_BudgetKeys):
     """
 
     dead_threshold: Annotated[float, Field(ge=0.0)] = 1e-3  # near-zero filters count as dead (measured)
+    # A budget not met (report.json's pruning.budget_met) makes `deploysparse run` exit with code 3
+    # once the report is written, as `prune --strict` does; a sweep records it per point instead.
+    strict: bool = False
 
     @model_validator(mode="after")
     def _one_budget(self) -> PruneSettings:

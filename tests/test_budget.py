@@ -135,13 +135,17 @@ def test_flops_target_met_within_two_percent(rng):
         assert abs(macs_of(counts) / macs_of({}) - target) <= 0.02
 
 
-def test_flops_target_unreachable_raises(rng):
+def test_flops_target_out_of_reach_gives_the_closest_plan_and_says_so(rng):
+    """Not an error: the plan that removes the most, and an outcome that is not met."""
     groups = [make_group("g0", 8), make_group("g1", 8)]
     scores = {g.id: rng.random(8) for g in groups}
-    with pytest.raises(PlanError, match="flops-target"):
-        allocate(
-            groups, scores, Budget(flops_target=0.05, protect=["g1"], round_to=1), macs_of=chain_macs(groups)
-        )
+    macs_of = chain_macs(groups)
+    budget = Budget(flops_target=0.05, protect=["g1"], round_to=1, max_layer_ratio=1.0)
+    alloc = allocate(groups, scores, budget, macs_of=macs_of)
+    assert len(alloc.keep["g0"]) == 1  # g1 protected: g0 down to --min-channels is the most
+    reached = macs_of({"g0": 1}) / macs_of({})
+    assert alloc.outcome.target == "flops_target" and not alloc.outcome.met
+    assert alloc.outcome.reached == pytest.approx(reached) and reached > 0.05 + 0.02
 
 
 def test_max_layer_ratio_caps_one_group(rng):
@@ -190,3 +194,15 @@ def test_budget_options_are_checked_once():
     with pytest.raises(UsageError, match="unknown budget option 'flops'"):
         Budget.of(flops=0.5)
     assert Budget.of(Budget(ratio=0.2), round_to=None, min_channels=2) == Budget(ratio=0.2, min_channels=2)
+
+
+def test_rounding_that_leaves_a_grouped_conv_whole_says_so(rng):
+    """24 channels in 3 grouped-conv blocks: every block keeps the same count, so a kept count is a
+    multiple of 3, and of --round-to 8: only 24. The ranking wants the group cut (its scores are the
+    lowest); the plan keeps it whole, cuts the other group instead, and says why."""
+    groups = [make_group("g0", 24, block=3), make_group("g1", 32)]
+    scores = {"g0": rng.random(24) * 0.01, "g1": 1 + rng.random(32)}
+    alloc = allocate(groups, scores, Budget(ratio=0.3, round_to=8))
+    assert "g0" not in alloc.keep and len(alloc.keep["g1"]) < 32
+    [note] = [n for n in alloc.notes if n.startswith("--round-to 8 left 1 group whole")]
+    assert "conv_g0 (24 channels, 3 grouped-conv blocks)" in note

@@ -72,6 +72,32 @@ def test_page_without_latency_or_groups_still_renders() -> None:
     assert 'class="latency-chart"' not in page
 
 
+def test_page_shows_an_unmet_budget_what_the_pins_hold_and_the_capped_groups() -> None:
+    report = make_report()
+    report["pruning"].update(
+        budget_met=False,
+        budget={"target": "ratio", "asked": 0.3, "reached": 0.05, "tolerance": 0.02, "met": False},
+        pinned_by_op=[
+            {"op": "Transpose", "reason": "transpose moves the channel axis", "groups": 36, "channels": 900,
+             "macs_share": 0.851, "params_share": 0.802},
+        ],
+        capped=[{"group": "g7", "label": "trunk.conv", "channels": 440, "wanted": 8, "kept": 48}],
+    )  # fmt: skip
+    page = render_html(report)
+    assert "NOT MET" in page and "--ratio 0.3 not met: 5.0% of the channels removed" in page
+    assert "<td>Transpose</td><td>transpose moves the channel axis</td>" in page and "85.1%" in page
+    assert "Held by --max-layer-ratio" in page and "trunk.conv" in page
+    report["pruning"]["budget"] = {
+        "target": "ratio",
+        "asked": 0.3,
+        "reached": 0.3,
+        "tolerance": 0.02,
+        "met": True,
+    }
+    report["pruning"]["budget_met"] = True
+    assert "NOT MET" not in render_html(report)
+
+
 @pytest.mark.slow
 @needs_chromium
 def test_console_error_detection_works(tmp_path: Path) -> None:

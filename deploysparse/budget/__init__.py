@@ -5,6 +5,8 @@ turn per-channel scores into kept channels under it.
   sweeps derive their options from it).
 - allocation.py: --ratio and --flops-target, one global score threshold found by bisection; the
   legal kept counts of a group; `make_plan`.
+- outcome.py: what came of a budget: the target asked, the value reached, whether it was met, and
+  the groups --max-layer-ratio held.
 - latency.py: --latency-target, the threshold or HALP's knapsack on a measured latency model,
   re-aimed by measurement.
 """
@@ -16,10 +18,12 @@ from deploysparse.budget.allocation import (
     GroupBudget,
     ThresholdPath,
     allocate,
+    cap_count,
     finish,
     first_met,
     first_within,
     group_budgets,
+    held_channels,
     legal_counts,
     macs_counter,
     make_plan,
@@ -28,6 +32,7 @@ from deploysparse.budget.allocation import (
 from deploysparse.budget.latency import LatencyAllocation, allocate_latency
 from deploysparse.budget.options import (
     DEAD,
+    DEFAULT_MAX_LAYER_RATIO,
     DEFAULT_ROUND_TO,
     LATENCY_ALLOCATIONS,
     TARGETS,
@@ -41,16 +46,20 @@ from deploysparse.budget.options import (
     option_of,
     value_type,
 )
+from deploysparse.budget.outcome import BudgetOutcome, CappedGroup, describe_capped
 
 __all__ = [
     "DEAD",
+    "DEFAULT_MAX_LAYER_RATIO",
     "DEFAULT_ROUND_TO",
     "FLOPS_TOLERANCE",
     "LATENCY_ALLOCATIONS",
     "TARGETS",
     "Allocation",
     "Budget",
+    "BudgetOutcome",
     "BudgetTarget",
+    "CappedGroup",
     "GroupBudget",
     "Interval",
     "LatencyAllocation",
@@ -59,12 +68,15 @@ __all__ = [
     "allocate",
     "allocate_latency",
     "budget_field",
+    "cap_count",
+    "describe_capped",
     "describe_targets",
     "finish",
     "first_met",
     "first_within",
     "flag",
     "group_budgets",
+    "held_channels",
     "legal_counts",
     "macs_counter",
     "make_plan",

@@ -3,10 +3,13 @@
 The budget is global: channels of every group are ranked together by their (normalised) scores and a
 single threshold decides which go. Each group then snaps its kept count to the nearest *legal* count:
 a multiple of --round-to (and of the grouped-conv block count), at least --min-channels and every
-pinned channel, at most the original, and above what --max-layer-ratio allows it to lose. Because
-snapping is monotone in the threshold, a bisection over the sorted scores finds the threshold whose
-plan comes closest to the target: a fraction of the live channels removed (--ratio) or a fraction of
-the original MACs kept (--flops-target, within 2 percentage points).
+pinned channel, at most the original, and above what --max-layer-ratio (0.9 by default) allows it
+to lose. Because snapping is monotone in the threshold, a bisection over the sorted scores finds the
+threshold whose plan comes closest to the target: a fraction of the model's channels removed
+(--ratio; the channels an op pins count, the model's own inputs and outputs do not) or a fraction of
+the original MACs kept (--flops-target, within 2 percentage points). A target the constraints put
+out of reach gets the closest plan and a BudgetOutcome that says it was not met
+(deploysparse.budget.outcome), never an error.
 
 Dead channels (constant output, found by the analysis or by a data criterion) are removed before the
 ranking and do not use up the budget: --ratio R removes R of the channels that are still alive, and
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from deploysparse.budget.options import Budget
+from deploysparse.budget.outcome import BudgetOutcome, CappedGroup, describe_capped
 from deploysparse.errors import PlanError, UsageError
 from deploysparse.graph.groups import ChannelGroup
 
@@ -40,6 +44,10 @@ class GroupBudget:
     dead: np.ndarray  # bool mask (never pinned)
     legal: np.ndarray  # sorted legal kept counts
     rounding_met: bool = True
+    cap: int = 0  # the kept count --max-layer-ratio holds the group at, where no other limit is higher
+    # --round-to leaves no count below the group's size though its other limits would (a grouped
+    # conv's 55 blocks and --round-to 8 have no common multiple below 440)
+    whole_by_rounding: bool = False
 
     @property
     def live(self) -> np.ndarray:
@@ -99,15 +107,8 @@ def legal_counts(
     fits it either way); a group whose size is not a multiple of it (odd by design, e.g. 3 or 10
     channels) may also keep its original count.
     """
-    block_size = size // block
-    pinned_parts = pinned.reshape(block, block_size).sum(axis=1)
-    dead_parts = dead.reshape(block, block_size).sum(axis=1)
-    floor = block * max(math.ceil(min_channels / block), int(pinned_parts.max()))
-    floor = min(floor, size)
-    ceiling = max(block * (block_size - int(dead_parts.max())), floor)
-    lowest = floor
-    if max_layer_ratio is not None:
-        lowest = max(floor, min(ceiling, _round_up(math.ceil(size * (1.0 - max_layer_ratio)), block)))
+    floor, ceiling = _count_bounds(size, block, pinned, dead, min_channels)
+    lowest = max(floor, min(ceiling, cap_count(size, block, max_layer_ratio)))
     if size < round_to:
         round_to = 1
     step = math.lcm(max(round_to, 1), block)
@@ -120,16 +121,39 @@ def legal_counts(
     return np.arange(lowest, ceiling + 1, block), round_to <= 1
 
 
+def _count_bounds(
+    size: int, block: int, pinned: np.ndarray, dead: np.ndarray, min_channels: int
+) -> tuple[int, int]:
+    """(fewest, most) channels a group may keep before --max-layer-ratio and rounding: the floor set
+    by --min-channels and the part with the most pinned channels, the ceiling by the part with the
+    most dead ones (all dead removed)."""
+    block_size = size // block
+    pinned_parts = pinned.reshape(block, block_size).sum(axis=1)
+    dead_parts = dead.reshape(block, block_size).sum(axis=1)
+    floor = min(block * max(math.ceil(min_channels / block), int(pinned_parts.max())), size)
+    return floor, max(block * (block_size - int(dead_parts.max())), floor)
+
+
+def cap_count(size: int, block: int, max_layer_ratio: float | None) -> int:
+    """The fewest channels --max-layer-ratio lets a group of `size` keep (0: no cap)."""
+    if max_layer_ratio is None:
+        return 0
+    return _round_up(math.ceil(size * (1.0 - max_layer_ratio)), block)
+
+
 def _round_up(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
 @dataclass
 class Allocation:
-    """Kept channels per group id (only groups that lose channels) and notes for the user."""
+    """Kept channels per group id (only groups that lose channels), notes for the user, how the plan
+    stands against the target (None without one) and the groups --max-layer-ratio held."""
 
     keep: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    outcome: BudgetOutcome | None = None
+    capped: list[CappedGroup] = field(default_factory=list)
 
 
 def group_budgets(
@@ -149,17 +173,37 @@ def group_budgets(
     ]
 
 
+def held_channels(groups: list[ChannelGroup], budget: Budget) -> int:
+    """Channels of the model's filters that an op pins, outside --protect'ed groups: what a --ratio
+    counts although no plan can remove them (ChannelGroup.held_by_ops)."""
+    protected = _resolve_protect(groups, budget.protect)
+    return sum(g.held_by_ops for g in groups if g.producers and g.id not in protected)
+
+
 @dataclass
 class BudgetTarget:
     """Measures a candidate plan (kept count per group) against --ratio or --flops-target.
 
     `excess` is positive when the candidate keeps too much and falls as more is removed, so every
     search (the threshold bisection here, PFP's root search over eps) looks for its sign change.
+    `held`: channels an op pins (held_channels), which --ratio counts besides the live ones.
     """
 
     budgets: list[GroupBudget]
     budget: Budget
     macs_of: Callable[[dict[str, int]], int] | None = None
+    held: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        groups: list[ChannelGroup],
+        budgets: list[GroupBudget],
+        budget: Budget,
+        macs_of: Callable[[dict[str, int]], int] | None = None,
+    ) -> BudgetTarget:
+        """The target of `budget` over `budgets`, counting the channels ops pin in `groups`."""
+        return cls(budgets, budget, macs_of, held_channels(groups, budget))
 
     def __post_init__(self) -> None:
         self.ratio = self.budget.ratio
@@ -172,7 +216,8 @@ class BudgetTarget:
                 raise PlanError("--flops-target: the model has no counted MACs (no Conv/Gemm/MatMul)")
         self.alive = {b.group.id: b.live_count + int(b.pinned.sum()) for b in self.budgets}
         self.live = sum(b.live_count for b in self.budgets)
-        self.target_removed = round((self.ratio or 0.0) * self.live)
+        self.scope = self.live + self.held
+        self.target_removed = round((self.ratio or 0.0) * self.scope)
 
     @property
     def active(self) -> bool:
@@ -187,34 +232,25 @@ class BudgetTarget:
 
     def excess(self, counts: dict[str, int]) -> float:
         if self.ratio is not None:
-            return (self.target_removed - self.removed(counts)) / max(self.live, 1)
+            return (self.target_removed - self.removed(counts)) / max(self.scope, 1)
         if self.flops_target is not None:
             return self.kept_fraction(counts) - self.flops_target
         return 0.0
 
-    def verdict(self, counts: dict[str, int], most_removed: dict[str, int]) -> list[str]:
-        """Notes on how close the chosen candidate came; PlanError when a FLOPs target is out of reach."""
+    def outcome(self, counts: dict[str, int]) -> BudgetOutcome | None:
+        """How the chosen candidate stands against the target (deploysparse.budget.outcome for what
+        met means); None without a ratio or FLOPs target."""
         if self.ratio is not None:
+            scope = max(self.scope, 1)
+            allowed = max(1.0, FLOPS_TOLERANCE * self.scope)
             got = self.removed(counts)
-            if self.live and abs(got - self.target_removed) > max(1, FLOPS_TOLERANCE * self.live):
-                return [
-                    f"--ratio {self.ratio}: removed {got} of {self.live} live channels (target "
-                    f"{self.target_removed}); rounding, minimum counts and pinned channels allowed no closer fit"
-                ]
+            met = self.scope > 0 and abs(got - self.target_removed) <= allowed
+            return BudgetOutcome("ratio", self.ratio, got / scope, allowed / scope, met)
         if self.flops_target is not None:
             reached = self.kept_fraction(counts)
-            if abs(reached - self.flops_target) > FLOPS_TOLERANCE:
-                floor = self.kept_fraction(most_removed)
-                if floor > self.flops_target + FLOPS_TOLERANCE:
-                    raise PlanError(
-                        f"--flops-target {self.flops_target}: at most {1 - floor:.1%} of the MACs can be "
-                        "removed under the constraints (pinned, protected, --min-channels, "
-                        "--max-layer-ratio, --round-to)"
-                    )
-                return [
-                    f"--flops-target {self.flops_target}: kept {reached:.1%} of the MACs, the nearest reachable"
-                ]
-        return []
+            met = abs(reached - self.flops_target) <= FLOPS_TOLERANCE
+            return BudgetOutcome("flops_target", self.flops_target, reached, FLOPS_TOLERANCE, met)
+        return None
 
 
 def allocate(
@@ -231,14 +267,14 @@ def allocate(
     Without ratio or flops_target only the dead channels go.
     """
     budgets = group_budgets(groups, scores, budget, dead)
-    target = BudgetTarget(budgets, budget, macs_of)
+    target = BudgetTarget.of(groups, budgets, budget, macs_of)
     path = ThresholdPath(budgets)
     best = 0
     if target.active and budgets:
         best = first_within(lambda i: target.excess(path.counts(i)), len(path))
     counts = path.counts(best)
-    allocation = Allocation(notes=target.verdict(counts, path.counts(len(path) - 1)) if budgets else [])
-    finish(allocation, budgets, counts, budget.round_to)
+    allocation = Allocation(outcome=target.outcome(counts))
+    finish(allocation, budgets, counts, budget, path.wanted(best))
     return allocation
 
 
@@ -264,7 +300,14 @@ class ThresholdPath:
 
     def counts(self, step: int) -> dict[str, int]:
         """Kept count per group at this step."""
-        return {b.group.id: b.snap(b.wanted_at(float(self.thresholds[step]))) for b in self.budgets}
+        return {
+            b.group.id: b.snap(wanted)
+            for b, wanted in zip(self.budgets, self.wanted(step).values(), strict=True)
+        }
+
+    def wanted(self, step: int) -> dict[str, int]:
+        """Kept count per group at this step before snapping to a legal count: what the ranking asks."""
+        return {b.group.id: b.wanted_at(float(self.thresholds[step])) for b in self.budgets}
 
 
 def rank_scores(budgets: list[GroupBudget]) -> None:
@@ -287,15 +330,50 @@ def rank_scores(budgets: list[GroupBudget]) -> None:
         start += b.group.size
 
 
-def finish(allocation: Allocation, budgets: list[GroupBudget], counts: dict[str, int], round_to: int) -> None:
-    """Fill the allocation's kept channels from chosen counts, with notes on unmet rounding."""
+def finish(
+    allocation: Allocation,
+    budgets: list[GroupBudget],
+    counts: dict[str, int],
+    budget: Budget,
+    wanted: dict[str, int] | None = None,
+) -> None:
+    """Fill the allocation's kept channels from chosen counts, with notes on unmet rounding and, given
+    what the ranking `wanted` before snapping, on the groups --max-layer-ratio held (`capped`, and a
+    note) and those --round-to left whole."""
     for b in budgets:
         if counts[b.group.id] < b.group.size:
             allocation.keep[b.group.id] = b.choose(counts[b.group.id])
         if not b.rounding_met:
             allocation.notes.append(
-                f"group {b.group.id} ({b.group.label}): no multiple of --round-to {round_to} fits its limits"
+                f"group {b.group.id} ({b.group.label}): no multiple of --round-to {budget.round_to} fits its limits"
             )
+    allocation.capped = [
+        CappedGroup(b.group.id, b.group.label, b.group.size, wanted[b.group.id], counts[b.group.id])
+        for b in budgets
+        if wanted is not None and b.cap and wanted[b.group.id] < b.cap
+    ]
+    if allocation.capped:
+        allocation.notes.append(describe_capped(allocation.capped, budget.max_layer_ratio))
+    whole = [
+        b for b in budgets if wanted is not None and b.whole_by_rounding and wanted[b.group.id] < b.group.size
+    ]
+    if whole:
+        allocation.notes.append(_describe_whole(whole, budget.round_to))
+
+
+def _describe_whole(whole: list[GroupBudget], round_to: int, shown: int = 5) -> str:
+    """One line naming the groups the ranking wanted to cut that --round-to left whole."""
+    items = "; ".join(
+        f"{b.group.label or b.group.id} ({b.group.size} channels"
+        + (f", {b.group.block} grouped-conv blocks)" if b.group.block > 1 else ")")
+        for b in whole[:shown]
+    )
+    more = f"; +{len(whole) - shown} more" if len(whole) > shown else ""
+    plural = "s" if len(whole) != 1 else ""
+    return (
+        f"--round-to {round_to} left {len(whole)} group{plural} whole that the ranking would cut (no smaller "
+        f"multiple of {round_to} that a grouped conv's blocks share evenly): {items}{more}"
+    )
 
 
 def first_within(excess: Callable[[int], float], n: int) -> int:
@@ -346,7 +424,12 @@ def _group_budget(
         max_layer_ratio=budget.max_layer_ratio,
         round_to=budget.round_to,
     )
-    return GroupBudget(group, scores, pinned, dead_mask, legal, met)
+    floor, ceiling = _count_bounds(group.size, group.block, pinned, dead_mask, budget.min_channels)
+    cap = cap_count(group.size, group.block, budget.max_layer_ratio)
+    whole = legal.tolist() == [group.size] and max(floor, cap) < group.size
+    return GroupBudget(
+        group, scores, pinned, dead_mask, legal, met, cap if floor < cap <= ceiling else 0, whole
+    )
 
 
 def _resolve_protect(groups: list[ChannelGroup], protect: Iterable[str]) -> set[str]:
@@ -380,7 +463,14 @@ def make_plan(
         for k in ("predicted_ms", "original_ms", "measured_ms", "measured_original_ms", "corrections")
         if getattr(allocation, k, None) is not None
     }
-    return Plan(keep=allocation.keep, criterion=criterion, notes=allocation.notes, latency=latency_ms)
+    return Plan(
+        keep=allocation.keep,
+        criterion=criterion,
+        notes=allocation.notes,
+        latency=latency_ms,
+        outcome=allocation.outcome,
+        capped=allocation.capped,
+    )
 
 
 def macs_counter(ga: Any) -> Callable[[dict[str, int]], int]:

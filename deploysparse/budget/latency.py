@@ -44,6 +44,7 @@ from deploysparse.budget.allocation import (
     group_budgets,
 )
 from deploysparse.budget.options import Budget
+from deploysparse.budget.outcome import BudgetOutcome
 
 if TYPE_CHECKING:
     from deploysparse.latency import LatencyModel
@@ -77,14 +78,14 @@ def allocate_latency(
     tried: list[tuple[LatencyAllocation, dict[str, int]]] = []
     history: list[str] = []
     while True:
-        counts = counts_for(aim)
+        counts, wanted = counts_for(aim)
         table_fraction = model.predict(counts) / original
         allocation = LatencyAllocation(
             predicted_ms=calibration.fraction(table_fraction) * original,
             original_ms=original,
             corrections=len(calibration.points),
         )
-        finish(allocation, budgets, counts, budget.round_to)
+        finish(allocation, budgets, counts, budget, wanted)
         tried.append((allocation, counts))
         measure = getattr(model, "measure", None)
         if measure is None:
@@ -109,7 +110,20 @@ def allocate_latency(
         allocation.notes.append(
             "latency target not reached under the constraints (pinned, --min-channels, --round-to)"
         )
+    allocation.outcome = _outcome(allocation, budget.latency_target)
     return allocation
+
+
+def _outcome(allocation: LatencyAllocation, target: float) -> BudgetOutcome:
+    """The measured fraction of the original's latency (the predicted one when nothing was
+    measured) against the target: met at most TOLERANCE above it, as `_best_measured` accepts."""
+    if allocation.measured_ms is not None and allocation.measured_original_ms:
+        reached = allocation.measured_ms / allocation.measured_original_ms
+    else:
+        reached = allocation.predicted_ms / allocation.original_ms if allocation.original_ms else 1.0
+    return BudgetOutcome(
+        "latency_target", target, reached, target * TOLERANCE, reached <= target * (1 + TOLERANCE)
+    )
 
 
 @dataclass
@@ -169,20 +183,24 @@ def _kept_value(loss: dict[str, np.ndarray], counts: dict[str, int]) -> float:
 
 def _allocator(
     kind: str, budgets: list[GroupBudget], loss: dict[str, np.ndarray], model: LatencyModel
-) -> Callable[[float], dict[str, int]]:
+) -> Callable[[float], tuple[dict[str, int], dict[str, int] | None]]:
     """Kept counts per group for a fraction of the original's predicted latency to aim at, by the
-    allocation `kind` (Budget.latency_allocation)."""
+    allocation `kind` (Budget.latency_allocation), with what the ranking wanted before snapping
+    (None for the knapsack, which only weighs legal counts)."""
     if kind == "knapsack":
-        return lambda aim: _knapsack(budgets, loss, aim, model)
+        return lambda aim: (_knapsack(budgets, loss, aim, model), None)
     path = ThresholdPath(budgets)
     return lambda aim: _on_threshold_path(path, aim, model)
 
 
-def _on_threshold_path(path: ThresholdPath, target: float, model: LatencyModel) -> dict[str, int]:
+def _on_threshold_path(
+    path: ThresholdPath, target: float, model: LatencyModel
+) -> tuple[dict[str, int], dict[str, int]]:
     """The plan on the global-threshold path with the lowest threshold whose prediction meets
-    target x the original's (the last step when none does)."""
+    target x the original's (the last step when none does), and what the ranking wanted there."""
     limit = target * model.predict({})
-    return path.counts(first_met(lambda step: model.predict(path.counts(step)) - limit, len(path)))
+    step = first_met(lambda step: model.predict(path.counts(step)) - limit, len(path))
+    return path.counts(step), path.wanted(step)
 
 
 def _knapsack(

@@ -1,7 +1,8 @@
 """The `deploysparse` command line: one thin module per verb, each parsing options and calling the library.
 
 Commands are loaded lazily (importing torch or onnxruntime costs seconds). Exit codes: 0 ok, 1 a
-regression (validate, check) or a bug of ours, 2 bad input, 130 interrupted (Ctrl-C), 143 terminated
+regression (validate, check) or a bug of ours, 2 bad input, 3 a budget not met under --strict
+(`prune`, and `run` with a recipe's `prune: strict: true`), 130 interrupted (Ctrl-C), 143 terminated
 (SIGTERM, for the commands that clean up on it: `run`, `demo`). Every `DeploysparseError` (bad
 input) becomes one `error:` line and exit code 2; an exception from deploysparse itself becomes one
 line naming the command, with `--debug` (or DEPLOYSPARSE_DEBUG=1) for the traceback, and exit code 1.
@@ -18,6 +19,9 @@ import click
 
 from deploysparse.cli.signals import TERMINATED_EXIT_CODE, Terminated
 from deploysparse.errors import DeploysparseError
+
+# A budget whose target was not met, under --strict: the outputs are written, the exit code says so.
+BUDGET_UNMET_EXIT_CODE = 3
 
 # verb -> module under deploysparse.cli that defines `command`
 COMMANDS: dict[str, str] = {

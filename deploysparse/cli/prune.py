@@ -1,4 +1,9 @@
-"""`deploysparse prune MODEL -o OUT.onnx`: remove channels from the graph and write the compact model."""
+"""`deploysparse prune MODEL -o OUT.onnx`: remove channels from the graph and write the compact model.
+
+A budget the plan could not meet is one warning line (what was reached, what the pins hold) and
+`budget_met: false` in --json; with --strict the command then exits with BUDGET_UNMET_EXIT_CODE (3)
+after writing its outputs, so a CI script that checks the exit code sees the miss.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
+from deploysparse.cli import BUDGET_UNMET_EXIT_CODE
 from deploysparse.cli.options import (
     analysis_options,
     budget_from,
@@ -33,6 +38,11 @@ from deploysparse.cli.options import (
     is_flag=True,
     help="Keep denormal float32 weights (by default they are set to zero: slow on x86, below float32's resolution).",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help=f"Exit with code {BUDGET_UNMET_EXIT_CODE} when the budget's target is not met (outputs are still written).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def command(
     model: str,
@@ -45,6 +55,7 @@ def command(
     plan_out: str | None,
     weights: str | None,
     keep_denormals: bool,
+    strict: bool,
     as_json: bool,
     **budget_fields: Any,
 ) -> None:
@@ -82,8 +93,21 @@ def command(
     summary = result.summary
     if as_json:
         echo_json(summary)
-        return
-    console = Console(stderr=False)
+    else:
+        _print_summary(summary, criterion, output, plan_out)
+    if strict and not summary["budget_met"]:
+        from deploysparse.budget import BudgetOutcome
+
+        click.echo(f"error: --strict: {BudgetOutcome.from_json(summary['budget']).describe()}", err=True)
+        raise SystemExit(BUDGET_UNMET_EXIT_CODE)
+
+
+def _print_summary(summary: dict, criterion: str, output: str, plan_out: str | None) -> None:
+    """What a person reads after `prune`: the counts, the output change, and every warning."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=False, soft_wrap=True)  # one line stays one line in a CI log
     console.print(
         f"{criterion}: removed {summary['channels_removed']} channels in "
         f"{sum(1 for g in summary['groups'] if g['removed'])} groups; params {summary['params_before']:,} -> "
@@ -106,7 +130,7 @@ def command(
         count = DenormalCount(flushed["tensors"], flushed.get("folded", 0))
         console.print(f"set to zero (--keep-denormals keeps them): {count.describe()}")
     for w in summary["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
     console.print(f"wrote {output}" + (f" and {plan_out}" if plan_out else ""))
 
 

@@ -1,9 +1,14 @@
-"""`deploysparse run RECIPE --model M -o OUTDIR`: prune, build, validate, bench and report, as a recipe says."""
+"""`deploysparse run RECIPE --model M -o OUTDIR`: prune, build, validate, bench and report, as a recipe says.
+
+Exit codes after the report is written: 1 when validation failed, else 3 when the recipe says
+`prune: strict: true` and the budget was not met (report.json's pruning.budget_met), else 0.
+"""
 
 from __future__ import annotations
 
 import click
 
+from deploysparse.cli import BUDGET_UNMET_EXIT_CODE
 from deploysparse.cli.options import echo_json
 
 
@@ -44,14 +49,22 @@ def command(recipe, model, weights, input_shape, calib, data, labels, outdir, as
         print_summary(report, outdir)
     if not report["validation"]["passed"]:
         raise SystemExit(1)
+    if loaded.prune.strict and not report["pruning"]["budget_met"]:
+        from deploysparse.budget import BudgetOutcome
+
+        outcome = BudgetOutcome.from_json(report["pruning"]["budget"])
+        click.echo(f"error: strict: {outcome.describe()} (recipe {loaded.name})", err=True)
+        raise SystemExit(BUDGET_UNMET_EXIT_CODE)
 
 
 def print_summary(report: dict, outdir: str) -> None:
-    """The final table a person reads after a run."""
+    """The final table a person reads after a run, and the report's warnings (a budget not met, the
+    groups --max-layer-ratio held, ...), one line each."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    console = Console(soft_wrap=True)
     cost, v = report["cost"], report["validation"]
     table = Table(title=f"deploysparse run: {report['recipe']['name']}")
     table.add_column("")
@@ -69,4 +82,6 @@ def print_summary(report: dict, outdir: str) -> None:
         f"({report['pruning']['criterion']}); max abs err {v['max_abs_err']:.3g}, "
         f"top-1 agreement {v.get('top1_agreement')}, validation {'passed' if v['passed'] else 'FAILED'}"
     )
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     console.print(f"report: {outdir}/report.html")

@@ -153,7 +153,12 @@ def plan_with(
 
         allocation = own_allocation(ga, ctx, budget, dead=dead)
         plan = Plan(
-            keep=allocation.keep, scales=allocation.scales, criterion=crit.name, notes=allocation.notes
+            keep=allocation.keep,
+            scales=allocation.scales,
+            criterion=crit.name,
+            notes=allocation.notes,
+            outcome=allocation.outcome,
+            capped=allocation.capped,
         )
     else:
         scores = {}

@@ -38,9 +38,7 @@ from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.optimize import brentq
 
-from deploysparse.backends.base import usable_cores
 from deploysparse.budget import (
     Allocation,
     Budget,
@@ -151,6 +149,10 @@ def _max_product(flat: np.ndarray, inv: np.ndarray, by_position: np.ndarray, ste
     flat (I, R) weights, inv (I, N, P) = 1/z, by_position (N, P, R) = a. Blocks of `step` points run
     on every usable core: numpy's elementwise kernels release the GIL, and a max does not depend on
     the order its parts are taken in, so the result is the same as one thread's."""
+    from deploysparse.backends.base import (
+        usable_cores,
+    )  # not at import: the backends load the calibration readers
+
     points, positions, rows = by_position.shape
     starts = list(range(0, points, step))
     workers = max(1, min(usable_cores(), len(starts)))
@@ -308,16 +310,20 @@ def pfp_allocate(
             "(8 is the default); pass --round-to 1"
         )
     budgets = group_budgets(groups, {gid: g.s for gid, g in sens.items()}, budget, dead)
-    target = BudgetTarget(budgets, budget, macs_of)
+    target = BudgetTarget.of(groups, budgets, budget, macs_of)
     scored = [b for b in budgets if b.scores is not None]
 
-    def counts_at(log_eps: float) -> dict[str, int]:
+    def wanted_at(log_eps: float) -> dict[str, int]:
         eps = math.exp(log_eps)
-        counts = {b.group.id: b.snap(b.wanted_at(np.inf)) for b in budgets}
+        wanted = {b.group.id: b.wanted_at(np.inf) for b in budgets}
         for b in scored:
-            usable = ~b.dead
-            counts[b.group.id] = b.snap(max(sens[b.group.id].kept(eps, usable), int(b.pinned.sum())))
-        return counts
+            wanted[b.group.id] = max(sens[b.group.id].kept(eps, ~b.dead), int(b.pinned.sum()))
+        return wanted
+
+    def counts_at(log_eps: float) -> dict[str, int]:
+        return {
+            b.group.id: b.snap(wanted) for b, wanted in zip(budgets, wanted_at(log_eps).values(), strict=True)
+        }
 
     lo, hi = LOG_EPS_RANGE
     log_eps = lo
@@ -328,23 +334,27 @@ def pfp_allocate(
         elif f_hi > 0:
             log_eps = hi
         else:
+            from scipy.optimize import brentq  # not at import: scipy.optimize costs a prune with l1 0.1-0.2 s
+
             root = brentq(lambda t: target.excess(counts_at(t)), lo, hi, xtol=1e-6)
             log_eps = min((root - 1e-6, root + 1e-6), key=lambda t: (abs(target.excess(counts_at(t))), -t))
     counts = counts_at(log_eps)
     allocation = PFPAllocation(eps=math.exp(log_eps))
-    allocation.notes = target.verdict(counts, counts_at(hi)) if budgets else []
     allocation.notes.append(f"pfp: eps = {allocation.eps:.4g} ({variant})")
     if variant == "deterministic" or not scored:
-        finish(allocation, budgets, counts, budget.round_to)
-        return allocation
-    for b in budgets:
-        if b.scores is None or b.group.block > 1:
-            finish(allocation, [b], counts, budget.round_to)
-            continue
-        keep, scale = _sample(b, sens[b.group.id], allocation.eps, rng)
-        if len(keep) < b.group.size:
-            allocation.keep[b.group.id] = keep
-            allocation.scales[b.group.id] = scale
+        finish(allocation, budgets, counts, budget, wanted_at(log_eps))
+    else:
+        for b in budgets:
+            if b.scores is None or b.group.block > 1:
+                finish(allocation, [b], counts, budget)
+                continue
+            keep, scale = _sample(b, sens[b.group.id], allocation.eps, rng)
+            if len(keep) < b.group.size:
+                allocation.keep[b.group.id] = keep
+                allocation.scales[b.group.id] = scale
+    # judged on what is kept: the random variant's draws meet the budget in expectation only
+    kept = {b.group.id: len(allocation.keep.get(b.group.id, range(b.group.size))) for b in budgets}
+    allocation.outcome = target.outcome(kept)
     return allocation
 
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import pdist, squareform
 
 from deploysparse.criteria.base import CriterionContext, channel_slices, normalise_by_mean, weight_of
 from deploysparse.criteria.inactive import consumer_views
@@ -38,10 +36,19 @@ from deploysparse.graph.groups import ChannelGroup
 from deploysparse.graph.queries import group_producers
 
 
+def pairwise(x: np.ndarray, metric: str = "euclidean") -> np.ndarray:
+    """The square matrix of distances between the rows of x (scipy's pdist). scipy.spatial and
+    scipy.cluster are imported where they are used, not when the registry loads every criterion:
+    a prune with another criterion does not pay for them."""
+    from scipy.spatial.distance import pdist, squareform
+
+    return squareform(pdist(x, metric))
+
+
 def w2_distance(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """Pairwise 2-Wasserstein distance between Gaussians; mu, sigma (C, D) for D independent parts."""
     mu, sigma = np.atleast_2d(mu.T).T, np.atleast_2d(np.abs(sigma).T).T
-    return np.sqrt(squareform(pdist(mu, "sqeuclidean")) + squareform(pdist(sigma, "sqeuclidean")))
+    return np.sqrt(pairwise(mu, "sqeuclidean") + pairwise(sigma, "sqeuclidean"))
 
 
 def merge_residual_distance(x: np.ndarray) -> np.ndarray:
@@ -87,7 +94,7 @@ def describe(group: ChannelGroup, ctx: CriterionContext) -> ChannelDescription:
     rows = [channel_slices(weight_of(ctx.ga, m), m) for m in group.members if m.role in ("producer", "param")]
     described = np.concatenate(rows, axis=1) if rows else np.zeros((group.size, 1))
     scale = float(np.linalg.norm(described, axis=1).mean()) or 1.0
-    return ChannelDescription(squareform(pdist(described)) / scale, None, norms)
+    return ChannelDescription(pairwise(described) / scale, None, norms)
 
 
 def nearest_neighbour_score(distance: np.ndarray) -> np.ndarray:
@@ -105,6 +112,9 @@ def cluster(distance: np.ndarray, clusters: int) -> np.ndarray:
         return np.arange(n)
     if clusters <= 1:
         return np.zeros(n, dtype=np.int64)
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
     tree = linkage(squareform(distance, checks=False), method="average")
     return fcluster(tree, t=clusters, criterion="maxclust") - 1
 

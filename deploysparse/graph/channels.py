@@ -36,9 +36,13 @@ class Attachment:
     sliced: bool = True  # False: the op's rule rewrites this initializer itself (grouped conv)
 
 
+# The op name of the pins that keep the model's own inputs and outputs: what no tool may remove.
+INTERFACE_OP = "graph"
+
+
 @dataclass
 class Pin:
-    """A tensor whose channels must all stay, and why."""
+    """A tensor whose channels must all stay, and why (op INTERFACE_OP: a graph input or output)."""
 
     tensor: str
     op: str
@@ -153,7 +157,7 @@ class ChannelTable:
 
     def pin(self, tensor: str, node: onnx.NodeProto | None, reason: str) -> None:
         if tensor in self.base:
-            op = node.op_type if node is not None else "graph"
+            op = node.op_type if node is not None else INTERFACE_OP
             self.pins.append(Pin(tensor, op, node.name if node is not None else "", reason))
 
     def statistic(self, tensor: str, node: onnx.NodeProto) -> None:

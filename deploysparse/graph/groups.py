@@ -71,6 +71,10 @@ class ChannelGroup:
     pinned_by: list[tuple[str, str]] = field(default_factory=list)  # (op, node) that pinned channels
     pinned_channels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     block: int = 1  # grouped conv: channels split in `block` equal parts, each must keep the same count
+    # The pinned channels that are the model's own inputs or outputs (a graph input or output pins
+    # them, or no filter produces them): no tool may remove those, so a --ratio does not count them,
+    # while the channels an op pins count as channels the budget could not reach (deploysparse.budget).
+    interface_channels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def of_role(self, role: str) -> list[Member]:
         """Members with the given role ("producer", "consumer", "param", "tensor")."""
@@ -98,6 +102,11 @@ class ChannelGroup:
         return bool(self.producers) and len(self.pinned_channels) < self.size
 
     @property
+    def held_by_ops(self) -> int:
+        """How many channels an op pins (the pinned channels that are not the model's interface)."""
+        return len(np.setdiff1d(self.pinned_channels, self.interface_channels))
+
+    @property
     def label(self) -> str:
         """Human name: the producers' node names."""
         names = sorted({m.node for m in self.producers})
@@ -106,12 +115,22 @@ class ChannelGroup:
 
 @dataclass
 class PinnedSpace:
-    """A group (or part of one) that may not be pruned, and the op that decided so."""
+    """A group (or part of one) that may not be pruned, and the op that decided so.
+
+    op is INTERFACE_OP for the model's own inputs and outputs. channels: how many of the group's
+    channels this pin holds (a channel several ops pin is counted for the first one in graph order)."""
 
     group: str
     op: str
     node: str
     reason: str
+    channels: int = 0
 
     def to_json(self) -> dict:
-        return {"group": self.group, "op": self.op, "node": self.node, "reason": self.reason}
+        return {
+            "group": self.group,
+            "op": self.op,
+            "node": self.node,
+            "reason": self.reason,
+            "channels": self.channels,
+        }

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from deploysparse.errors import ModelLoadError
 from deploysparse.graph.rules import attr, readers
@@ -204,6 +203,8 @@ def _evaluate(
         attr = node.attribute[0]
         if attr.name == "value":
             return [numpy_helper.to_array(attr.t)]
+    from onnx.reference import ReferenceEvaluator  # only when a node is folded: 50 ms to import
+
     try:
         evaluator = ReferenceEvaluator(node, opsets=opsets)
         feeds = {name: values[name] for name in node.input if name}

@@ -74,6 +74,7 @@ def _report(recipe, model_label, source, result, built, validation, latency, sta
             "channels_total": sum(g["channels"] for g in groups),
             "channels_removed": s["channels_removed"],
             "pinned": s["pinned"],
+            **{key: s[key] for key in ("pinned_by_op", "budget_met", "budget", "capped")},
         },
         "plan": {
             "groups": [

@@ -15,7 +15,8 @@ from string import Template
 from typing import Any
 
 from deploysparse import __version__, atomic
-from deploysparse.report.schema import LatencyPoint, Report, parse_report
+from deploysparse.budget.outcome import BudgetOutcome
+from deploysparse.report.schema import BudgetResult, LatencyPoint, Report, parse_report
 
 _ORIGINAL = "#9aa5b1"
 _COMPACT = "#2f6fdb"
@@ -105,10 +106,18 @@ def _cards(rep: Report) -> str:
         ),
         _card("Validation", _badge(rep.validation.passed), f"cosine {rep.validation.cosine:.8f}"),
     ]
+    if pruning.budget is not None:
+        cards.append(_budget_card(pruning.budget))
     speedup = _speedup(rep, min((p.batch for p in rep.latency.compact), default=1))
     if speedup:
         cards.append(_card("Speed-up", _e(speedup[0]), speedup[1]))
     return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _budget_card(budget: BudgetResult) -> str:
+    """The target asked against the value reached; NOT MET in red when the plan missed it."""
+    badge = '<span class="badge ok">MET</span>' if budget.met else '<span class="badge bad">NOT MET</span>'
+    return _card("Budget", badge, BudgetOutcome.from_json(budget.model_dump()).describe())
 
 
 def _speedup(rep: Report, batch: int, flushed: bool = False) -> tuple[str, str] | None:
@@ -407,13 +416,34 @@ def _pinned_section(rep: Report) -> str:
         return '<section id="pinned"><h2>Pinned spaces</h2><p class="hint">Nothing was pinned.</p></section>'
     rows = "".join(
         f"<tr><td><code>{_e(p.group)}</code></td><td>{_e(p.op)}</td><td><code>{_e(p.node)}</code></td>"
-        f"<td>{_e(p.reason)}</td></tr>"
+        f"<td>{_e(p.reason)}</td><td class='num'>{p.channels}</td></tr>"
         for p in pinned
     )
     return (
         '<section id="pinned"><h2>Pinned spaces</h2>'
         '<p class="hint">Channels these ops depend on cannot be removed without changing what the model computes.</p>'
-        f"<table><tr><th>group</th><th>op</th><th>node</th><th>why</th></tr>{rows}</table></section>"
+        + _pin_shares(rep)
+        + "<table><tr><th>group</th><th>op</th><th>node</th><th>why</th><th class=num>channels</th></tr>"
+        + f"{rows}</table></section>"
+    )
+
+
+def _pin_shares(rep: Report) -> str:
+    """Per kind of pin, how much of the model it holds: the table to read first when a budget is missed."""
+    shares = rep.pruning.pinned_by_op
+    if not shares:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(s.op)}</td><td>{_e(s.reason)}</td><td class='num'>{s.groups}</td>"
+        f"<td class='num'>{s.channels}</td><td class='num'>{s.macs_share:.1%}</td>"
+        f"<td class='num'>{s.params_share:.1%}</td></tr>"
+        for s in shares
+    )
+    return (
+        "<h3>What the pins hold</h3><p class='hint'>Per op and reason: the groups it pins, and the share of "
+        "the model's MACs and parameters in the layers that read or write those groups.</p>"
+        "<table><tr><th>op</th><th>why</th><th class=num>groups</th><th class=num>channels</th>"
+        f"<th class=num>MACs</th><th class=num>params</th></tr>{rows}</table>"
     )
 
 
@@ -426,12 +456,24 @@ def _plan_section(rep: Report) -> str:
         for g in rep.plan.groups
     )
     notes = "".join(f"<li>{_e(n)}</li>" for n in rep.plan.notes)
+    capped = "".join(
+        f"<tr><td><code>{_e(c.group)}</code></td><td>{_e(c.label)}</td><td class='num'>{c.channels}</td>"
+        f"<td class='num'>{c.wanted}</td><td class='num'>{c.kept}</td></tr>"
+        for c in rep.pruning.capped
+    )
+    if capped:
+        capped = (
+            "<h3>Held by --max-layer-ratio</h3><p class='hint'>The ranking wanted these groups cut further "
+            "than the cap allows; each kept the fewest channels the cap lets it keep.</p><table><tr><th>group</th>"
+            f"<th>layers</th><th class=num>channels</th><th class=num>wanted</th><th class=num>kept</th></tr>{capped}</table>"
+        )
     head = "".join(
         f"<th{' class=num' if h not in ('group', 'layers', 'prunable') else ''}>{h}</th>"
         for h in ("group", "layers", "channels", "kept", "removed", "removed %", "pinned", "prunable")
     )
     return (
         f'<section id="plan"><h2>Plan</h2><table><tr>{head}</tr>{rows}</table>'
+        + capped
         + (f"<ul>{notes}</ul>" if notes else "")
         + "</section>"
     )

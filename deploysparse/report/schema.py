@@ -70,6 +70,38 @@ class PinnedEntry(_Strict):
     op: str
     node: str
     reason: str
+    channels: NonNegative = 0  # how many of the group's channels this op pins
+
+
+class PinShare(_Strict):
+    """What one kind of pin holds (deploysparse.graph.pinned): groups, channels, MAC and param shares."""
+
+    op: str
+    reason: str
+    groups: NonNegative
+    channels: NonNegative
+    macs_share: Unit
+    params_share: Unit
+
+
+class BudgetResult(_Strict):
+    """The target asked and the value reached, in the target's unit (deploysparse.budget.outcome)."""
+
+    target: Literal["ratio", "flops_target", "latency_target"]
+    asked: float
+    reached: float
+    tolerance: float
+    met: bool
+
+
+class CappedGroup(_Strict):
+    """A group --max-layer-ratio kept from the cut the ranking wanted."""
+
+    group: str
+    label: str = ""
+    channels: Annotated[int, Field(ge=1)]
+    wanted: NonNegative
+    kept: NonNegative
 
 
 class Pruning(_Strict):
@@ -79,6 +111,10 @@ class Pruning(_Strict):
     channels_total: NonNegative
     channels_removed: NonNegative
     pinned: list[PinnedEntry] = []
+    pinned_by_op: list[PinShare] = []
+    budget_met: bool = True  # false: the recipe's target was not met (see `budget`)
+    budget: BudgetResult | None = None  # None: no target (dead filters only)
+    capped: list[CappedGroup] = []
 
 
 class PlanGroup(_Strict):

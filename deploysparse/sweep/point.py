@@ -143,6 +143,7 @@ def summarize(job: PointJob, report: dict, artifact: Path, seconds: float) -> di
         "flops": cost["flops_after"],
         "flops_ratio": cost["flops_after"] / max(cost["flops_before"], 1),
         "channels_removed": report["pruning"]["channels_removed"],
+        "budget_met": report["pruning"]["budget_met"],
         "device": report["target"]["device"],
         "seconds": round(seconds, 2),
         "error": None,

@@ -28,7 +28,7 @@ CSV_COLUMNS = (
     "key", "status", "model", "criterion", *TARGETS, "precision", "backend", "batch",
     "finetune", "accuracy", "accuracy_original", "accuracy_drop", "top1_agreement", "passed", "p50_ms",
     "p99_ms", "original_p50_ms", "size_bytes", "params", "flops", "flops_ratio", "channels_removed",
-    "seconds", "attempts", "device", "node_ip", "node_id", "bench_node_ip", "bench_node_id", "report", "error",
+    "budget_met", "seconds", "attempts", "device", "node_ip", "node_id", "bench_node_ip", "bench_node_id", "report", "error",
 )  # fmt: skip
 
 
