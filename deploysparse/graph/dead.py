@@ -32,13 +32,14 @@ VALUE_SAMPLES = 64
 @dataclass
 class DeadFilters:
     """channels: group id -> removable dead channels; constants: read tensor -> per-channel value
-    (NaN where not constant), for folding; kept: messages for constant channels that stay; exact:
-    every removed channel is exactly constant (False once a near-zero filter is among them)."""
+    (NaN where not constant), for folding; kept: messages for constant channels that stay; inexact:
+    group id -> those of `channels` that are near-zero filters (--dead-threshold), not exactly
+    constant: removing one of them changes the output a little, which prune then measures."""
 
     channels: dict[str, np.ndarray] = field(default_factory=dict)
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)
-    exact: bool = True
+    inexact: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -99,12 +100,10 @@ def find_dead(
         for node in read_tensors[tensor]:
             if not rule_for(node).folds_exactly(node):
                 unfoldable |= nonzero
+        readers_named = ", ".join(n.name for n in read_tensors[tensor])
         for i in np.flatnonzero(unfoldable):
             if removable[ids[i]]:
-                result.kept.append(
-                    f"{tensor} channel {i} is constant ({per_channel[i]:.4g}) but "
-                    f"{', '.join(n.name for n in read_tensors[tensor])} cannot absorb it exactly; kept"
-                )
+                result.kept.append(_kept_message(tensor, i, per_channel[i], value, readers_named))
         removable[ids[unfoldable]] = False
         # Only removable dead channels carry a value to fold: a constant channel kept here and
         # removed later by a ranking criterion is an ordinary (lossy, measured) removal.
@@ -121,8 +120,23 @@ def find_dead(
             )
         if len(dead):
             result.channels[group.id] = dead
-            result.exact = result.exact and bool(all_exact[ids[dead]].all())
+            near_zero = dead[~all_exact[ids[dead]]]
+            if len(near_zero):
+                result.inexact[group.id] = near_zero
     return result
+
+
+def _kept_message(tensor: str, channel: int, constant: float, value: np.ndarray, readers: str) -> str:
+    """Why a dead channel stays: the value its readers would have to absorb, or (NaN from
+    `_channel_values`) that it has no one value here: it differs between samples or positions."""
+    if np.isfinite(constant):
+        return f"{tensor} channel {channel} is constant ({constant:.4g}) but {readers} cannot absorb it exactly; kept"
+    seen = np.moveaxis(value, 1, 0)[channel]
+    return (
+        f"{tensor} channel {channel} comes from a dead filter but its value differs between samples or "
+        f"positions ({float(seen.min()):.4g} to {float(seen.max()):.4g}, e.g. at a padded border), so {readers} "
+        "cannot absorb one constant; kept"
+    )
 
 
 def _channel_values(value: np.ndarray, exact: bool) -> np.ndarray:
