@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import click
 
-from deploysparse.cli.options import echo_json
+from deploysparse.cli.options import echo_json, input_shape_option, parse_input_shapes
 
 
 @click.command("run")
 @click.argument("recipe")
 @click.option("--model", required=True, help="The model: .onnx or package.module:factory.")
 @click.option("--weights", help="State dict for an entry-point model (loaded with weights_only=True).")
-@click.option("--input-shape", help="Input shape for an entry-point model, e.g. 1,3,32,32.")
+@input_shape_option(
+    "The shape the run analyses, builds and benchmarks at (wins over the recipe's input_shape; default: "
+    "the data's); an entry point is exported at it."
+)
 @click.option("--calib", help="Calibration data (.npy/.npz/image folder); overrides the recipe's.")
 @click.option("--data", help="Validation inputs (default: the calibration data).")
 @click.option("--labels", help="Validation labels (.npy of class indices) for accuracy.")
@@ -20,7 +23,6 @@ from deploysparse.cli.options import echo_json
 def command(recipe, model, weights, input_shape, calib, data, labels, outdir, as_json) -> None:
     """Run the pipeline RECIPE (a YAML file or a packaged name like x86-cpu-onnxruntime) describes."""
     from deploysparse.cli.signals import sigterm_raises
-    from deploysparse.frontend.model_source import parse_input_shape
     from deploysparse.pipeline import RunInputs, run_recipe
     from deploysparse.progress import set_quiet
     from deploysparse.recipe import load_recipe
@@ -34,7 +36,7 @@ def command(recipe, model, weights, input_shape, calib, data, labels, outdir, as
         data=data,
         labels=labels,
         weights=weights,
-        input_shape=list(parse_input_shape(input_shape)) if input_shape else None,
+        input_shapes=parse_input_shapes(input_shape),
     )
     with sigterm_raises():  # stopped: the staging folder is removed, as on success or error
         report = run_recipe(loaded, inputs, outdir)
