@@ -66,6 +66,14 @@ def print_summary(report: dict, outdir: str) -> None:
     if v.get("accuracy_original") is not None:
         table.add_row("accuracy", f"{v['accuracy_original']:.4f}", f"{v['accuracy_compact']:.4f}")
     console.print(table)
+    shapes = ", ".join(
+        f"{name} {'x'.join(map(str, dims))}" for name, dims in report["model"]["inputs"].items()
+    )
+    console.print(f"inputs: {shapes} (from {report['model']['shape_source']})")
+    for skipped in report["latency"].get("skipped_batches", []):
+        console.print(f"skipped batch {skipped['batch']}: {skipped['reason']}")
+    for warning in report["warnings"] + v.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(
         f"channels removed: {report['pruning']['channels_removed']} of {report['pruning']['channels_total']} "
         f"({report['pruning']['criterion']}); max abs err {v['max_abs_err']:.3g}, "
