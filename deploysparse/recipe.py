@@ -268,9 +268,7 @@ class Recipe(_Section):
     def at_shapes(self, shapes: Mapping[str, Sequence[int]]) -> Recipe:
         """This recipe with `input_shape` set to the run's shapes: what a measurement elsewhere (a Ray
         node, which receives the recipe and the model files only) feeds the models at."""
-        copy = self.model_copy(update={"input_shape": {name: list(dims) for name, dims in shapes.items()}})
-        copy._source = self._source
-        return copy
+        return self.model_copy(update={"input_shape": {name: list(dims) for name, dims in shapes.items()}})
 
     @model_validator(mode="after")
     def _bench_batches_fit_profile(self) -> Recipe:

@@ -28,7 +28,7 @@ def make_job(
     """
     recipe = point_recipe(sweep.base_recipe, settings)
     if model.spec.input_shape is not None:  # the model's own shape wins over the base recipe's
-        recipe = recipe.at_shapes({"": model.spec.input_shape})
+        recipe = recipe.model_copy(update={"input_shape": list(model.spec.input_shape)})
     finetune = sweep.finetune.model_dump(mode="json") if sweep.finetune else None
     identity = recipe.model_dump(mode="json", by_alias=True, exclude={"name", "description", "check"})
     local = {**inputs.blobs, **(paths or {})}
