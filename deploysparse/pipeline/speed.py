@@ -19,7 +19,7 @@ from deploysparse.backends import REFERENCE_BACKEND, get_backend
 from deploysparse.backends.timing import interleaved
 from deploysparse.bench import benchmark
 from deploysparse.pipeline.original import OriginalFacts
-from deploysparse.pipeline.time_box import MIN_ITERS, TimePlan, plan_time
+from deploysparse.pipeline.time_box import MIN_ITERS, TimePlan, plan_measurement
 from deploysparse.profiling import side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
@@ -59,7 +59,7 @@ def measure_speed(
         batches, skipped = shapes.usable_batches(recipe.bench.batches)
         profile = compact_onnx is not None and profiles_layers(recipe)
         models = 3 if flushed_original is not None else 2
-        plan = plan_time(recipe.bench, original, shapes, batches, models, profile)
+        plan = plan_measurement(recipe.bench, original, shapes, batches, models, profile)
         latency = _latency(recipe, original, Path(artifact), flushed_original, shapes, plan)
         latency["skipped_batches"] = [s.to_json() for s in [*skipped, *plan.skipped]]
         layers = None

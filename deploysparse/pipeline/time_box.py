@@ -8,7 +8,8 @@ batch 1 and at batch 8, each repeat a new session, then 3 x 60 profiled calls at
 count of calls is the wrong unit: what a CI job can afford is time.
 
 So `bench.max_seconds` (60 s by default) bounds the measurement, planned from the cost of one call:
-- one warm call of the original per batch size measures what a call costs here;
+- one warm call of the original at the smallest batch measures what a call costs here (a larger
+  batch costs about as much per sample on a CPU; one call at it settles a batch the estimate drops);
 - the repeated benchmark gets three quarters of the time (all of it without a profile), shared
   equally by every (model, repeat, batch size); each of those is time-boxed (backends.timing.
   timed_runs: warm-up cut to a fifth of its share, timing stopped when the share is spent) and
@@ -47,40 +48,77 @@ class TimePlan:
     profile_warmup: int
 
 
-def plan_time(
+def plan_measurement(
     bench: BenchSettings, original: str, shapes: RunShapes, batches: list[int], models: int, profile: bool
 ) -> TimePlan:
     """The plan for measuring `models` models (the original at `original` among them, fed at
     `shapes`) at `batches` (module doc); the recipe's counts as they are without `max_seconds`."""
     if bench.max_seconds is None:
         return TimePlan(list(batches), [], None, bench.iters, bench.warmup)
-    cost = call_seconds(original, shapes, batches)
+    with CallCost(original, shapes, min(batches)) as cost:
+        return plan_time(bench, cost, batches, models, profile)
+
+
+def plan_time(
+    bench: BenchSettings, cost: CallCost, batches: list[int], models: int, profile: bool
+) -> TimePlan:
+    """The plan within `bench.max_seconds`, from what one call costs (`cost`): drop the costliest
+    batch while MIN_ITERS calls of it cannot fit its share, then share the time out."""
+    assert bench.max_seconds is not None
     latency_s = bench.max_seconds * (1 - PROFILE_SHARE if profile else 1)
     kept, skipped = list(batches), []
     while len(kept) > 1:
         share = latency_s / (bench.repeats * models * len(kept))
-        costliest = max(kept, key=lambda b: cost[b])
-        if (MIN_ITERS + 1) * cost[costliest] <= share:
+        costliest = max(kept)
+        if (MIN_ITERS + 1) * cost.known(costliest) > share:
+            cost(costliest)  # the estimate would drop it: one call decides
+        if (MIN_ITERS + 1) * cost.known(costliest) <= share:
             break
         kept.remove(costliest)
         skipped.append(
             SkippedBatch(
                 costliest,
-                f"one call at batch {costliest} takes {cost[costliest]:.3g} s here: {MIN_ITERS} timed calls of "
-                f"{models} models x {bench.repeats} repeats do not fit bench.max_seconds {bench.max_seconds:g}",
+                f"one call at batch {costliest} takes {cost.known(costliest):.3g} s here: {MIN_ITERS} timed "
+                f"calls of {models} models x {bench.repeats} repeats do not fit bench.max_seconds "
+                f"{bench.max_seconds:g}",
             )
         )
     box = latency_s / (bench.repeats * models * len(kept))
-    runs = int(bench.max_seconds * PROFILE_SHARE / (models * cost[max(kept)]))
-    runs = max(MIN_ITERS, min(bench.iters, runs))
+    per_call = cost.known(max(kept))
+    runs = max(MIN_ITERS, min(bench.iters, int(bench.max_seconds * PROFILE_SHARE / (models * per_call))))
     return TimePlan(kept, skipped, box, runs, min(bench.warmup, max(1, runs // 5)))
 
 
-def call_seconds(model: str, shapes: RunShapes, batches: list[int]) -> dict[int, float]:
-    """What one warm call of `model` costs at each batch size, in seconds (one untimed call first)."""
-    cost = {}
-    with get_backend(REFERENCE_BACKEND).runner(model) as runner:
-        for batch in batches:
-            feeds = make_feeds(runner.input_specs, shapes.at_batch(batch))
-            cost[batch] = float(timed_runs(lambda feeds=feeds: runner.run(feeds), 1, warmup=1)[0])
-    return cost
+class CallCost:
+    """What one call of `model` costs here, in seconds, at a batch size: measured at `smallest` (one
+    untimed call first), estimated for a larger batch in proportion to its size (a CPU's cost grows
+    about linearly with the batch; a GPU's less, so the estimate errs high), and measured with one
+    call where the estimate alone would drop that batch (the session is warm by then)."""
+
+    def __init__(self, model: str, shapes: RunShapes, smallest: int) -> None:
+        self._runner = get_backend(REFERENCE_BACKEND).runner(model)
+        self._shapes, self._smallest = shapes, smallest
+        self.measured: dict[int, float] = {smallest: self._time(smallest, warmup=1)}
+
+    def estimate(self, batch: int) -> float:
+        return self.measured[self._smallest] * batch / self._smallest
+
+    def known(self, batch: int) -> float:
+        """The measured cost where there is one, else the estimate."""
+        return self.measured.get(batch, self.estimate(batch))
+
+    def __call__(self, batch: int) -> float:
+        """Measure the cost at `batch` (once)."""
+        if batch not in self.measured:
+            self.measured[batch] = self._time(batch, warmup=0)
+        return self.measured[batch]
+
+    def _time(self, batch: int, warmup: int) -> float:
+        feeds = make_feeds(self._runner.input_specs, self._shapes.at_batch(batch))
+        return float(timed_runs(lambda: self._runner.run(feeds), 1, warmup)[0])
+
+    def __enter__(self) -> CallCost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._runner.close()
