@@ -31,6 +31,7 @@ import onnx
 PHASES = (
     ("prune (analysis, dead filters, surgery)", "pipeline/steps.py", "prune_with_recipe"),
     ("flushed original (denormals)", "pipeline/original.py", "_flushed_original"),
+    ("time plan (the cost of one call)", "pipeline/time_box.py", "plan_measurement"),
     ("build", "backends/base.py", "build"),
     ("validate", "deploysparse/validate.py", "validate"),
     ("benchmark (repeated, interleaved)", "pipeline/speed.py", "_latency"),
