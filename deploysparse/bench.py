@@ -43,9 +43,8 @@ class BenchReport:
     warmup: int
     iters: int
     results: list[BatchTiming] = field(default_factory=list)
-    shapes: RunShapes | None = (
-        None  # the input shapes timed (at batch 1 or the given batch), and their source
-    )
+    # the input shapes timed (at the given batch, the static one or 1) and where they came from
+    shapes: RunShapes | None = None
     skipped: list[SkippedBatch] = field(default_factory=list)  # batch sizes the model cannot take
 
     def to_json(self) -> dict:
