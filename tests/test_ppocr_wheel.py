@@ -104,3 +104,25 @@ def test_the_classifier_runs_the_packaged_recipe(ppocr, tmp_path: Path, cli) -> 
         1,
         8,
     ]  # batch 8 if it fits the time box, else named
+
+
+def test_the_recogniser_loses_every_dead_filter_with_round_to_1(ppocr, tmp_path: Path, cli) -> None:
+    pruned = cli(
+        "prune",
+        ppocr["rec"],
+        "--input-shape",
+        "1x3x48x320",
+        "--round-to",
+        "1",
+        "-o",
+        tmp_path / "c.onnx",
+        "--json",
+    )
+    assert pruned.code == 0, pruned.err
+    summary = json.loads(pruned.out)
+    assert summary["dead"]["found"] == summary["dead"]["removed"] > 80  # 89 with ONNX Runtime 1.32
+    assert not any("differs between samples" in w for w in summary["warnings"])
+    assert summary["output_change"]["max_rel"] < 1e-4
+    x = np.random.default_rng(2).standard_normal((2, 3, 48, 200)).astype(np.float32)
+    want, got = run(ppocr["rec"], {"x": x})[0], run(tmp_path / "c.onnx", {"x": x})[0]
+    assert np.abs(want - got).max() <= 1e-4 * np.abs(want).max()

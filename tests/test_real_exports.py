@@ -284,3 +284,17 @@ def test_validate_says_when_the_original_is_near_zero_and_asks_for_real_inputs(t
     assert report["input_shapes"] == {"shapes": {INPUT_NAME: [1, 3, 16, 24]}, "source": "data"}
     wrong = cli("validate", model, model, "--data", data, "--input-shape", "1x3x32x32")
     assert wrong.code == 2 and "validation runs the data as it is" in wrong.err
+
+
+def test_a_constant_read_with_rounding_noise_is_one_constant_and_a_border_is_not() -> None:
+    """PP-OCRv4's recogniser: a dead filter's constant through HardSwish reads 1.3e-5 apart (ONNX
+    Runtime's vectorised kernels round differently at different positions); zero padding changes a
+    constant at the border by its whole size."""
+    from deploysparse.graph.dead import _channel_values
+
+    rng = np.random.default_rng(0)
+    noisy = np.full((4, 2, 6, 6), -0.0513, np.float32) * (1 + 1.3e-5 * rng.uniform(-1, 1, (4, 2, 6, 6)))
+    assert np.allclose(_channel_values(noisy.astype(np.float64), exact=True), -0.0513, rtol=1e-4)
+    border = np.full((4, 2, 6, 6), 0.5)
+    border[:, :, 0, :] = 0.25
+    assert np.isnan(_channel_values(border, exact=True)).all()
