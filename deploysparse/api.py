@@ -30,6 +30,7 @@ from deploysparse.graph.shapes import skeleton
 from deploysparse.graph.surgery import SurgeryResult, rewrite_graph
 from deploysparse.modelio import check_model, load_model
 from deploysparse.plan import Plan
+from deploysparse.run_shapes import RunShapes, resolve_shapes
 
 ModelLike = str | os.PathLike[str] | onnx.ModelProto
 CalibLike = str | os.PathLike[str] | Mapping[str, np.ndarray] | None
@@ -45,6 +46,7 @@ class Analysis:
     flops: int
     denormals: DenormalCount
     denormal_cost: DenormalCost | None = None
+    shapes: RunShapes | None = None  # the input shapes analysed at, and where they came from
 
     @property
     def groups(self):
@@ -72,6 +74,7 @@ class Analysis:
                 }
             )
         return {
+            "input_shapes": self.shapes.to_json() if self.shapes else None,
             "params": self.params,
             "flops": self.flops,
             "groups": groups,
@@ -129,51 +132,6 @@ def load_feeds(calib: CalibLike, model: onnx.ModelProto) -> dict[str, np.ndarray
     return load_calibration(calib, model)
 
 
-def _shapes_from(
-    feeds: Mapping[str, np.ndarray] | None,
-    given: Mapping[str, Sequence[int]] | None,
-    model: onnx.ModelProto,
-):
-    """Shapes for the analysis: given ones (a nameless one is the only input's), else the data's.
-
-    A given shape must name a real input and have its rank: a typo would otherwise be ignored and
-    the analysis run at another shape than the user asked for."""
-    if given:
-        from deploysparse.calibration import model_input_specs
-
-        specs = {spec.name: spec for spec in model_input_specs(model)}
-        given = {name: list(dims) for name, dims in given.items()}
-        if "" in given:
-            if len(specs) != 1:
-                raise UsageError(
-                    f"--input-shape without an input name, but the model has inputs {', '.join(specs)}; "
-                    "write NAME:1,3,32,32"
-                )
-            given[next(iter(specs))] = given.pop("")
-        for name, dims in given.items():
-            if name not in specs:
-                raise UsageError(
-                    f"--input-shape names '{name}', but the model's inputs are {', '.join(specs) or 'none'}"
-                )
-            rank = len(specs[name].shape)
-            if rank and len(dims) != rank:
-                raise UsageError(
-                    f"--input-shape {name}: {len(dims)} sizes given, but the input has rank {rank} "
-                    f"{specs[name].shape_text()}"
-                )
-            if any(
-                isinstance(want, int) and want != got
-                for want, got in zip(specs[name].shape[1:], dims[1:], strict=False)
-            ):
-                raise UsageError(
-                    f"--input-shape {name}: {dims} does not fit the input's static shape {specs[name].shape_text()}"
-                )
-        return given
-    if feeds:
-        return {name: [1, *arr.shape[1:]] for name, arr in feeds.items()}
-    return None
-
-
 def analyze(
     model: ModelLike,
     *,
@@ -190,7 +148,8 @@ def analyze(
     _check_dead_threshold(dead_threshold)
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
-    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=proto is model)
+    shapes = resolve_shapes(proto, input_shapes, feeds)
+    ga = analyze_graph(proto, shapes.shapes, copy=proto is model)
     _require_layers(ga, model)
     dead = find_dead(ga, dead_threshold, feeds)
     cost = count_cost(ga)
@@ -205,17 +164,22 @@ def analyze(
         flops=cost.macs,
         denormals=denormals,
         denormal_cost=denormal_cost,
+        shapes=shapes,
     )
 
 
-def dead_plan(dead: DeadFilters) -> Plan:
-    """A plan that removes exactly the dead filters, folding their constants into consumers."""
-    return Plan(
-        keep={},
-        constants=dict(dead.constants),
-        criterion="dead",
-        notes=[] if dead.exact else ["near-zero filters removed: not exact, see output_change"],
-    )
+def dead_plan(ga: GraphAnalysis, dead: DeadFilters, round_to: int = DEFAULT_ROUND_TO) -> Plan:
+    """A plan that removes the dead filters, folding their constants into consumers. With round_to > 1
+    some stay so that kept counts are multiples of it (`keep_all_but`); the near-zero ones are put
+    back first, so an exactly constant filter is removed before an inexact one."""
+    none = np.zeros(0, dtype=np.int64)
+    removed = {
+        gid: np.concatenate(
+            [np.setdiff1d(channels, dead.inexact.get(gid, none)), dead.inexact.get(gid, none)]
+        )
+        for gid, channels in dead.channels.items()
+    }
+    return Plan(keep=keep_all_but(ga, removed, round_to), constants=dict(dead.constants), criterion="dead")
 
 
 def keep_all_but(
@@ -226,7 +190,7 @@ def keep_all_but(
     dead channel is always exact). Groups smaller than round_to are not rounded (as in budget.py's
     legal_counts); grouped-conv groups keep their per-block balance instead."""
     keep = {}
-    for gid, gone in removed.items():
+    for gid, gone in removed.items():  # the last of each group's `gone` are put back first
         group = ga.group(gid)
         gone = np.asarray(gone, dtype=np.int64)
         if 1 < round_to <= group.size and group.block == 1:
@@ -267,7 +231,8 @@ def prune(
     proto = as_model(model)
     feeds = load_feeds(calib, proto)
     original = proto if proto is model else None  # a caller's ModelProto stays untouched
-    ga = analyze_graph(proto, _shapes_from(feeds, input_shapes, proto), copy=original is not None)
+    shapes = resolve_shapes(proto, input_shapes, feeds)
+    ga = analyze_graph(proto, shapes.shapes, copy=original is not None)
     _require_layers(ga, model, name)
     dead = find_dead(ga, dead_threshold, feeds)
     if plan is not None:
@@ -276,18 +241,18 @@ def prune(
         from deploysparse.criteria import budget_for
 
         chosen_budget = budget_for(DEAD, chosen_budget)  # no target; of the limits only the rounding
-        chosen = dead_plan(dead)
-        chosen.keep = keep_all_but(ga, dead.channels, chosen_budget.round_to)
+        chosen = dead_plan(ga, dead, chosen_budget.round_to)
     else:
         chosen = _criterion_plan(ga, criterion, dead, feeds, chosen_budget, module)
     surgery = rewrite_graph(ga, chosen)
     # The checker serialises whatever it is given: on the weight-free skeleton it checks the same
     # nodes, edges, types and opsets in under a millisecond instead of 0.4 s for a ResNet-50.
     check_model(skeleton(surgery.model))
-    summary = summarize(ga, chosen, dead)
+    summary = summarize(ga, chosen, dead, chosen_budget.round_to)
+    summary["input_shapes"] = shapes.to_json()
     if not keep_denormals:
         summary["denormals_flushed"] = flush_denormals(surgery.model).to_json()
-    if not dead.exact or chosen.criterion not in ("dead", ""):
+    if not summary["exact"]:
         summary["output_change"] = measure_change(ga.model, surgery.model, feeds, ga)
     if chosen_budget.latency_target is not None and plan is None:
         summary["latency"] = _latency_summary(chosen_budget, chosen)
@@ -335,10 +300,11 @@ def _latency_summary(budget: Budget, plan: Plan) -> dict:
     }
 
 
-def summarize(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> dict:
+def summarize(ga: GraphAnalysis, plan: Plan, dead: DeadFilters, round_to: int = DEFAULT_ROUND_TO) -> dict:
     """The keys scripts rely on: params/flops before and after, groups, channels removed, pinned,
-    and whether the budget was met (`budget_met`, `budget`, `capped`, `pinned_by_op`): a target
-    not met is also one warning naming what the pins hold."""
+    what became of the dead filters (`dead`: found, removed, kept, and why) and whether the budget
+    was met (`budget_met`, `budget`, `capped`, `pinned_by_op`): a target not met is also one warning
+    naming what the pins hold."""
     cost = CostModel(ga)
     before = cost.cost()
     after = cost.cost(plan.keep)
@@ -356,9 +322,15 @@ def summarize(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> dict:
         for g in ga.groups
     ]
     shares = pin_shares(ga, cost)
-    warnings = [*dead.kept, *plan.notes]
+    accounting = dead_accounting(ga, plan, dead, round_to)
+    notes = list(plan.notes)
+    if accounting["near_zero_removed"]:
+        notes.append(
+            f"{accounting['near_zero_removed']} near-zero filters removed (--dead-threshold): not exact, "
+            "see output_change"
+        )
     if plan.outcome is not None and not plan.outcome.met:
-        warnings.append(describe_unmet(plan.outcome, shares))
+        notes.append(describe_unmet(plan.outcome, shares))
     return {
         "criterion": plan.criterion,
         "params_before": before.params,
@@ -367,14 +339,15 @@ def summarize(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> dict:
         "flops_after": after.macs,
         "groups": groups,
         "channels_removed": int(sum(removed.values())),
-        "dead_removed": _dead_removed(ga, plan, dead),
+        "dead_removed": accounting["removed"],
+        "dead": accounting,
         "pinned": [p.to_json() for p in ga.pinned],
         "pinned_by_op": [share.to_json() for share in shares],
         "budget_met": plan.outcome is None or plan.outcome.met,
         "budget": plan.outcome.to_json() if plan.outcome is not None else None,
         "capped": [c.to_json() for c in plan.capped],
-        "warnings": warnings,
-        "exact": dead.exact and plan.criterion in ("dead", ""),
+        "warnings": [*dead.kept, *([accounting["message"]] if accounting["kept"] else []), *notes],
+        "exact": not accounting["near_zero_removed"] and plan.criterion in ("dead", ""),
     }
 
 
@@ -390,12 +363,33 @@ def describe_unmet(outcome: BudgetOutcome, shares: Sequence[PinShare], shown: in
     return f"budget not met: {outcome.describe()}; {why}"
 
 
-def _dead_removed(ga: GraphAnalysis, plan: Plan, dead: DeadFilters) -> int:
-    count = 0
-    for gid, channels in dead.channels.items():
-        kept = plan.kept(gid, ga.group(gid).size)
-        count += len(np.setdiff1d(channels, kept))
-    return count
+def dead_accounting(ga: GraphAnalysis, plan: Plan, dead: DeadFilters, round_to: int) -> dict:
+    """How many dead filters the analysis found, how many `plan` removes, how many it keeps and why,
+    in numbers and as the one line prune and the report print:
+    "13 dead found, 0 removed, 13 kept to hold multiples of 16 (`--round-to 1` removes all)"."""
+    found = dead.count
+    removed = _removed_of(ga, plan, dead.channels)
+    kept = found - removed
+    message = f"{found} dead found, {removed} removed"
+    if kept and plan.criterion == DEAD and round_to > 1:
+        message += f", {kept} kept to hold multiples of {round_to} (`--round-to 1` removes all)"
+    elif kept:
+        message += f", {kept} kept by the plan"
+    return {
+        "found": found,
+        "removed": removed,
+        "kept": kept,
+        "round_to": round_to,
+        "near_zero_removed": _removed_of(ga, plan, dead.inexact),
+        "message": message,
+    }
+
+
+def _removed_of(ga: GraphAnalysis, plan: Plan, channels: Mapping[str, np.ndarray]) -> int:
+    """How many of `channels` (group id -> indices) the plan removes."""
+    return int(
+        sum(len(np.setdiff1d(ids, plan.kept(gid, ga.group(gid).size))) for gid, ids in channels.items())
+    )
 
 
 def measure_change(

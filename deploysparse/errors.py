@@ -32,6 +32,13 @@ class UsageError(DeploysparseError):
     """Options that contradict each other, or an output path that would overwrite the input."""
 
 
+class InternalError(RuntimeError):
+    """A step of deploysparse produced something wrong (a model ONNX Runtime's optimiser or quantiser
+    wrote that the ONNX checker rejects, a report that breaks its own schema): a bug of ours, not bad
+    input. Deliberately not a DeploysparseError: the CLI reports it as an internal error, exit code 1,
+    with --debug for the traceback. Its message names the user's files, never a temporary one."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (or its type): error messages stay one line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

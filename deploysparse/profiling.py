@@ -11,7 +11,7 @@ names, so `side_by_side_rows` lines up the original's and the compact model's ro
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from deploysparse.backends import DEFAULT_BACKEND, get_backend
@@ -57,10 +57,14 @@ def profile_layers(
     runs: int = 20,
     threads: int | None = None,
     backend: str = DEFAULT_BACKEND,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> LayerProfile:
-    """Per-node latency of one model on `backend` (ONNX Runtime CPU: the session `bench` uses); several
-    models side by side: `get_backend(name).profile({label: path, ...})`."""
-    return get_backend(backend).profile({str(model): model}, batch, warmup, runs, threads)[str(model)]
+    """Per-node latency of one model on `backend` (ONNX Runtime CPU: the session `bench` uses), its
+    inputs at `shapes` (batch dim set to `batch`); several models side by side:
+    `get_backend(name).profile({label: path, ...})`."""
+    return get_backend(backend).profile({str(model): model}, batch, warmup, runs, threads, shapes=shapes)[
+        str(model)
+    ]
 
 
 def side_by_side_rows(profiles: Mapping[str, LayerProfile]) -> list[dict]:

@@ -9,7 +9,7 @@ error names the file and the line of the offending key.
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 from deploysparse.backends import DEFAULT_BACKEND, backend_names, get_backend
 from deploysparse.budget import DEAD, Budget, option_fields, option_of, value_type
 from deploysparse.errors import DeploysparseError, UsageError
+from deploysparse.input_shapes import parse_input_shapes
 from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
 
 
@@ -203,13 +204,18 @@ class ValidateSettings(_Section):
 
 class BenchSettings(_Section):
     """How latency is measured: `repeats` independent runs of `iters` timed calls each per batch size,
-    and, with `per_layer`, one profile of every layer (ONNX Runtime recipes) at the largest batch."""
+    and, with `per_layer`, one profile of every layer (ONNX Runtime recipes) at the largest batch.
+
+    `max_seconds` bounds the whole measurement (the benchmark and the profile): a heavy model gets
+    fewer calls and may lose a large batch size, each loss named in the report
+    (deploysparse.pipeline.time_box); null: the counts as given, however long they take."""
 
     batches: list[Positive] = [1]
     warmup: Annotated[int, Field(ge=0)] = 10
     iters: Positive = 50
     repeats: Positive = 5
     per_layer: bool = True  # report.json's `layers`; off: a shorter run (a sweep of many points)
+    max_seconds: Annotated[float, Field(gt=0)] | None = 60.0
 
 
 class CheckSettings(_Section):
@@ -219,14 +225,22 @@ class CheckSettings(_Section):
     accuracy_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005  # absolute drop allowed
 
 
+InputShape = str | list[Positive] | dict[str, list[Positive]]
+
+
 class Recipe(_Section):
     """A whole pipeline. `source` is the file it came from (None when built in code).
 
-    `validate` is stored as `validate_` because pydantic models already own a `validate` method.
+    `input_shape` is the shape the run analyses, builds and benchmarks the model at, in any form
+    `--input-shape` takes (`1x3x640x640`, `x:1,3,640,640`, a list of sizes, or input name -> sizes);
+    `run --input-shape` wins over it, and without either the data's shape is used
+    (deploysparse.run_shapes). `validate` is stored as `validate_` because pydantic models already own
+    a `validate` method.
     """
 
     name: str = ""
     description: str = ""
+    input_shape: InputShape | None = None
     prune: PruneSettings = PruneSettings()
     build: BuildSettings = BuildSettings()
     validate_: ValidateSettings = Field(default=ValidateSettings(), alias="validate")
@@ -239,6 +253,25 @@ class Recipe(_Section):
     @property
     def source(self) -> Path | None:
         return self._source
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape_parses(cls, value: InputShape | None) -> InputShape | None:
+        if value is not None:
+            try:
+                _parsed_shapes(value)
+            except UsageError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """`input_shape` as input name -> sizes ("" for the only input), as --input-shape parses."""
+        return None if self.input_shape is None else _parsed_shapes(self.input_shape)
+
+    def at_shapes(self, shapes: Mapping[str, Sequence[int]]) -> Recipe:
+        """This recipe with `input_shape` set to the run's shapes: what a measurement elsewhere (a Ray
+        node, which receives the recipe and the model files only) feeds the models at."""
+        return self.model_copy(update={"input_shape": {name: list(dims) for name, dims in shapes.items()}})
 
     @model_validator(mode="after")
     def _bench_batches_fit_profile(self) -> Recipe:
@@ -270,6 +303,17 @@ class Recipe(_Section):
             "source": str(self.source) if self.source else None,
             "settings": self.model_dump(mode="json", by_alias=True, exclude={"name", "description"}),
         }
+
+
+RECIPE_SHAPE = "the recipe's input_shape"
+
+
+def _parsed_shapes(value: InputShape) -> dict[str, tuple[int, ...]]:
+    if isinstance(value, str):
+        return parse_input_shapes([value], "input_shape")
+    if isinstance(value, list):
+        return {"": tuple(value)}
+    return {name: tuple(dims) for name, dims in value.items()}
 
 
 def packaged_recipes() -> list[str]:

@@ -1,4 +1,4 @@
-"""bench: latency percentiles per batch, report fields, static-batch errors."""
+"""bench: latency percentiles per batch, report fields, static batches skipped, dynamic H/W at a given shape."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from deploysparse.cli import main
 from deploysparse.errors import UsageError
 
 
-def _model(path, batch="N"):
+def _model(path, batch="N", height=16, width=16):
     weight = numpy_helper.from_array(
         np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w"
     )
@@ -24,8 +24,8 @@ def _model(path, batch="N"):
             helper.make_node("Relu", ["c"], ["y"]),
         ],
         "bench",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 16, 16])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, height, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, height, width])],
         [weight],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -45,11 +45,27 @@ def test_benchmark_reports_percentiles_per_batch(tmp_path):
         assert result["throughput_per_s"] > 0
 
 
-def test_static_batch_model_refuses_another_batch(tmp_path):
+def test_static_batch_model_skips_the_batches_it_cannot_take(tmp_path):
     path = _model(tmp_path / "static.onnx", batch=1)
-    assert benchmark(path, batches=(1,), warmup=0, iters=2).results[0].batch == 1
-    with pytest.raises(UsageError, match=r"input 'x' has a static batch of 1, so batch 8 cannot run"):
-        benchmark(path, batches=(8,), warmup=0, iters=2)
+    report = benchmark(path, batches=(1, 8), warmup=0, iters=2)
+    assert [r.batch for r in report.results] == [1]
+    assert [s.to_json() for s in report.skipped] == [
+        {"batch": 8, "reason": "input 'x' has a static batch of 1"}
+    ]
+    # none of the batches asked for fits: the model's own batch is timed, and the others named
+    only = benchmark(path, batches=(8,), warmup=0, iters=2)
+    assert [r.batch for r in only.results] == [1] and [s.batch for s in only.skipped] == [8]
+
+
+def test_dynamic_height_and_width_bench_at_the_given_shape(tmp_path):
+    path = _model(tmp_path / "hw.onnx", height="H", width="W")
+    with pytest.raises(UsageError, match=r"input 'x' has dynamic dims at axes \[2, 3\].*--input-shape"):
+        benchmark(path, warmup=0, iters=1)
+    report = benchmark(path, warmup=0, iters=2, input_shapes={"": (2, 3, 24, 40)})
+    assert [r.batch for r in report.results] == [2]  # the batch of the shape given
+    assert report.to_json()["input_shapes"] == {"shapes": {"x": [2, 3, 24, 40]}, "source": "--input-shape"}
+    given = benchmark(path, batches=(1, 4), warmup=0, iters=2, input_shapes={"x": (1, 3, 8, 8)})
+    assert [r.batch for r in given.results] == [1, 4]
 
 
 def test_cli_bench_json_and_exit_code(tmp_path, capsys):
@@ -57,7 +73,17 @@ def test_cli_bench_json_and_exit_code(tmp_path, capsys):
     assert main(["bench", str(path), "--batch", "1,2", "--warmup", "1", "--iters", "5", "--json"]) is None
     payload = json.loads(capsys.readouterr().out)
     assert [r["batch"] for r in payload["results"]] == [1, 2]
+    assert payload["input_shapes"] == {"shapes": {"x": [1, 3, 16, 16]}, "source": "model"}
+    assert (
+        main(["bench", str(_model(tmp_path / "s.onnx", batch=1)), "--batch", "1,8", "--iters", "2"]) is None
+    )
+    out = capsys.readouterr().out
+    assert "skipped batch 8: input 'x' has a static batch of 1" in out
+    assert "inputs: x 1x3x16x16 (from model)" in out
+    hw = str(_model(tmp_path / "hw.onnx", height="H", width="W"))
+    assert main(["bench", hw, "--input-shape", "x:1x3x32x48", "--iters", "2", "--json"]) is None
+    assert json.loads(capsys.readouterr().out)["input_shapes"]["shapes"] == {"x": [1, 3, 32, 48]}
     with pytest.raises(SystemExit) as exit_info:
-        main(["bench", str(_model(tmp_path / "s.onnx", batch=1)), "--batch", "8"])
+        main(["bench", hw, "--input-shape", "1x3x32"])
     assert exit_info.value.code == 2
-    assert "static batch" in capsys.readouterr().err
+    assert "error: --input-shape: 1x3x32 has 3 dims, but input 'x' has rank 4" in capsys.readouterr().err

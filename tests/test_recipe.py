@@ -27,7 +27,7 @@ def test_every_shipped_recipe_loads_and_explains_itself(path: Path) -> None:
     assert path.read_text().startswith("# "), "each recipe opens with a comment block saying why"
     report = recipe.to_report()
     assert report["settings"]["build"]["backend"] in ("onnxruntime", "tensorrt")
-    assert set(report["settings"]) == {"prune", "build", "validate", "bench", "check"}
+    assert set(report["settings"]) == {"input_shape", "prune", "build", "validate", "bench", "check"}
 
 
 def test_shipped_recipes_are_the_packaged_ones() -> None:

@@ -12,7 +12,8 @@ analysis, the dead-filter check and the criteria) and a per-layer `profile`.
 every backend shares run once here, and a backend writes only its artifact in `_build_artifact`.
 Every backend's metadata JSON has the same keys: `backend`, `version`, `device`, `precision`,
 `source_model`, `source_sha256`, `inputs` (declared dims, null when dynamic), `shapes` (the
-optimisation profile: min, opt, max per input; {} when none), `workspace_mb`,
+optimisation profile: min, opt, max per input; {} when none), `input_shapes` (the run's shapes and
+their source, deploysparse.run_shapes; null for a dynamic model given none), `workspace_mb`,
 `calibration_samples` (null unless calibrated), `denormals_flushed`, then the backend's own
 (ONNX Runtime: `providers`, `quantization`; TensorRT: `int8_mode`).
 """
@@ -42,6 +43,7 @@ from deploysparse.input_shapes import parse_shape
 from deploysparse.modelio import external_data_files, load_model, save_model
 from deploysparse.output_guard import reads, refuse_overlap, writes
 from deploysparse.precision import check_precision as check_precision  # what every backend checks
+from deploysparse.run_shapes import RunShapes, shapes_if_known
 
 if TYPE_CHECKING:
     from deploysparse.profiling import LayerProfile
@@ -103,6 +105,7 @@ class BuildRequest:
     precision: str
     calib: CalibSource | None
     shapes: dict[str, ShapeTriple]  # --shapes as given, or the backend's resolved profile
+    run_shapes: RunShapes | None  # --input-shape, else the model's static dims; None: dynamic, none given
     workspace_mb: int | None
     source_sha256: str
 
@@ -163,13 +166,15 @@ class Backend(ABC):
         shapes: Mapping[str, ShapeTriple] | None = None,
         workspace_mb: int | None = None,
         keep_denormals: bool = False,
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> BuildResult:
         """Build `onnx_path` for this runtime at `precision`, writing the artifact into `out_dir`,
         and its metadata (one schema for every backend, module doc) beside it as `<artifact>.json`.
 
         The steps every backend shares, in order: check the precision; refuse outputs that would
         land on an input (the model, its external data, the calibration data); load the model and
-        check --shapes against its inputs; refuse int8 without calibration data when the backend
+        check --shapes and --input-shape (`input_shapes`: the run's shapes, which a backend that
+        needs an optimisation profile builds for where --shapes says nothing) against its inputs; refuse int8 without calibration data when the backend
         needs it; the backend's own checks (`_check`); flush denormal float32 weights unless
         `keep_denormals` (the input file is never touched); build (`_build_artifact`); load every
         artefact written before reporting it built; write the metadata.
@@ -186,7 +191,8 @@ class Backend(ABC):
         _refuse_unsafe_outputs(out_dir, outputs, source, calib)
         model = load_model(source)
         specs = model_input_specs(model)
-        resolved = self._build_shapes(specs, dict(shapes or {}), str(source))
+        run_shapes = shapes_if_known(specs, input_shapes)
+        resolved = self._build_shapes(specs, dict(shapes or {}), str(source), run_shapes)
         missing_calibration = None if calib is not None else self._calibration_required(model, precision)
         if missing_calibration:
             raise UsageError(missing_calibration)
@@ -203,6 +209,7 @@ class Backend(ABC):
             precision=precision,
             calib=calib,
             shapes=resolved,
+            run_shapes=run_shapes,
             workspace_mb=workspace_mb,
             source_sha256=sha256_model(source),
         )
@@ -224,6 +231,7 @@ class Backend(ABC):
             "source_sha256": request.source_sha256,
             "inputs": {s.name: [d if isinstance(d, int) else None for d in s.shape] for s in specs},
             "shapes": {name: [list(s) for s in triple] for name, triple in resolved.items()},
+            "input_shapes": run_shapes.to_json() if run_shapes else None,
             "workspace_mb": workspace_mb,
             "calibration_samples": None,
             "denormals_flushed": flushed.total,
@@ -243,10 +251,15 @@ class Backend(ABC):
         return []
 
     def _build_shapes(
-        self, specs: list[InputSpec], shapes: dict[str, ShapeTriple], source: str
+        self,
+        specs: list[InputSpec],
+        shapes: dict[str, ShapeTriple],
+        source: str,
+        run_shapes: RunShapes | None = None,
     ) -> dict[str, ShapeTriple]:
         """The shapes the artifact is built for: --shapes as given, checked against the inputs (a
-        backend that needs an optimisation profile for every input resolves it here)."""
+        backend that needs an optimisation profile for every input resolves it here, from
+        `run_shapes` where --shapes says nothing)."""
         check_shapes_match(shapes, specs, source)
         return shapes
 
@@ -309,15 +322,17 @@ class Backend(ABC):
         runs: int = 20,
         threads: int | None = None,
         seed: int = 0,
+        shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> dict[str, LayerProfile]:
         """Per-layer latency of several models (label -> model file) at `batch`, their runs
         interleaved, each node's `warmup` runs dropped and the median of `runs` kept (profiling.py).
+        Inputs are fed at `shapes` (batch dim set to `batch`; a dynamic-H/W model needs them).
         Only a backend with `has_profiler` implements `_profile`."""
         if not self.has_profiler:
             raise BackendError(f"the {self.name} backend has no per-layer profiler")
         if warmup < 0 or runs < 1:
             raise UsageError(f"profiling needs warmup >= 0 and runs >= 1, got {warmup} and {runs}")
-        return self._profile(models, batch, warmup, runs, threads, seed)
+        return self._profile(models, batch, warmup, runs, threads, seed, shapes)
 
     def _profile(
         self,
@@ -327,6 +342,7 @@ class Backend(ABC):
         runs: int,
         threads: int | None,
         seed: int,
+        shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> dict[str, LayerProfile]:
         raise NotImplementedError(f"{type(self).__name__} sets has_profiler but has no _profile")
 

@@ -8,8 +8,9 @@ short cut on zeros, and a dead-filter check on zero data would prove nothing.
 
 Which shape: an explicit shape per input wins (a model with dynamic height and width is fed at the
 size given, e.g. by --input-shape); otherwise the declared dims, which must then be static past the
-batch. The batch dim is `batch` when given (a static batch that differs is refused, naming the
-input), else the declared or explicit one, and at least `min_batch`.
+batch. The batch dim is `batch` when given (a static batch that differs is refused, naming the input), else
+the explicit or declared one, and at least `min_batch` (intermediates run a static-batch model on
+more samples batch by batch).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _shape(
             )
         dims = [spec.batch_dim if isinstance(spec.batch_dim, int) else 1, *(int(d) for d in spec.shape[1:])]
     if batch is not None:
-        if given is None and isinstance(spec.batch_dim, int) and spec.batch_dim != batch:
+        if isinstance(spec.batch_dim, int) and spec.batch_dim != batch:
             raise UsageError(
                 f"{source}: input '{spec.name}' has a static batch of {spec.batch_dim}, so batch {batch} cannot "
                 f"run; export the model with a dynamic batch axis or use batch {spec.batch_dim}"

@@ -31,6 +31,7 @@ from deploysparse.backends.timing import Timer
 from deploysparse.backends.trt_support import check_onnx
 from deploysparse.calibration import InputSpec, batches, load_calibration, sample_count
 from deploysparse.errors import BackendError, UsageError
+from deploysparse.run_shapes import RunShapes
 
 # Without --shapes, a model whose only dynamic dim is the batch gets this profile (min, opt, max).
 DEFAULT_BATCH_PROFILE = (1, 1, 32)
@@ -164,9 +165,13 @@ class TensorRTBackend(Backend):
         return [(out_dir / TIMING_CACHE, "file"), (out_dir / CALIBRATION_CACHE, "file")]
 
     def _build_shapes(
-        self, specs: list[InputSpec], shapes: dict[str, ShapeTriple], source: str
+        self,
+        specs: list[InputSpec],
+        shapes: dict[str, ShapeTriple],
+        source: str,
+        run_shapes: RunShapes | None = None,
     ) -> dict[str, ShapeTriple]:
-        return resolve_profile(specs, shapes, source)
+        return resolve_profile(specs, shapes, source, run_shapes)
 
     def _calibration_required(self, model: onnx.ModelProto, precision: str) -> str | None:
         if precision == "int8" and not _has_qdq(model):
@@ -249,21 +254,26 @@ class TensorRTBackend(Backend):
 
 
 def resolve_profile(
-    specs: list[InputSpec], shapes: Mapping[str, ShapeTriple], source: str
+    specs: list[InputSpec],
+    shapes: Mapping[str, ShapeTriple],
+    source: str,
+    run_shapes: RunShapes | None = None,
 ) -> dict[str, ShapeTriple]:
-    """One optimisation profile covering every input: --shapes where given, else static or default batch."""
+    """One optimisation profile covering every input: --shapes where given, else the run's shapes
+    (--input-shape: a dynamic height and width fixed at the size given) or the static dims, over
+    the static or default batch range."""
     check_shapes_match(shapes, specs, source)
     profile: dict[str, ShapeTriple] = {}
     for spec in specs:
         if spec.name in shapes:
             profile[spec.name] = tuple(tuple(s) for s in shapes[spec.name])
             continue
-        if any(not isinstance(d, int) for d in spec.shape[1:]):
+        if run_shapes is None and any(not isinstance(d, int) for d in spec.shape[1:]):
             raise UsageError(
                 f"input '{spec.name}' of {source} has dynamic dims {spec.shape_text()}; give them with "
-                f"--shapes {spec.name}:MIN,OPT,MAX"
+                f"--input-shape {spec.name}:1x... or --shapes {spec.name}:MIN,OPT,MAX"
             )
-        rest = tuple(int(d) for d in spec.shape[1:])
+        rest = tuple(run_shapes.shapes[spec.name][1:] if run_shapes else (int(d) for d in spec.shape[1:]))
         if isinstance(spec.batch_dim, int):
             fixed = (spec.batch_dim, *rest)
             profile[spec.name] = (fixed, fixed, fixed)

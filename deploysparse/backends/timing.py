@@ -41,16 +41,30 @@ ModelLike = str | os.PathLike[str] | onnx.ModelProto
 
 
 def timed_runs(
-    run: Callable[[], object], iters: int, warmup: int = 0, advance: Callable[[int], None] | None = None
+    run: Callable[[], object],
+    iters: int,
+    warmup: int = 0,
+    advance: Callable[[int], None] | None = None,
+    max_seconds: float | None = None,
+    min_iters: int = 1,
 ) -> np.ndarray:
     """Seconds of each of `iters` calls of `run` after `warmup` untimed ones (`advance(1)` after
-    every call, for a progress bar)."""
-    for _ in range(warmup):
+    every call, for a progress bar).
+
+    With `max_seconds` the call is time-boxed, so a heavy model costs a bounded time instead of a
+    fixed number of runs: warm-up ends after a fifth of the box (one run at least), timing once the
+    box has passed and `min_iters` runs are timed; the array then holds the runs made."""
+    began = time.perf_counter()
+    for done in range(warmup):
+        if done and max_seconds is not None and time.perf_counter() - began >= max_seconds / 5:
+            break
         run()
         if advance:
             advance(1)
     seconds = np.empty(iters)
     for i in range(iters):
+        if i >= min_iters and max_seconds is not None and time.perf_counter() - began >= max_seconds:
+            return seconds[:i]
         start = time.perf_counter()
         run()
         seconds[i] = time.perf_counter() - start

@@ -41,6 +41,7 @@ def command(
     console.print(table)
     for p in data["pinned"]:
         console.print(f"pinned: {p['group']} by {p['op']} {p['node']}: {p['reason']}")
+    console.print(f"inputs: {analysis.shapes.describe()}")
     console.print(
         f"params {data['params']:,}  MACs {data['flops']:,}  dead filters {data['dead_total']}  "
         f"groups {len(data['groups'])} ({data['prunable_groups']} prunable)"

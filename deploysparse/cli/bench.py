@@ -8,10 +8,12 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
-from deploysparse.cli.options import backend_option, require_profiler
+from deploysparse.cli.options import backend_option, input_shape_option, parse_input_shapes, require_profiler
 
 
-def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+def _batch_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
     try:
         sizes = [int(v) for v in value.split(",") if v.strip()]
     except ValueError as exc:
@@ -27,11 +29,11 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
 @click.option(
     "--batch",
     "batch_sizes",
-    default="1",
-    show_default=True,
     callback=_batch_list,
-    help="Batch sizes, e.g. 1,8.",
+    help="Batch sizes, e.g. 1,8 (default: the batch of --input-shape, else 1). A size the model cannot "
+    "take (a static batch) is skipped, and the output says so.",
 )
+@input_shape_option("Shape to feed each input at (a model with dynamic height or width needs one).")
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs per batch size."
 )
@@ -57,7 +59,7 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> list[
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def command(model, backend, batch_sizes, warmup, iters, threads, per_layer, top, as_json, quiet):
+def command(model, backend, batch_sizes, input_shape, warmup, iters, threads, per_layer, top, as_json, quiet):
     """Time MODEL (an .onnx, or an engine for tensorrt) on random inputs after warm-up."""
     from deploysparse.bench import benchmark
 
@@ -65,16 +67,30 @@ def command(model, backend, batch_sizes, warmup, iters, threads, per_layer, top,
         require_profiler(backend)
     progress.set_quiet(quiet or as_json)
     report = benchmark(
-        model, backend=backend, batches=batch_sizes, warmup=warmup, iters=iters, threads=threads
+        model,
+        backend=backend,
+        batches=batch_sizes,
+        warmup=warmup,
+        iters=iters,
+        threads=threads,
+        input_shapes=parse_input_shapes(input_shape),
     )
     profiles = []
     if per_layer:
         from deploysparse.profiling import profile_layers
 
-        with progress.progress("profiling layers", total=len(batch_sizes)) as advance:
-            for batch in batch_sizes:
+        with progress.progress("profiling layers", total=len(report.results)) as advance:
+            for timing in report.results:
                 profiles.append(
-                    profile_layers(model, batch, warmup=warmup, runs=iters, threads=threads, backend=backend)
+                    profile_layers(
+                        model,
+                        timing.batch,
+                        warmup=warmup,
+                        runs=iters,
+                        threads=threads,
+                        backend=backend,
+                        shapes=report.shapes.shapes,
+                    )
                 )
                 advance(1)
     if as_json:
@@ -86,6 +102,9 @@ def command(model, backend, batch_sizes, warmup, iters, threads, per_layer, top,
     click.echo(
         f"{report.model}: {report.backend} {report.version} on {report.device}, threads {report.threads}"
     )
+    click.echo(f"inputs: {report.shapes.describe()}")
+    for skipped in report.skipped:
+        click.echo(f"skipped batch {skipped.batch}: {skipped.reason}")
     click.echo(f"{'batch':>6} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'samples/s':>11}")
     for r in report.results:
         click.echo(

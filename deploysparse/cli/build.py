@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
-from deploysparse.cli.options import backend_option
+from deploysparse.cli.options import backend_option, input_shape_option, parse_input_shapes
 from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
 
 
@@ -23,6 +23,10 @@ from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
     "--shapes",
     multiple=True,
     help="NAME:MIN,OPT,MAX shapes for a dynamic input, e.g. input:1x3x32x32,8x3x32x32,32x3x32x32 (repeatable).",
+)
+@input_shape_option(
+    "The shape the model runs at: TensorRT builds its profile for it where --shapes says nothing; recorded "
+    "in the metadata."
 )
 @click.option("--workspace", "workspace_mb", type=int, help="TensorRT builder workspace limit in MB.")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Output folder.")
@@ -48,6 +52,7 @@ def command(
     precision,
     calib,
     shapes,
+    input_shape,
     workspace_mb,
     out_dir,
     check_only,
@@ -72,6 +77,7 @@ def command(
         shapes=parse_shapes(shapes),
         workspace_mb=workspace_mb,
         keep_denormals=keep_denormals,
+        input_shapes=parse_input_shapes(input_shape),
     )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -81,6 +87,11 @@ def command(
             click.echo(
                 f"  set {result.metadata['denormals_flushed']:,} denormal float32 weights to zero "
                 "(--keep-denormals keeps them)"
+            )
+        optimization = result.metadata.get("graph_optimization") or {}
+        if optimization.get("reason"):
+            click.echo(
+                f"  published ONNX Runtime's '{optimization['level']}' optimisations: {optimization['reason']}"
             )
         for path in result.files:
             if path != result.artifact:

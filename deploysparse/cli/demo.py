@@ -90,7 +90,7 @@ def _run_demo(data_dir: Path, out: Path, criterion: str, flops_target: float) ->
             calib=str(data_dir / "calib.npy"),
             data=str(data_dir / "val.npy"),
             labels=str(data_dir / "val_labels.npy"),
-            input_shape=[1, 1, 16, 16],
+            input_shapes={"": (1, 1, 16, 16)},
         ),
         out,
         extra_files={f"data/{name}": data_dir / name for name in data_files},

@@ -136,11 +136,22 @@ def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Also treat filters this small (relative norm, or |BN scale|) as dead; not exact, measured.",
     )(command)
-    command = click.option(
-        "--input-shape", "input_shape", multiple=True, help="NAME:1x3x32x32 or 1,3,32,32."
-    )(command)
+    command = input_shape_option("Shape to analyse each input at (default: the data's, else the model's).")(
+        command
+    )
     return click.option("--calib", help="Calibration data (.npy for one input, .npz keyed by input name).")(
         command
+    )
+
+
+def input_shape_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--input-shape, repeatable, in every form `deploysparse.input_shapes` parses; what it is for in
+    this command comes first in its help (deploysparse.run_shapes: the option, else data, else the model)."""
+    return click.option(
+        "--input-shape",
+        "input_shape",
+        multiple=True,
+        help=f"{purpose} 1x3x640x640, 1,3,640,640, NAME:1x3x640x640 or a:1x3x8x8,b:1x1x8x8.",
     )
 
 

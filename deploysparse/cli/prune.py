@@ -113,6 +113,8 @@ def _print_summary(summary: dict, criterion: str, output: str, plan_out: str | N
         f"{sum(1 for g in summary['groups'] if g['removed'])} groups; params {summary['params_before']:,} -> "
         f"{summary['params_after']:,}; MACs {summary['flops_before']:,} -> {summary['flops_after']:,}"
     )
+    if summary["dead"]["found"] and not summary["dead"]["kept"]:  # else it is among the warnings
+        console.print(summary["dead"]["message"])
     if "output_change" in summary:
         change = summary["output_change"]
         console.print(f"output change on {change['samples']} samples: max abs {change['max_abs']:.3g}")

@@ -9,14 +9,17 @@ from __future__ import annotations
 import click
 
 from deploysparse.cli import BUDGET_UNMET_EXIT_CODE
-from deploysparse.cli.options import echo_json
+from deploysparse.cli.options import echo_json, input_shape_option, parse_input_shapes
 
 
 @click.command("run")
 @click.argument("recipe")
 @click.option("--model", required=True, help="The model: .onnx or package.module:factory.")
 @click.option("--weights", help="State dict for an entry-point model (loaded with weights_only=True).")
-@click.option("--input-shape", help="Input shape for an entry-point model, e.g. 1,3,32,32.")
+@input_shape_option(
+    "The shape the run analyses, builds and benchmarks at (wins over the recipe's input_shape; default: "
+    "the data's); an entry point is exported at it."
+)
 @click.option("--calib", help="Calibration data (.npy/.npz/image folder); overrides the recipe's.")
 @click.option("--data", help="Validation inputs (default: the calibration data).")
 @click.option("--labels", help="Validation labels (.npy of class indices) for accuracy.")
@@ -25,7 +28,6 @@ from deploysparse.cli.options import echo_json
 def command(recipe, model, weights, input_shape, calib, data, labels, outdir, as_json) -> None:
     """Run the pipeline RECIPE (a YAML file or a packaged name like x86-cpu-onnxruntime) describes."""
     from deploysparse.cli.signals import sigterm_raises
-    from deploysparse.frontend.model_source import parse_input_shape
     from deploysparse.pipeline import RunInputs, run_recipe
     from deploysparse.progress import set_quiet
     from deploysparse.recipe import load_recipe
@@ -39,7 +41,7 @@ def command(recipe, model, weights, input_shape, calib, data, labels, outdir, as
         data=data,
         labels=labels,
         weights=weights,
-        input_shape=list(parse_input_shape(input_shape)) if input_shape else None,
+        input_shapes=parse_input_shapes(input_shape),
     )
     with sigterm_raises():  # stopped: the staging folder is removed, as on success or error
         report = run_recipe(loaded, inputs, outdir)
@@ -77,6 +79,14 @@ def print_summary(report: dict, outdir: str) -> None:
     if v.get("accuracy_original") is not None:
         table.add_row("accuracy", f"{v['accuracy_original']:.4f}", f"{v['accuracy_compact']:.4f}")
     console.print(table)
+    shapes = ", ".join(
+        f"{name} {'x'.join(map(str, dims))}" for name, dims in report["model"]["inputs"].items()
+    )
+    console.print(f"inputs: {shapes} (from {report['model']['shape_source']})")
+    for skipped in report["latency"].get("skipped_batches", []):
+        console.print(f"skipped batch {skipped['batch']}: {skipped['reason']}")
+    for warning in report["warnings"] + v.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(
         f"channels removed: {report['pruning']['channels_removed']} of {report['pruning']['channels_total']} "
         f"({report['pruning']['criterion']}); max abs err {v['max_abs_err']:.3g}, "

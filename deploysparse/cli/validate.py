@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
-from deploysparse.cli.options import backend_option
+from deploysparse.cli.options import backend_option, input_shape_option, parse_input_shapes
 from deploysparse.precision import PRECISIONS, defaults_help
 
 
@@ -81,6 +81,7 @@ def _off_or_float(value: str | None):
     show_default=True,
     help="Batch size for dynamic-batch models.",
 )
+@input_shape_option("Shape of the data's samples, checked against it (validation runs the data as it is).")
 @click.option(
     "--precision",
     type=click.Choice(["auto", *PRECISIONS]),
@@ -104,6 +105,7 @@ def command(
     min_top1,
     max_acc_drop,
     batch_size,
+    input_shape,
     precision,
     as_json,
     quiet,
@@ -125,6 +127,7 @@ def command(
         max_accuracy_drop=max_acc_drop,
         batch_size=batch_size,
         precision=None if precision == "auto" else precision,
+        input_shapes=parse_input_shapes(input_shape),
     )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -137,6 +140,7 @@ def command(
 
 def _print(report) -> None:
     click.echo(f"{report.compact} vs {report.original} on {report.samples} samples ({report.backend})")
+    click.echo(f"  inputs: {report.shapes.describe()}")
     tol = report.tolerances
     bound = (
         f"|error| <= {tol.atol or 0:g} + {tol.rtol or 0:g} x |original|"
@@ -153,14 +157,21 @@ def _print(report) -> None:
     click.echo(f"  criteria ({report.precision} defaults unless given): {'; '.join(criteria)}")
     for out in report.outputs:
         top1 = "" if out.top1_agreement is None else f"  top-1 agreement {out.top1_agreement:.4f}"
+        cosine = (
+            "cosine not judged (original near zero)"
+            if out.reference_near_zero
+            else f"cosine {out.cosine:.6f}"
+        )
         click.echo(
             f"  {out.name}: max abs err {out.max_abs_err:.3g} ({out.max_rel_err:.3g} of max |original| "
-            f"{out.reference_scale:.3g})  cosine {out.cosine:.6f}{top1}"
+            f"{out.reference_scale:.3g})  {cosine}{top1}"
         )
     if report.accuracy_original is not None:
         click.echo(
             f"  accuracy: original {report.accuracy_original:.4f}  compact {report.accuracy_compact:.4f}"
         )
+    for warning in report.warnings:
+        click.echo(f"  warning: {warning}")
     for failure in report.failures:
         click.echo(f"  FAIL {failure}")
     click.echo("PASSED" if report.passed else "FAILED")

@@ -19,7 +19,8 @@ from deploysparse.graph.channels import INTERFACE_OP, Attachment, ChannelTable, 
 from deploysparse.graph.groups import ChannelGroup, Member, PinnedSpace
 from deploysparse.graph.normalize import normalize
 from deploysparse.graph.rules import pin_all, rule_for
-from deploysparse.graph.shapes import infer_shapes, resolve_input_shapes
+from deploysparse.graph.shapes import infer_shapes
+from deploysparse.run_shapes import resolve_shapes
 
 
 @dataclass
@@ -75,10 +76,10 @@ def analyze_graph(
     model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None, copy: bool = True
 ) -> GraphAnalysis:
     """Find the channel groups of `model`. `input_shapes` fixes dynamic dims for the analysis; by
-    default a dynamic batch is 1. The model is not modified unless `copy=False` (then it becomes
+    default the model's static dims with a dynamic batch of 1 (`run_shapes.resolve_shapes`). The model is not modified unless `copy=False` (then it becomes
     the analysis' normalised model: use that when the caller loaded it and needs no pristine copy)."""
     model = normalize(model, copy=copy)
-    shapes_in = resolve_input_shapes(model, input_shapes)
+    shapes_in = {name: list(dims) for name, dims in resolve_shapes(model, input_shapes).shapes.items()}
     shapes = infer_shapes(model, shapes_in)
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     static = _complete_with_a_run(model, shapes, shapes_in, weights)

@@ -29,18 +29,24 @@ DEFAULT_DEAD_THRESHOLD = 1e-3
 # Samples read for the constant values: exact constants need one; a near-dead channel's mean is
 # settled long before 64 (its spread is tiny by definition), and the run is most of the check's cost.
 VALUE_SAMPLES = 64
+# How far apart (relative to its value) the readings of a channel the propagation proves constant may
+# be and still be one constant: ONNX Runtime's vectorised activations round differently at different
+# positions (a dead filter's constant through PP-OCRv4's HardSwish read 1.3e-5 apart), while what the
+# check is there to catch, a constant that zero padding changes at the border, differs by its whole size.
+CONSTANT_SPREAD = 1e-4
 
 
 @dataclass
 class DeadFilters:
     """channels: group id -> removable dead channels; constants: read tensor -> per-channel value
-    (NaN where not constant), for folding; kept: messages for constant channels that stay; exact:
-    every removed channel is exactly constant (False once a near-zero filter is among them)."""
+    (NaN where not constant), for folding; kept: messages for constant channels that stay; inexact:
+    group id -> those of `channels` that are near-zero filters (--dead-threshold), not exactly
+    constant: removing one of them changes the output a little, which prune then measures."""
 
     channels: dict[str, np.ndarray] = field(default_factory=dict)
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)
-    exact: bool = True
+    inexact: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -102,12 +108,10 @@ def find_dead(
         for node in read_tensors[tensor]:
             if not rule_for(node).folds_exactly(node):
                 unfoldable |= nonzero
+        readers_named = ", ".join(n.name for n in read_tensors[tensor])
         for i in np.flatnonzero(unfoldable):
             if removable[ids[i]]:
-                result.kept.append(
-                    f"{tensor} channel {i} is constant ({per_channel[i]:.4g}) but "
-                    f"{', '.join(n.name for n in read_tensors[tensor])} cannot absorb it exactly; kept"
-                )
+                result.kept.append(_kept_message(tensor, i, per_channel[i], value, readers_named))
         removable[ids[unfoldable]] = False
         # Only removable dead channels carry a value to fold: a constant channel kept here and
         # removed later by a ranking criterion is an ordinary (lossy, measured) removal.
@@ -124,7 +128,9 @@ def find_dead(
             )
         if len(dead):
             result.channels[group.id] = dead
-            result.exact = result.exact and bool(all_exact[ids[dead]].all())
+            near_zero = dead[~all_exact[ids[dead]]]
+            if len(near_zero):
+                result.inexact[group.id] = near_zero
     return result
 
 
@@ -147,6 +153,20 @@ def _kept_for_statistics(ga: GraphAnalysis, candidate: np.ndarray, notes: list[s
     return kept
 
 
+def _kept_message(tensor: str, channel: int, constant: float, rows: np.ndarray, readers: str) -> str:
+    """Why a dead channel stays: the value its readers would have to absorb, or (NaN from
+    `_channel_values`) that it has no one value here: it differs between samples or positions.
+    `rows`: the tensor's values from `_per_channel`."""
+    if np.isfinite(constant):
+        return f"{tensor} channel {channel} is constant ({constant:.4g}) but {readers} cannot absorb it exactly; kept"
+    seen = rows[channel]
+    return (
+        f"{tensor} channel {channel} comes from a dead filter but its value differs between samples or "
+        f"positions ({float(seen.min()):.7g} to {float(seen.max()):.7g}, e.g. at a padded border), so "
+        f"{readers} cannot absorb one constant; kept"
+    )
+
+
 def _per_channel(value: np.ndarray, axis: int) -> np.ndarray:
     """A tensor's values as (channels, every sample and position), its channels on `axis`."""
     return np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
@@ -161,7 +181,7 @@ def _channel_values(moved: np.ndarray, exact: bool) -> np.ndarray:
         return mean
     spread = moved.max(axis=1) - moved.min(axis=1)
     scale = np.maximum(np.abs(mean), 1e-30)
-    return np.where(spread <= 1e-6 * scale, mean, np.nan)
+    return np.where(spread <= CONSTANT_SPREAD * scale, mean, np.nan)
 
 
 def _read_tensor(node, table: ChannelTable) -> str | None:

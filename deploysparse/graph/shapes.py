@@ -1,8 +1,9 @@
 """Static tensor shapes for the analysis.
 
 Channel analysis needs the channel count of every activation and the spatial size behind a flatten.
-Dynamic dimensions are fixed for the analysis only (batch -> 1, or the calibration data's shape); the
-compact model keeps the original's dynamic dimensions.
+Dynamic dimensions are fixed for the analysis only, at the run's shapes (`deploysparse.run_shapes`:
+--input-shape, else the calibration data's shape, else the model's static dims with a dynamic batch of
+1); the compact model keeps the original's dynamic dimensions.
 """
 
 from __future__ import annotations
@@ -12,67 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from deploysparse.errors import ModelLoadError, UsageError
-
-
-def declared_input_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
-    """The graph inputs' shapes as declared: ints, symbolic names, or None for unknown."""
-    shapes: dict[str, list[int | str | None]] = {}
-    for inp in model.graph.input:
-        dims: list[int | str | None] = []
-        for d in inp.type.tensor_type.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(d.dim_value)
-            elif d.HasField("dim_param"):
-                dims.append(d.dim_param)
-            else:
-                dims.append(None)
-        shapes[inp.name] = dims
-    return shapes
-
-
-def resolve_input_shapes(
-    model: onnx.ModelProto, given: Mapping[str, Sequence[int]] | None = None
-) -> dict[str, list[int]]:
-    """Concrete input shapes: `given` where provided, else declared dims with a dynamic batch -> 1.
-
-    A dynamic dimension other than the batch cannot be guessed: the error asks for --input-shape or
-    calibration data.
-    """
-    given = dict(given or {})
-    resolved: dict[str, list[int]] = {}
-    for name, dims in declared_input_shapes(model).items():
-        if name in given:
-            shape = [int(d) for d in given[name]]
-            if len(shape) != len(dims):
-                raise UsageError(
-                    f"input {name!r}: shape {tuple(shape)} has {len(shape)} dims, the model declares "
-                    f"{_fmt(dims)}"
-                )
-            for i, (want, have) in enumerate(zip(dims, shape, strict=True)):
-                if isinstance(want, int) and want > 0 and want != have and i > 0:
-                    raise UsageError(
-                        f"input {name!r}: shape {tuple(shape)} does not match the model's {_fmt(dims)}"
-                    )
-            resolved[name] = shape
-            continue
-        shape = []
-        for i, d in enumerate(dims):
-            if isinstance(d, int) and d > 0:
-                shape.append(d)
-            elif i == 0:
-                shape.append(1)
-            else:
-                raise UsageError(
-                    f"input {name!r} has a dynamic dimension {i} ({_fmt(dims)}); give --input-shape or "
-                    "calibration data so the analysis knows the shape"
-                )
-        resolved[name] = shape
-    return resolved
-
-
-def _fmt(dims: Sequence[int | str | None]) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+from deploysparse.errors import ModelLoadError
 
 
 def infer_shapes(

@@ -37,6 +37,8 @@ def assemble_report(
     finished = datetime.now(timezone.utc)
     validation.original = model_label
     report = _report(recipe, model_label, source, result, built, validation, speed.latency, started, finished)
+    report["model"]["inputs"] = {name: list(dims) for name, dims in original_facts.shapes.shapes.items()}
+    report["model"]["shape_source"] = original_facts.shapes.source
     report["target"]["device"] = speed.device or _device(built)
     report["layers"] = speed.layers
     report["extra"]["denormals"] = {
@@ -61,7 +63,6 @@ def _report(recipe, model_label, source, result, built, validation, latency, sta
         "model": {
             "path": model_label,
             "sha256": sha256_file(Path(source)),
-            "inputs": {name: [int(d) for d in dims] for name, dims in result.graph.input_shapes.items()},
         },
         "recipe": recipe.to_report(),
         "target": {"backend": built.backend, "precision": built.precision},
@@ -75,6 +76,7 @@ def _report(recipe, model_label, source, result, built, validation, latency, sta
             "channels_removed": s["channels_removed"],
             "pinned": s["pinned"],
             **{key: s[key] for key in ("pinned_by_op", "budget_met", "budget", "capped")},
+            "dead": s["dead"],
         },
         "plan": {
             "groups": [

@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from deploysparse.atomic import replace_folder
-from deploysparse.errors import UsageError
+from deploysparse.errors import InternalError, UsageError
 from deploysparse.output_guard import reads, refuse_overlap, writes
 from deploysparse.pipeline.steps import RunSpec, run_steps
 from deploysparse.recipe import Recipe
@@ -40,7 +40,9 @@ class RunInputs:
     data: str | None = None
     labels: str | None = None
     weights: str | None = None
-    input_shape: list[int] | None = None
+    # --input-shape, parsed (input name -> sizes; "" for the only input): the shape the run uses
+    # (deploysparse.run_shapes), and an entry point's export shape
+    input_shapes: Mapping[str, Sequence[int]] | None = None
 
 
 def run_recipe(
@@ -66,7 +68,7 @@ def run_recipe(
         try:
             write_report(report, staging)
         except ReportError as exc:  # our own report breaking our own schema is a bug, not bad input
-            raise RuntimeError(f"the run's report does not fit the report schema ({exc})") from exc
+            raise InternalError(f"the run's report does not fit the report schema ({exc})") from exc
         replace_folder(staging, outdir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -90,7 +92,7 @@ def _spec(recipe: Recipe, inputs: RunInputs, staging: Path) -> RunSpec:
     data = inputs.data or calib
     if data is None:
         raise UsageError("validation needs data: give --data (or --calib) with inputs the model accepts")
-    return RunSpec(recipe, source, inputs.model, calib, data, inputs.labels)
+    return RunSpec(recipe, source, inputs.model, calib, data, inputs.labels, inputs.input_shapes)
 
 
 def _refuse_unsafe_outdir(recipe: Recipe, inputs: RunInputs, outdir: Path) -> None:
@@ -119,9 +121,16 @@ def _refuse_unsafe_outdir(recipe: Recipe, inputs: RunInputs, outdir: Path) -> No
 
 
 def _resolve_source(inputs: RunInputs, staging: Path) -> str:
-    from deploysparse.frontend.model_source import resolve_model  # a file as is, an entry point exported
+    # a file as is, an entry point exported
+    from deploysparse.frontend.model_source import is_entry_point, resolve_model
 
+    shapes = list((inputs.input_shapes or {}).values())
+    if len(shapes) > 1 and is_entry_point(inputs.model):
+        raise UsageError(f"--input-shape: an entry point takes one input shape, got {len(shapes)}")
     resolved = resolve_model(
-        inputs.model, weights=inputs.weights, input_shape=inputs.input_shape, workdir=staging / "source"
+        inputs.model,
+        weights=inputs.weights,
+        input_shape=shapes[0] if shapes else None,
+        workdir=staging / "source",
     )
     return str(resolved.onnx_path)

@@ -3,7 +3,9 @@
 Latency is `bench.repeats` runs of every model in turn (so all see the same machine load: a shared CI
 runner drifts by more than pruning gains), and the per-layer profile runs the fp32 models interleaved
 once. Both time the flushed original too: prune flushes the compact model, so a report that timed
-only the original as it is would credit pruning with what flushing did.
+only the original as it is would credit pruning with what flushing did. All of it fits in
+`bench.max_seconds` (pipeline/time_box.py); batch sizes the model cannot take, or that do not fit,
+are named in `latency.skipped_batches`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from deploysparse.backends import REFERENCE_BACKEND, get_backend
 from deploysparse.backends.timing import interleaved
 from deploysparse.bench import benchmark
 from deploysparse.pipeline.original import OriginalFacts
+from deploysparse.pipeline.time_box import MIN_ITERS, TimePlan, plan_measurement
 from deploysparse.profiling import side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
+from deploysparse.run_shapes import RunShapes
 
 
 @dataclass(frozen=True)
@@ -47,14 +51,20 @@ def measure_speed(
     that received only the file); with them, their flushed copy is timed."""
     with tempfile.TemporaryDirectory(prefix="deploysparse-flushed-") as work:
         if original_facts is None:
-            original_facts = OriginalFacts.read(original, Path(work))
+            original_facts = OriginalFacts.read(original, Path(work), recipe.input_shapes())
         elif original_facts.flushed is None and original_facts.denormals.total:
             raise ValueError("measure_speed needs OriginalFacts made with a folder for the flushed original")
         flushed_original = original_facts.flushed
-        latency = _latency(recipe, original, Path(artifact), flushed_original)
+        shapes = original_facts.shapes
+        batches, skipped = shapes.usable_batches(recipe.bench.batches)
+        profile = compact_onnx is not None and profiles_layers(recipe)
+        models = 3 if flushed_original is not None else 2
+        plan = plan_measurement(recipe.bench, original, shapes, batches, models, profile)
+        latency = _latency(recipe, original, Path(artifact), flushed_original, shapes, plan)
+        latency["skipped_batches"] = [s.to_json() for s in [*skipped, *plan.skipped]]
         layers = None
-        if compact_onnx is not None and profiles_layers(recipe):
-            layers = _layers(recipe, original, compact_onnx, flushed_original)
+        if profile:
+            layers = _layers(recipe, original, compact_onnx, flushed_original, shapes, plan)
     return Speed(latency=latency, layers=layers)
 
 
@@ -64,21 +74,32 @@ def profiles_layers(recipe: Recipe) -> bool:
     return recipe.bench.per_layer and get_backend(recipe.build.backend).has_profiler
 
 
-def _layers(recipe: Recipe, original: str, compact: Path, flushed: Path | None) -> dict:
+def _layers(
+    recipe: Recipe, original: str, compact: Path, flushed: Path | None, shapes: RunShapes, plan: TimePlan
+) -> dict:
     """Per-layer latency of the fp32 original, its flushed copy and the compact ONNX, side by side,
-    at the recipe's largest batch, on the recipe's backend."""
+    at the largest batch measured, on the recipe's backend, as many calls as the plan allows."""
     backend = get_backend(recipe.build.backend)
-    bench = recipe.bench
     models = {"original": original, **({"original_flushed": flushed} if flushed else {}), "compact": compact}
-    batch = max(bench.batches)
+    batch = max(plan.batches)
     with progress("per-layer profile"):
-        profiles = backend.profile(models, batch=batch, warmup=bench.warmup, runs=bench.iters)
-    return {"batch": batch, "runs": bench.iters, "models": list(models), "rows": side_by_side_rows(profiles)}
+        profiles = backend.profile(
+            models, batch=batch, warmup=plan.profile_warmup, runs=plan.profile_runs, shapes=shapes.shapes
+        )
+    return {
+        "batch": batch,
+        "runs": plan.profile_runs,
+        "models": list(models),
+        "rows": side_by_side_rows(profiles),
+    }
 
 
-def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None = None) -> dict:
-    """p50/p99 of each repeated run, original (and its flushed copy) and compact interleaved so all
-    see the same machine load; the reported point is the run with the median p50."""
+def _latency(
+    recipe: Recipe, original: str, compact: Path, flushed: Path | None, shapes: RunShapes, plan: TimePlan
+) -> dict:
+    """p50/p99 of each repeated run at each of the plan's batches, original (and its flushed copy) and
+    compact interleaved so all see the same machine load; the reported point is the run with the
+    median p50."""
     bench = recipe.bench
     models = {"original": (original, REFERENCE_BACKEND)}
     if flushed is not None:
@@ -86,12 +107,13 @@ def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None 
     models["compact"] = (compact, recipe.build.backend)
     with progress("benchmark", total=len(models) * bench.repeats) as advance:
         tasks = [
-            functools.partial(_bench_once, path, backend, bench, advance) for path, backend in models.values()
+            functools.partial(_bench_once, path, backend, bench, shapes, plan, advance)
+            for path, backend in models.values()
         ]
         runs = dict(zip(models, interleaved(tasks, bench.repeats), strict=True))
     out: dict[str, list] = {key: [] for key in models}
     for key, repeats in runs.items():
-        for i, batch in enumerate(bench.batches):
+        for i, batch in enumerate(plan.batches):
             timings = [run[i] for run in repeats]
             middle = sorted(timings, key=lambda t: t.p50_ms)[len(timings) // 2]
             out[key].append(
@@ -102,16 +124,27 @@ def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None 
                     "p99_ms": middle.p99_ms,
                     "mean_ms": middle.mean_ms,
                     "throughput_per_s": middle.throughput_per_s,
+                    "iters": min(t.iters for t in timings),
                     "runs": [{"p50_ms": t.p50_ms, "p99_ms": t.p99_ms} for t in timings],
                 }
             )
     return out
 
 
-def _bench_once(path: str | Path, backend: str, bench, advance, repeat: int) -> list:
+def _bench_once(
+    path: str | Path, backend: str, bench, shapes: RunShapes, plan: TimePlan, advance, repeat: int
+) -> list:
     """One repeat of `bench` on one model (the repeat's number seeds its random inputs)."""
     results = benchmark(
-        path, backend=backend, batches=bench.batches, warmup=bench.warmup, iters=bench.iters, seed=repeat
+        path,
+        backend=backend,
+        batches=plan.batches,
+        warmup=bench.warmup,
+        iters=bench.iters,
+        seed=repeat,
+        input_shapes=shapes.shapes,
+        max_seconds=plan.box_s,
+        min_iters=MIN_ITERS,
     ).results
     advance(1)
     return results

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,13 +29,15 @@ from deploysparse.atomic import write_text
 from deploysparse.backends import get_backend
 from deploysparse.backends.base import BuildResult
 from deploysparse.budget import DEAD
+from deploysparse.calibration import load_calibration
 from deploysparse.errors import UsageError
 from deploysparse.modelio import load_model, save_model
 from deploysparse.pipeline.original import OriginalFacts
 from deploysparse.pipeline.report import assemble_report
 from deploysparse.pipeline.speed import Speed, measure_speed
 from deploysparse.progress import progress
-from deploysparse.recipe import Recipe
+from deploysparse.recipe import RECIPE_SHAPE, Recipe
+from deploysparse.run_shapes import RunShapes, resolve_shapes, shapes_if_known
 from deploysparse.validate import ValidationReport, validate
 
 # (prune result, staging folder) -> the compact model to save instead of result.model (a fine-tuned
@@ -63,6 +65,7 @@ class RunSpec:
     calib: str | None  # calibration data: data-driven criteria and INT8
     data: str  # validation inputs
     labels: str | np.ndarray | None  # validation labels (a .npy path or the array), for accuracy
+    input_shapes: Mapping[str, Sequence[int]] | None = None  # `run --input-shape`: wins over the recipe's
 
 
 @dataclass(frozen=True)
@@ -85,25 +88,51 @@ def run_steps(spec: RunSpec, staging: Path, started: datetime, hooks: StepHooks 
             # The one load of the original: prune analyses a copy of it (its normalised graph is
             # no longer the original), and what the later steps need of it is read right after.
             original = load_model(spec.source)
-            result = prune_with_recipe(recipe, spec.source, spec.calib, original_model=original)
-        facts = OriginalFacts.of(original, Path(work))
+            shapes = run_shapes(spec, original)
+            result = prune_with_recipe(
+                recipe, spec.source, spec.calib, original_model=original, input_shapes=shapes.shapes
+            )
+        facts = OriginalFacts.of(original, Path(work), shapes)
         del original  # not held through fine-tuning, build, validation and benchmark: its size again
         compact_model = hooks.finetune(result, staging) if hooks.finetune is not None else None
         compact_path = save_compact(result, staging, compact_model)
         built, validation = build_and_validate(
             recipe, spec.source, compact_path, staging, spec.calib, spec.data, spec.labels, facts
         )
-        speed = hooks.measure(recipe, spec.source, built.artifact, compact_path, facts)
+        # The measurement gets the shapes in the recipe it receives: a Ray node gets nothing else.
+        speed = hooks.measure(
+            recipe.at_shapes(shapes.shapes), spec.source, built.artifact, compact_path, facts
+        )
     report = assemble_report(
         recipe, spec.model_label, spec.source, result, built, validation, speed, started, staging, facts
     )
     return RunOutcome(report=report, built=built)
 
 
+def run_shapes(spec: RunSpec, original: onnx.ModelProto) -> RunShapes:
+    """The shapes this run feeds the model at (deploysparse.run_shapes): `run --input-shape`, else the
+    recipe's `input_shape`, else the model's own dims, else (dynamic dims past the batch) the data's:
+    the calibration data, else the validation data."""
+    if spec.input_shapes:
+        return resolve_shapes(original, spec.input_shapes)
+    if spec.recipe.input_shape is not None:
+        return resolve_shapes(original, spec.recipe.input_shapes(), given_as=RECIPE_SHAPE)
+    known = shapes_if_known(original)
+    if known is not None:
+        return known
+    return resolve_shapes(original, data=load_calibration(spec.calib or spec.data, original))
+
+
 def prune_with_recipe(
-    recipe: Recipe, source: str, calib: str | None, *, original_model: onnx.ModelProto | None = None
+    recipe: Recipe,
+    source: str,
+    calib: str | None,
+    *,
+    original_model: onnx.ModelProto | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> api.PruneResult:
-    """The recipe's `prune` section applied to `source`: dead filters, then one ranking criterion.
+    """The recipe's `prune` section applied to `source` at `input_shapes` (the run's shapes): dead
+    filters, then one ranking criterion.
 
     With `original_model` (`source` loaded) prune analyses a copy of it and leaves it unchanged."""
     p = recipe.prune
@@ -120,6 +149,7 @@ def prune_with_recipe(
         dead_threshold=p.dead_threshold,
         budget=budget,
         name=source,
+        input_shapes=input_shapes,
     )
 
 
@@ -149,8 +179,9 @@ def build_and_validate(
             staging / "build",
             precision=recipe.build.precision,
             calib=calib,
-            shapes=_shapes(recipe, original_facts),
+            shapes=_profile(recipe, original_facts),
             workspace_mb=recipe.build.workspace_mb,
+            input_shapes=original_facts.shapes.shapes,
         )
     _relative_metadata(built.files, staging)
     v = recipe.validate_
@@ -188,12 +219,14 @@ def _relative_metadata(files: list[Path], staging: Path) -> None:
             write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def _shapes(recipe: Recipe, original: OriginalFacts) -> dict[str, tuple] | None:
-    """Optimisation profiles: the recipe's per-input shapes, else `batch` [min, opt, max] on dim 0
-    of each input of the original (only TensorRT needs them)."""
+def _profile(recipe: Recipe, original: OriginalFacts) -> dict[str, tuple] | None:
+    """Optimisation profiles (only TensorRT needs them): the recipe's per-input shapes, else the run's
+    shapes over the recipe's `batch` [min, opt, max] on dim 0, or over the model's static batch."""
     b = recipe.build
     if b.shapes:
         return {name: tuple(tuple(s) for s in profile) for name, profile in b.shapes.items()}
     if not get_backend(b.backend).needs_shape_profile:
         return None
-    return {name: tuple(tuple([n, *dims[1:]]) for n in b.batch) for name, dims in original.inputs.items()}
+    shapes = original.shapes
+    batches = b.batch if shapes.static_batch is None else [shapes.static_batch[1]] * 3
+    return {name: tuple((n, *dims[1:]) for n in batches) for name, dims in shapes.shapes.items()}

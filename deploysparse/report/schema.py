@@ -38,6 +38,7 @@ class ModelInfo(_Strict):
     path: str
     sha256: str
     inputs: dict[str, list[int | str]] = {}  # input name -> shape used (str for a symbolic dimension)
+    shape_source: str = ""  # where `inputs` came from: --input-shape, the recipe, the data or the model
 
 
 class RecipeInfo(_Strict):
@@ -104,6 +105,17 @@ class CappedGroup(_Strict):
     kept: NonNegative
 
 
+class DeadCount(_Strict):
+    """What became of the dead filters the analysis found (api.dead_accounting)."""
+
+    found: NonNegative
+    removed: NonNegative
+    kept: NonNegative  # found but kept: to hold multiples of round_to, or by the plan
+    round_to: Annotated[int, Field(ge=1)]
+    near_zero_removed: NonNegative = 0  # removed near-zero (not exactly constant) filters
+    message: str = ""  # "13 dead found, 0 removed, 13 kept to hold multiples of 16 (...)"
+
+
 class Pruning(_Strict):
     criterion: str  # e.g. "dead" or "dead+l1"
     groups: NonNegative  # channel groups found
@@ -115,6 +127,7 @@ class Pruning(_Strict):
     budget_met: bool = True  # false: the recipe's target was not met (see `budget`)
     budget: BudgetResult | None = None  # None: no target (dead filters only)
     capped: list[CappedGroup] = []
+    dead: DeadCount | None = None
 
 
 class PlanGroup(_Strict):
@@ -145,6 +158,8 @@ class Validation(_Strict):
     accuracy_compact: Unit | None = None
     passed: bool
     failures: list[str] = []  # why it failed, one line per violated threshold
+    warnings: list[str] = []  # what the data could not show (an original near zero: validate.py)
+    input_shapes: dict[str, Any] | None = None  # the shapes validated at and their source (run_shapes)
     # the rest of validate.ValidationReport.to_json(), so that dict can be stored as it is
     backend: str = ""
     original: str = ""
@@ -170,6 +185,7 @@ class LatencyPoint(_Strict):
     p99_ms: Millis
     mean_ms: Millis | None = None
     throughput_per_s: Annotated[float, Field(ge=0.0)]
+    iters: Annotated[int, Field(ge=1)] | None = None  # timed calls per run (the fewest; time-boxed)
     runs: list[LatencyRun] = []
 
     @property
@@ -188,12 +204,20 @@ class LatencyPoint(_Strict):
         return min(values), max(values)
 
 
+class SkippedBatchInfo(_Strict):
+    """A batch size the recipe asked for that the model cannot take (run_shapes.SkippedBatch)."""
+
+    batch: Annotated[int, Field(ge=1)]
+    reason: str
+
+
 class Latency(_Strict):
     original: list[LatencyPoint] = []
     # The original with its denormal float32 weights set to zero, timed only when it has any: the
     # speed-up against it is what pruning did, the rest is what flushing did (see denormals.py).
     original_flushed: list[LatencyPoint] = []
     compact: list[LatencyPoint]
+    skipped_batches: list[SkippedBatchInfo] = []  # asked for, not measured (a static batch)
 
     def compact_at(self, batch: int) -> LatencyPoint | None:
         return next((p for p in self.compact if p.batch == batch), None)

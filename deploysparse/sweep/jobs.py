@@ -20,12 +20,15 @@ def make_job(
     settings: dict[str, Any],
     paths: dict[str, Path] | None = None,
 ) -> PointJob:
-    """One point: the base recipe with `settings`, keyed by the hash of model, data and settings.
+    """One point: the base recipe with `settings` (and the model's `input_shape`, the shape its
+    points run at), keyed by the hash of model, data and settings.
 
     `paths` maps a blob's sha256 to where it lies on this machine (a Ray worker's cache); by default
     the driver's store. The key depends on hashes only, so it is the same on every machine.
     """
     recipe = point_recipe(sweep.base_recipe, settings)
+    if model.spec.input_shape is not None:  # the model's own shape wins over the base recipe's
+        recipe = recipe.model_copy(update={"input_shape": list(model.spec.input_shape)})
     finetune = sweep.finetune.model_dump(mode="json") if sweep.finetune else None
     identity = recipe.model_dump(mode="json", by_alias=True, exclude={"name", "description", "check"})
     local = {**inputs.blobs, **(paths or {})}

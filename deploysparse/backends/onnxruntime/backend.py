@@ -62,13 +62,18 @@ class OnnxRuntimeBackend(Backend):
         return [(out_dir / f"model.{precision}.onnx", "model")] if precision != "fp32" else []
 
     def _build_artifact(self, request: BuildRequest) -> Built:
-        """Write `model.<precision>.onnx` (fp16/int8 only) and `model.optimized.onnx`."""
+        """Write `model.<precision>.onnx` (fp16/int8 only) and `model.optimized.onnx` (ONNX Runtime's
+        optimisations that the ONNX checker accepts at the model's opset: build.optimize)."""
         model, precision = request.model, request.precision
         files: list[Path] = []
         metadata: dict = {}
         too_big_inline = needs_external_data(model)
         external = loaded_with_external_data(model) or too_big_inline
-        with tempfile.TemporaryDirectory(prefix=".build-", dir=request.out_dir) as work_dir:
+        name = str(request.source)
+        with (
+            tempfile.TemporaryDirectory(prefix=".build-", dir=request.out_dir) as work_dir,
+            build.naming_the_model(Path(work_dir), name),
+        ):
             work = Path(work_dir)  # a private staging folder (build.py's module doc says why)
             source = save_model(model, work / "source.onnx", external_data=too_big_inline)
             if precision == "fp16":
@@ -81,10 +86,12 @@ class OnnxRuntimeBackend(Backend):
                     "static QDQ, symmetric int8 activations and per-channel int8 weights, MinMax"
                 )
             if precision != "fp32":
-                converted = request.out_dir / f"model.{precision}.onnx"
-                files.append(build.publish(source, converted, external))
-            metadata["providers"] = build.optimize(source, work / "optimized.onnx", self.providers())
-            files.append(build.publish(work / "optimized.onnx", request.artifact, external))
+                converted = build.load_written(source, f"the {precision} model ONNX Runtime wrote", name)
+                files.append(build.publish(converted, request.out_dir / f"model.{precision}.onnx", external))
+            optimized = build.optimize(source, work, self.providers())
+            metadata["providers"] = optimized.providers
+            metadata["graph_optimization"] = optimized.metadata()
+            files.append(build.publish(optimized.model, request.artifact, external))
         if request.workspace_mb is not None:
             metadata["note"] = "--workspace applies to TensorRT only; ONNX Runtime ignores it"
         return Built(files, metadata)

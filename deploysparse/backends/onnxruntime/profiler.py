@@ -15,7 +15,7 @@ import os
 import statistics
 import tempfile
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +36,10 @@ def profile_side_by_side(
     runs: int,
     threads: int | None,
     seed: int,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, LayerProfile]:
-    """Per-node latency of several ONNX models on the CPU provider, label -> profile."""
+    """Per-node latency of several ONNX models on the CPU provider, label -> profile; inputs at
+    `shapes` (with the batch set to `batch`), else the models' own dims."""
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="deploysparse-profile-") as folder:
         sessions = {
@@ -45,7 +47,9 @@ def profile_side_by_side(
             for i, (label, path) in enumerate(models.items())
         }
         feeds = {
-            label: make_feeds(session_input_specs(sess), batch=batch, seed=rng, source=str(models[label]))
+            label: make_feeds(
+                session_input_specs(sess), shapes, batch=batch, seed=rng, source=str(models[label])
+            )
             for label, sess in sessions.items()
         }
         interleaved(
