@@ -64,9 +64,37 @@ def print_summary(report: dict, outdir: str) -> None:
     if v.get("accuracy_original") is not None:
         table.add_row("accuracy", f"{v['accuracy_original']:.4f}", f"{v['accuracy_compact']:.4f}")
     console.print(table)
+    for line in _precision_lines(report):
+        console.print(line, markup=False)
     console.print(
         f"channels removed: {report['pruning']['channels_removed']} of {report['pruning']['channels_total']} "
         f"({report['pruning']['criterion']}); max abs err {v['max_abs_err']:.3g}, "
         f"top-1 agreement {v.get('top1_agreement')}, validation {'passed' if v['passed'] else 'FAILED'}"
     )
     console.print(f"report: {outdir}/report.html")
+
+
+def _precision_lines(report: dict) -> list[str]:
+    """How the precision paid: the speed-up split into pruning and precision at each batch, the int8
+    scheme and its agreement with the compact model in fp32, and the finding when int8 did not pay."""
+    from deploysparse.report import parse_report
+
+    rep = parse_report(report)
+    precision = rep.target.precision
+    lines = []
+    for point in rep.latency.compact:
+        split = rep.latency.precision_split(point.batch)
+        if split:
+            lines.append(
+                f"speed-up at batch {point.batch}: {split[2]:.2f}x = pruning {split[0]:.2f}x "
+                f"(original -> compact fp32) x {precision} {split[1]:.2f}x (compact fp32 -> compact {precision})"
+            )
+    q = rep.quantization
+    if q is not None:
+        agreement = (
+            f", top-1 agreement with fp32 {q.top1_agreement:.4f}" if q.top1_agreement is not None else ""
+        )
+        lines.append(f"int8: {q.scheme}; {len(q.float_layers)} layer(s) kept in float{agreement}")
+        if q.finding:
+            lines.append(q.finding)
+    return lines

@@ -1,5 +1,8 @@
 """How fast the original, its denormal-flushed copy and the compact model run, measured side by side.
 
+A recipe built at fp16 or int8 also times the compact model in fp32: original fp32 -> compact fp32 is
+what pruning did, compact fp32 -> compact int8 what the precision did.
+
 Latency is `bench.repeats` runs of every model in turn (so all see the same machine load: a shared CI
 runner drifts by more than pruning gains), and the per-layer profile runs the fp32 models interleaved
 once. Both time the flushed original too: prune flushes the compact model, so a report that timed
@@ -26,7 +29,9 @@ from deploysparse.recipe import Recipe
 class Speed:
     """What one run measured of speed: report.json's `latency` and `layers` sections."""
 
-    latency: dict  # model ("original", "original_flushed", "compact") -> one entry per batch size
+    latency: (
+        dict  # model ("original", "original_flushed", "compact_fp32", "compact") -> one entry per batch size
+    )
     layers: dict | None  # the per-layer profile; None when the recipe asks for none or cannot have one
     # Where it was measured, in words, when that is not the machine the build describes (a sweep's
     # benchmarking node); None: report.json describes the machine from the build.
@@ -51,7 +56,7 @@ def measure_speed(
         elif original_facts.flushed is None and original_facts.denormals.total:
             raise ValueError("measure_speed needs OriginalFacts made with a folder for the flushed original")
         flushed_original = original_facts.flushed
-        latency = _latency(recipe, original, Path(artifact), flushed_original)
+        latency = _latency(recipe, original, Path(artifact), flushed_original, compact_onnx)
         layers = None
         if compact_onnx is not None and profiles_layers(recipe):
             layers = _layers(recipe, original, compact_onnx, flushed_original)
@@ -76,13 +81,23 @@ def _layers(recipe: Recipe, original: str, compact: Path, flushed: Path | None) 
     return {"batch": batch, "runs": bench.iters, "models": list(models), "rows": side_by_side_rows(profiles)}
 
 
-def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None = None) -> dict:
+def _latency(
+    recipe: Recipe,
+    original: str,
+    compact: Path,
+    flushed: Path | None = None,
+    compact_onnx: Path | None = None,
+) -> dict:
     """p50/p99 of each repeated run, original (and its flushed copy) and compact interleaved so all
-    see the same machine load; the reported point is the run with the median p50."""
+    see the same machine load; the reported point is the run with the median p50. A recipe built at
+    another precision than fp32 also times the compact ONNX in fp32 (`compact_fp32`), so the report
+    splits the speed-up into what pruning did and what the precision did."""
     bench = recipe.bench
     models = {"original": (original, REFERENCE_BACKEND)}
     if flushed is not None:
         models["original_flushed"] = (flushed, REFERENCE_BACKEND)
+    if compact_onnx is not None and recipe.build.precision != "fp32":
+        models["compact_fp32"] = (compact_onnx, REFERENCE_BACKEND)
     models["compact"] = (compact, recipe.build.backend)
     with progress("benchmark", total=len(models) * bench.repeats) as advance:
         tasks = [

@@ -1,0 +1,387 @@
+"""The int8 build on ONNX Runtime: decided by measurement on the machine that builds, and honest about it.
+
+An int8 model is not faster by itself: it is faster when the CPU has kernels for its format
+(`backends/quantize.py` picks the scheme from the CPU's features) and when each layer's int8 kernel
+beats its fp32 one (a depthwise conv, a tiny conv or the first conv often does not). So the build:
+
+1. holds out every fifth calibration sample (`split_held_out`) and calibrates on the rest;
+2. calibrates with each method asked for (minmax, percentile, entropy) and keeps the one whose model
+   agrees best with fp32 on the held-out samples (top-1 agreement for class scores, else cosine);
+3. on ARM, where both S8S8 and U8S8 kernels exist, times both schemes and keeps the faster;
+4. with `--int8-layers auto`, profiles fp32 against int8 layer by layer (ONNX Runtime's profiler,
+   interleaved) and keeps in float the layers whose int8 kernel is slower; when the held-out
+   agreement is below AGREEMENT_TARGET, also the layers that read the worst-quantised activations,
+   one at a time, each kept float only if the agreement improves;
+5. times fp32, int8 (all layers) and int8 (auto) interleaved (backends/timing.py) and keeps the
+   fastest int8 model that reaches the target (the better agreement when none does);
+6. says plainly, in `finding`, when int8 is not faster than fp32 on this machine.
+
+Every decision and figure goes into the build metadata (`quantization`), so the report can show
+which scheme was built and why, which layers stayed float and why, and how fast each model ran.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from deploysparse import progress
+from deploysparse.agreement import Agreement, agreement
+from deploysparse.backends.base import Backend, usable_cores
+from deploysparse.backends.onnxruntime import quantizer
+from deploysparse.backends.onnxruntime.build import calibration_batches
+from deploysparse.backends.quantize import (
+    CALIBRATION_METHODS,
+    CpuFeatures,
+    Int8Options,
+    QuantScheme,
+    onnxruntime_cpu_scheme,
+)
+from deploysparse.calibration import InputSpec, sample_count
+from deploysparse.modelio import load_model
+from deploysparse.profiling import side_by_side_rows
+
+HELD_OUT_EVERY = 5  # every fifth calibration sample is held out to judge the choices
+MIN_HELD_OUT = 10  # fewer held-out samples judge nothing: minmax and speed alone decide
+AGREEMENT_TARGET = 0.99  # held-out top-1 agreement (or cosine) an int8 model should reach
+MAX_ACCURACY_EXCLUSIONS = 3  # layers tried in float for accuracy, worst-quantised first
+TIMING_BATCH = 1  # the latency a deployment sees first; recorded with the figures
+PROFILE_WARMUP, PROFILE_RUNS = 3, 10
+# A layer stays float for speed only when its int8 kernel is clearly slower: keeping it float adds a
+# DequantizeLinear before and a QuantizeLinear after it, and per-layer times carry timing noise.
+SLOWER_BY = 1.2
+SQNR_SAMPLES, SQNR_GROUP = 4, 32  # held-out samples and tensors per pass when ranking quantisation error
+
+
+@dataclass
+class Int8Result:
+    """The QDQ model the build keeps, and what the metadata says about it."""
+
+    model: Path
+    scheme: QuantScheme
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def finding(self) -> str | None:
+        return self.metadata.get("finding")
+
+
+def split_held_out(
+    feeds: Mapping[str, np.ndarray], specs: list[InputSpec]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(calibration, held-out): every HELD_OUT_EVERY-th sample held out (data sorted by class keeps
+    every class on both sides), in whole static batches; no held-out part below MIN_HELD_OUT."""
+    n = sample_count(feeds)
+    unit = specs[0].batch_dim if isinstance(specs[0].batch_dim, int) else 1
+    held = np.arange(n) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+    kept = np.flatnonzero(held)[: (int(held.sum()) // unit) * unit]
+    if len(kept) < max(MIN_HELD_OUT, unit) or n - len(kept) < unit:
+        return dict(feeds), {}
+    mask = np.zeros(n, dtype=bool)
+    mask[kept] = True
+    return {k: v[~mask] for k, v in feeds.items()}, {k: v[mask] for k, v in feeds.items()}
+
+
+def build_int8(
+    backend: Backend,
+    source: Path,
+    specs: list[InputSpec],
+    feeds: Mapping[str, np.ndarray],
+    work: Path,
+    options: Int8Options,
+    cpu: CpuFeatures | None = None,
+) -> Int8Result:
+    """Quantise `source` for ONNX Runtime on this CPU as the module doc describes; scratch files in `work`."""
+    cpu = cpu or CpuFeatures.of_this_machine()
+    choice = onnxruntime_cpu_scheme(cpu)
+    calib, held_out = split_held_out(feeds, specs)
+    batches = calibration_batches(specs, calib, source)
+    judge = _Judge(backend, specs, held_out, source)
+    prepared = quantizer.prepare(source, work / "prepared.onnx", batches, choice.candidates[0].per_channel)
+    ranges = _Ranges(prepared, batches, work)
+
+    methods = _methods(options.calibration, bool(judge.batches))
+    scheme = choice.candidates[0]
+    scores: dict[str, Agreement | None] = {}
+    for method in methods:
+        trial = scheme.replace(calibration=method)
+        scores[method] = judge.score(_quantize(prepared, ranges, trial, work / f"int8-{method}.onnx").path)
+    method = max(methods, key=lambda m: scores[m].key() if scores[m] else (0.0, 0.0))
+
+    batch = specs[0].batch_dim if isinstance(specs[0].batch_dim, int) else TIMING_BATCH
+    timer = backend.timer(batch)
+    timing_feeds = {name: np.ascontiguousarray(value[:batch]) for name, value in feeds.items()}
+    scheme_ms: dict[str, float] = {}
+    if len(choice.candidates) > 1:  # the features leave it open: time each scheme here
+        trials = [
+            _quantize(prepared, ranges, c.replace(calibration=method), work / f"int8-{c.name}.onnx")
+            for c in choice.candidates
+        ]
+        with progress.progress("timing int8 schemes"):
+            times = timer.interleaved_ms([t.path for t in trials], feeds=timing_feeds)
+        scheme_ms = {t.scheme.name: ms for t, ms in zip(trials, times, strict=True)}
+        scheme = min(zip(trials, times, strict=True), key=lambda pair: pair[1])[0].scheme
+    every = _quantize(prepared, ranges, scheme.replace(calibration=method), work / "int8-all.onnx")
+    every_score = judge.score(every.path)
+
+    measured: list[dict] = []
+    auto = auto_score = None
+    if options.layers == "auto":
+        measured = _slower_layers(backend, prepared.path, every.path, batch)
+        if every_score is not None and every_score.figure < AGREEMENT_TARGET:
+            measured += _least_accurate_layers(judge, prepared, ranges, every, measured, work)
+        if measured:
+            mixed = every.scheme.replace(excluded_nodes=tuple(layer["node"] for layer in measured))
+            auto = _quantize(prepared, ranges, mixed, work / "int8-auto.onnx")
+            auto_score = judge.score(auto.path)
+
+    models = {"fp32": source, "int8_all": every.path, **({"int8_auto": auto.path} if auto else {})}
+    with progress.progress("timing int8 against fp32"):
+        times = dict(
+            zip(models, timer.interleaved_ms(list(models.values()), feeds=timing_feeds), strict=True)
+        )
+    use_auto = auto is not None and _better(times["int8_auto"], auto_score, times["int8_all"], every_score)
+    kept, kept_score = (auto, auto_score) if use_auto else (every, every_score)
+    int8_ms = times["int8_auto" if use_auto else "int8_all"]
+    metadata = {
+        "scheme": kept.scheme.to_json(),
+        "description": kept.scheme.describe(),
+        "reason": choice.reason,
+        "cpu": cpu.to_json(),
+        "scheme_latency_ms": scheme_ms or None,
+        "opset": prepared.to_json(),
+        "calibration": {
+            "method": method,
+            "chosen_by": _chosen_by(options.calibration, methods, judge),
+            "samples": sample_count(calib),
+            "held_out": judge.samples,
+            "agreement": {m: (s.to_json() if s else None) for m, s in scores.items()},
+        },
+        "layers": {
+            "mode": options.layers,
+            "quantized": len(quantizer.quantized_nodes(onnx.load(str(kept.path), load_external_data=False))),
+            "float": measured if use_auto else [],
+            "measured": measured,
+            "note": _layers_note(options.layers, measured, use_auto),
+        },
+        "agreement": kept_score.to_json() if kept_score else None,
+        "agreement_all_layers": every_score.to_json() if every_score else None,
+        "latency": {
+            "batch": batch,
+            "threads": f"ONNX Runtime's default ({usable_cores()} cores)",
+            "fp32_ms": times["fp32"],
+            "int8_ms": int8_ms,
+            "int8_all_ms": times["int8_all"],
+            "int8_auto_ms": times.get("int8_auto"),
+        },
+        "speedup": times["fp32"] / int8_ms if int8_ms > 0 else None,
+        "faster": int8_ms < times["fp32"],
+        "finding": not_faster_finding(times["fp32"], int8_ms, batch),
+    }
+    return Int8Result(kept.path, kept.scheme, metadata)
+
+
+def not_faster_finding(fp32_ms: float, int8_ms: float, batch: int) -> str | None:
+    """The one line a build and a run print when int8 does not pay on this machine (None when it does)."""
+    if int8_ms < fp32_ms:
+        return None
+    return (
+        f"int8 is not faster than fp32 on this CPU: {int8_ms:.3f} ms against {fp32_ms:.3f} ms at batch {batch} "
+        "(timed interleaved); the int8 model is built as asked, but fp32 runs faster here"
+    )
+
+
+class _Ranges:
+    """Activation ranges per (method, symmetric), calibrated once each and reused by every quantisation."""
+
+    def __init__(self, prepared: quantizer.Prepared, batches: Sequence[Mapping[str, np.ndarray]], work: Path):
+        self._prepared, self._batches, self._work = prepared, batches, work
+        self._files: dict[tuple[str, bool], Path] = {}
+
+    def get(self, method: str, symmetric: bool) -> Path:
+        key = (method, symmetric)
+        if key not in self._files:
+            target = self._work / f"ranges-{method}{'-symmetric' if symmetric else ''}.json"
+            self._files[key] = quantizer.calibrate(self._prepared, self._batches, method, symmetric, target)
+        return self._files[key]
+
+
+def _quantize(
+    prepared: quantizer.Prepared, ranges: _Ranges, scheme: QuantScheme, target: Path
+) -> quantizer.Quantized:
+    return quantizer.quantize(prepared, ranges.get(scheme.calibration, scheme.symmetric), scheme, target)
+
+
+class _Judge:
+    """Scores int8 models against fp32 on the held-out samples (fp32 outputs computed once)."""
+
+    def __init__(
+        self, backend: Backend, specs: list[InputSpec], held_out: Mapping[str, np.ndarray], source: Path
+    ):
+        self.backend = backend
+        self.batches = calibration_batches(specs, held_out, source) if held_out else []
+        self.samples = sum(sample_count(b) for b in self.batches)
+        self._reference = self.outputs(source) if self.batches else {}
+
+    def outputs(self, model: Path) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {}
+        with self.backend.runner(model) as runner:
+            for batch in self.batches:
+                for name, value in runner.run(batch).items():
+                    parts.setdefault(name, []).append(value)
+        return {name: np.concatenate(values) for name, values in parts.items()}
+
+    def score(self, model: Path) -> Agreement | None:
+        """Agreement with fp32 on the held-out samples; None without any."""
+        return agreement(self._reference, self.outputs(model)) if self.batches else None
+
+
+def _methods(asked: str, judged: bool) -> tuple[str, ...]:
+    if asked != "auto":
+        return (asked,)
+    return CALIBRATION_METHODS if judged else ("minmax",)
+
+
+def _chosen_by(asked: str, methods: Sequence[str], judge: _Judge) -> str:
+    if asked != "auto":
+        return "--calib-method"
+    if len(methods) == 1:
+        return f"minmax: fewer than {MIN_HELD_OUT} samples to hold out, so no method could be judged"
+    return f"agreement with fp32 on {judge.samples} held-out calibration samples"
+
+
+def _layers_note(mode: str, measured: list[dict], use_auto: bool) -> str:
+    if mode == "all":
+        return "every layer ONNX Runtime can quantise runs int8 (--int8-layers all)"
+    if not measured:
+        return "no layer measured slower in int8, or less accurate than needed: every layer runs int8"
+    if use_auto:
+        return f"{len(measured)} layer(s) kept in float, measured as listed"
+    return (
+        f"{len(measured)} layer(s) measured slower or less accurate in int8, but the whole model ran faster "
+        "(or agreed better) with every layer in int8, so all layers run int8"
+    )
+
+
+def _better(auto_ms: float, auto: Agreement | None, all_ms: float, every: Agreement | None) -> bool:
+    """Whether the mixed model is the one to keep: the faster of those reaching the target, else the
+    more accurate."""
+    reaches = [s is None or s.figure >= AGREEMENT_TARGET for s in (auto, every)]
+    if reaches[0] and reaches[1]:
+        return auto_ms < all_ms
+    if reaches[0] != reaches[1]:
+        return reaches[0]
+    return auto.key() > every.key() if auto and every else auto_ms < all_ms
+
+
+def _slower_layers(backend: Backend, fp32: Path, int8: Path, batch: int) -> list[dict]:
+    """Quantised nodes whose int8 kernel took SLOWER_BY times longer than their fp32 kernel, profiled
+    interleaved (the profiler names a fused QLinear node after its source node, so the rows line up)."""
+    quantized = set(quantizer.quantized_nodes(onnx.load(str(int8), load_external_data=False)))
+    with progress.progress("profiling int8 against fp32"):
+        profiles = backend.profile(
+            {"fp32": fp32, "int8": int8}, batch=batch, warmup=PROFILE_WARMUP, runs=PROFILE_RUNS
+        )
+    slower = []
+    for row in side_by_side_rows(profiles):
+        ms = row["ms"]
+        if row["node"] in quantized and "fp32" in ms and "int8" in ms and ms["int8"] > SLOWER_BY * ms["fp32"]:
+            slower.append(
+                {
+                    "node": row["node"],
+                    "op": row["op"],
+                    "reason": "slower in int8",
+                    "fp32_ms": ms["fp32"],
+                    "int8_ms": ms["int8"],
+                }
+            )
+    return slower
+
+
+def _least_accurate_layers(
+    judge: _Judge,
+    prepared: quantizer.Prepared,
+    ranges: _Ranges,
+    every: quantizer.Quantized,
+    already: list[dict],
+    work: Path,
+) -> list[dict]:
+    """Layers kept float for accuracy: those reading the activations int8 represents worst (lowest
+    signal-to-quantisation-noise ratio on held-out samples), tried one at a time, each kept only when
+    the held-out agreement improves, until it reaches AGREEMENT_TARGET."""
+    excluded = tuple(layer["node"] for layer in already)
+    ops = {
+        node.name: node.op_type for node in onnx.load(str(prepared.path), load_external_data=False).graph.node
+    }
+    best = judge.score(
+        _quantize(
+            prepared, ranges, every.scheme.replace(excluded_nodes=excluded), work / "int8-try.onnx"
+        ).path
+    )
+    chosen: list[dict] = []
+    for node, sqnr in [pair for pair in _input_sqnr(judge, every.path) if pair[0] not in excluded][
+        :MAX_ACCURACY_EXCLUSIONS
+    ]:
+        if best is None or best.figure >= AGREEMENT_TARGET:
+            break
+        trial = every.scheme.replace(excluded_nodes=(*excluded, node))
+        score = judge.score(_quantize(prepared, ranges, trial, work / "int8-try.onnx").path)
+        if score is not None and score.key() > best.key():
+            best, excluded = score, (*excluded, node)
+            chosen.append(
+                {
+                    "node": node,
+                    "op": ops.get(node, ""),
+                    "reason": f"largest quantisation error (input SQNR {sqnr:.1f} dB); held-out agreement "
+                    f"{best.figure:.4f} with it in float",
+                }
+            )
+    return chosen
+
+
+def _input_sqnr(judge: _Judge, qdq: Path) -> list[tuple[str, float]]:
+    """Quantised nodes by the signal-to-quantisation-noise ratio (dB) of the activation they read,
+    worst first: the float tensor before its QuantizeLinear against its DequantizeLinear output, with
+    ONNX Runtime's optimisations off (so both tensors exist), summed over SQNR_SAMPLES held-out samples
+    read SQNR_GROUP tensors at a time (a detector's activations at full resolution are large)."""
+    model = load_model(qdq)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    pairs: dict[str, tuple[str, str]] = {}  # node -> (float tensor, dequantised tensor)
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not node.input:
+            continue
+        dq = producer.get(node.input[0])
+        q = (
+            producer.get(dq.input[0])
+            if dq is not None and dq.op_type == "DequantizeLinear" and dq.input
+            else None
+        )
+        if q is not None and q.op_type == "QuantizeLinear":
+            pairs[node.name] = (q.input[0], dq.output[0])
+    feeds = {
+        name: np.concatenate([b[name] for b in judge.batches])[:SQNR_SAMPLES] for name in judge.batches[0]
+    }
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    names = list(pairs)
+    for start in range(0, len(names), SQNR_GROUP):
+        group = names[start : start + SQNR_GROUP]
+        tensors = sorted({t for node in group for t in pairs[node]})
+        for values in judge.backend.intermediate_batches(model, feeds, tensors, batch_size=1):
+            for node in group:
+                raw, dequantized = (values[t].astype(np.float64) for t in pairs[node])
+                signal[node] = signal.get(node, 0.0) + float(np.sum(raw * raw))
+                noise[node] = noise.get(node, 0.0) + float(np.sum((raw - dequantized) ** 2))
+    ranking = [
+        (
+            node,
+            10 * math.log10(signal[node] / noise[node]) if noise[node] > 0 and signal[node] > 0 else math.inf,
+        )
+        for node in names
+    ]
+    return sorted(ranking, key=lambda pair: pair[1])
