@@ -37,6 +37,7 @@ CPUINFO = Path("/proc/cpuinfo")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # ONNX Runtime's calibrators
 CALIBRATION_CHOICES = ("auto", *CALIBRATION_METHODS)  # auto: the best agreement on held-out data
 INT8_LAYERS = ("auto", "all")  # auto: layers measured slower (or least accurate) in int8 stay float
+SHOWN_LAYERS = 5  # float layers `build` names (all are in the metadata)
 
 # The flags that decide an int8 kernel, x86 (`flags`) and ARM (`Features`), as /proc/cpuinfo names them.
 _X86_VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -222,11 +223,11 @@ def summary_lines(quantization: dict) -> list[str]:
     ]
     if quantization["opset"]["note"]:
         lines.append(quantization["opset"]["note"])
+    lines.append(f"layers: {layers['note']}")
     if layers["float"]:
-        kept = "; ".join(f"{layer['node']} ({layer['reason']})" for layer in layers["float"])
-        lines.append(f"layers kept in float: {kept}")
-    else:
-        lines.append(f"layers: {layers['note']}")
+        shown = "; ".join(f"{layer['node']} ({layer['reason']})" for layer in layers["float"][:SHOWN_LAYERS])
+        more = len(layers["float"]) - SHOWN_LAYERS
+        lines.append(f"kept in float: {shown}" + (f"; {more} more in the metadata" if more > 0 else ""))
     speedup = quantization["speedup"]
     lines.append(
         f"latency on this CPU at batch {latency['batch']}: fp32 {latency['fp32_ms']:.3f} ms, "

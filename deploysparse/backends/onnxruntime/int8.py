@@ -43,7 +43,7 @@ from deploysparse.backends.quantize import (
     onnxruntime_cpu_scheme,
 )
 from deploysparse.calibration import InputSpec, sample_count
-from deploysparse.modelio import load_model
+from deploysparse.modelio import load_model, save_model
 from deploysparse.profiling import side_by_side_rows
 
 HELD_OUT_EVERY = 5  # every fifth calibration sample is held out to judge the choices
@@ -55,6 +55,8 @@ PROFILE_WARMUP, PROFILE_RUNS = 3, 10
 # A layer stays float for speed only when its int8 kernel is clearly slower: keeping it float adds a
 # DequantizeLinear before and a QuantizeLinear after it, and per-layer times carry timing noise.
 SLOWER_BY = 1.2
+KERNELS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # where int8 arithmetic can pay for its conversions
+MIN_SHARE = 0.01  # of the fp32 model's time: a kernel below it gains less than its conversions cost
 SQNR_SAMPLES, SQNR_GROUP = 4, 32  # held-out samples and tensors per pass when ranking quantisation error
 
 
@@ -127,30 +129,21 @@ def build_int8(
         scheme_ms = {t.scheme.name: ms for t, ms in zip(trials, times, strict=True)}
         scheme = min(zip(trials, times, strict=True), key=lambda pair: pair[1])[0].scheme
     every = _quantize(prepared, ranges, scheme.replace(calibration=method), work / "int8-all.onnx")
-    every_score = judge.score(every.path)
-
-    measured: list[dict] = []
-    auto = auto_score = None
+    variants = [_Variant("all", every, [], judge.score(every.path))]
     if options.layers == "auto":
-        measured = _slower_layers(backend, prepared.path, every.path, batch)
-        if every_score is not None and every_score.figure < AGREEMENT_TARGET:
-            measured += _least_accurate_layers(judge, prepared, ranges, every, measured, work)
-        if measured:
-            mixed = every.scheme.replace(excluded_nodes=tuple(layer["node"] for layer in measured))
-            auto = _quantize(prepared, ranges, mixed, work / "int8-auto.onnx")
-            auto_score = judge.score(auto.path)
+        variants += _mixed_variants(backend, judge, prepared, ranges, variants[0], timing_feeds, work)
 
-    models = {"fp32": source, "int8_all": every.path, **({"int8_auto": auto.path} if auto else {})}
+    models = {"fp32": source, **{f"int8_{v.name}": v.model.path for v in variants}}
     with progress.progress("timing int8 against fp32"):
         times = dict(
             zip(models, timer.interleaved_ms(list(models.values()), feeds=timing_feeds), strict=True)
         )
-    use_auto = auto is not None and _better(times["int8_auto"], auto_score, times["int8_all"], every_score)
-    kept, kept_score = (auto, auto_score) if use_auto else (every, every_score)
-    int8_ms = times["int8_auto" if use_auto else "int8_all"]
+    for variant in variants:
+        variant.ms = times[f"int8_{variant.name}"]
+    kept = _choose(variants)
     metadata = {
-        "scheme": kept.scheme.to_json(),
-        "description": kept.scheme.describe(),
+        "scheme": kept.model.scheme.to_json(),
+        "description": kept.model.scheme.describe(),
         "reason": choice.reason,
         "cpu": cpu.to_json(),
         "scheme_latency_ms": scheme_ms or None,
@@ -164,26 +157,26 @@ def build_int8(
         },
         "layers": {
             "mode": options.layers,
-            "quantized": len(quantizer.quantized_nodes(onnx.load(str(kept.path), load_external_data=False))),
-            "float": measured if use_auto else [],
-            "measured": measured,
-            "note": _layers_note(options.layers, measured, use_auto),
+            "kept": kept.name,
+            "quantized": len(
+                quantizer.quantized_nodes(onnx.load(str(kept.model.path), load_external_data=False))
+            ),
+            "float": kept.float_layers,
+            "variants": [v.to_json() for v in variants],
+            "note": _layers_note(options.layers, kept, variants),
         },
-        "agreement": kept_score.to_json() if kept_score else None,
-        "agreement_all_layers": every_score.to_json() if every_score else None,
+        "agreement": kept.score.to_json() if kept.score else None,
         "latency": {
             "batch": batch,
             "threads": f"ONNX Runtime's default ({usable_cores()} cores)",
             "fp32_ms": times["fp32"],
-            "int8_ms": int8_ms,
-            "int8_all_ms": times["int8_all"],
-            "int8_auto_ms": times.get("int8_auto"),
+            "int8_ms": kept.ms,
         },
-        "speedup": times["fp32"] / int8_ms if int8_ms > 0 else None,
-        "faster": int8_ms < times["fp32"],
-        "finding": not_faster_finding(times["fp32"], int8_ms, batch),
+        "speedup": times["fp32"] / kept.ms if kept.ms > 0 else None,
+        "faster": kept.ms < times["fp32"],
+        "finding": not_faster_finding(times["fp32"], kept.ms, batch),
     }
-    return Int8Result(kept.path, kept.scheme, metadata)
+    return Int8Result(kept.model.path, kept.model.scheme, metadata)
 
 
 def not_faster_finding(fp32_ms: float, int8_ms: float, batch: int) -> str | None:
@@ -255,52 +248,152 @@ def _chosen_by(asked: str, methods: Sequence[str], judge: _Judge) -> str:
     return f"agreement with fp32 on {judge.samples} held-out calibration samples"
 
 
-def _layers_note(mode: str, measured: list[dict], use_auto: bool) -> str:
+@dataclass
+class _Variant:
+    """One choice of the layers that run int8: its QDQ model, the layers it keeps float (and why), its
+    held-out agreement and its latency (ms, timed interleaved with fp32 and the other variants)."""
+
+    name: str  # all | without-slower | profitable-only
+    model: quantizer.Quantized
+    float_layers: list[dict]
+    score: Agreement | None
+    ms: float = math.inf
+
+    @property
+    def reaches_target(self) -> bool:
+        return self.score is None or self.score.figure >= AGREEMENT_TARGET
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "float_layers": len(self.float_layers),
+            "ms": self.ms,
+            "agreement": self.score.to_json() if self.score else None,
+        }
+
+
+def _choose(variants: list[_Variant]) -> _Variant:
+    """The fastest variant that reaches AGREEMENT_TARGET on the held-out samples; when none does, the
+    one that agrees best (ties: the faster)."""
+    reaching = [v for v in variants if v.reaches_target]
+    if reaching:
+        return min(reaching, key=lambda v: v.ms)
+    return max(variants, key=lambda v: (v.score.key() if v.score else (0.0, 0.0), -v.ms))
+
+
+def _layers_note(mode: str, kept: _Variant, variants: list[_Variant]) -> str:
     if mode == "all":
         return "every layer ONNX Runtime can quantise runs int8 (--int8-layers all)"
-    if not measured:
-        return "no layer measured slower in int8, or less accurate than needed: every layer runs int8"
-    if use_auto:
-        return f"{len(measured)} layer(s) kept in float, measured as listed"
-    return (
-        f"{len(measured)} layer(s) measured slower or less accurate in int8, but the whole model ran faster "
-        "(or agreed better) with every layer in int8, so all layers run int8"
-    )
+    if len(variants) == 1:
+        return "no layer measured slower in int8: every layer runs int8"
+    timed = ", ".join(f"{v.name} {v.ms:.3f} ms" for v in variants)
+    if kept.name == "all":
+        return f"every layer runs int8: with layers in float the model was not faster ({timed})"
+    return f"{len(kept.float_layers)} layer(s) kept in float ({kept.name}: {timed})"
 
 
-def _better(auto_ms: float, auto: Agreement | None, all_ms: float, every: Agreement | None) -> bool:
-    """Whether the mixed model is the one to keep: the faster of those reaching the target, else the
-    more accurate."""
-    reaches = [s is None or s.figure >= AGREEMENT_TARGET for s in (auto, every)]
-    if reaches[0] and reaches[1]:
-        return auto_ms < all_ms
-    if reaches[0] != reaches[1]:
-        return reaches[0]
-    return auto.key() > every.key() if auto and every else auto_ms < all_ms
-
-
-def _slower_layers(backend: Backend, fp32: Path, int8: Path, batch: int) -> list[dict]:
-    """Quantised nodes whose int8 kernel took SLOWER_BY times longer than their fp32 kernel, profiled
-    interleaved (the profiler names a fused QLinear node after its source node, so the rows line up)."""
-    quantized = set(quantizer.quantized_nodes(onnx.load(str(int8), load_external_data=False)))
-    with progress.progress("profiling int8 against fp32"):
-        profiles = backend.profile(
-            {"fp32": fp32, "int8": int8}, batch=batch, warmup=PROFILE_WARMUP, runs=PROFILE_RUNS
+def _mixed_variants(
+    backend: Backend,
+    judge: _Judge,
+    prepared: quantizer.Prepared,
+    ranges: _Ranges,
+    every: _Variant,
+    feeds: Mapping[str, np.ndarray],
+    work: Path,
+) -> list[_Variant]:
+    """The mixed-precision models worth timing, from a per-layer profile of fp32 against all-int8:
+    without-slower keeps float the layers whose int8 kernel was SLOWER_BY slower (and, when the held-out
+    agreement falls short, the least accurate ones); profitable-only runs int8 only in the kernels
+    (conv, dense) that were SLOWER_BY faster in int8 and took at least MIN_SHARE of the fp32 time,
+    which spares a model of many small layers its quantise/dequantise steps between them."""
+    rows = _profile_rows(backend, prepared.path, every.model.path, feeds, work)
+    quantized = set(quantizer.quantized_nodes(onnx.load(str(every.model.path), load_external_data=False)))
+    ops = {
+        node.name: node.op_type for node in onnx.load(str(prepared.path), load_external_data=False).graph.node
+    }
+    total = sum(row["ms"].get("fp32", 0.0) for row in rows) or 1.0
+    slower = [
+        _float_layer(row, "slower in int8")
+        for row in rows
+        if row["node"] in quantized
+        and {"fp32", "int8"} <= set(row["ms"])
+        and row["ms"]["int8"] > SLOWER_BY * row["ms"]["fp32"]
+    ]
+    if every.score is not None and every.score.figure < AGREEMENT_TARGET:
+        slower += _least_accurate_layers(judge, prepared, ranges, every.model, slower, ops, work)
+    profitable = {
+        row["node"]
+        for row in rows
+        if ops.get(row["node"]) in KERNELS
+        and {"fp32", "int8"} <= set(row["ms"])
+        and row["ms"]["fp32"] >= SLOWER_BY * row["ms"]["int8"]
+        and row["ms"]["fp32"] >= MIN_SHARE * total
+    }
+    by_node = {row["node"]: row for row in rows}
+    small = [
+        _float_layer(by_node[node], "int8 not worth its quantise/dequantise steps")
+        if node in by_node
+        else {
+            "node": node,
+            "op": ops.get(node, ""),
+            "reason": "not profiled",
+            "fp32_ms": None,
+            "int8_ms": None,
+        }
+        for node in sorted(quantized - profitable)
+    ]
+    variants = []
+    for name, float_layers in (("without-slower", slower), ("profitable-only", small)):
+        excluded = tuple(layer["node"] for layer in float_layers)
+        if not excluded or any(
+            excluded == tuple(layer["node"] for layer in v.float_layers) for v in variants
+        ):
+            continue
+        if set(excluded) >= quantized:
+            continue  # nothing left in int8: that is the fp32 model
+        model = _quantize(
+            prepared, ranges, every.model.scheme.replace(excluded_nodes=excluded), work / f"int8-{name}.onnx"
         )
-    slower = []
-    for row in side_by_side_rows(profiles):
-        ms = row["ms"]
-        if row["node"] in quantized and "fp32" in ms and "int8" in ms and ms["int8"] > SLOWER_BY * ms["fp32"]:
-            slower.append(
-                {
-                    "node": row["node"],
-                    "op": row["op"],
-                    "reason": "slower in int8",
-                    "fp32_ms": ms["fp32"],
-                    "int8_ms": ms["int8"],
-                }
-            )
-    return slower
+        variants.append(_Variant(name, model, float_layers, judge.score(model.path)))
+    return variants
+
+
+def _float_layer(row: dict, reason: str) -> dict:
+    ms = row["ms"]
+    return {
+        "node": row["node"],
+        "op": row["op"],
+        "reason": reason,
+        "fp32_ms": ms.get("fp32"),
+        "int8_ms": ms.get("int8"),
+    }
+
+
+def _profile_rows(
+    backend: Backend, fp32: Path, int8: Path, feeds: Mapping[str, np.ndarray], work: Path
+) -> list[dict]:
+    """Per-layer latency of fp32 and all-int8, profiled interleaved at the shape of `feeds` (the
+    profiler names a fused QLinear node after its source node, so the rows line up)."""
+    models = {"fp32": fp32, "int8": int8}
+    fixed = {
+        label: _fixed_shape(path, feeds, work / f"profile-{label}.onnx") for label, path in models.items()
+    }
+    with progress.progress("profiling int8 against fp32"):
+        profiles = backend.profile(fixed, batch=sample_count(feeds), warmup=PROFILE_WARMUP, runs=PROFILE_RUNS)
+    return side_by_side_rows(profiles)
+
+
+def _fixed_shape(model: Path, feeds: Mapping[str, np.ndarray], target: Path) -> Path:
+    """`model` with its inputs declared at the shapes of `feeds`: the profiler feeds random inputs at
+    the declared shape, which a model with dynamic height and width does not have."""
+    proto = load_model(model)
+    for value in proto.graph.input:
+        if value.name in feeds:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, feeds[value.name].shape, strict=True):
+                dim.Clear()
+                dim.dim_value = int(size)
+    return save_model(proto, target)
 
 
 def _least_accurate_layers(
@@ -309,15 +402,13 @@ def _least_accurate_layers(
     ranges: _Ranges,
     every: quantizer.Quantized,
     already: list[dict],
+    ops: dict[str, str],
     work: Path,
 ) -> list[dict]:
     """Layers kept float for accuracy: those reading the activations int8 represents worst (lowest
     signal-to-quantisation-noise ratio on held-out samples), tried one at a time, each kept only when
     the held-out agreement improves, until it reaches AGREEMENT_TARGET."""
     excluded = tuple(layer["node"] for layer in already)
-    ops = {
-        node.name: node.op_type for node in onnx.load(str(prepared.path), load_external_data=False).graph.node
-    }
     best = judge.score(
         _quantize(
             prepared, ranges, every.scheme.replace(excluded_nodes=excluded), work / "int8-try.onnx"
@@ -339,6 +430,8 @@ def _least_accurate_layers(
                     "op": ops.get(node, ""),
                     "reason": f"largest quantisation error (input SQNR {sqnr:.1f} dB); held-out agreement "
                     f"{best.figure:.4f} with it in float",
+                    "fp32_ms": None,
+                    "int8_ms": None,
                 }
             )
     return chosen
