@@ -81,14 +81,11 @@ def _precision_lines(report: dict) -> list[str]:
 
     rep = parse_report(report)
     precision = rep.target.precision
-    lines = []
-    for point in rep.latency.compact:
-        split = rep.latency.precision_split(point.batch)
-        if split:
-            lines.append(
-                f"speed-up at batch {point.batch}: {split[2]:.2f}x = pruning {split[0]:.2f}x "
-                f"(original -> compact fp32) x {precision} {split[1]:.2f}x (compact fp32 -> compact {precision})"
-            )
+    lines = [
+        f"speed-up at batch {batch}: {together:.2f}x = pruning {pruning:.2f}x (original -> compact fp32) "
+        f"x {precision} {by_precision:.2f}x (compact fp32 -> compact {precision})"
+        for batch, pruning, by_precision, together in rep.latency.precision_splits()
+    ]
     q = rep.quantization
     if q is not None:
         agreement = (

@@ -372,14 +372,11 @@ def _quantization_section(rep: Report) -> str:
     if q is None:
         return ""
     precision = rep.target.precision
-    splits = []
-    for point in rep.latency.compact:
-        split = rep.latency.precision_split(point.batch)
-        if split:
-            splits.append(
-                f"<tr><td class='num'>{point.batch}</td><td class='num'>{split[0]:.2f}×</td>"
-                f"<td class='num'>{split[1]:.2f}×</td><td class='num'><b>{split[2]:.2f}×</b></td></tr>"
-            )
+    splits = [
+        f"<tr><td class='num'>{batch}</td><td class='num'>{pruning:.2f}×</td>"
+        f"<td class='num'>{by_precision:.2f}×</td><td class='num'><b>{together:.2f}×</b></td></tr>"
+        for batch, pruning, by_precision, together in rep.latency.precision_splits()
+    ]
     split_table = (
         "<table id='precision-split'><tr><th class='num'>batch</th><th class='num'>pruning "
         "(original → compact fp32)</th>"

@@ -174,21 +174,17 @@ class Latency(_Strict):
     def compact_fp32_at(self, batch: int) -> LatencyPoint | None:
         return next((p for p in self.compact_fp32 if p.batch == batch), None)
 
-    def precision_split(self, batch: int) -> tuple[float, float, float] | None:
-        """(by pruning, by precision, together): the speed-ups original -> compact fp32 -> compact
-        (median p50 of the runs), when the compact model was also timed in fp32."""
-        original, fp32, compact = self.original_at(batch), self.compact_fp32_at(batch), self.compact_at(batch)
-        if (
-            original is None
-            or fp32 is None
-            or compact is None
-            or not fp32.median_p50
-            or not compact.median_p50
-        ):
-            return None
-        pruning = original.median_p50 / fp32.median_p50
-        precision = fp32.median_p50 / compact.median_p50
-        return pruning, precision, pruning * precision
+    def precision_splits(self) -> list[tuple[int, float, float, float]]:
+        """(batch, by pruning, by precision, together) at each batch where the compact model was also
+        timed in fp32: the speed-ups original -> compact fp32 -> compact (median p50 of the runs)."""
+        splits = []
+        for compact in self.compact:
+            original, fp32 = self.original_at(compact.batch), self.compact_fp32_at(compact.batch)
+            if original is None or fp32 is None or not fp32.median_p50 or not compact.median_p50:
+                continue
+            pruning, precision = original.median_p50 / fp32.median_p50, fp32.median_p50 / compact.median_p50
+            splits.append((compact.batch, pruning, precision, pruning * precision))
+        return splits
 
 
 class LayerRow(_Strict):
