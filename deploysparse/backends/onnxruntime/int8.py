@@ -9,11 +9,13 @@ beats its fp32 one (a depthwise conv, a tiny conv or the first conv often does n
    agrees best with fp32 on the held-out samples (top-1 agreement for class scores, else cosine);
 3. on ARM, where both S8S8 and U8S8 kernels exist, times both schemes and keeps the faster;
 4. with `--int8-layers auto`, profiles fp32 against int8 layer by layer (ONNX Runtime's profiler,
-   interleaved) and keeps in float the layers whose int8 kernel is slower; when the held-out
-   agreement is below AGREEMENT_TARGET, also the layers that read the worst-quantised activations,
-   one at a time, each kept float only if the agreement improves;
-5. times fp32, int8 (all layers) and int8 (auto) interleaved (backends/timing.py) and keeps the
-   fastest int8 model that reaches the target (the better agreement when none does);
+   interleaved) and builds two mixed models beside the all-int8 one: *without-slower* keeps float the
+   layers whose int8 kernel was slower (and, when the held-out agreement is below AGREEMENT_TARGET,
+   the layers reading the worst-quantised activations, one at a time, each kept float only if the
+   agreement improves); *profitable-only* runs int8 only in the convs and dense layers it made
+   clearly faster;
+5. times fp32 and every int8 candidate interleaved (backends/timing.py) and keeps the fastest that
+   reaches the target (the best agreement when none does);
 6. says plainly, in `finding`, when int8 is not faster than fp32 on this machine.
 
 Every decision and figure goes into the build metadata (`quantization`), so the report can show
@@ -62,15 +64,11 @@ SQNR_SAMPLES, SQNR_GROUP = 4, 32  # held-out samples and tensors per pass when r
 
 @dataclass
 class Int8Result:
-    """The QDQ model the build keeps, and what the metadata says about it."""
+    """The QDQ model the build keeps, its scheme, and the metadata's `quantization` (module doc)."""
 
     model: Path
     scheme: QuantScheme
     metadata: dict = field(default_factory=dict)
-
-    @property
-    def finding(self) -> str | None:
-        return self.metadata.get("finding")
 
 
 def split_held_out(
@@ -288,7 +286,7 @@ def _layers_note(mode: str, kept: _Variant, variants: list[_Variant]) -> str:
         return "no layer measured slower in int8: every layer runs int8"
     timed = ", ".join(f"{v.name} {v.ms:.3f} ms" for v in variants)
     if kept.name == "all":
-        return f"every layer runs int8: with layers in float the model was not faster ({timed})"
+        return f"every layer runs int8: no model with layers in float was faster and as accurate ({timed})"
     return f"{len(kept.float_layers)} layer(s) kept in float ({kept.name}: {timed})"
 
 
