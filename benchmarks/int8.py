@@ -49,6 +49,7 @@ from deploysparse.atomic import write_text
 from deploysparse.backends import get_backend
 from deploysparse.backends.quantize import CpuFeatures, Int8Options, onnxruntime_cpu_scheme
 from deploysparse.calibration import model_input_specs
+from deploysparse.errors import DeploysparseError
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.modelio import load_model
 
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scheme: {', '.join(s.describe() for s in choice.candidates)} ({choice.reason})\n")
     rows: list[dict] = []
     builds: dict[str, list[dict]] = {}
+    errors: dict[str, str] = {}
     wanted = set(args.models.split(","))
     with tempfile.TemporaryDirectory(prefix="deploysparse-int8-") as tmp:
         folder = Path(tmp)
@@ -284,7 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         if "ppocr" in wanted:
             cases.extend(ppocr_cases(args))
         for i, case in enumerate(cases):
-            built = build_three(case, args, folder / f"case{i}")
+            try:
+                built = build_three(case, args, folder / f"case{i}")
+            except DeploysparseError as exc:  # one model that does not build is a line, not the end
+                errors[case.name] = str(exc)
+                print(f"{case.name}: {exc}", file=sys.stderr, flush=True)
+                continue
             rows.extend(measure(case, built, args))
             builds[case.name] = case.rows
             print(f"{case.name}: done", file=sys.stderr, flush=True)

@@ -231,6 +231,29 @@ def test_x86_build_is_u8s8_and_keeps_8_bit_weights_only_with_vnni(
     assert largest == (64 if reduce_range else 127), largest
 
 
+# ---- ARM: S8S8 and U8S8 both built and timed, the faster kept ------------------------------------------
+
+
+@pytest.mark.parametrize(("faster", "zero_point_type"), [("S8S8", np.int8), ("U8S8", np.uint8)])
+def test_arm_keeps_the_scheme_that_timed_faster(tmp_path: Path, monkeypatch, faster, zero_point_type) -> None:
+    slower = "U8S8" if faster == "S8S8" else "S8S8"
+    _fake_timer(monkeypatch, **{faster: 1.0, slower: 2.0, "source": 3.0, "int8": 1.0})
+    source = _classifier(tmp_path / "m.onnx")
+    with _cpu(monkeypatch, tmp_path, ARM, "aarch64"):
+        built = get_backend("onnxruntime").build(
+            source, tmp_path / "out", "int8", calib=_data(), int8=Int8Options("all", "minmax")
+        )
+    meta = built.metadata["quantization"]
+    assert meta["scheme"]["name"] == faster and meta["scheme_latency_ms"] == {faster: 1.0, slower: 2.0}
+    assert meta["scheme"]["symmetric"] is (faster == "S8S8") and meta["scheme"]["reduce_range"] is False
+    model = onnx.load(str(tmp_path / "out" / "model.int8.onnx"))
+    values = _initializers(model)
+    activations = [values[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert activations and all(z.dtype == zero_point_type for z in activations)
+    if faster == "S8S8":
+        assert not any(z.any() for z in activations)  # symmetric: zero point 0
+
+
 # ---- layers kept float: excluded nodes are honoured ---------------------------------------------------
 
 
