@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from deploysparse.backends import DEFAULT_BACKEND, backend_names, get_backend
+from deploysparse.backends.quantize import CALIBRATION_CHOICES, INT8_LAYERS
 from deploysparse.budget import DEAD, Budget, option_fields, option_of, value_type
 from deploysparse.errors import DeploysparseError, UsageError
 from deploysparse.input_shapes import parse_input_shapes
@@ -58,6 +59,8 @@ def _criterion_names() -> tuple[str, ...]:
 Criterion = one_of(_criterion_names)  # as --criterion: dead or a registered criterion
 Precision = one_of(lambda: PRECISIONS)
 BackendName = one_of(backend_names)  # as --backend: a name in the backend registry
+Int8Layers = one_of(lambda: INT8_LAYERS)  # as --int8-layers
+CalibrationMethod = one_of(lambda: CALIBRATION_CHOICES)  # as --calib-method
 
 
 Positive = Annotated[int, Field(ge=1)]
@@ -159,6 +162,10 @@ class BuildSettings(_Section):
     shapes: dict[str, list[list[Positive]]] = {}
     workspace_mb: Positive | None = None
     calibration: str | None = None  # INT8 calibration data; relative paths are relative to the recipe
+    # INT8 (ONNX Runtime): layers measured slower in int8 stay float (auto) or none do (all); the
+    # calibration method, or auto for the best agreement on held-out data (backends/quantize.py)
+    int8_layers: Int8Layers = "auto"
+    calibration_method: CalibrationMethod = "auto"
 
     @field_validator("batch")
     @classmethod

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from deploysparse import progress
+from deploysparse.agreement import cosine, same_top1
 from deploysparse.backends import DEFAULT_BACKEND, get_backend, reference_backend
 from deploysparse.backends.base import Runner
 from deploysparse.calibration import InputSpec, batches, load_calibration, sample_count
@@ -339,7 +340,7 @@ def _compare(name: str, ref: np.ndarray, cmp: np.ndarray, tol: Tolerances) -> Ou
         max_abs_err=max_abs,
         max_rel_err=max_abs / scale if scale > 0 else max_abs,
         mean_abs_err=float(diff.mean()) if diff.size else 0.0,
-        cosine=_cosine(a_ok, b_ok),
+        cosine=cosine(a_ok, b_ok),
         top1_agreement=None,
         within_tolerance=nonfinite == 0,
         reference_scale=scale,
@@ -347,8 +348,8 @@ def _compare(name: str, ref: np.ndarray, cmp: np.ndarray, tol: Tolerances) -> Ou
         nonfinite=nonfinite,
     )
     report.reference_near_zero = scale <= NEAR_ZERO
-    if ref.ndim == 2 and ref.shape[1] > 1 and not report.reference_near_zero:
-        agree = ref.argmax(axis=1) == cmp.argmax(axis=1)
+    agree = None if report.reference_near_zero else same_top1(ref, cmp)
+    if agree is not None:
         report.top1_agreement = float(np.mean(agree))
         report.top1_differ = int(np.count_nonzero(~agree))
     if tol.elementwise and diff.size:
@@ -364,15 +365,6 @@ def _compare(name: str, ref: np.ndarray, cmp: np.ndarray, tol: Tolerances) -> Ou
             report.worst_reference = float(a_ok[worst])
             report.within_tolerance = False
     return report
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity clipped to [-1, 1] (float64 rounding can put an identical pair at
-    1.0000000000000002); 1.0 when both are all zeros."""
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    if norms == 0:
-        return 1.0 if not a.any() and not b.any() else 0.0
-    return float(np.clip(a @ b / norms, -1.0, 1.0))
 
 
 def _score_accuracy(

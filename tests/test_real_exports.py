@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from deploysparse import api
-from deploysparse.backends.onnxruntime import build as ort_build
+from deploysparse.backends.onnxruntime import int8 as ort_int8
 from deploysparse.errors import InternalError
 from deploysparse.modelio import load_model
 from tests.exporting import INPUT_NAME, export, run
@@ -203,7 +204,7 @@ def test_a_model_ours_writes_wrong_is_an_internal_error_naming_no_temporary_file
     model = _export(tmp_path, Detector(), 12)
     calib = _data(tmp_path / "calib.npy", (4, 3, 16, 24))
 
-    def quantize_wrongly(source: Path, specs, feeds, target: Path) -> Path:
+    def quantize_wrongly(backend, source: Path, specs, feeds, work: Path, options) -> SimpleNamespace:
         bad = onnx.load(str(source))
         scale = onnx.numpy_helper.from_array(np.ones(3, np.float32), "scale")
         zero = onnx.numpy_helper.from_array(np.zeros(3, np.int8), "zero")
@@ -212,10 +213,11 @@ def test_a_model_ours_writes_wrong_is_an_internal_error_naming_no_temporary_file
         bad.graph.node.insert(
             0, onnx.helper.make_node("DequantizeLinear", ["codes", "scale", "zero"], ["deq"], axis=1)
         )
+        target = work / "int8.onnx"
         onnx.save(bad, str(target))
-        return target
+        return SimpleNamespace(model=target, metadata={})
 
-    monkeypatch.setattr(ort_build, "quantize_qdq", quantize_wrongly)
+    monkeypatch.setattr(ort_int8, "build_int8", quantize_wrongly)
     result = cli("build", model, "--precision", "int8", "--calib", calib, "-o", tmp_path / "int8")
     assert result.code == 1
     assert "internal error in `deploysparse build`" in result.err and "fails the ONNX checker" in result.err

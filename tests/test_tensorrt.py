@@ -11,6 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from deploysparse.backends import get_backend
+from deploysparse.backends.onnxruntime.build import quantize_qdq
+from deploysparse.backends.quantize import Int8Options
 from deploysparse.backends.tensorrt import resolve_profile
 from deploysparse.backends.trt_support import check_onnx
 from deploysparse.calibration import model_input_specs
@@ -69,14 +71,20 @@ def test_restrictions_read_off_the_graph():
     assert check_onnx(newer).warnings
 
 
-def test_onnxruntime_qdq_model_is_accepted(tmp_path):
-    """The symmetric QDQ model the ONNX Runtime int8 build writes is meant for TensorRT too."""
+def test_tensorrt_qdq_model_is_accepted_and_the_cpu_one_is_not(tmp_path):
+    """The quantiser's TensorRT scheme (zero point 0) passes the check; ONNX Runtime's own int8 build
+    on x86 writes U8S8 (asymmetric uint8 activations), which TensorRT cannot parse."""
     onnx.save(_model(), str(tmp_path / "m.onnx"))
     calib = {"x": np.random.default_rng(1).normal(size=(8, 3, 8, 8)).astype(np.float32)}
-    get_backend("onnxruntime").build(tmp_path / "m.onnx", tmp_path / "q", "int8", calib=calib)
-    qdq = onnx.load(str(tmp_path / "q" / "model.int8.onnx"))
+    specs = model_input_specs(_model())
+    qdq = onnx.load(str(quantize_qdq(tmp_path / "m.onnx", specs, calib, tmp_path / "trt" / "int8.onnx").path))
     assert any(n.op_type == "QuantizeLinear" for n in qdq.graph.node)
     assert check_onnx(qdq).ok, check_onnx(qdq).summary()
+    built = get_backend("onnxruntime").build(
+        tmp_path / "m.onnx", tmp_path / "q", "int8", calib=calib, int8=Int8Options("all", "minmax")
+    )
+    if built.metadata["quantization"]["scheme"]["activations"] == "uint8":
+        assert not check_onnx(onnx.load(str(tmp_path / "q" / "model.int8.onnx"))).ok
 
 
 def test_asymmetric_zero_point_is_rejected():

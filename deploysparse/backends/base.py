@@ -15,7 +15,8 @@ Every backend's metadata JSON has the same keys: `backend`, `version`, `device`,
 optimisation profile: min, opt, max per input; {} when none), `input_shapes` (the run's shapes and
 their source, deploysparse.run_shapes; null for a dynamic model given none), `workspace_mb`,
 `calibration_samples` (null unless calibrated), `denormals_flushed`, then the backend's own
-(ONNX Runtime: `providers`, `quantization`; TensorRT: `int8_mode`).
+(ONNX Runtime: `providers`, `quantization`: the int8 scheme, why, and int8 against fp32 as timed
+here; TensorRT: `int8_mode`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 import onnx
 
 from deploysparse.atomic import write_text
+from deploysparse.backends.quantize import Int8Options
 from deploysparse.backends.timing import Timer
 from deploysparse.calibration import InputSpec, model_input_specs
 from deploysparse.denormals import DenormalCount, flush_denormals
@@ -108,6 +110,7 @@ class BuildRequest:
     run_shapes: RunShapes | None  # --input-shape, else the model's static dims; None: dynamic, none given
     workspace_mb: int | None
     source_sha256: str
+    int8: Int8Options = field(default_factory=Int8Options)  # how an int8 build decides (backends/quantize.py)
 
     def model_file(self, folder: Path) -> Path:
         """The model as a file to build from: the source itself when flushing changed nothing, else
@@ -167,9 +170,11 @@ class Backend(ABC):
         workspace_mb: int | None = None,
         keep_denormals: bool = False,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
+        int8: Int8Options | None = None,
     ) -> BuildResult:
         """Build `onnx_path` for this runtime at `precision`, writing the artifact into `out_dir`,
         and its metadata (one schema for every backend, module doc) beside it as `<artifact>.json`.
+        `int8`: which layers run int8 and how it is calibrated (`--int8-layers`, `--calib-method`).
 
         The steps every backend shares, in order: check the precision; refuse outputs that would
         land on an input (the model, its external data, the calibration data); load the model and
@@ -212,6 +217,7 @@ class Backend(ABC):
             run_shapes=run_shapes,
             workspace_mb=workspace_mb,
             source_sha256=sha256_model(source),
+            int8=int8 or Int8Options(),
         )
         built = self._build_artifact(request)
         files: list[Path] = []

@@ -82,16 +82,39 @@ def print_summary(report: dict, outdir: str) -> None:
     shapes = ", ".join(
         f"{name} {'x'.join(map(str, dims))}" for name, dims in report["model"]["inputs"].items()
     )
-    console.print(f"inputs: {shapes} (from {report['model']['shape_source']})")
+    console.print(f"inputs: {shapes} (from {report['model']['shape_source']})", markup=False)
     for skipped in report["latency"].get("skipped_batches", []):
-        console.print(f"skipped batch {skipped['batch']}: {skipped['reason']}")
-    for warning in report["warnings"] + v.get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"skipped batch {skipped['batch']}: {skipped['reason']}", markup=False)
+    for line in _precision_lines(report):
+        console.print(line, markup=False)
     console.print(
         f"channels removed: {report['pruning']['channels_removed']} of {report['pruning']['channels_total']} "
         f"({report['pruning']['criterion']}); max abs err {v['max_abs_err']:.3g}, "
         f"top-1 agreement {v.get('top1_agreement')}, validation {'passed' if v['passed'] else 'FAILED'}"
     )
-    for warning in report["warnings"]:
+    for warning in report["warnings"] + v.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     console.print(f"report: {outdir}/report.html")
+
+
+def _precision_lines(report: dict) -> list[str]:
+    """How the precision paid: the speed-up split into pruning and precision at each batch, the int8
+    scheme and its agreement with the compact model in fp32, and the finding when int8 did not pay."""
+    from deploysparse.report import parse_report
+
+    rep = parse_report(report)
+    precision = rep.target.precision
+    lines = [
+        f"speed-up at batch {batch}: {together:.2f}x = pruning {pruning:.2f}x (original -> compact fp32) "
+        f"x {precision} {by_precision:.2f}x (compact fp32 -> compact {precision})"
+        for batch, pruning, by_precision, together in rep.latency.precision_splits()
+    ]
+    q = rep.quantization
+    if q is not None:
+        agreement = (
+            f", top-1 agreement with fp32 {q.top1_agreement:.4f}" if q.top1_agreement is not None else ""
+        )
+        lines.append(f"int8: {q.scheme}; {len(q.float_layers)} layer(s) kept in float{agreement}")
+        if q.finding:
+            lines.append(q.finding)
+    return lines

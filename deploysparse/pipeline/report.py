@@ -32,8 +32,10 @@ def assemble_report(
     started: datetime,
     staging: Path,
     original_facts: OriginalFacts,
+    quantization: dict | None = None,
 ) -> dict:
-    """The report.json dict of one run, with the sha256 of every file in `staging`."""
+    """The report.json dict of one run, with the sha256 of every file in `staging`. `quantization`:
+    `steps.quantization_summary`'s section; its finding (int8 not faster) is also a warning."""
     finished = datetime.now(timezone.utc)
     validation.original = model_label
     report = _report(recipe, model_label, source, result, built, validation, speed.latency, started, finished)
@@ -41,6 +43,9 @@ def assemble_report(
     report["model"]["shape_source"] = original_facts.shapes.source
     report["target"]["device"] = speed.device or _device(built)
     report["layers"] = speed.layers
+    report["quantization"] = quantization
+    if quantization and quantization["finding"]:
+        report["warnings"].append(quantization["finding"])
     report["extra"]["denormals"] = {
         "original": original_facts.denormals.to_json(),
         "flushed_by_prune": result.summary.get("denormals_flushed"),

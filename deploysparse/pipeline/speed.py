@@ -1,5 +1,8 @@
 """How fast the original, its denormal-flushed copy and the compact model run, measured side by side.
 
+A recipe built at fp16 or int8 also times the compact model in fp32: original fp32 -> compact fp32 is
+what pruning did, compact fp32 -> compact int8 what the precision did.
+
 Latency is `bench.repeats` runs of every model in turn (so all see the same machine load: a shared CI
 runner drifts by more than pruning gains), and the per-layer profile runs the fp32 models interleaved
 once. Both time the flushed original too: prune flushes the compact model, so a report that timed
@@ -30,7 +33,9 @@ from deploysparse.run_shapes import RunShapes
 class Speed:
     """What one run measured of speed: report.json's `latency` and `layers` sections."""
 
-    latency: dict  # model ("original", "original_flushed", "compact") -> one entry per batch size
+    latency: (
+        dict  # model ("original", "original_flushed", "compact_fp32", "compact") -> one entry per batch size
+    )
     layers: dict | None  # the per-layer profile; None when the recipe asks for none or cannot have one
     # Where it was measured, in words, when that is not the machine the build describes (a sweep's
     # benchmarking node); None: report.json describes the machine from the build.
@@ -58,9 +63,10 @@ def measure_speed(
         shapes = original_facts.shapes
         batches, skipped = shapes.usable_batches(recipe.bench.batches)
         profile = compact_onnx is not None and profiles_layers(recipe)
-        models = 3 if flushed_original is not None else 2
+        times_fp32 = compact_onnx is not None and recipe.build.precision != "fp32"
+        models = 2 + (flushed_original is not None) + times_fp32
         plan = plan_measurement(recipe.bench, original, shapes, batches, models, profile)
-        latency = _latency(recipe, original, Path(artifact), flushed_original, shapes, plan)
+        latency = _latency(recipe, original, Path(artifact), flushed_original, shapes, plan, compact_onnx)
         latency["skipped_batches"] = [s.to_json() for s in [*skipped, *plan.skipped]]
         layers = None
         if profile:
@@ -95,15 +101,25 @@ def _layers(
 
 
 def _latency(
-    recipe: Recipe, original: str, compact: Path, flushed: Path | None, shapes: RunShapes, plan: TimePlan
+    recipe: Recipe,
+    original: str,
+    compact: Path,
+    flushed: Path | None,
+    shapes: RunShapes,
+    plan: TimePlan,
+    compact_onnx: Path | None = None,
 ) -> dict:
     """p50/p99 of each repeated run at each of the plan's batches, original (and its flushed copy) and
     compact interleaved so all see the same machine load; the reported point is the run with the
-    median p50."""
+    median p50. A recipe built at another precision than fp32 also times the compact ONNX in fp32
+    (`compact_fp32`), so the report splits the speed-up into what pruning did and what the precision
+    did."""
     bench = recipe.bench
     models = {"original": (original, REFERENCE_BACKEND)}
     if flushed is not None:
         models["original_flushed"] = (flushed, REFERENCE_BACKEND)
+    if compact_onnx is not None and recipe.build.precision != "fp32":
+        models["compact_fp32"] = (compact_onnx, REFERENCE_BACKEND)
     models["compact"] = (compact, recipe.build.backend)
     with progress("benchmark", total=len(models) * bench.repeats) as advance:
         tasks = [

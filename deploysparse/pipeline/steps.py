@@ -28,6 +28,7 @@ from deploysparse import api
 from deploysparse.atomic import write_text
 from deploysparse.backends import get_backend
 from deploysparse.backends.base import BuildResult
+from deploysparse.backends.quantize import Int8Options
 from deploysparse.budget import DEAD
 from deploysparse.calibration import load_calibration
 from deploysparse.errors import UsageError
@@ -99,12 +100,23 @@ def run_steps(spec: RunSpec, staging: Path, started: datetime, hooks: StepHooks 
         built, validation = build_and_validate(
             recipe, spec.source, compact_path, staging, spec.calib, spec.data, spec.labels, facts
         )
+        quantization = quantization_summary(built, compact_path, spec.data, spec.labels)
         # The measurement gets the shapes in the recipe it receives: a Ray node gets nothing else.
         speed = hooks.measure(
             recipe.at_shapes(shapes.shapes), spec.source, built.artifact, compact_path, facts
         )
     report = assemble_report(
-        recipe, spec.model_label, spec.source, result, built, validation, speed, started, staging, facts
+        recipe,
+        spec.model_label,
+        spec.source,
+        result,
+        built,
+        validation,
+        speed,
+        started,
+        staging,
+        facts,
+        quantization,
     )
     return RunOutcome(report=report, built=built)
 
@@ -182,6 +194,7 @@ def build_and_validate(
             shapes=_profile(recipe, original_facts),
             workspace_mb=recipe.build.workspace_mb,
             input_shapes=original_facts.shapes.shapes,
+            int8=Int8Options(recipe.build.int8_layers, recipe.build.calibration_method),
         )
     _relative_metadata(built.files, staging)
     v = recipe.validate_
@@ -201,6 +214,39 @@ def build_and_validate(
         )
     validation.compact = built.artifact.relative_to(staging).as_posix()
     return built, validation
+
+
+def quantization_summary(
+    built: BuildResult, compact_path: Path, data: str, labels: str | np.ndarray | None
+) -> dict | None:
+    """report.json's `quantization`: how the build quantised and whether int8 paid where it was built
+    (the build metadata), and the int8 model against the compact model in fp32 on the validation
+    data, so the report separates what quantising changed from what pruning changed. None unless the
+    build measured its int8 choice (ONNX Runtime's int8 build)."""
+    meta = built.metadata.get("quantization")
+    if not isinstance(meta, dict):
+        return None
+    with progress("validate int8 against fp32"):
+        versus = validate(compact_path, built.artifact, data, labels=labels, precision="int8")
+    layers, latency, calibration = meta["layers"], meta["latency"], meta["calibration"]
+    return {
+        "scheme": meta["description"],
+        "reason": meta["reason"],
+        "calibration_method": calibration["method"],
+        "calibration_chosen_by": calibration["chosen_by"],
+        "float_layers": layers["float"],
+        "layers_note": layers["note"],
+        "build_batch": latency["batch"],
+        "build_fp32_ms": latency["fp32_ms"],
+        "build_int8_ms": latency["int8_ms"],
+        "faster": meta["faster"],
+        "finding": meta["finding"],
+        "top1_agreement": versus.top1_agreement,
+        "cosine": versus.cosine,
+        "accuracy_fp32": versus.accuracy_original,
+        "accuracy_int8": versus.accuracy_compact,
+        "build": meta,
+    }
 
 
 def _relative_metadata(files: list[Path], staging: Path) -> None:

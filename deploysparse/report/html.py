@@ -43,6 +43,7 @@ def render_html(report: Report | dict[str, Any]) -> str:
             _channels_section(rep),
             _latency_section(rep),
             _layers_section(rep),
+            _quantization_section(rep),
             _validation_section(rep),
             _pinned_section(rep),
             _plan_section(rep),
@@ -371,6 +372,65 @@ def _latency_chart(batch: int, original: LatencyPoint | None, compact: LatencyPo
         f'<text x="{width / 2}" y="{height - 6}" text-anchor="middle" font-size="11" fill="{_MUTED}">ms</text></svg>'
     )
     return "".join(parts)
+
+
+def _quantization_section(rep: Report) -> str:
+    """How the build quantised, why, which layers stayed float, and whether int8 paid: the speed-up
+    split into pruning and precision (timed interleaved by the run) and the build's own timing."""
+    q = rep.quantization
+    if q is None:
+        return ""
+    precision = rep.target.precision
+    splits = [
+        f"<tr><td class='num'>{batch}</td><td class='num'>{pruning:.2f}×</td>"
+        f"<td class='num'>{by_precision:.2f}×</td><td class='num'><b>{together:.2f}×</b></td></tr>"
+        for batch, pruning, by_precision, together in rep.latency.precision_splits()
+    ]
+    split_table = (
+        "<table id='precision-split'><tr><th class='num'>batch</th><th class='num'>pruning "
+        "(original → compact fp32)</th>"
+        f"<th class='num'>{_e(precision)} (compact fp32 → compact {_e(precision)})</th>"
+        f"<th class='num'>together</th></tr>{''.join(splits)}</table>"
+        if splits
+        else ""
+    )
+    facts = [
+        ("scheme", q.scheme),
+        ("why", q.reason),
+        ("calibration", f"{q.calibration_method}, chosen by {q.calibration_chosen_by}"),
+        ("layers", q.layers_note),
+        (
+            f"build timing, batch {q.build_batch}",
+            f"fp32 {q.build_fp32_ms:.3f} ms, int8 {q.build_int8_ms:.3f} ms"
+            + (f" ({q.build_fp32_ms / q.build_int8_ms:.2f}×)" if q.build_int8_ms else ""),
+        ),
+        ("top-1 agreement with fp32", _opt(q.top1_agreement)),
+        ("cosine with fp32", "n/a" if q.cosine is None else f"{q.cosine:.6f}"),
+        ("accuracy fp32 → int8", f"{_opt(q.accuracy_fp32)} → {_opt(q.accuracy_int8)}"),
+    ]
+    rows = "".join(f"<tr><td>{_e(name)}</td><td>{_e(value)}</td></tr>" for name, value in facts)
+    float_rows = "".join(
+        f"<tr><td><code>{_e(_clip(layer.node, 60))}</code></td><td>{_e(layer.op)}</td><td>{_e(layer.reason)}</td>"
+        f"<td class='num'>{'' if layer.fp32_ms is None else f'{layer.fp32_ms:.3f}'}</td>"
+        f"<td class='num'>{'' if layer.int8_ms is None else f'{layer.int8_ms:.3f}'}</td></tr>"
+        for layer in q.float_layers
+    )
+    float_table = (
+        "<table id='float-layers'><tr><th>kept in float</th><th>op</th><th>why</th>"
+        f"<th class='num'>fp32 ms</th><th class='num'>int8 ms</th></tr>{float_rows}</table>"
+        if float_rows
+        else ""
+    )
+    finding = f'<ul class="warnings"><li>{_e(q.finding)}</li></ul>' if q.finding else ""
+    badge = (
+        '<span class="badge ok">faster</span>' if q.faster else '<span class="badge bad">not faster</span>'
+    )
+    return (
+        f'<section id="quantization"><h2>Quantization {badge}</h2>{finding}'
+        '<p class="hint">The int8 model against the compact model in fp32: agreement on the validation '
+        "data, and latency on the machine that built it.</p>"
+        f"{split_table}<table>{rows}</table>{float_table}</section>"
+    )
 
 
 def _validation_section(rep: Report) -> str:

@@ -216,6 +216,9 @@ class Latency(_Strict):
     # The original with its denormal float32 weights set to zero, timed only when it has any: the
     # speed-up against it is what pruning did, the rest is what flushing did (see denormals.py).
     original_flushed: list[LatencyPoint] = []
+    # The compact model in fp32, timed when the recipe builds another precision: the speed-up from
+    # original to compact_fp32 is what pruning did, from compact_fp32 to compact what the precision did.
+    compact_fp32: list[LatencyPoint] = []
     compact: list[LatencyPoint]
     skipped_batches: list[SkippedBatchInfo] = []  # asked for, not measured (a static batch)
 
@@ -227,6 +230,21 @@ class Latency(_Strict):
 
     def original_flushed_at(self, batch: int) -> LatencyPoint | None:
         return next((p for p in self.original_flushed if p.batch == batch), None)
+
+    def compact_fp32_at(self, batch: int) -> LatencyPoint | None:
+        return next((p for p in self.compact_fp32 if p.batch == batch), None)
+
+    def precision_splits(self) -> list[tuple[int, float, float, float]]:
+        """(batch, by pruning, by precision, together) at each batch where the compact model was also
+        timed in fp32: the speed-ups original -> compact fp32 -> compact (median p50 of the runs)."""
+        splits = []
+        for compact in self.compact:
+            original, fp32 = self.original_at(compact.batch), self.compact_fp32_at(compact.batch)
+            if original is None or fp32 is None or not fp32.median_p50 or not compact.median_p50:
+                continue
+            pruning, precision = original.median_p50 / fp32.median_p50, fp32.median_p50 / compact.median_p50
+            splits.append((compact.batch, pruning, precision, pruning * precision))
+        return splits
 
 
 class LayerRow(_Strict):
@@ -244,6 +262,41 @@ class Layers(_Strict):
     runs: Annotated[int, Field(ge=1)]
     models: list[str]
     rows: list[LayerRow]
+
+
+class FloatLayer(_Strict):
+    """A layer an int8 build kept in float, and the measurement that decided it."""
+
+    node: str
+    op: str = ""
+    reason: str
+    fp32_ms: Millis | None = None  # its kernel time in the fp32 model (when kept float for speed)
+    int8_ms: Millis | None = None  # ... and in the all-int8 model
+
+
+class Quantization(_Strict):
+    """How an int8 build was quantised and whether it paid, on the machine that built it.
+
+    `finding` is set when int8 was not faster than fp32 there: the run still publishes the int8
+    model it was asked for, and says so (also among `warnings`)."""
+
+    scheme: str  # e.g. "U8S8 QDQ, per-channel 8-bit weights, minmax calibration"
+    reason: str  # why this scheme on this CPU
+    calibration_method: str
+    calibration_chosen_by: str
+    float_layers: list[FloatLayer] = []
+    layers_note: str = ""
+    build_batch: Annotated[int, Field(ge=1)]
+    build_fp32_ms: Millis  # the compact model, fp32 against int8, timed interleaved by the build
+    build_int8_ms: Millis
+    faster: bool
+    finding: str | None = None
+    # int8 against the compact model in fp32 on the validation data: what quantising alone changed
+    top1_agreement: Unit | None = None
+    cosine: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
+    accuracy_fp32: Unit | None = None
+    accuracy_int8: Unit | None = None
+    build: dict[str, Any] = {}  # the build metadata's `quantization`, as written
 
 
 class Timestamps(_Strict):
@@ -265,6 +318,7 @@ class Report(_Strict):
     validation: Validation
     latency: Latency
     layers: Layers | None = None
+    quantization: Quantization | None = None  # int8 builds on a backend that measures its int8 choice
     warnings: list[str] = []
     timestamps: Timestamps
     artifacts: dict[str, str] = {}  # file name in the output folder -> sha256

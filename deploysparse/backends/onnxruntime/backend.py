@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from deploysparse.backends.base import Backend, BuildRequest, Built, cpu_name
-from deploysparse.backends.onnxruntime import build, intermediates, profiler
+from deploysparse.backends.onnxruntime import build, int8, intermediates, profiler
 from deploysparse.backends.onnxruntime.runner import OrtRunner
 from deploysparse.backends.onnxruntime.runtime import load_onnxruntime
 from deploysparse.calibration import load_calibration, sample_count
@@ -80,11 +80,10 @@ class OnnxRuntimeBackend(Backend):
                 source = build.convert_fp16(model, work / "fp16.onnx")
             elif precision == "int8":
                 feeds = load_calibration(request.calib, request.specs)
-                source = build.quantize_qdq(source, request.specs, feeds, work / "int8.onnx")
+                quantized = int8.build_int8(self, source, request.specs, feeds, work, request.int8)
+                source = quantized.model
                 metadata["calibration_samples"] = sample_count(feeds)
-                metadata["quantization"] = (
-                    "static QDQ, symmetric int8 activations and per-channel int8 weights, MinMax"
-                )
+                metadata["quantization"] = quantized.metadata
             if precision != "fp32":
                 converted = build.load_written(source, f"the {precision} model ONNX Runtime wrote", name)
                 files.append(build.publish(converted, request.out_dir / f"model.{precision}.onnx", external))

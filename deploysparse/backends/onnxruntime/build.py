@@ -1,5 +1,8 @@
 """The steps of an ONNX Runtime build: optimise, convert to fp16, quantise to int8 QDQ, publish.
 
+`quantize_qdq` is the one-call QDQ quantiser (TensorRT's zero-point-0 scheme by default); the
+measured int8 build of ONNX Runtime itself is `int8.build_int8`.
+
 ONNX Runtime's optimiser and quantiser resolve external data against folders of their own (temporary
 ones included), so the backend runs them on a copy staged in a private folder; each result is read
 back with its weights and checked (`load_written`, `optimize`), and `publish` writes it where it
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from deploysparse import progress
+from deploysparse.backends.onnxruntime import quantizer
+from deploysparse.backends.onnxruntime.quantizer import Quantized
 from deploysparse.backends.onnxruntime.runtime import load_onnxruntime
+from deploysparse.backends.quantize import TENSORRT, QuantScheme
 from deploysparse.calibration import InputSpec, batches, sample_count
 from deploysparse.errors import (
     BackendError,
@@ -153,62 +158,28 @@ def convert_fp16(model: onnx.ModelProto, target: Path) -> Path:
     return save_model(converted, target, external_data=needs_external_data(converted))
 
 
-def quantize_qdq(source: Path, specs: list[InputSpec], feeds: dict[str, np.ndarray], target: Path) -> Path:
-    """Static QDQ quantisation: symmetric int8 (zero point 0, as TensorRT requires), per-channel weights.
+def quantize_qdq(
+    source: Path,
+    specs: list[InputSpec],
+    feeds: dict[str, np.ndarray],
+    target: Path,
+    scheme: QuantScheme = TENSORRT,
+) -> Quantized:
+    """`source` as a static QDQ model in `scheme`, calibrated on `feeds`, written to `target` (scratch
+    files beside it): prepare (opset 13 where per-channel weights need it), calibrate, quantise.
 
-    Weights use 7 of the 8 bits (`reduce_range`). x86 CPUs without VNNI (AVX2, AVX-512 before
-    Cascade Lake) multiply int8 pairs into 16-bit sums that saturate, so full-range weights lose
-    accuracy there, at random: measured on an AVX2 EPYC, a digits CNN kept 0.980 top-1 with 7-bit
-    weights and 0.942 with 8-bit (fp32: 0.980; tests/test_backends_ort.py). The artifact may run on
-    another CPU than the one that built it, so the safe range is the default everywhere.
+    The default is TensorRT's scheme: symmetric int8 activations and per-channel int8 weights, zero
+    point 0 everywhere. ONNX Runtime's own int8 build picks its scheme per CPU and measures its
+    choices (`onnxruntime/int8.py`); this is the one-call form for a backend that only needs the QDQ
+    model. The result says which scheme was applied (per-tensor weights where the opset stays below 13).
     """
-    load_onnxruntime()  # quieten ONNX Runtime's logger before quantisation opens its sessions
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
+    target.parent.mkdir(parents=True, exist_ok=True)
+    batches = calibration_batches(specs, feeds, source)
+    prepared = quantizer.prepare(source, target.with_name("prepared.onnx"), batches, scheme.per_channel)
+    ranges = quantizer.calibrate(
+        prepared, batches, scheme.calibration, scheme.symmetric, target.with_name("ranges.json")
     )
-
-    calibration = _calibration_batches(specs, feeds, source)
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self, advance) -> None:
-            self._batches: Iterator[dict[str, np.ndarray]] = iter(calibration)
-            self._advance = advance
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            item = next(self._batches, None)
-            if item is not None:
-                self._advance(1)
-            return item
-
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    big = bool(external_data_files(source))
-    with progress.progress("calibrating int8", total=len(calibration)) as advance:
-        prepared = target.with_name("prepared.onnx")
-        try:
-            # Shape inference and basic fusions first, as ONNX Runtime recommends: quantisation
-            # needs every tensor's type and shape, and must see Conv+BN already folded.
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, save_as_external_data=big)
-            quantize_static(
-                str(prepared),
-                str(target),
-                _Reader(advance),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=True,  # 7-bit weights: see the docstring
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                use_external_data_format=big,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-            )
-        except Exception as exc:
-            raise BackendError(f"{source}: int8 quantisation failed ({first_line(exc)})") from exc
-    return target
+    return quantizer.quantize(prepared, ranges, scheme, target)
 
 
 def publish(model: onnx.ModelProto, target: Path, external: bool) -> Path:
@@ -217,10 +188,11 @@ def publish(model: onnx.ModelProto, target: Path, external: bool) -> Path:
     return save_model(model, target, external_data=external or None)
 
 
-def _calibration_batches(
-    specs: list[InputSpec], feeds: dict[str, np.ndarray], source: Path
+def calibration_batches(
+    specs: list[InputSpec], feeds: Mapping[str, np.ndarray], source: Path
 ) -> list[dict[str, np.ndarray]]:
-    """Calibrate with the model's static batch when it has one (it cannot run any other size)."""
+    """`feeds` in batches of CALIBRATION_BATCH, or of the model's static batch when it has one (it
+    cannot run any other size)."""
     batch_dim = specs[0].batch_dim
     if not isinstance(batch_dim, int):
         return list(batches(feeds, CALIBRATION_BATCH))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import tempfile
 from collections import defaultdict
@@ -80,13 +81,16 @@ def _session(path: Path, prefix: Path, threads: int | None):
 
 _REORDERS = {"ReorderInput", "ReorderOutput"}
 REORDER_ROW = "(layout reorders)"
+# A QDQ model's DequantizeLinear -> Conv -> QuantizeLinear runs as one QLinearConv named
+# `<conv>_token_<n>`: its row is the conv's, so an int8 model's rows line up with the fp32 model's.
+_FUSED_QDQ = re.compile(r"^(?P<node>.+)_token_\d+$")
 
 
 def _labeller(path: str | os.PathLike[str]):
     """Map an optimised-graph node to the source model's node it computes, so rows line up across models.
 
     ONNX Runtime names a node it moved to its blocked (NCHWc) layout after its output tensor plus
-    `_nchwc`; a conv fused with its activation but left in NCHW keeps the conv's name. Both are
+    `_nchwc`, and a QDQ node group it fused into one integer kernel `<node>_token_<n>`; a conv fused with its activation but left in NCHW keeps the conv's name. Both are
     traced back to the conv: the tensor's producer, then through the nodes the rules say a backend
     fuses into their producer (Rule.fused_into_producer: BatchNormalization, activations).
     The layout reorders ONNX Runtime inserts are pooled into one row.
@@ -98,7 +102,12 @@ def _labeller(path: str | os.PathLike[str]):
     def label(node: str, op: str) -> str:
         if op in _REORDERS:
             return REORDER_ROW
-        if node in names or not node.endswith("_nchwc"):
+        if node in names:
+            return node
+        fused = _FUSED_QDQ.match(node)
+        if fused and fused.group("node") in names:
+            return fused.group("node")
+        if not node.endswith("_nchwc"):
             return node
         source = kernel_node(node.removesuffix("_nchwc"), producer)
         return source.name if source is not None else node
