@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
+from deploysparse.backends.trt_versions import VERSION_HELP
 from deploysparse.cli.options import backend_option
 from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
 
@@ -33,6 +34,7 @@ from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
     is_flag=True,
     help="TensorRT: only check op support (no TensorRT needed).",
 )
+@click.option("--trt-version", help=VERSION_HELP)
 @click.option(
     "--keep-denormals",
     is_flag=True,
@@ -51,6 +53,7 @@ def command(
     workspace_mb,
     out_dir,
     check_only,
+    trt_version,
     keep_denormals,
     as_json,
     quiet,
@@ -61,7 +64,7 @@ def command(
 
     progress.set_quiet(quiet or as_json)
     if check_only:
-        return _check_only(ctx, model, backend, as_json)
+        return _check_only(ctx, model, backend, trt_version, as_json)
     if out_dir is None:
         raise UsageError("build needs -o/--output FOLDER for the built model")
     result = get_backend(backend).build(
@@ -88,18 +91,18 @@ def command(
     return 0
 
 
-def _check_only(ctx: click.Context, model: Path, backend: str, as_json: bool) -> int:
+def _check_only(ctx: click.Context, model: Path, backend: str, trt_version: str | None, as_json: bool) -> int:
     from deploysparse.backends.trt_support import check_onnx
     from deploysparse.errors import UsageError
     from deploysparse.modelio import load_model
 
     if backend != "tensorrt":
         raise UsageError("--check-only checks TensorRT op support; use it with --backend tensorrt")
-    report = check_onnx(load_model(model))
+    report = check_onnx(load_model(model), trt_version)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
-        click.echo(f"{model}: {report.summary()}")
+        click.echo(f"{model}: {report.summary()} (checked against {report.table})")
         for finding in report.unsupported:
             click.echo(f"  {finding.node}: {finding.reason}")
         for warning in report.warnings:
