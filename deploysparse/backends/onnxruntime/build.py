@@ -1,4 +1,4 @@
-"""The steps of an ONNX Runtime build: optimise, convert to fp16, quantise to int8 QDQ, publish.
+"""The steps of an ONNX Runtime build: optimise, quantise to int8 QDQ, publish (fp16: backends/fp16.py).
 
 ONNX Runtime's optimiser and quantiser resolve external data against folders of their own (temporary
 ones included), so the backend runs them on a copy staged in a private folder, and `publish` re-reads
@@ -7,18 +7,16 @@ each result with its weights and writes it where it belongs, with its own data f
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from deploysparse import progress
 from deploysparse.backends.onnxruntime.runtime import load_onnxruntime
 from deploysparse.calibration import InputSpec, batches, sample_count
 from deploysparse.errors import BackendError, CalibrationError, first_line
-from deploysparse.modelio import external_data_files, load_model, needs_external_data, save_model
+from deploysparse.modelio import external_data_files, load_model, save_model
 
 CALIBRATION_BATCH = 32
 
@@ -40,24 +38,6 @@ def optimize(source: Path, target: Path, providers: list[str]) -> list[str]:
     except Exception as exc:
         raise BackendError(f"{source}: ONNX Runtime cannot optimise the model ({first_line(exc)})") from exc
     return session.get_providers()
-
-
-def convert_fp16(model: onnx.ModelProto, target: Path) -> Path:
-    """The fp16 model (inputs and outputs stay fp32), written to `target`."""
-    try:
-        from onnxconverter_common import float16
-    except ImportError as exc:
-        raise BackendError(
-            "fp16 on ONNX Runtime needs the onnxconverter-common package (pip install onnxconverter-common); "
-            "or build fp16 with --backend tensorrt on a GPU"
-        ) from exc
-    try:
-        with warnings.catch_warnings():  # one warning per weight below fp16's range: noise
-            warnings.simplefilter("ignore")
-            converted = float16.convert_float_to_float16(model, keep_io_types=True)
-    except Exception as exc:
-        raise BackendError(f"fp16 conversion failed ({first_line(exc)})") from exc
-    return save_model(converted, target, external_data=needs_external_data(converted))
 
 
 def quantize_qdq(source: Path, specs: list[InputSpec], feeds: dict[str, np.ndarray], target: Path) -> Path:
