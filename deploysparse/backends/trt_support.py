@@ -160,11 +160,34 @@ def _zero_point(node: onnx.NodeProto, graph: _Graph) -> str | None:
     zero_point = graph.value(node.input[2])
     if zero_point is None:
         return "the zero point must be a constant 0"
-    if zero_point.dtype == np.uint8:
-        return "uint8 quantisation: TensorRT quantises to signed int8 (uint8 Q/DQ is for DLA only)"
     if zero_point.any():
         return "the zero point must be 0 (TensorRT supports symmetric quantisation only)"
     return None
+
+
+def _quantized_types(*allowed: int) -> Check:
+    """The quantised type (the zero point's, else a DequantizeLinear's stored input's) must be one of
+    `allowed`: the table's types for DequantizeLinear. ONNX Runtime's QDQ quantiser dequantises an int32
+    bias, which TensorRT's parser refuses (onnx/onnx-tensorrt#850)."""
+    names = ", ".join(onnx.TensorProto.DataType.Name(t) for t in allowed)
+
+    def check(node: onnx.NodeProto, graph: _Graph) -> str | None:
+        zero_point = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        held = zero_point or (node.input[0] if node.op_type == "DequantizeLinear" else None)
+        tensor = graph.constants.get(held) if held else None
+        if tensor is None or tensor.data_type in allowed:
+            return None
+        kind = onnx.TensorProto.DataType.Name(tensor.data_type)
+        hint = (
+            " (a quantised bias: keep biases in float)" if tensor.data_type == onnx.TensorProto.INT32 else ""
+        )
+        return f"{kind} quantisation{hint}: TensorRT quantises to {names} only"
+
+    return check
+
+
+_INT8 = onnx.TensorProto.INT8
+_FP8, _INT4, _FP4 = onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.INT4, onnx.TensorProto.FLOAT4E2M1
 
 
 _RESIZE_COORDINATES = {
@@ -256,6 +279,13 @@ RESTRICTIONS: tuple[Restriction, ...] = (
     Restriction(("AveragePool", "MaxPool"), _pool_rank),
     Restriction(("AveragePool", "MaxPool", "LpPool"), _pool_dilations, since=V10_0),
     Restriction(("QuantizeLinear", "DequantizeLinear"), _zero_point),
+    Restriction(("QuantizeLinear", "DequantizeLinear"), _quantized_types(_INT8), until=TrtVersion(8, 6)),
+    Restriction(
+        ("QuantizeLinear", "DequantizeLinear"), _quantized_types(_INT8, _FP8, _INT4), since=V10_0, until=V10_1
+    ),
+    Restriction(
+        ("QuantizeLinear", "DequantizeLinear"), _quantized_types(_INT8, _FP8, _INT4, _FP4), since=V10_15
+    ),
     Restriction(("Resize",), _resize_modes),
     Restriction(("Resize",), _resize_policy, since=V10_15),
     Restriction(("CumSum",), _constant_input(1, "axis")),

@@ -1,4 +1,5 @@
-"""`deploysparse build`: build a model for a backend, or check TensorRT op support without TensorRT."""
+"""`deploysparse build`: build a model for a backend, check TensorRT op support, or write a TensorRT
+artefact with the commands that build its engine on the device (both without TensorRT)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
+from deploysparse.backends.notes import build_notes
 from deploysparse.backends.trt_versions import VERSION_HELP
 from deploysparse.cli.options import backend_option
-from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
+from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS, SPARSITY_PATTERNS
 
 
 @click.command("build")
@@ -34,7 +36,18 @@ from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
     is_flag=True,
     help="TensorRT: only check op support (no TensorRT needed).",
 )
+@click.option(
+    "--emit-command",
+    is_flag=True,
+    help="TensorRT: write the validated artefact and the trtexec/polygraphy commands, no engine "
+    "(no TensorRT needed).",
+)
 @click.option("--trt-version", help=VERSION_HELP)
+@click.option(
+    "--sparsity",
+    type=click.Choice(SPARSITY_PATTERNS),
+    help="TensorRT: prune the weights of the layers sparse tensor cores can run to this pattern.",
+)
 @click.option(
     "--keep-denormals",
     is_flag=True,
@@ -53,7 +66,9 @@ def command(
     workspace_mb,
     out_dir,
     check_only,
+    emit_command,
     trt_version,
+    sparsity,
     keep_denormals,
     as_json,
     quiet,
@@ -67,7 +82,14 @@ def command(
         return _check_only(ctx, model, backend, trt_version, as_json)
     if out_dir is None:
         raise UsageError("build needs -o/--output FOLDER for the built model")
-    result = get_backend(backend).build(
+    options = {}
+    if backend == "tensorrt":
+        options = {"trt_version": trt_version, "engine": "emit" if emit_command else "build"}
+    elif emit_command or trt_version:
+        raise UsageError(
+            f"--{'emit-command' if emit_command else 'trt-version'} applies to --backend tensorrt"
+        )
+    result = get_backend(backend, **options).build(
         model,
         out_dir,
         precision=precision,
@@ -75,19 +97,26 @@ def command(
         shapes=parse_shapes(shapes),
         workspace_mb=workspace_mb,
         keep_denormals=keep_denormals,
+        sparsity=sparsity,
     )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        click.echo(f"built {result.artifact} ({backend}, {precision})")
+        made = "wrote" if result.not_built else "built"
+        click.echo(f"{made} {result.artifact} ({backend}, {precision})")
         if result.metadata.get("denormals_flushed"):
             click.echo(
                 f"  set {result.metadata['denormals_flushed']:,} denormal float32 weights to zero "
                 "(--keep-denormals keeps them)"
             )
+        for line in build_notes(result.metadata, folder=f"{out_dir}/"):
+            click.echo(f"  {line}")
         for path in result.files:
             if path != result.artifact:
                 click.echo(f"  wrote {path}")
+    validation = result.metadata.get("artifact_validation")
+    if validation and not validation["passed"]:
+        ctx.exit(1)  # a regression: the artefact does not answer like the fp32 model
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from deploysparse.backends.notes import build_notes
 from deploysparse.cli.options import echo_json
 
 
@@ -69,4 +70,7 @@ def print_summary(report: dict, outdir: str) -> None:
         f"({report['pruning']['criterion']}); max abs err {v['max_abs_err']:.3g}, "
         f"top-1 agreement {v.get('top1_agreement')}, validation {'passed' if v['passed'] else 'FAILED'}"
     )
+    build = report["extra"].get("build") or {}
+    for line in build_notes(build, folder=f"{outdir}/{build.get('folder', 'build')}/"):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # commands stay one line
     console.print(f"report: {outdir}/report.html")

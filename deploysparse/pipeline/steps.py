@@ -33,7 +33,7 @@ from deploysparse.errors import UsageError
 from deploysparse.modelio import load_model, save_model
 from deploysparse.pipeline.original import OriginalFacts
 from deploysparse.pipeline.report import assemble_report
-from deploysparse.pipeline.speed import Speed, measure_speed
+from deploysparse.pipeline.speed import Speed, measure_speed, unmeasured
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
 from deploysparse.validate import ValidationReport, validate
@@ -93,7 +93,13 @@ def run_steps(spec: RunSpec, staging: Path, started: datetime, hooks: StepHooks 
         built, validation = build_and_validate(
             recipe, spec.source, compact_path, staging, spec.calib, spec.data, spec.labels, facts
         )
-        speed = hooks.measure(recipe, spec.source, built.artifact, compact_path, facts)
+        # An artifact the recipe's backend could not build here (a TensorRT engine on a machine
+        # without TensorRT) has no latency to measure: the report says so instead.
+        speed = (
+            unmeasured()
+            if built.not_built
+            else hooks.measure(recipe, spec.source, built.artifact, compact_path, facts)
+        )
     report = assemble_report(
         recipe, spec.model_label, spec.source, result, built, validation, speed, started, staging, facts
     )
@@ -151,6 +157,7 @@ def build_and_validate(
             calib=calib,
             shapes=_shapes(recipe, original_facts),
             workspace_mb=recipe.build.workspace_mb,
+            sparsity=recipe.build.sparsity,
         )
     _relative_metadata(built.files, staging)
     v = recipe.validate_
@@ -160,7 +167,7 @@ def build_and_validate(
             built.artifact,
             data,
             labels=labels,
-            backend=recipe.build.backend,
+            backend=built.runs_on,  # the backend, or ONNX Runtime for an artefact built elsewhere
             atol=v.atol,
             rtol=v.rtol,
             min_cosine=v.min_cosine,
