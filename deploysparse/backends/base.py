@@ -14,7 +14,8 @@ Every backend's metadata JSON has the same keys: `backend`, `version`, `device`,
 `source_model`, `source_sha256`, `inputs` (declared dims, null when dynamic), `shapes` (the
 optimisation profile: min, opt, max per input; {} when none), `workspace_mb`,
 `calibration_samples` (null unless calibrated), `denormals_flushed`, then the backend's own
-(ONNX Runtime: `providers`, `quantization`; TensorRT: `int8_mode`).
+(ONNX Runtime: `providers`, `quantization`, `fp16`; TensorRT: its artefact, the artefact's validation,
+the engine commands, whether the engine was built; `SHARED_METADATA` lists the shared keys).
 """
 
 from __future__ import annotations
