@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from deploysparse.backends import get_backend, reference_backend
+from deploysparse.backends.base import SHARED_METADATA
 from deploysparse.backends.trt_artifact import float_biases
 from deploysparse.backends.trt_commands import PRECISION_FLAGS
 from deploysparse.backends.trt_sparsity import is_2_4
@@ -96,6 +97,7 @@ def test_int8_artefact_is_symmetric_s8_and_validated_before_any_engine(tmp_path)
         assert zero_point.dtype == np.int8 and not zero_point.any()
     assert check_onnx(artefact).ok
     meta = json.loads((out / "model.int8.onnx.json").read_text())
+    assert set(SHARED_METADATA) <= set(meta)  # one metadata schema, engine or not
     assert meta["precision"] == "int8" and meta["engine"] == {"built": False, "reason": result.not_built[18:]}
     checked = meta["artifact_validation"]
     assert checked["passed"] and checked["samples"] == 64 and checked["data"] == "64 calibration samples"
