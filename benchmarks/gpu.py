@@ -437,28 +437,30 @@ def table(rows: list[dict]) -> str:
         "max err vs masked",
         "TRT check",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    cells = []
     for r in rows:
         compact = "speedup" in r
         trt = r.get("trt_check_only") or {}
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    r["model"],
-                    r["variant"],
-                    str(r["batch"]),
-                    f"{r['flops_kept']:.3f}",
-                    f"{r['p50_ms']:.3f}",
-                    f"{r['speedup']:.2f}x" if compact else "",
-                    f"{r['realised']:.2f}" if compact else "",
-                    f"{r['max_abs_err_vs_masked']:.2e} (of {r['output_scale']:.2g})" if compact else "",
-                    ("ok" if trt.get("ok") else "FAILS") if compact else "",
-                ]
-            )
-            + " |"
+        cells.append(
+            [
+                r["model"],
+                r["variant"],
+                str(r["batch"]),
+                f"{r['flops_kept']:.3f}",
+                f"{r['p50_ms']:.3f}",
+                f"{r['speedup']:.2f}x" if compact else "",
+                f"{r['realised']:.2f}" if compact else "",
+                f"{r['max_abs_err_vs_masked']:.2e} (of {r['output_scale']:.2g})" if compact else "",
+                ("ok" if trt.get("ok") else "FAILS") if compact else "",
+            ]
         )
-    return "\n".join(lines)
+    return markdown(head, cells)
+
+
+def markdown(head: list[str], cells: list[list[str]]) -> str:
+    """A Markdown table: the header row, the separator, one row per list of cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,21 +584,22 @@ def trt_table(rows: list[dict]) -> str:
         "layers 2:4 / dense",
         "2:4 cosine, top-1 vs dense",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    cells = []
     for r in rows:
         top1 = "n/a" if r["top1_vs_dense"] is None else f"{r['top1_vs_dense']:.3f}"
-        cells = [
-            r["model"],
-            r["variant"],
-            str(r["batch"]),
-            f"{r['dense_ms']:.3f}",
-            f"{r['sparse_ms']:.3f}",
-            f"{r['sparse_speedup']:.2f}x",
-            f"{r['sparse_layers']} / {r['dense_layers']}",
-            f"{r['cosine_vs_dense']:.5f}, {top1}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells.append(
+            [
+                r["model"],
+                r["variant"],
+                str(r["batch"]),
+                f"{r['dense_ms']:.3f}",
+                f"{r['sparse_ms']:.3f}",
+                f"{r['sparse_speedup']:.2f}x",
+                f"{r['sparse_layers']} / {r['dense_layers']}",
+                f"{r['cosine_vs_dense']:.5f}, {top1}",
+            ]
+        )
+    return markdown(head, cells)
 
 
 def parse_list(text: str, kind: type) -> list:

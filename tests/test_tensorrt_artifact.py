@@ -214,27 +214,6 @@ def test_a_plain_build_still_needs_tensorrt_and_names_the_way_out(tmp_path, cli)
     assert result.code == 2 and "TensorRT is not installed" in result.err
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The bundled digits model (the zoo's trained CNN) exported once, with its data."""
-    from deploysparse.frontend.model_source import resolve_model
-    from deploysparse.zoo.digits import calibration_set, validation_set
-
-    folder = tmp_path_factory.mktemp("digits")
-    resolved = resolve_model(
-        "deploysparse.zoo.digits:digits_model", input_shape=[1, 1, 16, 16], workdir=folder / "export"
-    )
-    images, labels = validation_set()
-    files = {
-        "model": Path(resolved.onnx_path),
-        **{k: folder / f"{k}.npy" for k in ("calib", "val", "labels")},
-    }
-    np.save(files["calib"], calibration_set())
-    np.save(files["val"], images)
-    np.save(files["labels"], labels)
-    return files
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_zoo_artefacts_pass_validate_at_the_documented_tolerances(tmp_path, digits, precision):

@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 
 from deploysparse.backends import REFERENCE_BACKEND, reference_backend
+from deploysparse.backends.notes import NodeReason
 from deploysparse.calibration import batches, sample_count
 from deploysparse.errors import BackendError, first_line
 from deploysparse.graph.rules import stored_tensors
@@ -79,24 +80,12 @@ SENSITIVE_OPS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class KeptFp32:
-    """A node the fp16 artefact computes in fp32, and why."""
-
-    node: str
-    op_type: str
-    reason: str
-
-    def to_json(self) -> dict:
-        return {"node": self.node, "op_type": self.op_type, "reason": self.reason}
-
-
 @dataclass
 class Fp16Conversion:
     """The fp16 artefact, what stayed fp32 and on what data that was judged."""
 
     model: onnx.ModelProto
-    kept: list[KeptFp32] = field(default_factory=list)
+    kept: list[NodeReason] = field(default_factory=list)  # the nodes computed in fp32, and why
     judged_on: str = ""
     candidates: int = 0  # nodes whose conversion was judged by its effect on the outputs
     # The final choice's outputs against fp32 on the judging data (simulate_fp16); None without data.
@@ -312,5 +301,5 @@ def _first(feeds: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]
     return next(batches(feeds, count))
 
 
-def _kept(nodes: Mapping[str, onnx.NodeProto], kept: Mapping[str, str]) -> list[KeptFp32]:
-    return [KeptFp32(name, nodes[name].op_type, reason) for name, reason in kept.items() if reason]
+def _kept(nodes: Mapping[str, onnx.NodeProto], kept: Mapping[str, str]) -> list[NodeReason]:
+    return [NodeReason(name, nodes[name].op_type, reason) for name, reason in kept.items() if reason]

@@ -1,4 +1,5 @@
-"""What a person reads about a build beyond "built X": the keys a backend adds to its metadata, in words.
+"""What a person reads about a build beyond "built X": the keys a backend adds to its metadata, in words,
+and the one record of "this node, and why" the support check and the fp16 conversion report.
 
 `deploysparse build` prints these lines after a build and `deploysparse run` after its table, from the
 same metadata (a run's report.json holds it under `extra.build`), so both say the same thing: whether
@@ -9,7 +10,20 @@ which layers became 2:4 sparse, and the command lines that build the engine on t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class NodeReason:
+    """A node, its op, and why something was decided about it (refused by a parser, kept in fp32)."""
+
+    node: str
+    op_type: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"node": self.node, "op_type": self.op_type, "reason": self.reason}
 
 
 def build_notes(metadata: Mapping[str, Any], folder: str = "") -> list[str]:

@@ -22,35 +22,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from deploysparse.backends.notes import NodeReason
 from deploysparse.backends.trt_versions import Target, TrtVersion, target
 from deploysparse.graph.rules import attr, stored_tensors
 
 V8_5, V10_0, V10_1, V10_15 = TrtVersion(8, 5), TrtVersion(10, 0), TrtVersion(10, 1), TrtVersion(10, 15)
 TOPK_MAX_K = 3840  # 10.x: "K input must be less than 3840"
-_REDUCTIONS = (
-    "ReduceL1",
-    "ReduceL2",
-    "ReduceLogSum",
-    "ReduceLogSumExp",
-    "ReduceMax",
-    "ReduceMean",
-    "ReduceMin",
-    "ReduceProd",
-    "ReduceSum",
-    "ReduceSumSquare",
-)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One node TensorRT's parser would reject, and why."""
-
-    node: str
-    op_type: str
-    reason: str
-
-    def to_json(self) -> dict:
-        return {"node": self.node, "op_type": self.op_type, "reason": self.reason}
+_REDUCTIONS = tuple(sorted(op for op in target().table.ops if op.startswith("Reduce")))
 
 
 @dataclass
@@ -60,7 +38,7 @@ class SupportReport:
     opset: int
     target: Target
     nodes: int = 0  # nodes checked
-    unsupported: list[Finding] = field(default_factory=list)
+    unsupported: list[NodeReason] = field(default_factory=list)  # each node the parser would reject
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -339,7 +317,7 @@ def check_onnx(model: onnx.ModelProto, trt_version: str | TrtVersion | None = No
             if warning:
                 report.warnings.append(f"node '{name}' ({node.op_type}): {reason}")
             else:
-                report.unsupported.append(Finding(name, node.op_type, reason))
+                report.unsupported.append(NodeReason(name, node.op_type, reason))
     return report
 
 
