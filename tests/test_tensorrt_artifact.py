@@ -164,14 +164,17 @@ def test_the_emitted_commands_name_the_artefacts_inputs_and_shapes(tmp_path):
 
 def test_an_artefact_that_fails_its_validation_gets_no_commands(tmp_path, cli):
     """+5000 -5000 around the logits: int8 rounds the shifted values to steps of ~40 and loses them."""
-    model = _conv_net(offset=5000.0)
-    onnx.save(model, str(tmp_path / "m.onnx"))
     np.save(tmp_path / "calib.npy", _calib())
+    onnx.save(_conv_net(), str(tmp_path / "good.onnx"))
+    good = ("build", tmp_path / "good.onnx", "--backend", "tensorrt", "--precision", "int8")
+    assert cli(*good, "--calib", tmp_path / "calib.npy", "--emit-command", "-o", tmp_path / "out").code == 0
+    assert (tmp_path / "out" / "build-engine.sh").exists()
+    onnx.save(_conv_net(offset=5000.0), str(tmp_path / "m.onnx"))
     args = ("build", tmp_path / "m.onnx", "--backend", "tensorrt", "--precision", "int8")
     result = cli(*args, "--calib", tmp_path / "calib.npy", "--emit-command", "-o", tmp_path / "out")
     assert result.code == 1, result.err
     assert "fails its validation" in result.out and "FAILED" in result.out
-    assert not (tmp_path / "out" / "build-engine.sh").exists()
+    assert not (tmp_path / "out" / "build-engine.sh").exists()  # the good model's commands are gone too
     meta = json.loads((tmp_path / "out" / "model.int8.onnx.json").read_text())
     assert "commands" not in meta and meta["artifact_validation"]["passed"] is False
 

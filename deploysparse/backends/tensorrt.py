@@ -145,6 +145,7 @@ class EngineTimer(Timer):
 
     @contextlib.contextmanager
     def open(self, path: Path, spinning: bool = True) -> Iterator[Runner]:
+        _require_gpu(_tensorrt())  # before the artefact is made: timing needs the engine
         with tempfile.TemporaryDirectory(prefix="deploysparse-engine-") as folder:
             built = self.backend.build(path, folder, precision="fp16")
             with self.backend.runner(built.artifact, spinning=spinning) as runner:
@@ -241,10 +242,15 @@ class TensorRTBackend(Backend):
         metadata = dict(artefact.metadata)
         reason = artefact.failure or self.not_built_here()
         if reason is not None:
+            for stale in (ENGINE, f"{ENGINE}.json"):  # an earlier build's engine is not this artefact's
+                (request.out_dir / stale).unlink(missing_ok=True)
             metadata["engine"] = {"built": False, "reason": reason}
             return Built(
                 artefact.files, metadata, artefact.path, REFERENCE_BACKEND, f"engine not built: {reason}"
             )
+        (request.out_dir / f"{artefact.path.name}.json").unlink(
+            missing_ok=True
+        )  # the engine's metadata holds it
         files, own = _build_engine(request, artefact)
         metadata.update(own)
         metadata["engine"] = {"built": True, "reason": None}

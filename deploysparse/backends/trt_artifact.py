@@ -61,7 +61,6 @@ class Artefact:
     files: list[Path]
     metadata: dict = field(default_factory=dict)
     passed: bool = True
-    commands: EngineCommands | None = None
 
     @property
     def failure(self) -> str | None:
@@ -110,28 +109,28 @@ def prepare_artifact(request: BuildRequest, trt_version: TrtVersion) -> Artefact
     metadata["artifact_onnx"] = path.name
     metadata["artifact_validation"] = {**validation.to_json(), "data": described}
     metadata["calibration_samples"] = sample_count(feeds) if feeds is not None else None
-    simulated = (metadata.get("fp16") or {}).get(
-        "simulated_validation"
-    )  # fp16 storage, on the calibration data
+    simulated = (metadata.get("fp16") or {}).get("simulated_validation")  # fp16 storage, calibration data
     result = Artefact(
         path, [path], metadata, validation.passed and (simulated is None or simulated["passed"])
     )
-    if result.passed:
-        result.commands = engine_commands(
-            path.name,
-            ENGINE,
-            model_input_specs(artefact),
-            request.shapes,
-            trt_version=trt_version,
-            precision=precision,
-            workspace_mb=request.workspace_mb,
-            sparse=request.sparsity is not None,
-            timing_cache=TIMING_CACHE,
-        )
-        script = out_dir / SCRIPT
-        write_text(script, result.commands.script(_script_header(request, path.name, result.commands)))
-        result.files.append(script)
-        metadata["commands"] = result.commands.to_json()
+    script = out_dir / SCRIPT
+    if not result.passed:
+        script.unlink(missing_ok=True)  # an earlier build's commands must not outlive its artefact
+        return result
+    commands = engine_commands(
+        path.name,
+        ENGINE,
+        model_input_specs(artefact),
+        request.shapes,
+        trt_version=trt_version,
+        precision=precision,
+        workspace_mb=request.workspace_mb,
+        sparse=request.sparsity is not None,
+        timing_cache=TIMING_CACHE,
+    )
+    write_text(script, commands.script(_script_header(request, path.name, commands)))
+    result.files.append(script)
+    metadata["commands"] = commands.to_json()
     return result
 
 
