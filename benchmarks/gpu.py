@@ -13,7 +13,7 @@ compact ONNX is also checked with `deploysparse build --backend tensorrt --check
     PYTHONPATH=. python benchmarks/gpu.py [--device cuda|cpu] [--models resnet50,mobilenetv2]
         [--size 224] [--width 1.0] [--targets 0.7,0.5] [--round-to 8] [--batches 1,8,32]
         [--dtype fp16|fp32] [--warmup 10] [--iters 50] [--rounds 3] [--json out.json]
-        [--prepare-only DIR | --from DIR]
+        [--prepare-only DIR | --from DIR] [--trt-sparsity [--trtexec PATH] [--trt-iters 200]]
 
 Two phases, because a lent GPU machine may have only torch, onnx and onnxruntime: *prepare* (export,
 analyse, prune, TensorRT op check: needs deploysparse's CPU dependencies, e.g. scipy, click) and
@@ -24,15 +24,30 @@ then `--from DIR --device cuda`. Timing on CUDA uses CUDA events around each for
 synchronisation after it; on CPU, `time.perf_counter`.
 
 `--device cpu --size 32 --width 0.125 --batches 1,2 --iters 3` runs end to end in seconds (the test).
+
+`--trt-sparsity` adds TensorRT engines, 2:4 sparse against dense. *prepare* writes two fp16 TensorRT
+artefacts of every compact model (`deploysparse build --backend tensorrt --precision fp16
+--emit-command`, one with `--sparsity 2:4`) into DIR/trt/, each with the trtexec line that builds its
+engine and the change 2:4 made to the outputs (measured on ONNX Runtime, dense execution). *measure*
+runs those emitted lines with the device's trtexec (`--trtexec`, default the one on PATH), then
+times each engine with `trtexec --loadEngine` at every batch size, and reports the median GPU compute
+time, dense and sparse, and the sparse speed-up. It needs only trtexec and this checkout; the
+artefacts carry their weights (fp16: half the model's size, twice). TensorRT times sparse kernels
+against dense ones and keeps the faster, so a layer too small to gain stays dense in both engines.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
+import re
+import shlex
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,6 +124,9 @@ class Compact:
     params: int
     record: Record
     trt_check: dict
+    # --trt-sparsity: the dense and 2:4 TensorRT artefacts (folders relative to DIR) and the emitted
+    # build lines, the input fed, and what 2:4 did (layers made sparse, output change on ONNX Runtime)
+    trt: dict | None = None
 
 
 @dataclass
@@ -127,9 +145,16 @@ class Prepared:
 
 
 def prepare(
-    name: str, size: int, width: float, targets: list[float], round_to: int, folder: Path
+    name: str,
+    size: int,
+    width: float,
+    targets: list[float],
+    round_to: int,
+    folder: Path,
+    trt_batch: int | None = None,
 ) -> Prepared:
-    """Export the zoo model with BN kept (names = module names), prune it to each target, record."""
+    """Export the zoo model with BN kept (names = module names), prune it to each target, record; with
+    `trt_batch`, write each compact model's dense and 2:4 TensorRT artefacts (batches 1..trt_batch)."""
     from deploysparse import api
     from deploysparse.frontend.torch_export import export_onnx
     from deploysparse.graph.masking import zero_channels
@@ -161,6 +186,7 @@ def prepare(
                 params=s["params_after"],
                 record=record,
                 trt_check=trt_check_only(compact_path),
+                trt=trt_artefacts(compact_path, folder, trt_batch) if trt_batch else None,
             )
         )
     return prepared
@@ -194,8 +220,8 @@ def _nodes_only(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def trt_check_only(onnx_path: Path) -> dict:
-    """`deploysparse build COMPACT --backend tensorrt --check-only --json` (no TensorRT needed), in-process."""
+def deploysparse_json(args: list[str]) -> tuple[int, dict]:
+    """`deploysparse ARGS --json` in-process: its exit code and the JSON it printed."""
     import contextlib
     import io
 
@@ -205,11 +231,43 @@ def trt_check_only(onnx_path: Path) -> dict:
     code = 0
     with contextlib.redirect_stdout(out):
         try:
-            cli(["build", str(onnx_path), "--backend", "tensorrt", "--check-only", "--json"])
+            cli([*args, "--json"])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-    report = json.loads(out.getvalue())
+    return code, json.loads(out.getvalue())
+
+
+def trt_check_only(onnx_path: Path) -> dict:
+    """`deploysparse build COMPACT --backend tensorrt --check-only --json` (no TensorRT needed), in-process."""
+    code, report = deploysparse_json(["build", str(onnx_path), "--backend", "tensorrt", "--check-only"])
     return {"ok": bool(report["ok"]) and code == 0, "exit_code": code, "report": report}
+
+
+def trt_artefacts(compact_path: Path, folder: Path, batch: int) -> dict:
+    """The dense and the 2:4 fp16 TensorRT artefacts of one compact model, for batches 1..`batch`,
+    each with its emitted trtexec line (`build --emit-command`, no TensorRT needed)."""
+    model = onnx.load(str(compact_path), load_external_data=False)
+    graph_input = model.graph.input[0]
+    name = graph_input.name
+    dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim][1:]
+    shapes = ",".join("x".join(map(str, [n, *dims])) for n in (1, batch, batch))
+    out: dict = {"input": name, "shape": dims}
+    for mode, extra in (("dense", []), ("sparse", ["--sparsity", "2:4"])):
+        target = folder / "trt" / compact_path.stem / mode
+        args = ["build", str(compact_path), "--backend", "tensorrt", "--precision", "fp16", "--emit-command"]
+        code, built = deploysparse_json([*args, "--shapes", f"{name}:{shapes}", *extra, "-o", str(target)])
+        if code != 0:
+            raise RuntimeError(f"{compact_path}: the {mode} TensorRT artefact failed (exit {code})")
+        out[mode] = {
+            "folder": target.relative_to(folder).as_posix(),
+            "trtexec": built["metadata"]["commands"]["trtexec"],
+        }
+        if mode == "sparse":
+            sparsity = built["metadata"]["sparsity"]
+            out["sparse_layers"] = len(sparsity["layers_sparse"])
+            out["dense_layers"] = len(sparsity["layers_dense"])
+            out["change"] = sparsity["change"]
+    return out
 
 
 def save_prepared(items: list[Prepared], folder: Path) -> Path:
@@ -227,6 +285,7 @@ def save_prepared(items: list[Prepared], folder: Path) -> Path:
                     "flops_kept": c.flops_kept,
                     "params": c.params,
                     "trt_check": c.trt_check,
+                    "trt": c.trt,
                     "record": c.record.to_json(),
                 }
                 for c in p.compacts
@@ -250,6 +309,7 @@ def load_prepared(folder: Path) -> list[Prepared]:
                 c["params"],
                 Record.from_json(c["record"]),
                 c["trt_check"],
+                c.get("trt"),
             )
             for c in p["compacts"]
         ]
@@ -377,28 +437,169 @@ def table(rows: list[dict]) -> str:
         "max err vs masked",
         "TRT check",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    cells = []
     for r in rows:
         compact = "speedup" in r
         trt = r.get("trt_check_only") or {}
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    r["model"],
-                    r["variant"],
-                    str(r["batch"]),
-                    f"{r['flops_kept']:.3f}",
-                    f"{r['p50_ms']:.3f}",
-                    f"{r['speedup']:.2f}x" if compact else "",
-                    f"{r['realised']:.2f}" if compact else "",
-                    f"{r['max_abs_err_vs_masked']:.2e} (of {r['output_scale']:.2g})" if compact else "",
-                    ("ok" if trt.get("ok") else "FAILS") if compact else "",
-                ]
-            )
-            + " |"
+        cells.append(
+            [
+                r["model"],
+                r["variant"],
+                str(r["batch"]),
+                f"{r['flops_kept']:.3f}",
+                f"{r['p50_ms']:.3f}",
+                f"{r['speedup']:.2f}x" if compact else "",
+                f"{r['realised']:.2f}" if compact else "",
+                f"{r['max_abs_err_vs_masked']:.2e} (of {r['output_scale']:.2g})" if compact else "",
+                ("ok" if trt.get("ok") else "FAILS") if compact else "",
+            ]
         )
-    return "\n".join(lines)
+    return markdown(head, cells)
+
+
+def markdown(head: list[str], cells: list[list[str]]) -> str:
+    """A Markdown table: the header row, the separator, one row per list of cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+# ---------------------------------------------------------------------------------------------
+# measure, TensorRT: the emitted trtexec lines, then trtexec timing (trtexec and this checkout only)
+# ---------------------------------------------------------------------------------------------
+
+GPU_COMPUTE = re.compile(r"GPU Compute Time:.*?median = ([0-9.eE+-]+) ms")
+TRTEXEC_VERSION = re.compile(
+    r"\[TensorRT v(\d+)\]"
+)  # trtexec's first line: RUNNING TensorRT.trtexec [TensorRT v100300]
+
+
+def trtexec_version(log: str) -> str | None:
+    """The TensorRT version a trtexec log names (v100300 -> 10.3.0), None when it names none."""
+    found = TRTEXEC_VERSION.search(log)
+    if not found:
+        return None
+    number = int(found.group(1))
+    return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
+def gpu_median_ms(log: str) -> float:
+    """The median GPU compute time trtexec's performance summary reports, in ms."""
+    found = GPU_COMPUTE.findall(log)
+    if not found:
+        raise RuntimeError("trtexec printed no 'GPU Compute Time ... median' line:\n" + log[-2000:])
+    return float(found[-1])
+
+
+def engine_build_command(emitted: str, trtexec: str) -> list[str]:
+    """The emitted trtexec line as it runs on this machine (its trtexec, in the artefact's folder)."""
+    words = shlex.split(emitted)
+    if words[0] != "trtexec":
+        raise RuntimeError(f"not a trtexec line: {emitted}")
+    return [trtexec, *words[1:]]
+
+
+def timing_command(
+    trtexec: str, engine: str, input_name: str, shape: list[int], warmup_ms: int, iters: int
+) -> list[str]:
+    """trtexec timing a built engine at one input shape: CUDA graphs and no host copies, so the GPU
+    compute time is the engine's own."""
+    return [
+        trtexec,
+        f"--loadEngine={engine}",
+        f"--shapes={input_name}:{'x'.join(map(str, shape))}",
+        f"--warmUp={warmup_ms}",
+        f"--iterations={iters}",
+        "--duration=0",
+        "--useCudaGraph",
+        "--noDataTransfers",
+    ]
+
+
+def measure_trt(item: Prepared, folder: Path, args: argparse.Namespace) -> list[dict]:
+    """Dense and 2:4 engines of every compact model: built by their emitted lines, timed per batch."""
+    rows = []
+    for c in item.compacts:
+        if not c.trt:
+            continue
+        medians: dict[str, dict[int, float]] = {}
+        version = None
+        for mode in ("dense", "sparse"):
+            where = folder / c.trt[mode]["folder"]
+            version = trtexec_version(
+                run_trtexec(engine_build_command(c.trt[mode]["trtexec"], args.trtexec), where)
+            )
+            medians[mode] = {
+                batch: gpu_median_ms(
+                    run_trtexec(
+                        timing_command(
+                            args.trtexec,
+                            "model.engine",
+                            c.trt["input"],
+                            [batch, *c.trt["shape"]],
+                            args.trt_warmup_ms,
+                            args.trt_iters,
+                        ),
+                        where,
+                    )
+                )
+                for batch in args.batches
+            }
+        for batch in args.batches:
+            dense, sparse = medians["dense"][batch], medians["sparse"][batch]
+            rows.append(
+                {
+                    "model": item.model,
+                    "variant": c.label,
+                    "batch": batch,
+                    "dense_ms": dense,
+                    "sparse_ms": sparse,
+                    "sparse_speedup": dense / sparse,
+                    "sparse_layers": c.trt["sparse_layers"],
+                    "dense_layers": c.trt["dense_layers"],
+                    "cosine_vs_dense": c.trt["change"]["cosine"],
+                    "top1_vs_dense": c.trt["change"]["top1_agreement"],
+                    "tensorrt": version,
+                }
+            )
+    return rows
+
+
+def run_trtexec(command: list[str], cwd: Path) -> str:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{shlex.join(command)} failed in {cwd} ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        )
+    return done.stdout
+
+
+def trt_table(rows: list[dict]) -> str:
+    head = [
+        "model",
+        "variant",
+        "batch",
+        "dense ms",
+        "2:4 ms",
+        "2:4 speed-up",
+        "layers 2:4 / dense",
+        "2:4 cosine, top-1 vs dense",
+    ]
+    cells = []
+    for r in rows:
+        top1 = "n/a" if r["top1_vs_dense"] is None else f"{r['top1_vs_dense']:.3f}"
+        cells.append(
+            [
+                r["model"],
+                r["variant"],
+                str(r["batch"]),
+                f"{r['dense_ms']:.3f}",
+                f"{r['sparse_ms']:.3f}",
+                f"{r['sparse_speedup']:.2f}x",
+                f"{r['sparse_layers']} / {r['dense_layers']}",
+                f"{r['cosine_vs_dense']:.5f}, {top1}",
+            ]
+        )
+    return markdown(head, cells)
 
 
 def parse_list(text: str, kind: type) -> list:
@@ -425,6 +626,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from", dest="source", type=Path, metavar="DIR", help="measure plans prepared in DIR"
     )
+    parser.add_argument(
+        "--trt-sparsity", action="store_true", help="also time dense vs 2:4 sparse TensorRT fp16 engines"
+    )
+    parser.add_argument(
+        "--trtexec", default=shutil.which("trtexec") or "trtexec", help="trtexec to build and time with"
+    )
+    parser.add_argument(
+        "--trt-iters", type=int, default=200, help="trtexec timed iterations per engine and batch"
+    )
+    parser.add_argument("--trt-warmup-ms", type=int, default=500, help="trtexec warm-up per engine and batch")
     args = parser.parse_args(argv)
     args.batches = parse_list(args.batches, int)
     models = parse_list(args.models, str)
@@ -432,17 +643,36 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
 
-    if args.source:
-        items = load_prepared(args.source)
-    else:
-        with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
-            folder = args.prepare_only or Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.source:
+            folder, items = args.source, load_prepared(args.source)
+        else:
+            folder = args.prepare_only or Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-bench-"))
+            )
             folder.mkdir(parents=True, exist_ok=True)
             targets = parse_list(args.targets, float)
-            items = [prepare(m, args.size, args.width, targets, args.round_to, folder) for m in models]
+            trt_batch = max(args.batches) if args.trt_sparsity else None
+            items = [
+                prepare(m, args.size, args.width, targets, args.round_to, folder, trt_batch) for m in models
+            ]
             if args.prepare_only:
                 print(f"prepared {', '.join(models)} in {save_prepared(items, folder)}")
                 return 0
+        return measure_all(items, folder, args)
+
+
+def measure_all(items: list[Prepared], folder: Path, args: argparse.Namespace) -> int:
+    """The measuring phase: torch modules on --device, then (--trt-sparsity) TensorRT engines."""
+    if args.trt_sparsity:
+        if not any(c.trt for item in items for c in item.compacts):
+            raise SystemExit(
+                "error: --trt-sparsity, but the plans were prepared without it (prepare with --trt-sparsity)"
+            )
+        if shutil.which(args.trtexec) is None:
+            raise SystemExit(
+                f"error: --trt-sparsity needs trtexec (TensorRT's samples/bin); not found: {args.trtexec}"
+            )
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -466,10 +696,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print(table(rows))
+    trt_rows = [row for item in items for row in measure_trt(item, folder, args)] if args.trt_sparsity else []
+    if trt_rows:
+        print(
+            f"TensorRT {trt_rows[0]['tensorrt']} fp16 engines, dense vs 2:4 sparse: median GPU compute time, "
+            f"{args.trt_iters} iterations after {args.trt_warmup_ms} ms warm-up, CUDA graphs, no host copies"
+        )
+        print(trt_table(trt_rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
-            json.dumps({"setup": header, "results": rows}, indent=2) + "\n", encoding="utf-8"
+            json.dumps({"setup": header, "results": rows, "tensorrt_sparsity": trt_rows}, indent=2) + "\n",
+            encoding="utf-8",
         )
     return 0
 

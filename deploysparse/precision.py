@@ -41,6 +41,9 @@ DEFAULT_TOLERANCES: dict[str, Tolerances] = {
 }
 PRECISIONS: tuple[str, ...] = tuple(DEFAULT_TOLERANCES)
 DEFAULT_PRECISION = "fp32"
+# Structured sparsity patterns a build can impose on the weights beside a precision (`--sparsity`,
+# a recipe's build.sparsity): 2 non-zeros in every 4, what Ampere and later tensor cores run sparse.
+SPARSITY_PATTERNS: tuple[str, ...] = ("2:4",)
 
 
 def check_precision(precision: str) -> str:

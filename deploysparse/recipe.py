@@ -32,7 +32,7 @@ from deploysparse.backends.quantize import CALIBRATION_CHOICES, INT8_LAYERS
 from deploysparse.budget import DEAD, Budget, option_fields, option_of, value_type
 from deploysparse.errors import DeploysparseError, UsageError
 from deploysparse.input_shapes import parse_input_shapes
-from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
+from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS, SPARSITY_PATTERNS
 
 
 def one_of(names: Callable[[], Sequence[str]]) -> Any:
@@ -58,6 +58,7 @@ def _criterion_names() -> tuple[str, ...]:
 
 Criterion = one_of(_criterion_names)  # as --criterion: dead or a registered criterion
 Precision = one_of(lambda: PRECISIONS)
+Sparsity = one_of(lambda: SPARSITY_PATTERNS)
 BackendName = one_of(backend_names)  # as --backend: a name in the backend registry
 Int8Layers = one_of(lambda: INT8_LAYERS)  # as --int8-layers
 CalibrationMethod = one_of(lambda: CALIBRATION_CHOICES)  # as --calib-method
@@ -154,6 +155,7 @@ class BuildSettings(_Section):
     every input with the other dimensions taken from the model, so one recipe serves any CNN.
     `shapes` maps an input name to explicit [min, opt, max] shapes and wins over `batch` for it.
     TensorRT builds its optimization profile from these; ONNX Runtime uses `opt` for analysis.
+    `sparsity: "2:4"` prunes the weights of the layers sparse tensor cores run (TensorRT only).
     """
 
     backend: BackendName = DEFAULT_BACKEND
@@ -166,6 +168,7 @@ class BuildSettings(_Section):
     # calibration method, or auto for the best agreement on held-out data (backends/quantize.py)
     int8_layers: Int8Layers = "auto"
     calibration_method: CalibrationMethod = "auto"
+    sparsity: Sparsity | None = None  # "2:4": structured sparsity for sparse tensor cores (TensorRT)
 
     @field_validator("batch")
     @classmethod
@@ -188,10 +191,11 @@ class BuildSettings(_Section):
         return shapes
 
     @model_validator(mode="after")
-    def _backend_takes_workspace(self) -> BuildSettings:
-        if self.workspace_mb is not None and not get_backend(self.backend).takes_workspace:
-            takers = [name for name in backend_names() if get_backend(name).takes_workspace]
-            raise ValueError(f"workspace_mb only applies to backend {' or '.join(takers)}")
+    def _backend_takes_options(self) -> BuildSettings:
+        for key, takes in (("workspace_mb", "takes_workspace"), ("sparsity", "takes_sparsity")):
+            if getattr(self, key) is not None and not getattr(get_backend(self.backend), takes):
+                takers = [name for name in backend_names() if getattr(get_backend(name), takes)]
+                raise ValueError(f"{key} only applies to backend {' or '.join(takers)}")
         return self
 
 

@@ -238,10 +238,38 @@ def validate(
             )
         batch, static = _batch_size(ref.input_specs + cmp.input_specs, batch_size, sample_count(feeds))
         outputs_ref, outputs_cmp = _run_both(ref, cmp, feeds, batch, static)
-    samples = len(next(iter(outputs_ref.values())))
-    report = ValidationReport(
+    return compare_outputs(
+        outputs_ref,
+        outputs_cmp,
+        tolerances,
         original=str(original),
         compact=str(compact),
+        backend=backend,
+        precision=precision,
+        labels=labels,
+        shapes=shapes,
+    )
+
+
+def compare_outputs(
+    outputs_ref: Mapping[str, np.ndarray],
+    outputs_cmp: Mapping[str, np.ndarray],
+    tolerances: Tolerances,
+    *,
+    original: str,
+    compact: str,
+    backend: str,
+    precision: str,
+    labels: str | os.PathLike[str] | np.ndarray | None = None,
+    shapes: RunShapes | None = None,
+) -> ValidationReport:
+    """The report on outputs already computed (keyed alike): what `validate` prints, for callers that
+    run the models themselves (a build judging a candidate artefact against its fp32 source).
+    `shapes`: the input shapes the outputs were computed at, for the report."""
+    samples = len(next(iter(outputs_ref.values())))
+    report = ValidationReport(
+        original=original,
+        compact=compact,
         backend=backend,
         samples=samples,
         outputs=[],
@@ -252,7 +280,7 @@ def validate(
     for name in outputs_ref:
         report.outputs.append(_compare(name, outputs_ref[name], outputs_cmp[name], tolerances))
     if labels is not None:
-        _score_accuracy(report, outputs_ref, outputs_cmp, labels, samples)
+        _score_accuracy(report, dict(outputs_ref), dict(outputs_cmp), labels, samples)
     report.failures = _failures(report, tolerances)
     report.warnings = _near_zero_warnings(report, tolerances)
     return report

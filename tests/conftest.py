@@ -120,3 +120,27 @@ def one_ray_at_a_time(tmp_path_factory: pytest.TempPathFactory, worker_id: str):
     root = base.parent if worker_id != "master" else base
     with FileLock(str(root / "ray.lock")):
         yield
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The bundled digits model (the zoo's trained CNN) exported to ONNX once per session, with 64
+    calibration images and the validation split (images, labels) as .npy files."""
+    import numpy as np
+
+    from deploysparse.frontend.model_source import resolve_model
+    from deploysparse.zoo.digits import calibration_set, validation_set
+
+    folder = tmp_path_factory.mktemp("digits")
+    resolved = resolve_model(
+        "deploysparse.zoo.digits:digits_model", input_shape=[1, 1, 16, 16], workdir=folder / "export"
+    )
+    images, labels = validation_set()
+    files = {
+        "model": Path(resolved.onnx_path),
+        **{k: folder / f"{k}.npy" for k in ("calib", "val", "labels")},
+    }
+    np.save(files["calib"], calibration_set(64))
+    np.save(files["val"], images)
+    np.save(files["labels"], labels)
+    return files

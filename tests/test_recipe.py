@@ -97,6 +97,8 @@ def test_bad_list_item_points_at_its_line(tmp_path: Path) -> None:
         ("build:\n  shapes:\n    input: [[1, 3, 8, 8], [1, 3, 8, 8]]\n", "three shapes"),
         ("build:\n  shapes:\n    input: [[1, 3, 8, 8], [4, 3, 8, 8], [2, 3, 8, 8]]\n", "min <= opt <= max"),
         ("build:\n  backend: onnxruntime\n  workspace_mb: 512\n", "workspace_mb only applies"),
+        ("build:\n  backend: onnxruntime\n  sparsity: '2:4'\n", "sparsity only applies to backend tensorrt"),
+        ("build:\n  backend: tensorrt\n  sparsity: '1:2'\n", "build.sparsity"),
         ("build:\n  precision: bf16\n", "build.precision"),
         (
             "prune:\n  criterion: l1\n  latency_target: 0.5\n  latency_allocation: greedy\n",
@@ -107,6 +109,12 @@ def test_bad_list_item_points_at_its_line(tmp_path: Path) -> None:
 def test_inconsistent_settings_are_rejected(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(RecipeError, match=expected):
         load_recipe(write(tmp_path, text))
+
+
+def test_a_tensorrt_recipe_may_ask_for_2_4_sparsity(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, "build:\n  backend: tensorrt\n  sparsity: '2:4'\n"))
+    assert recipe.build.sparsity == "2:4" and recipe.to_report()["settings"]["build"]["sparsity"] == "2:4"
+    assert load_recipe("jetson-orin-int8").build.sparsity is None
 
 
 def test_a_latency_target_may_name_its_allocation(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from deploysparse.pipeline import RunInputs, run_recipe
@@ -21,27 +20,6 @@ from deploysparse.report import load_report
 from deploysparse.sweep.point import PointJob, run_point
 
 pytestmark = pytest.mark.slow  # a torch export and two whole runs
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The bundled digits model exported to ONNX once, with calibration and validation data."""
-    from deploysparse.frontend.model_source import resolve_model
-    from deploysparse.zoo.digits import calibration_set, validation_set
-
-    folder = tmp_path_factory.mktemp("digits")
-    resolved = resolve_model(
-        "deploysparse.zoo.digits:digits_model", input_shape=[1, 1, 16, 16], workdir=folder / "export"
-    )
-    images, labels = validation_set()
-    files = {
-        "model": Path(resolved.onnx_path),
-        **{k: folder / f"{k}.npy" for k in ("calib", "val", "labels")},
-    }
-    np.save(files["calib"], calibration_set(64))
-    np.save(files["val"], images)
-    np.save(files["labels"], labels)
-    return files
 
 
 def fast_recipe(per_layer: bool = True) -> Recipe:

@@ -15,6 +15,7 @@ from deploysparse.backends.onnxruntime.build import quantize_qdq
 from deploysparse.backends.quantize import Int8Options
 from deploysparse.backends.tensorrt import resolve_profile
 from deploysparse.backends.trt_support import check_onnx
+from deploysparse.backends.trt_versions import NEWEST, target
 from deploysparse.calibration import model_input_specs
 from deploysparse.cli import main
 from deploysparse.errors import UsageError
@@ -46,6 +47,8 @@ def _model(extra_nodes=(), outputs=("y",), batch="N"):
 def test_supported_graph_passes():
     report = check_onnx(_model())
     assert report.ok and report.opset == 17 and not report.warnings
+    assert report.target.table.version == NEWEST and report.to_json()["trt_version"] == str(NEWEST)
+    assert report.to_json()["table"] == f"onnx/onnx-tensorrt docs/operators.md, TensorRT {NEWEST} GA"
 
 
 def test_unsupported_op_is_named_with_its_node():
@@ -53,7 +56,7 @@ def test_unsupported_op_is_named_with_its_node():
     report = check_onnx(model)
     assert not report.ok
     assert report.unsupported[0].node == "dedupe" and report.unsupported[0].op_type == "Unique"
-    assert "Unique" in report.summary()
+    assert "Unique" in report.summary() and f"TensorRT {NEWEST}" in report.summary()
 
 
 def test_restrictions_read_off_the_graph():
@@ -61,14 +64,80 @@ def test_restrictions_read_off_the_graph():
     custom = helper.make_node("FusedConv", ["y"], ["f"], domain="com.microsoft", name="fused")
     shape = helper.make_node("Shape", ["y"], ["s"], name="shape")
     dynamic_axes = helper.make_node("Squeeze", ["y", "s"], ["q"], name="squeeze")
-    report = check_onnx(_model([pool, custom, shape, dynamic_axes], outputs=("p", "f", "q")))
-    reasons = {f.node: f.reason for f in report.unsupported}
+    model = _model([pool, custom, shape, dynamic_axes], outputs=("p", "f", "q"))
+    reasons = {f.node: f.reason for f in check_onnx(model, "8.6").unsupported}
     assert "Indices" in reasons["pool"]
     assert "com.microsoft" in reasons["fused"]
     assert "axes" in reasons["squeeze"] and "shape" not in reasons
+    # 10.15 only asks that Squeeze's axes resolve to a constant at build time: the graph cannot
+    # tell, so it is a warning naming the node, not a rejection
+    newest = check_onnx(model)
+    assert "squeeze" not in {f.node for f in newest.unsupported}
+    assert any("node 'squeeze'" in w and "resolvable" in w for w in newest.warnings)
     newer = _model()
-    newer.opset_import[0].version = 21
-    assert check_onnx(newer).warnings
+    newer.opset_import[0].version = 18
+    assert check_onnx(newer, "8.6").warnings and not check_onnx(newer, "10.15").warnings
+
+
+def _topk_model(k: int, **attributes):
+    """Conv -> Flatten -> TopK(K) with K an initializer."""
+    flatten = helper.make_node("Flatten", ["y"], ["flat"], name="flatten")
+    topk = helper.make_node("TopK", ["flat", "k"], ["values", "indices"], name="topk", **attributes)
+    model = _model([flatten, topk], outputs=("values", "indices"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([k], np.int64), "k"))
+    return model
+
+
+def test_topk_restrictions_of_tensorrt_10():
+    assert check_onnx(_topk_model(5)).ok
+    unsorted = check_onnx(_topk_model(5, sorted=0))
+    assert [(f.node, f.op_type) for f in unsorted.unsupported] == [("topk", "TopK")]
+    assert "sorted must be 1" in unsorted.unsupported[0].reason
+    assert "less than 3840" in check_onnx(_topk_model(3840)).unsupported[0].reason
+    # TensorRT 8.6's table lists neither restriction
+    assert check_onnx(_topk_model(5, sorted=0), "8.6").ok
+
+
+def test_scatter_nd_reduction_is_refused_by_tensorrt_10():
+    scatter = helper.make_node("ScatterND", ["y", "idx", "upd"], ["s"], reduction="add", name="scatter")
+    model = _model([scatter], outputs=("s",))
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros((1, 1), np.int64), "idx"),
+            numpy_helper.from_array(np.ones((1, 4, 8, 8), np.float32), "upd"),
+        ]
+    )
+    assert "reduction 'add'" in check_onnx(model, "10.x").unsupported[0].reason
+    assert check_onnx(model, "8.6").ok
+
+
+def test_ops_each_release_added_are_refused_by_older_tables():
+    gelu = _model([helper.make_node("Gelu", ["y"], ["g"], name="gelu")], outputs=("g",))
+    gelu.opset_import[0].version = 20
+    assert check_onnx(gelu, "10.0").ok
+    assert "not in the TensorRT 8.6" in check_onnx(gelu, "8.6").unsupported[0].reason
+
+
+@pytest.mark.parametrize(
+    ("asked", "table", "noted"),
+    [
+        ("10.15", "10.15", False),
+        ("10.x", str(NEWEST), False),
+        ("10.3.0.26", "10.1", True),  # JetPack 6.1's TensorRT: the newest older table, said so
+        ("9.3", "8.6", True),
+        ("11.1", str(NEWEST), True),  # newer than every table: the newest, said so
+        (None, str(NEWEST), False),
+    ],
+)
+def test_version_picks_its_table(asked, table, noted):
+    chosen = target(asked)
+    assert str(chosen.table.version) == table and bool(chosen.note) is noted
+
+
+@pytest.mark.parametrize("bad", ["ten", "8.2", "10.3-rc"])
+def test_bad_or_unknown_versions_are_refused(bad):
+    with pytest.raises(UsageError, match="--trt-version"):
+        target(bad)
 
 
 def test_tensorrt_qdq_model_is_accepted_and_the_cpu_one_is_not(tmp_path):
@@ -113,12 +182,17 @@ def test_cli_check_only_works_without_tensorrt(tmp_path, capsys):
     bad = _model([helper.make_node("Unique", ["y"], ["u"], name="dedupe")], outputs=("u",))
     onnx.save(bad, str(tmp_path / "bad.onnx"))
     assert main(["build", str(tmp_path / "ok.onnx"), "--backend", "tensorrt", "--check-only"]) is None
-    assert "all ops are in the TensorRT" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "all 2 nodes are in the TensorRT" in out and f"TensorRT {NEWEST} GA" in out
     with pytest.raises(SystemExit) as exit_info:
         main(["build", str(tmp_path / "bad.onnx"), "--backend", "tensorrt", "--dry-run", "--json"])
     assert exit_info.value.code == 1
     payload = json.loads(capsys.readouterr().out)
     assert payload["ok"] is False and payload["unsupported"][0]["op_type"] == "Unique"
+    main(
+        ["build", str(tmp_path / "ok.onnx"), "--backend", "tensorrt", "--check-only", "--trt-version", "8.6"]
+    )
+    assert "TensorRT 8.6 GA" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the message shown when TensorRT is missing")

@@ -16,7 +16,8 @@ optimisation profile: min, opt, max per input; {} when none), `input_shapes` (th
 their source, deploysparse.run_shapes; null for a dynamic model given none), `workspace_mb`,
 `calibration_samples` (null unless calibrated), `denormals_flushed`, then the backend's own
 (ONNX Runtime: `providers`, `quantization`: the int8 scheme, why, and int8 against fp32 as timed
-here; TensorRT: `int8_mode`).
+here, `fp16`; TensorRT: its artefact, the artefact's validation, the engine commands, whether the
+engine was built; `SHARED_METADATA` lists the shared keys).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 import onnx
 
 from deploysparse.atomic import write_text
+from deploysparse.backends import REFERENCE_BACKEND, backend_names, get_backend
 from deploysparse.backends.quantize import Int8Options
 from deploysparse.backends.timing import Timer
 from deploysparse.calibration import InputSpec, model_input_specs
@@ -51,24 +53,46 @@ if TYPE_CHECKING:
     from deploysparse.profiling import LayerProfile
 
 ShapeTriple = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+# The metadata keys every backend writes (module doc); anything else is the backend's own.
+SHARED_METADATA = (
+    "backend",
+    "version",
+    "device",
+    "precision",
+    "source_model",
+    "source_sha256",
+    "inputs",
+    "shapes",
+    "workspace_mb",
+    "calibration_samples",
+    "denormals_flushed",
+)
 CalibSource = str | os.PathLike[str] | Mapping[str, np.ndarray]  # a file, an image folder or arrays
 
 
 @dataclass
 class BuildResult:
-    """What a build produced: the artifact to run, every file written, and the metadata recorded."""
+    """What a build produced: the artifact to run, every file written, and the metadata recorded.
+
+    `not_built` says why the backend's own artifact was not made here (None: it was); `artifact` is
+    then what was made instead, an ONNX file the backend named in `runs_on` opens (a TensorRT
+    artefact whose engine is built on the device, run on ONNX Runtime CPU)."""
 
     backend: str
     precision: str
     artifact: Path
     files: list[Path]
     metadata: dict = field(default_factory=dict)
+    runs_on: str = ""
+    not_built: str | None = None
 
     def to_json(self) -> dict:
         return {
             "backend": self.backend,
             "precision": self.precision,
             "artifact": str(self.artifact),
+            "runs_on": self.runs_on or self.backend,
+            "not_built": self.not_built,
             "files": [str(p) for p in self.files],
             "metadata": self.metadata,
         }
@@ -111,6 +135,7 @@ class BuildRequest:
     workspace_mb: int | None
     source_sha256: str
     int8: Int8Options = field(default_factory=Int8Options)  # how an int8 build decides (backends/quantize.py)
+    sparsity: str | None = None  # a structured sparsity pattern to impose ("2:4"), backends that take one
 
     def model_file(self, folder: Path) -> Path:
         """The model as a file to build from: the source itself when flushing changed nothing, else
@@ -123,10 +148,15 @@ class BuildRequest:
 @dataclass
 class Built:
     """What a backend's `_build_artifact` wrote: every file (the artifact among them) and the keys
-    of its own it adds to the metadata JSON."""
+    of its own it adds to the metadata JSON. A backend that did not make the artifact
+    `_artifact_path` named says why (`not_built`) and gives the one it made instead, with the
+    registered backend that runs it."""
 
     files: list[Path]
     metadata: dict = field(default_factory=dict)
+    artifact: Path | None = None  # None: the request's artifact
+    runs_on: str | None = None  # None: this backend
+    not_built: str | None = None
 
 
 class Backend(ABC):
@@ -144,6 +174,7 @@ class Backend(ABC):
     # recipe's [min, opt, max] batch, and a recipe's bench batches must lie in that range.
     needs_shape_profile: ClassVar[bool] = False
     takes_workspace: ClassVar[bool] = False  # whether --workspace / a recipe's workspace_mb means anything
+    takes_sparsity: ClassVar[bool] = False  # whether --sparsity / a recipe's sparsity means anything
 
     @abstractmethod
     def version(self) -> str:
@@ -171,6 +202,7 @@ class Backend(ABC):
         keep_denormals: bool = False,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
         int8: Int8Options | None = None,
+        sparsity: str | None = None,
     ) -> BuildResult:
         """Build `onnx_path` for this runtime at `precision`, writing the artifact into `out_dir`,
         and its metadata (one schema for every backend, module doc) beside it as `<artifact>.json`.
@@ -179,20 +211,31 @@ class Backend(ABC):
         The steps every backend shares, in order: check the precision; refuse outputs that would
         land on an input (the model, its external data, the calibration data); load the model and
         check --shapes and --input-shape (`input_shapes`: the run's shapes, which a backend that
-        needs an optimisation profile builds for where --shapes says nothing) against its inputs; refuse int8 without calibration data when the backend
-        needs it; the backend's own checks (`_check`); flush denormal float32 weights unless
+        needs an optimisation profile builds for where --shapes says nothing) against its inputs;
+        refuse int8 without calibration data when the backend needs it; the backend's own checks (`_check`); flush denormal float32 weights unless
         `keep_denormals` (the input file is never touched); build (`_build_artifact`); load every
-        artefact written before reporting it built; write the metadata.
+        artefact written before reporting it built; write the metadata. `sparsity` ("2:4") imposes a
+        structured sparsity pattern on the weights, for a backend that `takes_sparsity`.
         """
         check_precision(precision)
+        if sparsity is not None and not self.takes_sparsity:
+            takers = [name for name in backend_names() if get_backend(name).takes_sparsity]
+            raise UsageError(
+                f"--sparsity {sparsity}: the {self.name} backend runs weights dense; it applies to "
+                f"{' or '.join(takers) or 'no registered backend'}"
+            )
         source, out_dir = Path(onnx_path), Path(out_dir)
         artifact = self._artifact_path(out_dir, precision)
         metadata_path = artifact.with_name(artifact.name + ".json")
-        outputs = [
-            (artifact, _kind(artifact)),
-            (metadata_path, "file"),
-            *self._extra_outputs(out_dir, precision),
-        ]
+        outputs = list(  # once each: an artifact may also be one of the files a backend may write
+            dict.fromkeys(
+                [
+                    (artifact, _kind(artifact)),
+                    (metadata_path, "file"),
+                    *self._extra_outputs(out_dir, precision),
+                ]
+            )
+        )
         _refuse_unsafe_outputs(out_dir, outputs, source, calib)
         model = load_model(source)
         specs = model_input_specs(model)
@@ -218,13 +261,22 @@ class Backend(ABC):
             workspace_mb=workspace_mb,
             source_sha256=sha256_model(source),
             int8=int8 or Int8Options(),
+            sparsity=sparsity,
         )
         built = self._build_artifact(request)
+        artifact = built.artifact or artifact
+        metadata_path = artifact.with_name(artifact.name + ".json")
+        runs_on = self.name if built.runs_on is None else built.runs_on
         files: list[Path] = []
         for path in built.files:
             files.append(path)
-            if path == artifact or _kind(path) == "model":
-                with self.runner(path, threads=1):  # an artefact the runtime cannot load is never "built"
+            # An artefact the runtime cannot load is never "built": the artifact is opened by the
+            # backend that runs it, every other ONNX file by the reference backend.
+            if path == artifact:
+                with (self if runs_on == self.name else get_backend(runs_on)).runner(path, threads=1):
+                    pass
+            elif _kind(path) == "model":
+                with get_backend(REFERENCE_BACKEND).runner(path, threads=1):
                     pass
             if _kind(path) == "model":
                 files.extend(external_data_files(path))
@@ -245,7 +297,7 @@ class Backend(ABC):
         }
         write_text(metadata_path, metadata_json(metadata))
         files.append(metadata_path)
-        return BuildResult(self.name, precision, artifact, files, metadata)
+        return BuildResult(self.name, precision, artifact, files, metadata, runs_on, built.not_built)
 
     @abstractmethod
     def _artifact_path(self, out_dir: Path, precision: str) -> Path:

@@ -1,4 +1,5 @@
-"""`deploysparse build`: build a model for a backend, or check TensorRT op support without TensorRT."""
+"""`deploysparse build`: build a model for a backend, check TensorRT op support, or write a TensorRT
+artefact with the commands that build its engine on the device (both without TensorRT)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
+from deploysparse.backends.notes import build_notes
 from deploysparse.backends.quantize import CALIBRATION_CHOICES, INT8_LAYERS, Int8Options, summary_lines
+from deploysparse.backends.trt_versions import VERSION_HELP
 from deploysparse.cli.options import backend_option, input_shape_option, parse_input_shapes
-from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
+from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS, SPARSITY_PATTERNS
 
 
 @click.command("build")
@@ -54,6 +57,18 @@ from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS
     help="TensorRT: only check op support (no TensorRT needed).",
 )
 @click.option(
+    "--emit-command",
+    is_flag=True,
+    help="TensorRT: write the validated artefact and the trtexec/polygraphy commands, no engine "
+    "(no TensorRT needed).",
+)
+@click.option("--trt-version", help=VERSION_HELP)
+@click.option(
+    "--sparsity",
+    type=click.Choice(SPARSITY_PATTERNS),
+    help="TensorRT: prune the weights of the layers sparse tensor cores can run to this pattern.",
+)
+@click.option(
     "--keep-denormals",
     is_flag=True,
     help="Keep denormal float32 weights (by default the build sets them to zero; the input file is untouched).",
@@ -74,6 +89,9 @@ def command(
     workspace_mb,
     out_dir,
     check_only,
+    emit_command,
+    trt_version,
+    sparsity,
     keep_denormals,
     as_json,
     quiet,
@@ -84,10 +102,17 @@ def command(
 
     progress.set_quiet(quiet or as_json)
     if check_only:
-        return _check_only(ctx, model, backend, as_json)
+        return _check_only(ctx, model, backend, trt_version, as_json)
     if out_dir is None:
         raise UsageError("build needs -o/--output FOLDER for the built model")
-    result = get_backend(backend).build(
+    options = {}
+    if backend == "tensorrt":
+        options = {"trt_version": trt_version, "engine": "emit" if emit_command else "build"}
+    elif emit_command or trt_version:
+        raise UsageError(
+            f"--{'emit-command' if emit_command else 'trt-version'} applies to --backend tensorrt"
+        )
+    result = get_backend(backend, **options).build(
         model,
         out_dir,
         precision=precision,
@@ -97,42 +122,44 @@ def command(
         keep_denormals=keep_denormals,
         input_shapes=parse_input_shapes(input_shape),
         int8=Int8Options(int8_layers, calib_method),
+        sparsity=sparsity,
     )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        click.echo(f"built {result.artifact} ({backend}, {precision})")
+        made = "wrote" if result.not_built else "built"
+        click.echo(f"{made} {result.artifact} ({backend}, {precision})")
         if result.metadata.get("denormals_flushed"):
             click.echo(
                 f"  set {result.metadata['denormals_flushed']:,} denormal float32 weights to zero "
                 "(--keep-denormals keeps them)"
             )
-        optimization = result.metadata.get("graph_optimization") or {}
-        if optimization.get("reason"):
-            click.echo(
-                f"  published ONNX Runtime's '{optimization['level']}' optimisations: {optimization['reason']}"
-            )
+        for line in build_notes(result.metadata, folder=f"{out_dir}/"):
+            click.echo(f"  {line}")
         for path in result.files:
             if path != result.artifact:
                 click.echo(f"  wrote {path}")
-        if isinstance(result.metadata.get("quantization"), dict):
+        if isinstance(result.metadata.get("quantization"), dict):  # run prints its own int8 lines
             for line in summary_lines(result.metadata["quantization"]):
                 click.echo(f"  {line}")
+    validation = result.metadata.get("artifact_validation")
+    if validation and not validation["passed"]:
+        ctx.exit(1)  # a regression: the artefact does not answer like the fp32 model
     return 0
 
 
-def _check_only(ctx: click.Context, model: Path, backend: str, as_json: bool) -> int:
+def _check_only(ctx: click.Context, model: Path, backend: str, trt_version: str | None, as_json: bool) -> int:
     from deploysparse.backends.trt_support import check_onnx
     from deploysparse.errors import UsageError
     from deploysparse.modelio import load_model
 
     if backend != "tensorrt":
         raise UsageError("--check-only checks TensorRT op support; use it with --backend tensorrt")
-    report = check_onnx(load_model(model))
+    report = check_onnx(load_model(model), trt_version)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
-        click.echo(f"{model}: {report.summary()}")
+        click.echo(f"{model}: {report.summary()} (checked against {report.table})")
         for finding in report.unsupported:
             click.echo(f"  {finding.node}: {finding.reason}")
         for warning in report.warnings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from deploysparse.backends.notes import build_notes
 from deploysparse.cli import BUDGET_UNMET_EXIT_CODE
 from deploysparse.cli.options import echo_json, input_shape_option, parse_input_shapes
 
@@ -94,6 +95,9 @@ def print_summary(report: dict, outdir: str) -> None:
     )
     for warning in report["warnings"] + v.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    build = report["extra"].get("build") or {}
+    for line in build_notes(build, folder=f"{outdir}/{build.get('folder', 'build')}/"):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # commands stay one line
     console.print(f"report: {outdir}/report.html")
 
 

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from deploysparse import api
-from deploysparse.backends.base import BuildResult
+from deploysparse.backends.base import SHARED_METADATA, BuildResult
 from deploysparse.hashing import sha256_file
 from deploysparse.modelio import external_data_files
 from deploysparse.pipeline.original import OriginalFacts
@@ -50,6 +50,12 @@ def assemble_report(
         "original": original_facts.denormals.to_json(),
         "flushed_by_prune": result.summary.get("denormals_flushed"),
     }
+    report["extra"]["build"] = _build_section(built, staging)
+    if built.not_built:
+        report["warnings"].append(
+            f"{built.backend}: {built.not_built}; {report['extra']['build']['artifact']} was validated on "
+            f"{built.runs_on} instead and no latency was measured"
+        )
     report["artifacts"] = {
         p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
     }
@@ -102,6 +108,18 @@ def _report(recipe, model_label, source, result, built, validation, latency, sta
         "warnings": list(s["warnings"]),
         "timestamps": {"started": started.isoformat(), "finished": finished.isoformat()},
         "extra": {"output_change": s.get("output_change"), "dead_removed": s["dead_removed"]},
+    }
+
+
+def _build_section(built: BuildResult, staging: Path) -> dict:
+    """report.json's extra.build: what was built and where it runs, with the backend's own metadata
+    (its artefact's validation, the commands that build an engine on the device, ...)."""
+    return {
+        "artifact": built.artifact.relative_to(staging).as_posix(),
+        "folder": built.artifact.parent.relative_to(staging).as_posix(),
+        "runs_on": built.runs_on,
+        "not_built": built.not_built,
+        **{k: v for k, v in built.metadata.items() if k not in SHARED_METADATA},
     }
 
 

@@ -74,6 +74,12 @@ def measure_speed(
     return Speed(latency=latency, layers=layers)
 
 
+def unmeasured() -> Speed:
+    """The Speed of a run whose compact artifact could not be built here: nothing was timed (timing
+    the original alone would compare with nothing)."""
+    return Speed(latency={"original": [], "original_flushed": [], "compact": []}, layers=None)
+
+
 def profiles_layers(recipe: Recipe) -> bool:
     """Whether a run of `recipe` profiles each layer: when `bench.per_layer` asks for it, and only on
     a backend with a per-layer profiler (not TensorRT: CPU figures would say nothing about its engine)."""

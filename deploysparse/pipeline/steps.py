@@ -35,7 +35,7 @@ from deploysparse.errors import UsageError
 from deploysparse.modelio import load_model, save_model
 from deploysparse.pipeline.original import OriginalFacts
 from deploysparse.pipeline.report import assemble_report
-from deploysparse.pipeline.speed import Speed, measure_speed
+from deploysparse.pipeline.speed import Speed, measure_speed, unmeasured
 from deploysparse.progress import progress
 from deploysparse.recipe import RECIPE_SHAPE, Recipe
 from deploysparse.run_shapes import RunShapes, resolve_shapes, shapes_if_known
@@ -101,9 +101,15 @@ def run_steps(spec: RunSpec, staging: Path, started: datetime, hooks: StepHooks 
             recipe, spec.source, compact_path, staging, spec.calib, spec.data, spec.labels, facts
         )
         quantization = quantization_summary(built, compact_path, spec.data, spec.labels)
-        # The measurement gets the shapes in the recipe it receives: a Ray node gets nothing else.
-        speed = hooks.measure(
-            recipe.at_shapes(shapes.shapes), spec.source, built.artifact, compact_path, facts
+        # An artifact the recipe's backend could not build here (a TensorRT engine on a machine
+        # without TensorRT) has no latency to measure: the report says so instead. The measurement
+        # gets the shapes in the recipe it receives: a Ray node gets nothing else.
+        speed = (
+            unmeasured()
+            if built.not_built
+            else hooks.measure(
+                recipe.at_shapes(shapes.shapes), spec.source, built.artifact, compact_path, facts
+            )
         )
     report = assemble_report(
         recipe,
@@ -195,6 +201,7 @@ def build_and_validate(
             workspace_mb=recipe.build.workspace_mb,
             input_shapes=original_facts.shapes.shapes,
             int8=Int8Options(recipe.build.int8_layers, recipe.build.calibration_method),
+            sparsity=recipe.build.sparsity,
         )
     _relative_metadata(built.files, staging)
     v = recipe.validate_
@@ -204,7 +211,7 @@ def build_and_validate(
             built.artifact,
             data,
             labels=labels,
-            backend=recipe.build.backend,
+            backend=built.runs_on,  # the backend, or ONNX Runtime for an artefact built elsewhere
             atol=v.atol,
             rtol=v.rtol,
             min_cosine=v.min_cosine,

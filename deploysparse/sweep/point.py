@@ -118,6 +118,11 @@ def summarize(job: PointJob, report: dict, artifact: Path, seconds: float) -> di
     """The row of results.jsonl/csv: settings, hashes, the figures a selection rule reads, artefacts."""
     v = report["validation"]
     cost = report["cost"]
+    if not report["latency"]["compact"]:  # the artifact was not built here (extra.build.not_built)
+        raise DeploysparseError(
+            f"{job.model_label}: {report['extra']['build']['not_built']}: a sweep point needs the compact "
+            f"model's latency; run the sweep where the {report['target']['backend']} backend builds"
+        )
     point = report["latency"]["compact"][0]
     accuracy = v.get("accuracy_compact")
     baseline = v.get("accuracy_original")

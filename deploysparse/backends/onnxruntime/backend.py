@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from deploysparse.backends.base import Backend, BuildRequest, Built, cpu_name
+from deploysparse.backends.fp16 import convert_fp16
 from deploysparse.backends.onnxruntime import build, int8, intermediates, profiler
 from deploysparse.backends.onnxruntime.runner import OrtRunner
 from deploysparse.backends.onnxruntime.runtime import load_onnxruntime
@@ -77,7 +78,13 @@ class OnnxRuntimeBackend(Backend):
             work = Path(work_dir)  # a private staging folder (build.py's module doc says why)
             source = save_model(model, work / "source.onnx", external_data=too_big_inline)
             if precision == "fp16":
-                source = build.convert_fp16(model, work / "fp16.onnx")
+                feeds = load_calibration(request.calib, request.specs) if request.calib is not None else None
+                conversion = convert_fp16(model, feeds)
+                source = save_model(
+                    conversion.model, work / "fp16.onnx", external_data=needs_external_data(conversion.model)
+                )
+                metadata["fp16"] = conversion.to_json()
+                metadata["calibration_samples"] = sample_count(feeds) if feeds is not None else None
             elif precision == "int8":
                 feeds = load_calibration(request.calib, request.specs)
                 quantized = int8.build_int8(self, source, request.specs, feeds, work, request.int8)

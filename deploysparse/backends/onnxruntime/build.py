@@ -1,4 +1,4 @@
-"""The steps of an ONNX Runtime build: optimise, convert to fp16, quantise to int8 QDQ, publish.
+"""The steps of an ONNX Runtime build: optimise, quantise to int8 QDQ, publish (fp16: backends/fp16.py).
 
 `quantize_qdq` is the one-call QDQ quantiser (TensorRT's zero-point-0 scheme by default); the
 measured int8 build of ONNX Runtime itself is `int8.build_int8`.
@@ -13,7 +13,6 @@ message names it: errors name the user's model.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from deploysparse.errors import (
     ModelLoadError,
     first_line,
 )
-from deploysparse.modelio import external_data_files, load_model, needs_external_data, save_model
+from deploysparse.modelio import external_data_files, load_model, save_model
 
 CALIBRATION_BATCH = 32
 
@@ -138,24 +137,6 @@ def naming_the_model(work: Path, name: str) -> Iterator[None]:
         if str(work) not in text:
             raise
         raise type(exc)(re.sub(re.escape(str(work)) + r"[^\s'\")]*", name, text)) from exc
-
-
-def convert_fp16(model: onnx.ModelProto, target: Path) -> Path:
-    """The fp16 model (inputs and outputs stay fp32), written to `target`."""
-    try:
-        from onnxconverter_common import float16
-    except ImportError as exc:
-        raise BackendError(
-            "fp16 on ONNX Runtime needs the onnxconverter-common package (pip install onnxconverter-common); "
-            "or build fp16 with --backend tensorrt on a GPU"
-        ) from exc
-    try:
-        with warnings.catch_warnings():  # one warning per weight below fp16's range: noise
-            warnings.simplefilter("ignore")
-            converted = float16.convert_float_to_float16(model, keep_io_types=True)
-    except Exception as exc:
-        raise BackendError(f"fp16 conversion failed ({first_line(exc)})") from exc
-    return save_model(converted, target, external_data=needs_external_data(converted))
 
 
 def quantize_qdq(
