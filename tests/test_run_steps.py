@@ -104,7 +104,7 @@ def test_a_sweep_point_writes_the_report_a_run_writes(digits, tmp_path: Path) ->
     # and the same measurements: the flushed original timed and profiled beside the others
     for report in (ran, pointed):
         assert report["extra"]["denormals"]["original"]["total"] > 0  # the digits model has them
-        assert list(report["latency"]) == ["original", "original_flushed", "compact"]
+        assert list(report["latency"]) == ["original", "original_flushed", "compact", "fingerprint", "timing"]
         assert report["layers"]["models"] == ["original", "original_flushed", "compact"]
     assert pointed["extra"]["sweep"]["key"] == "k"
 

@@ -40,7 +40,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.optimize import brentq
 
-from deploysparse.backends.base import usable_cores
+from deploysparse.backends.machine import usable_cores
 from deploysparse.budget import (
     Allocation,
     Budget,

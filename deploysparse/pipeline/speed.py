@@ -1,21 +1,19 @@
 """How fast the original, its denormal-flushed copy and the compact model run, measured side by side.
 
-Latency is `bench.repeats` runs of every model in turn (so all see the same machine load: a shared CI
-runner drifts by more than pruning gains), and the per-layer profile runs the fp32 models interleaved
-once. Both time the flushed original too: prune flushes the compact model, so a report that timed
+Latency is `bench.repeats` rounds of `bench.iters` calls of every model in turn (so all see the same
+machine load: a shared CI runner drifts by more than pruning gains), every call's time kept for the
+CI gate's intervals, and the per-layer profile runs the fp32 models interleaved once. Both time the flushed original too: prune flushes the compact model, so a report that timed
 only the original as it is would credit pruning with what flushing did.
 """
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploysparse.backends import REFERENCE_BACKEND, get_backend
-from deploysparse.backends.timing import interleaved
-from deploysparse.bench import benchmark
+from deploysparse.bench import benchmark_side_by_side
 from deploysparse.pipeline.original import OriginalFacts
 from deploysparse.profiling import side_by_side_rows
 from deploysparse.progress import progress
@@ -26,7 +24,9 @@ from deploysparse.recipe import Recipe
 class Speed:
     """What one run measured of speed: report.json's `latency` and `layers` sections."""
 
-    latency: dict  # model ("original", "original_flushed", "compact") -> one entry per batch size
+    # model ("original", "original_flushed", "compact") -> one entry per batch size, and the
+    # machine's "fingerprint" and the "timing" conditions (report.schema.Latency)
+    latency: dict
     layers: dict | None  # the per-layer profile; None when the recipe asks for none or cannot have one
     # Where it was measured, in words, when that is not the machine the build describes (a sweep's
     # benchmarking node); None: report.json describes the machine from the build.
@@ -77,41 +77,19 @@ def _layers(recipe: Recipe, original: str, compact: Path, flushed: Path | None) 
 
 
 def _latency(recipe: Recipe, original: str, compact: Path, flushed: Path | None = None) -> dict:
-    """p50/p99 of each repeated run, original (and its flushed copy) and compact interleaved so all
-    see the same machine load; the reported point is the run with the median p50."""
+    """report.json's `latency`: each model's points (every round's calls kept), original (and its
+    flushed copy) and compact timed side by side in `bench.repeats` rounds so all see the same
+    machine load, with the machine's fingerprint and the conditions of the measurement."""
     bench = recipe.bench
     models = {"original": (original, REFERENCE_BACKEND)}
     if flushed is not None:
         models["original_flushed"] = (flushed, REFERENCE_BACKEND)
     models["compact"] = (compact, recipe.build.backend)
-    with progress("benchmark", total=len(models) * bench.repeats) as advance:
-        tasks = [
-            functools.partial(_bench_once, path, backend, bench, advance) for path, backend in models.values()
-        ]
-        runs = dict(zip(models, interleaved(tasks, bench.repeats), strict=True))
-    out: dict[str, list] = {key: [] for key in models}
-    for key, repeats in runs.items():
-        for i, batch in enumerate(bench.batches):
-            timings = [run[i] for run in repeats]
-            middle = sorted(timings, key=lambda t: t.p50_ms)[len(timings) // 2]
-            out[key].append(
-                {
-                    "batch": batch,
-                    "p50_ms": middle.p50_ms,
-                    "p90_ms": middle.p90_ms,
-                    "p99_ms": middle.p99_ms,
-                    "mean_ms": middle.mean_ms,
-                    "throughput_per_s": middle.throughput_per_s,
-                    "runs": [{"p50_ms": t.p50_ms, "p99_ms": t.p99_ms} for t in timings],
-                }
-            )
-    return out
-
-
-def _bench_once(path: str | Path, backend: str, bench, advance, repeat: int) -> list:
-    """One repeat of `bench` on one model (the repeat's number seeds its random inputs)."""
-    results = benchmark(
-        path, backend=backend, batches=bench.batches, warmup=bench.warmup, iters=bench.iters, seed=repeat
-    ).results
-    advance(1)
-    return results
+    measured = benchmark_side_by_side(
+        models, batches=bench.batches, warmup=bench.warmup, iters=bench.iters, rounds=bench.repeats
+    )
+    return {
+        **{name: [point.to_json() for point in points] for name, points in measured.models.items()},
+        "fingerprint": measured.fingerprint,
+        "timing": measured.conditions,
+    }
