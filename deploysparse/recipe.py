@@ -199,8 +199,10 @@ class ValidateSettings(_Section):
 
 
 class BenchSettings(_Section):
-    """How latency is measured: `repeats` independent runs of `iters` timed calls each per batch size,
-    and, with `per_layer`, one profile of every layer (ONNX Runtime recipes) at the largest batch."""
+    """How latency is measured: after a warm-up of at least `warmup` calls until the calls stop
+    getting faster, `repeats` runs (rounds, the original and the compact model taking turns) of
+    `iters` timed calls per model and batch size, and, with `per_layer`, one profile of every layer
+    (ONNX Runtime recipes) at the largest batch."""
 
     batches: list[Positive] = [1]
     warmup: Annotated[int, Field(ge=0)] = 10
