@@ -9,7 +9,6 @@ import numpy as np
 
 from deploysparse.recipe import load_recipe
 
-
 # The machine of every factory report (backends/machine.fingerprint's keys).
 FINGERPRINT = {
     "arch": "x86_64",
