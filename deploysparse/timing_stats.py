@@ -43,9 +43,13 @@ class Runs:
     reference: np.ndarray | None = None
 
     @classmethod
-    def of(cls, values: Sequence[Sequence[float]], reference: Sequence[Sequence[float]] | None = None) -> Runs:
+    def of(
+        cls, values: Sequence[Sequence[float]], reference: Sequence[Sequence[float]] | None = None
+    ) -> Runs:
         """Rows of calls as arrays; rows of unequal length are refused (ValueError)."""
-        return cls(np.asarray(values, dtype=float), None if reference is None else np.asarray(reference, float))
+        return cls(
+            np.asarray(values, dtype=float), None if reference is None else np.asarray(reference, float)
+        )
 
     @property
     def runs(self) -> int:
@@ -70,7 +74,9 @@ class Runs:
         out = np.empty(resamples)
         for start in range(0, resamples, _CHUNK):
             picks = rng.integers(0, self.runs, size=(min(_CHUNK, resamples - start), self.runs))
-            out[start : start + len(picks)] = self._log_statistic(self.values[picks], self._ref(picks), quantile)
+            out[start : start + len(picks)] = self._log_statistic(
+                self.values[picks], self._ref(picks), quantile
+            )
         return out
 
     def _ref(self, picks: np.ndarray | None) -> np.ndarray | None:
@@ -84,7 +90,9 @@ class Runs:
         pooled = np.quantile(values.reshape(len(values), -1), quantile, axis=1)
         log = np.log(np.maximum(pooled, 1e-12))
         if reference is not None:
-            log -= np.log(np.maximum(np.quantile(reference.reshape(len(reference), -1), quantile, axis=1), 1e-12))
+            log -= np.log(
+                np.maximum(np.quantile(reference.reshape(len(reference), -1), quantile, axis=1), 1e-12)
+            )
         return log
 
 

@@ -68,7 +68,9 @@ def timed_runs(
     return seconds
 
 
-def settled(seconds: Sequence[float], window: int = SETTLE_WINDOW, tolerance: float = SETTLE_TOLERANCE) -> bool:
+def settled(
+    seconds: Sequence[float], window: int = SETTLE_WINDOW, tolerance: float = SETTLE_TOLERANCE
+) -> bool:
     """Whether calls timed `seconds` (in call order) have stopped getting faster: the median of the
     last `window` is at most `tolerance` below the median of the `window` before it."""
     if len(seconds) < 2 * window:
