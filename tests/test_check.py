@@ -140,6 +140,14 @@ def test_one_noisy_run_does_not_fail_the_gate_and_is_named(tmp_path: Path, capsy
     assert "outlier run 3 (+19" in item.detail  # about +200%
 
 
+def test_fewer_than_three_runs_are_inconclusive() -> None:
+    """One run shows no run-to-run noise to build an interval from, however many calls it has."""
+    report, baseline = pair(1.0, runs=1)
+    item = next(i for i in compare_reports(report, baseline).items if i.name == "latency p50 @ batch 8")
+    assert item.verdict == "inconclusive"
+    assert "an interval needs at least 3 runs per report (bench.repeats); has 1 and 1" in item.detail
+
+
 def test_p99_is_gated_only_with_enough_calls(tmp_path: Path) -> None:
     """p99 of 300 calls rests on 3 calls: reported, not gated. From 1000 calls (10 beyond it) it is
     gated, and a slower tail regresses while p50 passes."""
@@ -236,6 +244,7 @@ def test_an_old_baseline_without_fingerprint_or_calls_is_compared_relative() -> 
     assert result.mode.name == "relative" and result.mode.reference == "original"
     assert "the baseline records no machine fingerprint" in result.mode.reason
     assert result.verdict == "pass"
+    assert verdicts(result)["latency p50 @ batch 1"] == "pass"  # gated on the runs' p50s
     item = next(i for i in result.items if i.name == "latency p99 @ batch 1")
     assert item.verdict == "not gated"
     assert "the baseline keeps no per-call times" in item.detail

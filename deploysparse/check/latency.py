@@ -58,8 +58,9 @@ class LatencyMode:
 
 
 def calls_to_gate(quantile: float) -> int:
-    """Calls a report needs for `quantile` to be gated: TAIL_MIN_BEYOND of them beyond it."""
-    return math.ceil(TAIL_MIN_BEYOND / min(quantile, 1 - quantile) - 1e-9)
+    """Calls a report needs for a tail `quantile` (above the median) to be gated: TAIL_MIN_BEYOND of
+    them beyond it. The median needs no more than the runs it rests on."""
+    return math.ceil(TAIL_MIN_BEYOND / (1 - quantile) - 1e-9) if quantile > 0.5 else 0
 
 
 def choose_mode(current: Report, baseline: Report, requested: str = "auto") -> LatencyMode:
