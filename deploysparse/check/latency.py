@@ -116,7 +116,7 @@ def latency_items(
                     CheckItem(name, *ms, None, "not gated", "latency", f"reported, not gated: {why}")
                 )
                 continue
-            items.append(_item(name, now, then, quantile, mode, tolerance, confidence))
+            items.append(_item(name, label, now, then, quantile, mode, tolerance, confidence))
     return items
 
 
@@ -148,6 +148,7 @@ def _rows(point: LatencyPoint, quantile: float) -> list[list[float]] | None:
 
 def _item(
     name: str,
+    label: str,
     current: Runs,
     baseline: Runs,
     quantile: float,
@@ -161,7 +162,6 @@ def _item(
     shown = CheckItem(name, base, now, limit, "not gated", kind)
     if mode.name == "none":
         return shown.but("not gated", mode.reason)
-    label = name.split()[1]
     needed = calls_to_gate(quantile)
     if min(current.calls, baseline.calls) < needed:
         fewer = current if current.calls <= baseline.calls else baseline
