@@ -14,12 +14,15 @@ so a change of the machine's load falls on both. While they run, a process spins
 (pinned with os.sched_setaffinity), as another job on a shared runner would.
 
 Counted per check (latency checks only; the A/B models differ in params and FLOPs by design):
-- A/A, auto mode (milliseconds, the fingerprints match): a "regressed" is a false alarm;
-- A/A, relative mode (compact / flushed original, what a baseline from another machine gets);
-- A/B, auto mode: "regressed" is a detection, anything else a miss;
-- A/B, relative mode: by design it cannot see a model slower as a whole (B's original has the extra
-  layer too), shown so the table says so.
-Each check's verdict is the worst of its latency items (regressed > inconclusive > pass).
+- A/A, auto mode (the same model on the same machine: relative to the flushed original timed in the
+  same runs): a "regressed" is a false alarm;
+- A/A, absolute mode (milliseconds: what a changed model of the same speed, a retrained one, gets);
+- A/B, auto mode (the model changed, the fingerprints match: milliseconds): "regressed" is a
+  detection, anything else a miss;
+- A/B, relative mode (what a baseline from another machine gets): by design it cannot see a model
+  slower as a whole (B's original has the extra layer too), shown so the table says so.
+Each check's verdict is the worst of its latency items (regressed > inconclusive > pass); a second
+table counts each latency item (batch size, percentile) on its own.
 
 How checks are counted, honestly: independent runs per check are the gold standard (`--independent`:
 2 A runs per A/A check, an A and a B run per A/B check: 300 runs for 100 checks). By default the
@@ -199,11 +202,15 @@ def run(recipe: str, model: Path, data: dict[str, Path], out: Path) -> Path:
     return kept
 
 
-def latency_verdict(current: Report, baseline: Report, tolerances: Tolerances, mode: str) -> str:
-    """The worst verdict of the latency checks (the others compare models that differ on purpose)."""
+def latency_verdicts(current: Report, baseline: Report, tolerances: Tolerances, mode: str) -> dict[str, str]:
+    """The verdict of each latency check (the others compare models that differ on purpose)."""
     result = compare_reports(current, baseline, tolerances, mode)
-    verdicts = {item.verdict for item in result.items if item.name.startswith("latency")}
-    return next((v for v in ("regressed", "inconclusive") if v in verdicts), "pass")
+    return {item.name: item.verdict for item in result.items if item.name.startswith("latency")}
+
+
+def worst(verdicts: dict[str, str]) -> str:
+    """A check's verdict: regressed if any latency item regressed, else inconclusive if any was."""
+    return next((v for v in ("regressed", "inconclusive") if v in verdicts.values()), "pass")
 
 
 def pairs(n_runs: int, checks: int, same: bool, seed: int = 0) -> list[tuple[int, int]]:
@@ -295,18 +302,30 @@ def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
     rows = []
     for label, comparison, mode in (
         ("A/A", aa, "auto"),
-        ("A/A", aa, "relative"),
+        ("A/A", aa, "absolute"),
         ("A/B", ab, "auto"),
         ("A/B", ab, "relative"),
     ):
-        verdicts = []
+        items = []
         for base, now in comparison:
             current = reports["A" if label == "A/A" else "B"][now]
             tolerances = resolve_tolerances(current, confidence=args.confidence)
-            verdicts.append(latency_verdict(current, reports["A"][base], tolerances, mode))
+            items.append(latency_verdicts(current, reports["A"][base], tolerances, mode))
+        verdicts = [worst(item) for item in items]
         counts = {v: verdicts.count(v) for v in ("regressed", "inconclusive", "pass")}
+        per_item = {
+            name: {v: sum(item[name] == v for item in items) for v in (*counts, "not gated")}
+            for name in items[0]
+        }
         rows.append(
-            {"comparison": label, "mode": mode, "checks": len(verdicts), **counts, "verdicts": verdicts}
+            {
+                "comparison": label,
+                "mode": mode,
+                "checks": len(verdicts),
+                **counts,
+                "verdicts": verdicts,
+                "items": per_item,
+            }
         )
     tolerances = resolve_tolerances(reports["A"][0], confidence=args.confidence)
     print()
@@ -329,6 +348,13 @@ def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
             f"| {row['comparison']} | {row['mode']} | {row['checks']} | {row['regressed']} | "
             f"{row['inconclusive']} | {row['pass']} |"
         )
+    print()
+    print("per latency check: regressed / inconclusive / pass / not gated")
+    print("| comparison | mode | " + " | ".join(rows[0]["items"]) + " |")
+    print("| --- | --- |" + " ---: |" * len(rows[0]["items"]))
+    for row in rows:
+        cells = ["/".join(str(c) for c in counts.values()) for counts in row["items"].values()]
+        print(f"| {row['comparison']} | {row['mode']} | " + " | ".join(cells) + " |")
     return {
         "machine": cpu_name(),
         "busy_core": core,

@@ -76,7 +76,7 @@ def test_a_smoke_run_counts_every_check(tmp_path: Path, capsys) -> None:
     assert summary["runs"] == {"A": 3, "B": 3}  # 3 x 2 ordered pairs of A runs >= 5 checks
     assert [(r["comparison"], r["mode"]) for r in summary["rows"]] == [
         ("A/A", "auto"),
-        ("A/A", "relative"),
+        ("A/A", "absolute"),
         ("A/B", "auto"),
         ("A/B", "relative"),
     ]

@@ -156,4 +156,17 @@ def _notes(current: Report, base: Report) -> list[str]:
             notes.append(
                 f"target {key} differs from the baseline's ({now!r} vs {then!r}): latency is not comparable"
             )
+    for name, report in (("the report", current), ("the baseline", base)):
+        busy = _busy(report)
+        if busy:
+            notes.append(f"{name} was measured on a busy machine ({busy}): expect wide intervals")
     return notes
+
+
+def _busy(report: Report) -> str:
+    """'load average 19.9 on 2 cores' when more work waited for the CPUs than the process could use."""
+    timing, machine = report.latency.timing, report.latency.fingerprint
+    if timing is None or machine is None:
+        return ""
+    load = max((value for value in timing.load_average if value is not None), default=0.0)
+    return f"load average {load:.1f} on {machine.cores} cores" if load > machine.cores else ""

@@ -1,15 +1,15 @@
 """The latency checks of the CI gate: which mode compares the reports, and a verdict with an interval
 per batch size and percentile.
 
-Mode. Milliseconds measured on two machines are not comparable (this project's model ran 2x apart on
-an Intel and an AMD host), so they are compared only when the machine fingerprints match
-(`absolute`). Otherwise the gate compares the compact model's latency *relative to the original*
-timed in the same rounds of the same run (`relative`): a slower runner slows both alike, so the
-ratio cancels the machine's speed. The flushed original is the reference when both reports have one:
-how much denormal weights cost depends on the CPU (2x on Intel, nothing on AMD for the bundled model),
-and the compact model has none, so the ratio to the original as is would move with the CPU kind.
-A relative check cannot see a model that got slower as a whole (the original slows with it); the
-output says which mode ran and why.
+Mode. The gate compares the compact model's latency *relative to the original* timed in the same
+rounds of the same run (`relative`): a slower or busier runner slows both alike, so the ratio
+cancels it. The flushed original is the reference when both reports have one: how much denormal
+weights cost depends on the CPU (2x on Intel, nothing on AMD for the bundled model), and the compact
+model has none, so the ratio to the original as is would move with the CPU kind. A relative check
+cannot see a model that got slower as a whole (its original slows with it), so when the model
+changed, milliseconds are compared instead (`absolute`), but only when the machine fingerprints
+match: milliseconds measured on two machines are not comparable (this project's model ran 2x apart
+on an Intel and an AMD host). The output says which mode ran and why.
 
 Verdict. Per batch size and percentile: the change from the baseline and its cluster-bootstrap
 interval (`timing_stats.change`); `regressed` only when the whole interval lies above the tolerance,
@@ -64,8 +64,11 @@ def calls_to_gate(quantile: float) -> int:
 
 
 def choose_mode(current: Report, baseline: Report, requested: str = "auto") -> LatencyMode:
-    """The comparison mode: `requested` unless "auto", which compares milliseconds only between
-    equal machine fingerprints and otherwise relative to the original timed in the same run."""
+    """The comparison mode: `requested` unless "auto", which compares milliseconds only when the
+    model changed on a machine whose fingerprint matches the baseline's (only milliseconds show a
+    model slower as a whole), and otherwise relative to the original timed in the same run: on
+    another machine the ratio cancels the machine's speed, and for the same model (the original is
+    the same bytes, so its speed can only be the machine's) the runner's load, hiding nothing."""
     reference = next(
         (
             name
@@ -80,16 +83,32 @@ def choose_mode(current: Report, baseline: Report, requested: str = "auto") -> L
         if reference is None:
             return LatencyMode("none", "--latency-mode relative needs the original timed in both reports")
         return LatencyMode("relative", "asked for (--latency-mode relative)", reference)
+    same_model = current.model.sha256 == baseline.model.sha256
     now, then = current.latency.fingerprint, baseline.latency.fingerprint
-    if now is not None and then is not None:
-        differences = now.differences(then)
-        if not differences:
-            return LatencyMode("absolute", "the machine fingerprint matches the baseline's")
+    differences = now.differences(then) if now is not None and then is not None else None
+    if differences == [] and not same_model:
+        return LatencyMode(
+            "absolute",
+            "the model changed on a machine like the baseline's (the fingerprints match): only "
+            "milliseconds show a model slower as a whole",
+        )
+    if differences == []:
+        why = (
+            "the same model on a machine like the baseline's (the fingerprints match): the original is "
+            "the same bytes, so the ratio cancels the runner's load and hides nothing"
+        )
+    elif differences:
         why = "the machine differs from the baseline's (" + "; ".join(differences) + ")"
     else:
         missing = "the baseline records" if then is None else "the report records"
         why = f"{missing} no machine fingerprint (written by an older deploysparse)"
+    if not same_model and differences != []:
+        why += "; the model changed too, and a model slower as a whole does not show relative to its original"
     if reference is None:
+        if differences == []:
+            return LatencyMode(
+                "absolute", "the machine fingerprint matches the baseline's (no original timed in both)"
+            )
         return LatencyMode("none", f"{why}, and there is no original timed in both reports to compare to")
     return LatencyMode("relative", why, reference)
 
