@@ -40,7 +40,7 @@ GRID = (0.25, 0.5, 0.75, 1.0)  # fractions of a layer's channels timed in the ta
 
 def cache_file(backend: str, version: str) -> Path:
     """Where the tables of this backend, version and machine live."""
-    from deploysparse.backends.base import cpu_name
+    from deploysparse.backends.machine import cpu_name
 
     root = Path(os.environ.get("DEPLOYSPARSE_CACHE") or Path.home() / ".cache" / "deploysparse")
     machine = hashlib.sha256(f"{cpu_name()}|{platform.machine()}|{platform.node()}".encode()).hexdigest()[:12]

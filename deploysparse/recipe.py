@@ -214,8 +214,10 @@ class ValidateSettings(_Section):
 
 
 class BenchSettings(_Section):
-    """How latency is measured: `repeats` independent runs of `iters` timed calls each per batch size,
-    and, with `per_layer`, one profile of every layer (ONNX Runtime recipes) at the largest batch.
+    """How latency is measured: after a warm-up of at least `warmup` calls until the calls stop
+    getting faster, `repeats` runs (rounds, the original and the compact model taking turns) of
+    `iters` timed calls per model and batch size, and, with `per_layer`, one profile of every layer
+    (ONNX Runtime recipes) at the largest batch.
 
     `max_seconds` bounds the whole measurement (the benchmark and the profile): a heavy model gets
     fewer calls and may lose a large batch size, each loss named in the report

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from deploysparse.backends import get_backend
-from deploysparse.backends.timing import fastest_ms, interleaved, interleaved_medians_ms, timed_runs
+from deploysparse.backends.timing import (
+    SETTLE_WINDOW,
+    SETTLE_WINDOWS_MAX,
+    fastest_ms,
+    interleaved,
+    interleaved_medians_ms,
+    settled,
+    timed_runs,
+    warm_up,
+)
 from deploysparse.latency import LayerShape
 
 
@@ -24,6 +33,28 @@ def test_timed_runs_warm_up_untimed_and_report_every_timed_run() -> None:
     assert len(calls) == 7 and len(advanced) == 7 and seconds.shape == (4,) and np.all(seconds >= 0)
     count = []
     assert fastest_ms(lambda: count.append(1), warmup=1, iters=5) >= 0 and len(count) == 6
+
+
+def test_settled_means_the_last_window_is_no_faster_than_the_one_before() -> None:
+    warming = [5.0, 4.0, 3.0, 2.5, 2.2, 2.0, 1.9, 1.8, 1.7, 1.6]  # still getting faster
+    assert not settled(warming)
+    flat = [5.0, 3.0, 2.0, 2.0, 2.0, 2.01, 1.99, 2.0, 2.02, 2.0]
+    assert settled(flat)
+    assert settled([2.0] * 5 + [1.97, 1.98, 1.97, 1.99, 1.96])  # 1.5% faster: within the 2% tolerance
+    noisy_up = [1.0] * 5 + [1.5, 1.6, 1.4, 1.5, 1.7]  # slower is noise, not warm-up
+    assert settled(noisy_up)
+    assert not settled([1.0] * 9)  # fewer than two windows: cannot judge
+
+
+def test_warm_up_makes_at_least_the_minimum_and_stops_at_the_limit() -> None:
+    calls: list[int] = []
+    advanced: list[int] = []
+    warm = warm_up(lambda: calls.append(1), 3, advance=advanced.append)
+    minimum = 2 * SETTLE_WINDOW  # two windows at least, to judge
+    assert minimum <= warm.calls == len(calls) <= minimum + SETTLE_WINDOWS_MAX * SETTLE_WINDOW
+    assert (warm.calls - minimum) % SETTLE_WINDOW == 0
+    assert advanced == [3]  # the progress bar counts the minimum asked for
+    assert warm_up(lambda: calls.append(1), 0).calls == 0  # no warm-up asked: none made
 
 
 def test_interleaved_medians_warm_each_run_first() -> None:

@@ -9,9 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deploysparse.bench import benchmark
+from deploysparse.bench import benchmark, benchmark_side_by_side
 from deploysparse.cli import main
 from deploysparse.errors import UsageError
+from deploysparse.report.schema import Fingerprint, LatencyPoint, TimingConditions
 
 
 def _model(path, batch="N", height=16, width=16):
@@ -43,6 +44,58 @@ def test_benchmark_reports_percentiles_per_batch(tmp_path):
     for result in payload["results"]:
         assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"]
         assert result["throughput_per_s"] > 0
+
+
+def test_benchmark_warms_up_until_settled_and_says_how_long(tmp_path):
+    result = benchmark(_model(tmp_path / "m.onnx"), batches=(1,), warmup=2, iters=5).results[0]
+    assert result.warmup_calls >= 10  # two windows of 5 at least, to judge whether calls settled
+    assert isinstance(result.warmup_settled, bool)
+
+
+def test_side_by_side_keeps_every_call_of_every_round_and_the_machine(tmp_path):
+    """Two models timed in 3 rounds of 4 calls per batch size: each round is a run with its calls,
+    the points are report.json's, and the fingerprint and conditions are recorded."""
+    a, b = _model(tmp_path / "a.onnx"), _model(tmp_path / "b.onnx")
+    measured = benchmark_side_by_side(
+        {"original": (a, "onnxruntime"), "compact": (b, "onnxruntime")},
+        batches=(1, 2),
+        warmup=1,
+        iters=4,
+        rounds=3,
+        threads=1,
+    )
+    assert list(measured.models) == ["original", "compact"]
+    for points in measured.models.values():
+        assert [p.batch for p in points] == [1, 2]
+        for point in points:
+            parsed = LatencyPoint.model_validate(point.to_json())
+            assert len(parsed.runs) == 3 and all(len(run.samples_ms) == 4 for run in parsed.runs)
+            assert parsed.samples() == [run.samples_ms for run in parsed.runs]
+            assert parsed.warmup_calls is not None and parsed.warmup_calls >= 10
+            pooled = np.concatenate(parsed.samples())
+            assert parsed.p50_ms == pytest.approx(float(np.percentile(pooled, 50)), rel=1e-3)
+    fingerprint = Fingerprint.model_validate(measured.fingerprint)
+    assert fingerprint.threads == 1 and fingerprint.backends == {
+        "onnxruntime": fingerprint.backends["onnxruntime"]
+    }
+    assert fingerprint.device.startswith("CPU: ") and fingerprint.cores >= 1
+    conditions = TimingConditions.model_validate(measured.conditions)
+    assert (conditions.rounds, conditions.iters, conditions.warmup) == (3, 4, 1)
+    assert conditions.affinity and len(conditions.load_average) == 2
+
+
+def test_side_by_side_refuses_a_batch_a_model_cannot_run(tmp_path):
+    with pytest.raises(UsageError, match="static batch of 1"):
+        benchmark_side_by_side(
+            {
+                "original": (_model(tmp_path / "a.onnx"), "onnxruntime"),
+                "compact": (_model(tmp_path / "s.onnx", batch=1), "onnxruntime"),
+            },
+            batches=(1, 8),
+            warmup=0,
+            iters=2,
+            rounds=1,
+        )
 
 
 def test_static_batch_model_skips_the_batches_it_cannot_take(tmp_path):

@@ -205,7 +205,10 @@ def test_whole_cli_on_each_form(
         assert _run(built, fresh).shape == (5, 10), built
 
     result = cli("check", copied / "report.json", "--baseline", copied / "report.json")
-    assert result.code == 0, result.out + result.err
+    # the copied report is read whole; nothing regressed against itself, and one run a batch size
+    # gives latency no interval, so its two p50 checks are undecided (exit 4) whatever the timings
+    assert result.code == 4, result.out + result.err
+    assert "INCONCLUSIVE: 2 of" in result.out
     assert {p: _sha(p) for p in inputs} == before, "an input file was modified"
 
 

@@ -50,6 +50,10 @@ def test_run_cpu_recipe_end_to_end(model_and_data, tmp_path: Path) -> None:
     assert written.validation.passed and written.validation.max_abs_err < 1e-3
     assert [p.batch for p in written.latency.compact] == [1, 8]
     assert all(len(p.runs) == 2 for p in written.latency.compact)
+    # every call kept (the CI gate's intervals), the machine and the conditions recorded
+    assert all(len(run.samples_ms) == 5 for p in written.latency.compact for run in p.runs)
+    assert written.latency.fingerprint is not None and written.latency.fingerprint.backends
+    assert written.latency.timing is not None and written.latency.timing.rounds == 2
     artifacts = json.loads((out / "report.json").read_text())["artifacts"]
     assert "compact.onnx" in artifacts and "plan.json" in artifacts
 
@@ -82,7 +86,7 @@ def test_failed_run_leaves_previous_artifacts_intact(model_and_data, tmp_path: P
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the run is stopped during the benchmark, after build and validation
 
-    monkeypatch.setattr(speed, "benchmark", killed)
+    monkeypatch.setattr(speed, "benchmark_side_by_side", killed)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(recipe, RunInputs(model=str(model), calib=str(data)), out)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

@@ -38,6 +38,24 @@ def test_page_shows_every_section_and_the_numbers() -> None:
     assert "5 runs, p50 1.390–1.510 ms" in page
 
 
+def test_latency_shows_outlier_runs_and_how_it_was_measured() -> None:
+    report = make_report()
+    point = report["latency"]["compact"][0]
+    point["outlier_runs"] = [2]
+    report["latency"]["timing"]["affinity"] = [0, 1, 2, 5]
+    for point_of_original in report["latency"]["original"]:
+        point_of_original["warmup_calls"] = 25
+    point["warmup_calls"] = 10
+    page = render_html(report)
+    assert "5 runs, p50 1.390–1.510 ms; outlier run 3 (1.510 ms)" in page
+    conditions = page.split('id="latency-conditions">', 1)[1].split("</p>", 1)[0]
+    assert "took turns in 5 runs of 20 calls per batch size, after 10–25 warm-up calls" in conditions
+    assert "AMD EPYC 7B13 (2 cores, 2 threads; kernel flags: avx, avx2, f16c, fma)" in conditions
+    assert "CPUs 0-2, 5, load average 0.40 → 0.50" in conditions
+    del report["latency"]["timing"], report["latency"]["fingerprint"]
+    assert 'id="latency-conditions"' not in render_html(report)  # an older report: nothing to say
+
+
 def test_user_text_is_escaped() -> None:
     report = make_report()
     report["plan"]["groups"][0]["label"] = "<script>alert(1)</script>"

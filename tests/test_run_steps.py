@@ -82,7 +82,9 @@ def test_a_sweep_point_writes_the_report_a_run_writes(digits, tmp_path: Path) ->
     # and the same measurements: the flushed original timed and profiled beside the others
     for report in (ran, pointed):
         assert report["extra"]["denormals"]["original"]["total"] > 0  # the digits model has them
-        assert [k for k, v in report["latency"].items() if v] == ["original", "original_flushed", "compact"]
+        timed = [k for k, v in report["latency"].items() if isinstance(v, list) and v]
+        assert timed == ["original", "original_flushed", "compact"]
+        assert {"fingerprint", "timing"} <= set(report["latency"])
         assert report["layers"]["models"] == ["original", "original_flushed", "compact"]
     assert pointed["extra"]["sweep"]["key"] == "k"
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ import onnx
 
 from deploysparse.atomic import write_text
 from deploysparse.backends import REFERENCE_BACKEND, backend_names, get_backend
+from deploysparse.backends.machine import cpu_name as cpu_name  # a backend's device() names it
 from deploysparse.backends.quantize import Int8Options
 from deploysparse.backends.timing import Timer
 from deploysparse.calibration import InputSpec, model_input_specs
@@ -450,26 +449,6 @@ def check_shapes_match(shapes: Mapping[str, ShapeTriple], specs: list[InputSpec]
                     f"--shapes {name}: {'x'.join(map(str, shape))} does not fit input '{name}' of {source} "
                     f"with shape {spec.shape_text()}"
                 )
-
-
-def cpu_name() -> str:
-    """The CPU model and the cores this process may use, e.g. 'Intel Xeon ... (2 cores)'."""
-    model = platform.processor() or platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-        if match:
-            model = match.group(1).strip()
-    except OSError:
-        pass
-    return f"{model} ({usable_cores()} cores)"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def metadata_json(metadata: dict) -> str:

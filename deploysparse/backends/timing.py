@@ -10,6 +10,10 @@ Two ways to read a latency on a shared, noisy machine, each for its own question
   are opened with thread spinning off: an idle ONNX Runtime thread busy-waits after each run and
   steals the cores of the model timed next (`backends/onnxruntime/runtime.session_options`).
 
+Before either, `warm_up` runs a model until it stops getting faster, not a fixed count only: the
+first calls pay for allocation, kernel selection, caches and the clock ramping up, and how many calls
+that takes depends on the model and the machine.
+
 `Timer` applies both to model files or ModelProtos on one backend at one batch size; it is what a
 backend's `timer(batch)` returns (TensorRT's builds an engine per model first).
 """
@@ -21,6 +25,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -35,6 +40,10 @@ if TYPE_CHECKING:
 
 WARMUP, ITERS = 2, 7  # fastest of ITERS after WARMUP: a layer of the latency table
 PAIR_RUNS = 11  # rounds of interleaved runs when the compact model is timed against the original
+# Warm-up until settled: after the minimum, windows of SETTLE_WINDOW calls until the last window's
+# median is no more than SETTLE_TOLERANCE faster than the one before (warm-up only ever makes calls
+# faster; slower windows are noise), at most SETTLE_WINDOWS_MAX windows beyond the minimum.
+SETTLE_WINDOW, SETTLE_TOLERANCE, SETTLE_WINDOWS_MAX = 5, 0.02, 4
 
 T = TypeVar("T")
 ModelLike = str | os.PathLike[str] | onnx.ModelProto
@@ -71,6 +80,50 @@ def timed_runs(
         if advance:
             advance(1)
     return seconds
+
+
+def settled(
+    seconds: Sequence[float], window: int = SETTLE_WINDOW, tolerance: float = SETTLE_TOLERANCE
+) -> bool:
+    """Whether calls timed `seconds` (in call order) have stopped getting faster: the median of the
+    last `window` is at most `tolerance` below the median of the `window` before it."""
+    if len(seconds) < 2 * window:
+        return False
+    last, before = np.median(seconds[-window:]), np.median(seconds[-2 * window : -window])
+    return bool(last >= before * (1 - tolerance))
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """How a model was warmed up: untimed calls made, and whether they settled within the limit."""
+
+    calls: int
+    settled: bool
+
+
+def warm_up(
+    run: Callable[[], object],
+    calls: int,
+    advance: Callable[[int], None] | None = None,
+    max_seconds: float | None = None,
+) -> WarmUp:
+    """Call `run` at least `calls` times (at least two windows, to judge), then window by window until
+    the calls have `settled`, at most SETTLE_WINDOWS_MAX windows more. `calls=0` asks for no warm-up
+    (returned as not settled). `advance(1)` after each of the first `calls`, for a progress bar that
+    counts the minimum. With `max_seconds` the warm-up stops once that time has passed (one call at
+    least): a heavy model's time box is not spent warming up; whether it settled is then reported."""
+    if calls == 0:
+        return WarmUp(0, False)
+    began = time.perf_counter()
+    minimum = max(calls, 2 * SETTLE_WINDOW)
+    seconds = list(timed_runs(run, minimum, max_seconds=max_seconds))
+    if advance:
+        advance(calls)
+    for _ in range(SETTLE_WINDOWS_MAX):
+        if settled(seconds) or (max_seconds is not None and time.perf_counter() - began >= max_seconds):
+            break
+        seconds.extend(timed_runs(run, SETTLE_WINDOW))
+    return WarmUp(len(seconds), settled(seconds))
 
 
 def fastest_ms(run: Callable[[], object], warmup: int = WARMUP, iters: int = ITERS) -> float:

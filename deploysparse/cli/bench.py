@@ -35,7 +35,11 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str | None) -
 )
 @input_shape_option("Shape to feed each input at (a model with dynamic height or width needs one).")
 @click.option(
-    "--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs per batch size."
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Untimed runs per batch size, at least: more until the runs stop getting faster (0: none).",
 )
 @click.option(
     "--iters", type=click.IntRange(min=1), default=100, show_default=True, help="Timed runs per batch size."

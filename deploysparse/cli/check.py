@@ -1,4 +1,7 @@
-"""`deploysparse check REPORT --baseline BASELINE`: the CI gate. Exit 0 pass, 1 regression, 2 bad input."""
+"""`deploysparse check REPORT --baseline BASELINE`: the CI gate.
+
+Exit 0 pass, 1 regressed, 2 bad input, 4 inconclusive (the noise is wider than the tolerance).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,11 @@ from rich.text import Text
 
 from deploysparse import atomic
 from deploysparse.check import (
+    HEADERS,
+    MODES,
     CheckResult,
     compare_reports,
+    headline,
     resolve_tolerances,
     table_rows,
     to_junit,
@@ -22,6 +28,7 @@ from deploysparse.errors import UsageError
 from deploysparse.report.schema import load_report
 
 _Tolerance = click.FloatRange(min=0.0)
+_STYLES = {"pass": "green", "REGRESSED": "bold red", "INCONCLUSIVE": "bold yellow", "not gated": "dim"}
 
 
 @click.command("check")
@@ -40,6 +47,19 @@ _Tolerance = click.FloatRange(min=0.0)
     type=_Tolerance,
     help="Absolute accuracy/top-1 drop allowed [recipe's, else 0.005].",
 )
+@click.option(
+    "--latency-mode",
+    type=click.Choice(MODES),
+    default="auto",
+    show_default=True,
+    help="Compare latency in ms (absolute), relative to the original timed in the same run (relative), "
+    "or in ms only when the machine fingerprint matches the baseline's (auto).",
+)
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0.5, 1.0, max_open=True),
+    help="Confidence of the latency change's interval [0.95].",
+)
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML here.")
 @click.option(
     "--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Write a Markdown summary here."
@@ -54,14 +74,17 @@ def command(
     baseline: Path,
     latency_tolerance: float | None,
     accuracy_tolerance: float | None,
+    latency_mode: str,
+    confidence: float | None,
     junit: Path | None,
     markdown: Path | None,
     update_baseline: bool,
 ) -> int:
     """Compare REPORT (report.json of a run) with BASELINE and fail on a regression.
 
-    Latency (median over repeated runs) may grow by the latency tolerance, accuracy and top-1
-    agreement may fall by the accuracy tolerance, parameters and FLOPs may not grow.
+    Latency regresses when the confidence interval of its change lies wholly above the tolerance,
+    and is inconclusive (exit 4) when the interval straddles it; accuracy and top-1 agreement may
+    fall by the accuracy tolerance, parameters and FLOPs may not grow.
     """
     from deploysparse.output_guard import reads, refuse_overlap, writes
 
@@ -74,14 +97,13 @@ def command(
     current = load_report(report)
     console = Console()
     if not console.is_terminal:
-        console = Console(width=140)  # CI logs: rich would otherwise wrap the table at 80 columns
+        console = Console(width=160)  # CI logs: rich would otherwise wrap the table at 80 columns
     if update_baseline and not baseline.exists():
         atomic.write_bytes(baseline, report.read_bytes())
         console.print(f"baseline created: {baseline}")
         return 0
-    result = compare_reports(
-        current, load_report(baseline), resolve_tolerances(current, latency_tolerance, accuracy_tolerance)
-    )
+    tolerances = resolve_tolerances(current, latency_tolerance, accuracy_tolerance, confidence)
+    result = compare_reports(current, load_report(baseline), tolerances, latency_mode)
     _print(console, result)
     if junit is not None:
         atomic.write_text(junit, to_junit(result))
@@ -91,7 +113,7 @@ def command(
         atomic.write_bytes(baseline, report.read_bytes())
         console.print(f"baseline updated: {baseline}")
         return 0
-    return 0 if result.passed else 1
+    return result.exit_code
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -100,22 +122,18 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _print(console: Console, result: CheckResult) -> None:
     table = Table(title="deploysparse check", title_justify="left")
-    for header in ("Check", "Baseline", "Current", "Change", "Limit", "Result", "Detail"):
-        justify = "right" if header in ("Baseline", "Current", "Change", "Limit") else "left"
+    verdict = HEADERS.index("Verdict")
+    for header in HEADERS:
+        justify = "right" if header in ("Baseline", "Current", "Change", "Interval", "Limit") else "left"
         table.add_column(header, justify=justify, overflow="fold")
     for row in table_rows(result):
-        style = "green" if row[5] == "pass" else "bold red"
-        table.add_row(*map(Text, row[:5]), Text(row[5], style=style), Text(row[6]))
+        cells = [Text(cell) for cell in row]
+        cells[verdict].stylize(_STYLES.get(row[verdict], ""))
+        table.add_row(*cells)
     console.print(table)
+    console.print(Text.assemble(("mode: ", "cyan"), result.mode.describe()))
     for note in result.notes:
         console.print(Text.assemble(("note: ", "yellow"), note))
-    tol = result.tolerances
-    if result.passed:
-        console.print(
-            f"[green]PASS[/]: {len(result.items)} checks (latency +{tol.latency:.0%}, accuracy -{tol.accuracy})"
-        )
-    else:
-        console.print(
-            f"[bold red]FAIL[/]: {len(result.failures)} of {len(result.items)} checks regressed "
-            f"(latency +{tol.latency:.0%}, accuracy -{tol.accuracy})"
-        )
+    style = {"pass": "green", "regressed": "bold red", "inconclusive": "bold yellow"}[result.verdict]
+    word, _, rest = headline(result).partition(":")
+    console.print(Text.assemble((word, style), ":" + rest))

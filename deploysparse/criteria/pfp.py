@@ -149,9 +149,7 @@ def _max_product(flat: np.ndarray, inv: np.ndarray, by_position: np.ndarray, ste
     flat (I, R) weights, inv (I, N, P) = 1/z, by_position (N, P, R) = a. Blocks of `step` points run
     on every usable core: numpy's elementwise kernels release the GIL, and a max does not depend on
     the order its parts are taken in, so the result is the same as one thread's."""
-    from deploysparse.backends.base import (
-        usable_cores,
-    )  # not at import: the backends load the calibration readers
+    from deploysparse.backends.machine import usable_cores  # not at import: see tests/test_cli_imports.py
 
     points, positions, rows = by_position.shape
     starts = list(range(0, points, step))

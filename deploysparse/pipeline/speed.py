@@ -3,24 +3,23 @@
 A recipe built at fp16 or int8 also times the compact model in fp32: original fp32 -> compact fp32 is
 what pruning did, compact fp32 -> compact int8 what the precision did.
 
-Latency is `bench.repeats` runs of every model in turn (so all see the same machine load: a shared CI
-runner drifts by more than pruning gains), and the per-layer profile runs the fp32 models interleaved
-once. Both time the flushed original too: prune flushes the compact model, so a report that timed
-only the original as it is would credit pruning with what flushing did. All of it fits in
-`bench.max_seconds` (pipeline/time_box.py); batch sizes the model cannot take, or that do not fit,
-are named in `latency.skipped_batches`.
+Latency is `bench.repeats` rounds of `bench.iters` calls of every model in turn (so all see the same
+machine load: a shared CI runner drifts by more than pruning gains), every call's time kept for the
+CI gate's intervals, and the per-layer profile runs the fp32 models interleaved once. Both time the
+flushed original too: prune flushes the compact model, so a report that timed only the original as
+it is would credit pruning with what flushing did. All of it fits in `bench.max_seconds`
+(pipeline/time_box.py); batch sizes the model cannot take, or that do not fit, are named in
+`latency.skipped_batches`.
 """
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploysparse.backends import REFERENCE_BACKEND, get_backend
-from deploysparse.backends.timing import interleaved
-from deploysparse.bench import benchmark
+from deploysparse.bench import benchmark_side_by_side
 from deploysparse.pipeline.original import OriginalFacts
 from deploysparse.pipeline.time_box import MIN_ITERS, TimePlan, plan_measurement
 from deploysparse.profiling import side_by_side_rows
@@ -33,9 +32,9 @@ from deploysparse.run_shapes import RunShapes
 class Speed:
     """What one run measured of speed: report.json's `latency` and `layers` sections."""
 
-    latency: (
-        dict  # model ("original", "original_flushed", "compact_fp32", "compact") -> one entry per batch size
-    )
+    # model ("original", "original_flushed", "compact_fp32", "compact") -> one entry per batch size,
+    # the machine's "fingerprint", the "timing" conditions and "skipped_batches" (report.schema.Latency)
+    latency: dict
     layers: dict | None  # the per-layer profile; None when the recipe asks for none or cannot have one
     # Where it was measured, in words, when that is not the machine the build describes (a sweep's
     # benchmarking node); None: report.json describes the machine from the build.
@@ -115,9 +114,10 @@ def _latency(
     plan: TimePlan,
     compact_onnx: Path | None = None,
 ) -> dict:
-    """p50/p99 of each repeated run at each of the plan's batches, original (and its flushed copy) and
-    compact interleaved so all see the same machine load; the reported point is the run with the
-    median p50. A recipe built at another precision than fp32 also times the compact ONNX in fp32
+    """report.json's `latency`: each model's points at each of the plan's batches (every round's calls
+    kept), original (and its flushed copy) and compact timed side by side in `bench.repeats` rounds so
+    all see the same machine load, with the machine's fingerprint and the conditions of the
+    measurement. A recipe built at another precision than fp32 also times the compact ONNX in fp32
     (`compact_fp32`), so the report splits the speed-up into what pruning did and what the precision
     did."""
     bench = recipe.bench
@@ -127,46 +127,18 @@ def _latency(
     if compact_onnx is not None and recipe.build.precision != "fp32":
         models["compact_fp32"] = (compact_onnx, REFERENCE_BACKEND)
     models["compact"] = (compact, recipe.build.backend)
-    with progress("benchmark", total=len(models) * bench.repeats) as advance:
-        tasks = [
-            functools.partial(_bench_once, path, backend, bench, shapes, plan, advance)
-            for path, backend in models.values()
-        ]
-        runs = dict(zip(models, interleaved(tasks, bench.repeats), strict=True))
-    out: dict[str, list] = {key: [] for key in models}
-    for key, repeats in runs.items():
-        for i, batch in enumerate(plan.batches):
-            timings = [run[i] for run in repeats]
-            middle = sorted(timings, key=lambda t: t.p50_ms)[len(timings) // 2]
-            out[key].append(
-                {
-                    "batch": batch,
-                    "p50_ms": middle.p50_ms,
-                    "p90_ms": middle.p90_ms,
-                    "p99_ms": middle.p99_ms,
-                    "mean_ms": middle.mean_ms,
-                    "throughput_per_s": middle.throughput_per_s,
-                    "iters": min(t.iters for t in timings),
-                    "runs": [{"p50_ms": t.p50_ms, "p99_ms": t.p99_ms} for t in timings],
-                }
-            )
-    return out
-
-
-def _bench_once(
-    path: str | Path, backend: str, bench, shapes: RunShapes, plan: TimePlan, advance, repeat: int
-) -> list:
-    """One repeat of `bench` on one model (the repeat's number seeds its random inputs)."""
-    results = benchmark(
-        path,
-        backend=backend,
+    measured = benchmark_side_by_side(
+        models,
         batches=plan.batches,
         warmup=bench.warmup,
         iters=bench.iters,
-        seed=repeat,
-        input_shapes=shapes.shapes,
-        max_seconds=plan.box_s,
+        rounds=bench.repeats,
+        shapes=shapes,
+        box_s=plan.box_s,
         min_iters=MIN_ITERS,
-    ).results
-    advance(1)
-    return results
+    )
+    return {
+        **{name: [point.to_json() for point in points] for name, points in measured.models.items()},
+        "fingerprint": measured.fingerprint,
+        "timing": measured.conditions,
+    }

@@ -16,7 +16,7 @@ from typing import Any
 
 from deploysparse import __version__, atomic
 from deploysparse.budget.outcome import BudgetOutcome
-from deploysparse.report.schema import BudgetResult, LatencyPoint, Report, parse_report
+from deploysparse.report.schema import BudgetResult, Latency, LatencyPoint, Report, parse_report
 
 _ORIGINAL = "#9aa5b1"
 _COMPACT = "#2f6fdb"
@@ -257,7 +257,9 @@ def _latency_section(rep: Report) -> str:
         f"Each batch size has its own scale.{note}</p>"
         + _legend((_ORIGINAL, "original"), (_COMPACT, "compact"))
         + f'<div class="charts">{charts}</div>'
-        + f'<table id="latency-table"><tr>{head}<th>compact runs</th></tr>{"".join(rows)}</table></section>'
+        + f'<table id="latency-table"><tr>{head}<th>compact runs</th></tr>{"".join(rows)}</table>'
+        + _measured(rep.latency)
+        + "</section>"
     )
 
 
@@ -335,7 +337,49 @@ def _latency_cells(point: LatencyPoint | None) -> str:
 
 def _spread(point: LatencyPoint) -> str:
     low, high = point.p50_spread
-    return f"{max(len(point.runs), 1)} runs, p50 {low:.3f}–{high:.3f} ms"
+    text = f"{max(len(point.runs), 1)} runs, p50 {low:.3f}–{high:.3f} ms"
+    if point.outlier_runs:
+        runs = ", ".join(
+            f"{i + 1} ({point.runs[i].p50_ms:.3f} ms)" for i in point.outlier_runs if i < len(point.runs)
+        )
+        text += f"; outlier run{'s' if len(point.outlier_runs) > 1 else ''} {runs}"
+    return text
+
+
+def _measured(latency: Latency) -> str:
+    """How and where latency was measured: the rounds, the warm-up, the machine, its load."""
+    parts = []
+    timing, machine = latency.timing, latency.fingerprint
+    if timing is not None:
+        warmups = [p.warmup_calls for p in latency.compact + latency.original if p.warmup_calls is not None]
+        warm = (
+            f"{min(warmups)}–{max(warmups)}"
+            if warmups and min(warmups) != max(warmups)
+            else str(timing.warmup)
+        )
+        parts.append(
+            f"The models took turns in {timing.rounds} runs of {timing.iters} calls per batch size, after "
+            f"{warm} warm-up calls each (until the calls stopped getting faster)."
+        )
+    if machine is not None:
+        flags = ", ".join(machine.cpu_flags) or "none listed"
+        threads = f"{machine.threads} threads" if machine.threads else "the backend's threads"
+        parts.append(f"Measured on {machine.cpu} ({machine.cores} cores, {threads}; kernel flags: {flags}).")
+    if timing is not None and timing.affinity:
+        load = " → ".join("?" if v is None else f"{v:.2f}" for v in timing.load_average)
+        parts.append(f"CPUs {_cpus(timing.affinity)}, load average {load}.")
+    return f'<p class="hint" id="latency-conditions">{_e(" ".join(parts))}</p>' if parts else ""
+
+
+def _cpus(cpus: list[int]) -> str:
+    """0,1,2,5 -> '0-2, 5'."""
+    spans: list[list[int]] = []
+    for cpu in cpus:
+        if spans and cpu == spans[-1][1] + 1:
+            spans[-1][1] = cpu
+        else:
+            spans.append([cpu, cpu])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
 
 
 def _latency_chart(batch: int, original: LatencyPoint | None, compact: LatencyPoint | None) -> str:

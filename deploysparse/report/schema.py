@@ -170,10 +170,13 @@ class Validation(_Strict):
 
 
 class LatencyRun(_Strict):
-    """One of the repeated benchmark runs at one batch size."""
+    """One of the repeated benchmark runs (a round of the interleaved measurement) at one batch size."""
 
     p50_ms: Millis
     p99_ms: Millis
+    # Every timed call of the run in call order (ms, 4 significant digits): what `check` resamples
+    # for its confidence intervals. Absent in reports written before deploysparse kept them.
+    samples_ms: list[Millis] = []
 
 
 class LatencyPoint(_Strict):
@@ -187,6 +190,19 @@ class LatencyPoint(_Strict):
     throughput_per_s: Annotated[float, Field(ge=0.0)]
     iters: Annotated[int, Field(ge=1)] | None = None  # timed calls per run (the fewest; time-boxed)
     runs: list[LatencyRun] = []
+    warmup_calls: NonNegative | None = None  # untimed calls before the first run, until settled
+    warmup_settled: bool | None = None  # whether the calls had stopped getting faster by then
+    outlier_runs: list[NonNegative] = []  # indices of runs whose p50 lies far from the others'
+
+    def samples(self) -> list[list[float]] | None:
+        """Every run's calls, when every run kept them (else None). Runs a time box cut short
+        (`bench.max_seconds`) hold fewer calls: every run is then cut to the shortest, its first
+        calls in call order, so the runs stay alike for the resampling."""
+        rows = [run.samples_ms for run in self.runs]
+        if not rows or not all(rows):
+            return None
+        shortest = min(len(row) for row in rows)
+        return [row[:shortest] for row in rows]
 
     @property
     def median_p50(self) -> float:
@@ -211,6 +227,35 @@ class SkippedBatchInfo(_Strict):
     reason: str
 
 
+class Fingerprint(_Strict):
+    """The machine and runtime latency was measured on (backends/machine.py): milliseconds are
+    compared with a baseline's only when every field matches."""
+
+    arch: str
+    cpu: str
+    cores: Annotated[int, Field(ge=1)]  # cores the process could use (its affinity)
+    cpu_flags: list[str]  # kernel-relevant instruction sets (avx512f, avx512_vnni, amx_tile, ...)
+    device: str
+    backends: dict[str, str]  # backend -> version
+    threads: Annotated[int, Field(ge=1)] | None = None  # intra-op threads of the timed runners
+
+    def differences(self, other: Fingerprint) -> list[str]:
+        """What differs from `other`, one phrase per field ('cpu: 'A' vs 'B'')."""
+        mine, theirs = self.model_dump(), other.model_dump()
+        return [f"{key}: {mine[key]!r} vs {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
+
+
+class TimingConditions(_Strict):
+    """How latency was measured, and what explains a noisy figure without deciding comparability."""
+
+    order: Literal["interleaved"] = "interleaved"  # the models took turns, reversed every round
+    rounds: Annotated[int, Field(ge=1)]  # each model's runs per batch size (`bench.repeats`)
+    iters: Annotated[int, Field(ge=1)]  # timed calls per run
+    warmup: NonNegative  # the minimum warm-up; each point says how many calls it took
+    affinity: list[NonNegative] = []  # the CPUs the process could run on
+    load_average: list[float | None] = []  # 1-minute load average before and after timing
+
+
 class Latency(_Strict):
     original: list[LatencyPoint] = []
     # The original with its denormal float32 weights set to zero, timed only when it has any: the
@@ -221,6 +266,8 @@ class Latency(_Strict):
     compact_fp32: list[LatencyPoint] = []
     compact: list[LatencyPoint]
     skipped_batches: list[SkippedBatchInfo] = []  # asked for, not measured (a static batch)
+    fingerprint: Fingerprint | None = None  # absent in reports written before it was recorded
+    timing: TimingConditions | None = None
 
     def compact_at(self, batch: int) -> LatencyPoint | None:
         return next((p for p in self.compact if p.batch == batch), None)

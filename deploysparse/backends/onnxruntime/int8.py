@@ -34,7 +34,8 @@ import onnx
 
 from deploysparse import progress
 from deploysparse.agreement import Agreement, agreement
-from deploysparse.backends.base import Backend, usable_cores
+from deploysparse.backends.base import Backend
+from deploysparse.backends.machine import usable_cores
 from deploysparse.backends.onnxruntime import quantizer
 from deploysparse.backends.onnxruntime.build import calibration_batches
 from deploysparse.backends.quantize import (

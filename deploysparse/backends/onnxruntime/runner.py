@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deploysparse.backends.base import Runner, usable_cores
+from deploysparse.backends.base import Runner
+from deploysparse.backends.machine import usable_cores
 from deploysparse.backends.onnxruntime.runtime import load_onnxruntime, session_input_specs, session_options
 from deploysparse.errors import BackendError, first_line
 

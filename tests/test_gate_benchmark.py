@@ -1,0 +1,88 @@
+"""benchmarks/gate.py at a smoke-test size: the A/B models, the busy core, and a whole run of the
+benchmark with --checks 5 on a short recipe (its counts depend on the machine: only their shape is
+checked here; the figures come from a quiet machine, docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from benchmarks import gate
+from deploysparse.backends import get_backend
+from deploysparse.backends.feeds import make_feeds
+from deploysparse.frontend.torch_export import export_onnx
+from deploysparse.zoo.digits import INPUT_SHAPE, digits_model
+
+pytestmark = pytest.mark.slow  # a torch export, and six `deploysparse run` processes
+
+QUICK_RECIPE = """\
+name: quick
+prune:
+  criterion: [dead]
+build:
+  backend: onnxruntime
+  precision: fp32
+bench:
+  batches: [1]
+  warmup: 2
+  iters: 10
+  repeats: 3
+  per_layer: false
+"""
+
+
+def test_the_extra_layer_reads_the_stage_and_feeds_its_readers(tmp_path: Path) -> None:
+    """B = A + a grouped 3x3 conv after stage 2: one Conv and one ReLU more, every former reader of
+    the stage's output reads the new layer, and B runs (its outputs differ from A's: a new layer)."""
+    a = export_onnx(digits_model().eval(), torch.randn(*INPUT_SHAPE), tmp_path / "a.onnx")
+    model = onnx.load(str(a))
+    b = gate.Extra(2, 3, 2).insert(model)
+    ops = [n.op_type for n in b.graph.node]
+    assert ops.count("Conv") == [n.op_type for n in model.graph.node].count("Conv") + 1
+    conv = next(n for n in b.graph.node if n.name == "gate_extra/Conv")
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}["group"] == 2
+    source = conv.input[0]
+    assert [n.name for n in b.graph.node if source in n.input] == ["gate_extra/Conv"]
+    assert gate._channels(model, source) == 128
+    onnx.save(b, str(tmp_path / "b.onnx"))
+    backend = get_backend("onnxruntime")
+    with backend.runner(a) as run_a, backend.runner(tmp_path / "b.onnx") as run_b:
+        feeds = make_feeds(run_a.input_specs, batch=2, seed=np.random.default_rng(0))
+        out_a, out_b = run_a.run(feeds)["output"], run_b.run(feeds)["output"]
+    assert out_a.shape == out_b.shape == (2, 10) and not np.allclose(out_a, out_b)
+
+
+def test_the_busy_core_spins_until_the_block_ends() -> None:
+    with gate.busy(0):
+        time.sleep(0.2)
+        children = multiprocessing.active_children()
+        assert any(child.is_alive() for child in children)
+    assert not multiprocessing.active_children()
+
+
+def test_a_smoke_run_counts_every_check(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "quick.yaml"
+    recipe.write_text(QUICK_RECIPE)
+    args = ["--checks", "5", "--recipe", str(recipe), "--extra-layer", "2:3:2", "--no-busy"]
+    assert gate.main([*args, "--out", str(tmp_path / "out"), "--json", str(tmp_path / "gate.json")]) == 0
+    summary = json.loads((tmp_path / "gate.json").read_text())
+    assert summary["runs"] == {"A": 3, "B": 3}  # 3 x 2 ordered pairs of A runs >= 5 checks
+    assert [(r["comparison"], r["mode"]) for r in summary["rows"]] == [
+        ("A/A", "auto"),
+        ("A/A", "absolute"),
+        ("A/B", "auto"),
+        ("A/B", "relative"),
+    ]
+    for row in summary["rows"]:
+        assert row["checks"] == 5 == row["regressed"] + row["inconclusive"] + row["pass"]
+    assert set(summary["cost_interleaved"]) == set(summary["cost_in_runs"]) == {"1"}
+    assert "checks are not independent" in summary["counting"]
+    out = capsys.readouterr().out
+    assert "| A/A | auto | 5 |" in out and "B = A + extra layer 2:3:2" in out
