@@ -111,6 +111,26 @@ def backend_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..
     )
 
 
+def count_option(
+    *decls: str, default: int, help_text: str, minimum: int = 1
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An integer option of at least `minimum` (runs, samples, a batch size), its default shown."""
+    return click.option(
+        *decls, type=click.IntRange(min=minimum), default=default, show_default=True, help=help_text
+    )
+
+
+def json_quiet_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--json (print `what` as JSON) and -q/--quiet (no progress bar), of a verb that shows a progress
+    bar; the command silences it with either: `progress.set_quiet(quiet or as_json)`."""
+
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(command)
+        return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")(command)
+
+    return add
+
+
 def require_profiler(backend: str) -> None:
     """UsageError unless `backend` has a per-layer profiler (--per-layer), naming those that do."""
     if not get_backend(backend).has_profiler:

@@ -11,7 +11,13 @@ from typing import Any
 import click
 
 from deploysparse import progress
-from deploysparse.cli.options import backend_option, input_shape_option, parse_input_shapes
+from deploysparse.cli.options import (
+    backend_option,
+    count_option,
+    input_shape_option,
+    json_quiet_options,
+    parse_input_shapes,
+)
 from deploysparse.precision import PRECISIONS, defaults_help
 
 # The tolerance options, one per Tolerances field: (option, field, what it bounds). Each takes a
@@ -69,14 +75,7 @@ def _off_or_float(value: str | None):
     "the reference backend (ONNX Runtime)."
 )
 @_tolerance_options
-@click.option(
-    "--batch",
-    "batch_size",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Batch size for dynamic-batch models.",
-)
+@count_option("--batch", "batch_size", default=32, help_text="Batch size for dynamic-batch models.")
 @input_shape_option("Shape of the data's samples, checked against it (validation runs the data as it is).")
 @click.option(
     "--precision",
@@ -85,8 +84,7 @@ def _off_or_float(value: str | None):
     show_default=True,
     help="Precision of COMPACT, which sets the default tolerances (auto: read from the model).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@json_quiet_options("the report")
 @click.pass_context
 def command(
     ctx,
