@@ -29,6 +29,7 @@ from deploysparse.backends.feeds import feed_shapes, make_feeds
 from deploysparse.backends.machine import affinity, fingerprint, load_average
 from deploysparse.backends.timing import WarmUp, interleaved, timed_runs, warm_up
 from deploysparse.errors import UsageError
+from deploysparse.records import attribute_record
 from deploysparse.run_shapes import RunShapes, SkippedBatch, resolve_shapes
 from deploysparse.timing_stats import outlier_runs
 
@@ -62,13 +63,7 @@ class BenchReport:
 
     def to_json(self) -> dict:
         return {
-            "backend": self.backend,
-            "version": self.version,
-            "device": self.device,
-            "threads": self.threads,
-            "model": self.model,
-            "warmup": self.warmup,
-            "iters": self.iters,
+            **attribute_record(self, "backend", "version", "device", "threads", "model", "warmup", "iters"),
             "input_shapes": self.shapes.to_json() if self.shapes else None,
             "skipped_batches": [s.to_json() for s in self.skipped],
             "results": [asdict(r) for r in self.results],

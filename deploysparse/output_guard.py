@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,23 +32,24 @@ class Item:
 
 def reads(label: str, path: str | os.PathLike[str] | None, kind: str = "file") -> list[Item]:
     """An input; a model also reads the external data files its header names."""
-    if path is None:
-        return []
-    item = Item(label, Path(path), kind)
-    if kind != "model":
-        return [item]
-    return [item, *(Item(f"{label}'s external data", p) for p in external_data_files(Path(path)))]
+    return _items(label, path, kind, external_data_files)
 
 
 def writes(label: str, path: str | os.PathLike[str] | None, kind: str = "file") -> list[Item]:
     """An output; a model may also write `<name>.data` beside it."""
+    return _items(label, path, kind, lambda model: [model.with_name(model.name + EXTERNAL_DATA_SUFFIX)])
+
+
+def _items(
+    label: str, path: str | os.PathLike[str] | None, kind: str, data_files: Callable[[Path], list[Path]]
+) -> list[Item]:
+    """The item (none without a path) and, for a model, its external data files: `data_files(path)`."""
     if path is None:
         return []
     item = Item(label, Path(path), kind)
     if kind != "model":
         return [item]
-    data = Path(path).with_name(Path(path).name + EXTERNAL_DATA_SUFFIX)
-    return [item, Item(f"{label}'s external data", data)]
+    return [item, *(Item(f"{label}'s external data", data) for data in data_files(Path(path)))]
 
 
 def external_data_files(model_path: Path) -> list[Path]:

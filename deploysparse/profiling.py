@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from deploysparse.backends import DEFAULT_BACKEND, get_backend
+from deploysparse.records import attribute_record
 
 
 @dataclass
@@ -42,11 +43,8 @@ class LayerProfile:
 
     def to_json(self) -> dict:
         return {
-            "model": self.model,
-            "batch": self.batch,
-            "runs": self.runs,
-            "total_ms": self.total_ms,
-            "layers": [{"node": t.node, "op": t.op, "ms": t.ms, "share": t.share} for t in self.layers],
+            **attribute_record(self, "model", "batch", "runs", "total_ms"),
+            "layers": [asdict(layer) for layer in self.layers],
         }
 
 

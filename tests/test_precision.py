@@ -50,6 +50,6 @@ def test_tolerance_help_shows_the_defaults_validation_applies() -> None:
     assert defaults_help("max_accuracy_drop") == "[off]"
     helps = {p.name: p.help for p in validate_command.params}
     assert defaults_help("min_cosine") in helps["min_cosine"]
-    assert defaults_help("max_accuracy_drop") in helps["max_acc_drop"]
+    assert defaults_help("max_accuracy_drop") in helps["max_accuracy_drop"]
     with pytest.raises(ValueError, match="no tolerance"):
         defaults_help("cosine")

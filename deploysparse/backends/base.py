@@ -144,6 +144,22 @@ class BuildRequest:
         return save_model(self.model, folder / self.source.name)
 
 
+@dataclass(frozen=True)
+class ProfileRequest:
+    """What `Backend.profile` checked, handed to the backend's `_profile`: the models (label -> model
+    file) run interleaved at `batch`, each node's first `warmup` runs dropped and the median of `runs`
+    kept, on `threads` intra-op threads, random inputs drawn from `seed` at `shapes` (batch dim set
+    to `batch`; None: the models' own dims)."""
+
+    models: Mapping[str, str | os.PathLike[str]]
+    batch: int
+    warmup: int
+    runs: int
+    threads: int | None
+    seed: int
+    shapes: Mapping[str, Sequence[int]] | None
+
+
 @dataclass
 class Built:
     """What a backend's `_build_artifact` wrote: every file (the artifact among them) and the keys
@@ -389,18 +405,10 @@ class Backend(ABC):
             raise BackendError(f"the {self.name} backend has no per-layer profiler")
         if warmup < 0 or runs < 1:
             raise UsageError(f"profiling needs warmup >= 0 and runs >= 1, got {warmup} and {runs}")
-        return self._profile(models, batch, warmup, runs, threads, seed, shapes)
+        return self._profile(ProfileRequest(models, batch, warmup, runs, threads, seed, shapes))
 
-    def _profile(
-        self,
-        models: Mapping[str, str | os.PathLike[str]],
-        batch: int,
-        warmup: int,
-        runs: int,
-        threads: int | None,
-        seed: int,
-        shapes: Mapping[str, Sequence[int]] | None = None,
-    ) -> dict[str, LayerProfile]:
+    def _profile(self, request: ProfileRequest) -> dict[str, LayerProfile]:
+        """Each model's LayerProfile for `request`, by label."""
         raise NotImplementedError(f"{type(self).__name__} sets has_profiler but has no _profile")
 
 

@@ -15,6 +15,7 @@ import onnx
 from deploysparse.backends.feeds import make_feeds
 from deploysparse.backends.onnxruntime import OnnxRuntimeBackend
 from deploysparse.denormals import flushed_copy
+from deploysparse.records import attribute_record
 
 
 @dataclass
@@ -31,13 +32,7 @@ class DenormalCost:
         return self.as_is_ms / self.flushed_ms if self.flushed_ms else float("nan")
 
     def to_json(self) -> dict:
-        return {
-            "batch": self.batch,
-            "as_is_ms": self.as_is_ms,
-            "flushed_ms": self.flushed_ms,
-            "slowdown": self.slowdown,
-            "runs": self.runs,
-        }
+        return attribute_record(self, "batch", "as_is_ms", "flushed_ms", "slowdown", "runs")
 
 
 def measure_cost(

@@ -90,6 +90,36 @@ def gpu_name() -> str:
     return "unknown GPU"
 
 
+def resolve_profile(
+    specs: list[InputSpec],
+    shapes: Mapping[str, ShapeTriple],
+    source: str,
+    run_shapes: RunShapes | None = None,
+) -> dict[str, ShapeTriple]:
+    """One optimisation profile covering every input: --shapes where given, else the run's shapes
+    (--input-shape: a dynamic height and width fixed at the size given) or the static dims, over
+    the static or default batch range."""
+    check_shapes_match(shapes, specs, source)
+    profile: dict[str, ShapeTriple] = {}
+    for spec in specs:
+        if spec.name in shapes:
+            profile[spec.name] = tuple(tuple(s) for s in shapes[spec.name])
+            continue
+        if run_shapes is None and any(not isinstance(d, int) for d in spec.shape[1:]):
+            raise UsageError(
+                f"input '{spec.name}' of {source} has dynamic dims {spec.shape_text()}; give them with "
+                f"--input-shape {spec.name}:1x... or --shapes {spec.name}:MIN,OPT,MAX"
+            )
+        rest = tuple(run_shapes.shapes[spec.name][1:] if run_shapes else (int(d) for d in spec.shape[1:]))
+        if isinstance(spec.batch_dim, int):
+            fixed = (spec.batch_dim, *rest)
+            profile[spec.name] = (fixed, fixed, fixed)
+        else:
+            lo, opt, hi = DEFAULT_BATCH_PROFILE
+            profile[spec.name] = ((lo, *rest), (opt, *rest), (hi, *rest))
+    return profile
+
+
 class TrtRunner(Runner):
     """polygraphy's TrtRunner on a serialized engine, activated for the runner's lifetime."""
 
@@ -216,14 +246,7 @@ class TensorRTBackend(Backend):
             (out_dir / CALIBRATION_CACHE, "file"),
         ]
 
-    def _build_shapes(
-        self,
-        specs: list[InputSpec],
-        shapes: dict[str, ShapeTriple],
-        source: str,
-        run_shapes: RunShapes | None = None,
-    ) -> dict[str, ShapeTriple]:
-        return resolve_profile(specs, shapes, source, run_shapes)
+    _build_shapes = staticmethod(resolve_profile)
 
     def _calibration_required(self, model: onnx.ModelProto, precision: str) -> str | None:
         if precision == "int8" and not _has_qdq(model):
@@ -364,36 +387,6 @@ def _weakly_typed(request: BuildRequest, artefact: Artefact, common: dict, insta
     if calibrator is not None:
         own["calibration_samples"] = sample_count(feeds)
     return NetworkFromOnnxPath(str(source)), config, own
-
-
-def resolve_profile(
-    specs: list[InputSpec],
-    shapes: Mapping[str, ShapeTriple],
-    source: str,
-    run_shapes: RunShapes | None = None,
-) -> dict[str, ShapeTriple]:
-    """One optimisation profile covering every input: --shapes where given, else the run's shapes
-    (--input-shape: a dynamic height and width fixed at the size given) or the static dims, over
-    the static or default batch range."""
-    check_shapes_match(shapes, specs, source)
-    profile: dict[str, ShapeTriple] = {}
-    for spec in specs:
-        if spec.name in shapes:
-            profile[spec.name] = tuple(tuple(s) for s in shapes[spec.name])
-            continue
-        if run_shapes is None and any(not isinstance(d, int) for d in spec.shape[1:]):
-            raise UsageError(
-                f"input '{spec.name}' of {source} has dynamic dims {spec.shape_text()}; give them with "
-                f"--input-shape {spec.name}:1x... or --shapes {spec.name}:MIN,OPT,MAX"
-            )
-        rest = tuple(run_shapes.shapes[spec.name][1:] if run_shapes else (int(d) for d in spec.shape[1:]))
-        if isinstance(spec.batch_dim, int):
-            fixed = (spec.batch_dim, *rest)
-            profile[spec.name] = (fixed, fixed, fixed)
-        else:
-            lo, opt, hi = DEFAULT_BATCH_PROFILE
-            profile[spec.name] = ((lo, *rest), (opt, *rest), (hi, *rest))
-    return profile
 
 
 def _calibration_loader(feeds: dict[str, np.ndarray], profile: Mapping[str, ShapeTriple]) -> Iterator[dict]:

@@ -43,6 +43,7 @@ from deploysparse.errors import BackendError
 from deploysparse.graph.rules import attr, runs_int8
 from deploysparse.modelio import load_model, needs_external_data, save_model
 from deploysparse.precision import DEFAULT_TOLERANCES, Tolerances
+from deploysparse.records import attribute_record
 
 RANDOM_SAMPLES = 32  # validation inputs when no calibration data is given: random, never zeros
 ENGINE = "model.engine"
@@ -237,13 +238,7 @@ def _compare(
 
 
 def _figures(report) -> dict:
-    return {
-        "samples": report.samples,
-        "max_abs_err": report.max_abs_err,
-        "max_rel_err": report.max_rel_err,
-        "cosine": report.cosine,
-        "top1_agreement": report.top1_agreement,
-    }
+    return attribute_record(report, "samples", "max_abs_err", "max_rel_err", "cosine", "top1_agreement")
 
 
 def _random_feeds(specs: list[InputSpec], profile: Mapping[str, tuple]) -> dict[str, np.ndarray]:

@@ -114,6 +114,21 @@ def _constant_input(index: int, role: str, *, how: str = "an initializer") -> Ch
     return check
 
 
+def _zero_input(index: int, not_constant: str, not_zero: str) -> Check:
+    """An optional input that, where given, must be a constant of zeros (False); the reason is
+    `not_constant` or `not_zero`."""
+
+    def check(node: onnx.NodeProto, graph: _Graph) -> str | None:
+        if len(node.input) <= index or not node.input[index]:
+            return None
+        value = graph.value(node.input[index])
+        if value is None:
+            return not_constant
+        return not_zero if value.any() else None
+
+    return check
+
+
 def _max_pool_indices(node: onnx.NodeProto, graph: _Graph) -> str | None:
     return "MaxPool's Indices output is not supported" if len([o for o in node.output if o]) > 1 else None
 
@@ -130,17 +145,6 @@ def _pool_dilations(node: onnx.NodeProto, graph: _Graph) -> str | None:
         if not dilations or all(d == 1 for d in dilations)
         else f"dilations {list(dilations)} must be all 1"
     )
-
-
-def _zero_point(node: onnx.NodeProto, graph: _Graph) -> str | None:
-    if len(node.input) < 3 or not node.input[2]:
-        return None
-    zero_point = graph.value(node.input[2])
-    if zero_point is None:
-        return "the zero point must be a constant 0"
-    if zero_point.any():
-        return "the zero point must be 0 (TensorRT supports symmetric quantisation only)"
-    return None
 
 
 def _quantized_types(*allowed: int) -> Check:
@@ -232,15 +236,6 @@ def _first_output_only(node: onnx.NodeProto, graph: _Graph) -> str | None:
     return f"only the first output is supported, '{extra[0]}' is used" if extra else None
 
 
-def _dropout_inference(node: onnx.NodeProto, graph: _Graph) -> str | None:
-    if len(node.input) < 3 or not node.input[2]:
-        return None
-    training = graph.value(node.input[2])
-    if training is None:
-        return "input 'training_mode' must be an initializer"
-    return "training_mode must be False" if training.any() else None
-
-
 def _einsum(node: onnx.NodeProto, graph: _Graph) -> str | None:
     equation = _text(node, "equation", "").replace(" ", "")
     if "..." in equation:
@@ -256,7 +251,14 @@ RESTRICTIONS: tuple[Restriction, ...] = (
     Restriction(("MaxPool",), _max_pool_indices),
     Restriction(("AveragePool", "MaxPool"), _pool_rank),
     Restriction(("AveragePool", "MaxPool", "LpPool"), _pool_dilations, since=V10_0),
-    Restriction(("QuantizeLinear", "DequantizeLinear"), _zero_point),
+    Restriction(
+        ("QuantizeLinear", "DequantizeLinear"),
+        _zero_input(
+            2,
+            "the zero point must be a constant 0",
+            "the zero point must be 0 (TensorRT supports symmetric quantisation only)",
+        ),
+    ),
     Restriction(("QuantizeLinear", "DequantizeLinear"), _quantized_types(_INT8), until=TrtVersion(8, 6)),
     Restriction(
         ("QuantizeLinear", "DequantizeLinear"), _quantized_types(_INT8, _FP8, _INT4), since=V10_0, until=V10_1
@@ -282,7 +284,11 @@ RESTRICTIONS: tuple[Restriction, ...] = (
     Restriction(("Pad",), _constant_input(3, "axes"), since=V10_0, until=V10_1),
     Restriction(_REDUCTIONS, _constant_input(1, "axes"), since=V10_0),
     Restriction(("OneHot",), _constant_input(1, "depth", how="a build-time constant"), since=V10_0),
-    Restriction(("Dropout",), _dropout_inference, since=V10_0),
+    Restriction(
+        ("Dropout",),
+        _zero_input(2, "input 'training_mode' must be an initializer", "training_mode must be False"),
+        since=V10_0,
+    ),
     Restriction(("ScatterND",), _scatter_reduction, since=V10_0),
     Restriction(("Constant",), _constant_attributes, since=V10_0),
     Restriction(("LSTM",), _lstm, since=V10_0),

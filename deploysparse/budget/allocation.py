@@ -453,7 +453,8 @@ def make_plan(
     allocation: Allocation | None = None,
 ) -> Any:
     """A Plan for `ga` from per-group scores (higher = more important) and one budget (or from an
-    `allocation` made elsewhere: a --latency-target's, deploysparse.budget.latency)."""
+    `allocation` made elsewhere: a --latency-target's, deploysparse.budget.latency, with its timings,
+    or a criterion's own, PFP's with its scales)."""
     from deploysparse.plan import Plan
 
     if allocation is None:
@@ -465,6 +466,7 @@ def make_plan(
     }
     return Plan(
         keep=allocation.keep,
+        scales=getattr(allocation, "scales", {}),
         criterion=criterion,
         notes=allocation.notes,
         latency=latency_ms,

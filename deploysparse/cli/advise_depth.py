@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from deploysparse.cli.options import FINITE_NON_NEGATIVE, echo_json
+from deploysparse.cli.options import FINITE_NON_NEGATIVE, count_option, echo_json
 from deploysparse.errors import CalibrationError, UsageError
 
 
@@ -20,13 +20,7 @@ from deploysparse.errors import CalibrationError, UsageError
     show_default=True,
     help="A block is near-identity when ||F(x)|| / ||x|| is at most this.",
 )
-@click.option(
-    "--samples",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Images used to measure the blocks.",
-)
+@count_option("--samples", default=64, help_text="Images used to measure the blocks.")
 @click.option("--drop-blocks", "drop_out", help="Write the model with the candidate blocks bypassed here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(

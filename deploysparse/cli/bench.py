@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 
 from deploysparse import progress
-from deploysparse.cli.options import backend_option, input_shape_option, parse_input_shapes, require_profiler
+from deploysparse.cli.options import (
+    backend_option,
+    count_option,
+    input_shape_option,
+    json_quiet_options,
+    parse_input_shapes,
+    require_profiler,
+)
 
 
 def _batch_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -34,16 +41,13 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     "take (a static batch) is skipped, and the output says so.",
 )
 @input_shape_option("Shape to feed each input at (a model with dynamic height or width needs one).")
-@click.option(
+@count_option(
     "--warmup",
-    type=click.IntRange(min=0),
     default=10,
-    show_default=True,
-    help="Untimed runs per batch size, at least: more until the runs stop getting faster (0: none).",
+    minimum=0,
+    help_text="Untimed runs per batch size, at least: more until the runs stop getting faster (0: none).",
 )
-@click.option(
-    "--iters", type=click.IntRange(min=1), default=100, show_default=True, help="Timed runs per batch size."
-)
+@count_option("--iters", default=100, help_text="Timed runs per batch size.")
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
@@ -54,15 +58,8 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     is_flag=True,
     help="Also profile each node with the backend's profiler (ONNX Runtime's: median ms per run, per batch size).",
 )
-@click.option(
-    "--top",
-    type=click.IntRange(min=0),
-    default=20,
-    show_default=True,
-    help="Nodes shown by --per-layer (0: all).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@count_option("--top", default=20, minimum=0, help_text="Nodes shown by --per-layer (0: all).")
+@json_quiet_options("the report")
 def command(model, backend, batch_sizes, input_shape, warmup, iters, threads, per_layer, top, as_json, quiet):
     """Time MODEL (an .onnx, or an engine for tensorrt) on random inputs after warm-up."""
     from deploysparse.bench import benchmark

@@ -12,7 +12,12 @@ from deploysparse import progress
 from deploysparse.backends.notes import build_notes
 from deploysparse.backends.quantize import CALIBRATION_CHOICES, INT8_LAYERS, Int8Options, summary_lines
 from deploysparse.backends.trt_versions import VERSION_HELP
-from deploysparse.cli.options import backend_option, input_shape_option, parse_input_shapes
+from deploysparse.cli.options import (
+    backend_option,
+    input_shape_option,
+    json_quiet_options,
+    parse_input_shapes,
+)
 from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS, SPARSITY_PATTERNS
 
 
@@ -73,8 +78,7 @@ from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS, SPARSITY_PATTE
     is_flag=True,
     help="Keep denormal float32 weights (by default the build sets them to zero; the input file is untouched).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@json_quiet_options("the result")
 @click.pass_context
 def command(
     ctx,

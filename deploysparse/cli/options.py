@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -16,20 +17,32 @@ from deploysparse.budget import DEAD, Budget, Option, flag, option_fields, value
 from deploysparse.errors import UsageError
 
 
-class BackendChoice(click.Choice):
-    """--backend: a name in the backend registry, read when the option is parsed or shown, so a
-    backend registered after the CLI was imported is a choice too."""
+class RegistryChoice(click.Choice, ABC):
+    """A choice among the names a registry holds when the option is parsed or shown (`names`), not
+    when the CLI was imported: a name registered later is a choice too, and a registry that is slow
+    to import is not imported by `deploysparse --help`."""
 
     def __init__(self) -> None:
         super().__init__([])
 
     @property
     def choices(self) -> tuple[str, ...]:
-        return backend_names()
+        return self.names()
 
     @choices.setter
     def choices(self, _value: Any) -> None:
-        pass
+        pass  # click.Choice sets its choices once; these are read from the registry every time
+
+    @abstractmethod
+    def names(self) -> tuple[str, ...]:
+        """The registry's names now."""
+
+
+class BackendChoice(RegistryChoice):
+    """--backend: a name in the backend registry."""
+
+    def names(self) -> tuple[str, ...]:
+        return backend_names()
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         """The name, or the project's one-line UsageError naming the registered backends."""
@@ -75,22 +88,14 @@ def budget_from(options: dict[str, Any]) -> Budget:
     return Budget(**fields)
 
 
-class CriterionChoice(click.Choice):
-    """--criterion: `dead` or a name in the CRITERIA registry, read when first needed (not at import,
-    so `deploysparse --help` does not load scipy)."""
+class CriterionChoice(RegistryChoice):
+    """--criterion: `dead` or a name in the CRITERIA registry (imported when first needed, so
+    `deploysparse --help` does not load scipy)."""
 
-    def __init__(self) -> None:
-        super().__init__([])
-
-    @property
-    def choices(self) -> tuple[str, ...]:
+    def names(self) -> tuple[str, ...]:
         from deploysparse.criteria import criterion_names
 
         return criterion_names()
-
-    @choices.setter
-    def choices(self, _value: Any) -> None:
-        pass
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         """The name, or the project's one-line UsageError (not click's usage block)."""
@@ -104,6 +109,26 @@ def backend_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..
     return click.option(
         "--backend", type=BackendChoice(), default=DEFAULT_BACKEND, show_default=True, help=help_text
     )
+
+
+def count_option(
+    *decls: str, default: int, help_text: str, minimum: int = 1
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An integer option of at least `minimum` (runs, samples, a batch size), its default shown."""
+    return click.option(
+        *decls, type=click.IntRange(min=minimum), default=default, show_default=True, help=help_text
+    )
+
+
+def json_quiet_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--json (print `what` as JSON) and -q/--quiet (no progress bar), of a verb that shows a progress
+    bar; the command silences it with either: `progress.set_quiet(quiet or as_json)`."""
+
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(command)
+        return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")(command)
+
+    return add
 
 
 def require_profiler(backend: str) -> None:

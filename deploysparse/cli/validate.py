@@ -4,13 +4,39 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from deploysparse import progress
-from deploysparse.cli.options import backend_option, input_shape_option, parse_input_shapes
+from deploysparse.cli.options import (
+    backend_option,
+    count_option,
+    input_shape_option,
+    json_quiet_options,
+    parse_input_shapes,
+)
 from deploysparse.precision import PRECISIONS, defaults_help
+
+# The tolerance options, one per Tolerances field: (option, field, what it bounds). Each takes a
+# number, 'off' or nothing (the default of the precision validated), and its help shows those defaults.
+_TOLERANCE_OPTIONS = (
+    ("--atol", "atol", "Absolute tolerance per element ('off' to skip)"),
+    ("--rtol", "rtol", "Tolerance relative to |original| per element"),
+    ("--min-cosine", "min_cosine", "Minimum cosine similarity per output"),
+    ("--min-top1", "min_top1", "Minimum top-1 agreement for (N, classes) outputs"),
+    ("--max-acc-drop", "max_accuracy_drop", "Maximum accuracy drop (fraction) with --labels"),
+)
+
+
+def _tolerance_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the tolerance options to a click command, each passed as its Tolerances field's name."""
+    for option, name, bounds in reversed(_TOLERANCE_OPTIONS):
+        declare = click.option(option, name, callback=_tolerance, help=f"{bounds} {defaults_help(name)}.")
+        command = declare(command)
+    return command
 
 
 def _tolerance(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -48,39 +74,8 @@ def _off_or_float(value: str | None):
     "Runs COMPACT (an .onnx, or the artifact `build` wrote for the backend); the original always runs on "
     "the reference backend (ONNX Runtime)."
 )
-@click.option(
-    "--atol",
-    callback=_tolerance,
-    help=f"Absolute tolerance per element ('off' to skip) {defaults_help('atol')}.",
-)
-@click.option(
-    "--rtol",
-    callback=_tolerance,
-    help=f"Tolerance relative to |original| per element {defaults_help('rtol')}.",
-)
-@click.option(
-    "--min-cosine",
-    callback=_tolerance,
-    help=f"Minimum cosine similarity per output {defaults_help('min_cosine')}.",
-)
-@click.option(
-    "--min-top1",
-    callback=_tolerance,
-    help=f"Minimum top-1 agreement for (N, classes) outputs {defaults_help('min_top1')}.",
-)
-@click.option(
-    "--max-acc-drop",
-    callback=_tolerance,
-    help=f"Maximum accuracy drop (fraction) with --labels {defaults_help('max_accuracy_drop')}.",
-)
-@click.option(
-    "--batch",
-    "batch_size",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Batch size for dynamic-batch models.",
-)
+@_tolerance_options
+@count_option("--batch", "batch_size", default=32, help_text="Batch size for dynamic-batch models.")
 @input_shape_option("Shape of the data's samples, checked against it (validation runs the data as it is).")
 @click.option(
     "--precision",
@@ -89,8 +84,7 @@ def _off_or_float(value: str | None):
     show_default=True,
     help="Precision of COMPACT, which sets the default tolerances (auto: read from the model).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@json_quiet_options("the report")
 @click.pass_context
 def command(
     ctx,
@@ -99,16 +93,12 @@ def command(
     data,
     labels,
     backend,
-    atol,
-    rtol,
-    min_cosine,
-    min_top1,
-    max_acc_drop,
     batch_size,
     input_shape,
     precision,
     as_json,
     quiet,
+    **tolerances,
 ):
     """Check that COMPACT answers like ORIGINAL on --data; exit code 1 when a tolerance is not met."""
     from deploysparse.validate import validate
@@ -120,14 +110,10 @@ def command(
         data,
         labels=labels,
         backend=backend,
-        atol=atol,
-        rtol=rtol,
-        min_cosine=min_cosine,
-        min_top1=min_top1,
-        max_accuracy_drop=max_acc_drop,
         batch_size=batch_size,
         precision=None if precision == "auto" else precision,
         input_shapes=parse_input_shapes(input_shape),
+        **tolerances,
     )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))

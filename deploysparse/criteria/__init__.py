@@ -147,21 +147,12 @@ def plan_with(
             f"{crit.name}: {found} channels were zero on all {ctx.num_points or 'given'} calibration points; "
             "removing them is exact on those inputs only, unseen inputs may activate them"
         )
+    scores: dict[str, np.ndarray] = {}
+    allocation = None
     own_allocation = getattr(crit, "allocate", None)
     if own_allocation is not None and budget.latency_target is None:
-        from deploysparse.plan import Plan
-
         allocation = own_allocation(ga, ctx, budget, dead=dead)
-        plan = Plan(
-            keep=allocation.keep,
-            scales=allocation.scales,
-            criterion=crit.name,
-            notes=allocation.notes,
-            outcome=allocation.outcome,
-            capped=allocation.capped,
-        )
     else:
-        scores = {}
         for group in prunable:
             value = crit.score(group, ctx)
             if value is not None:
@@ -170,12 +161,11 @@ def plan_with(
                 notes.append(
                     f"{crit.name}: group {group.id} ({group.label}) has nothing to score; left whole"
                 )
-        allocation = None
         if budget.latency_target is not None:
             if latency is None:
                 raise UsageError("--latency-target needs a latency model of the target backend")
             allocation = allocate_latency(ga.groups, scores, budget, latency, dead)
-        plan = make_plan(ga, scores, budget, dead=dead, criterion=crit.name, allocation=allocation)
+    plan = make_plan(ga, scores, budget, dead=dead, criterion=crit.name, allocation=allocation)
     merge = getattr(crit, "merges", None)
     if merge is not None:
         for gid, keep in list(plan.keep.items()):

@@ -20,6 +20,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -67,34 +68,47 @@ def export_onnx(
         out_names = list(output_names) if output_names else _default_names("output", n_outputs)
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
-            tmp_path = Path(tmp) / path.name
-            options = (keep_bn, dynamic_batch, in_names, out_names, opset)
+            request = _Export(
+                module, args, Path(tmp) / path.name, keep_bn, dynamic_batch, in_names, out_names, opset
+            )
             if exporter == "auto":
                 try:
-                    _export_checked("legacy", module, args, tmp_path, options)
+                    _export_checked("legacy", request)
                 except ModelLoadError:
                     for leftover in Path(tmp).iterdir():
                         leftover.unlink()
-                    _export_checked("dynamo", module, args, tmp_path, options)
+                    _export_checked("dynamo", request)
             else:
-                _export_checked(exporter, module, args, tmp_path, options)
+                _export_checked(exporter, request)
             # Re-written by save_model: the graph and its data file are published as one pair.
-            save_model(load_model(tmp_path), path)
+            save_model(load_model(request.out), path)
     finally:
         module.train(was_training)
     return path
 
 
-def _export_checked(
-    exporter: str, module: nn.Module, args: tuple[torch.Tensor, ...], out: Path, options
-) -> None:
-    """One exporter into `out`; with BN kept, the module's parameter names must survive."""
-    keep_bn = options[0]
+@dataclass(frozen=True)
+class _Export:
+    """What either exporter is asked for: the module (in eval mode) and its example inputs, the file
+    to write, and the graph's form (BatchNorm kept, dynamic batch, input and output names, opset)."""
+
+    module: nn.Module
+    args: tuple[torch.Tensor, ...]
+    out: Path
+    keep_bn: bool
+    dynamic_batch: bool
+    input_names: list[str]
+    output_names: list[str]
+    opset: int | None
+
+
+def _export_checked(exporter: str, request: _Export) -> None:
+    """One exporter into `request.out`; with BN kept, the module's parameter names must survive."""
     with _quiet():
         export = _export_dynamo if exporter == "dynamo" else _export_legacy
-        export(module, args, out, *options)
-    if keep_bn:
-        _check_parameter_names(module, out)
+        export(request)
+    if request.keep_bn:
+        _check_parameter_names(request.module, request.out)
 
 
 def _count_outputs(module: nn.Module, args: tuple[torch.Tensor, ...]) -> int:
@@ -115,41 +129,33 @@ def _default_names(stem: str, count: int) -> list[str]:
     return [stem] if count == 1 else [f"{stem}_{i}" for i in range(count)]
 
 
-def _export_dynamo(
-    module: nn.Module,
-    args: tuple[torch.Tensor, ...],
-    out: Path,
-    keep_bn: bool,
-    dynamic_batch: bool,
-    input_names: list[str],
-    output_names: list[str],
-    opset: int | None,
-) -> None:
+def _export_dynamo(request: _Export) -> None:
+    args = request.args
     dynamic_shapes = None
-    if dynamic_batch:
+    if request.dynamic_batch:
         # torch.export specialises a size-1 dimension to the constant 1; export with batch 2 instead.
         args = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
         batch = torch.export.Dim("batch")
         dynamic_shapes = tuple({0: batch} for _ in args)
     try:
         program = torch.onnx.export(
-            module,
+            request.module,
             args,
             dynamo=True,
-            optimize=not keep_bn,
+            optimize=not request.keep_bn,
             dynamic_shapes=dynamic_shapes,
-            input_names=input_names,
-            output_names=output_names,
-            opset_version=opset,
+            input_names=request.input_names,
+            output_names=request.output_names,
+            opset_version=request.opset,
             verbose=False,
         )
     except Exception as exc:
         raise ModelLoadError(
             f"the dynamo ONNX exporter failed ({_one_line(exc)}); try the legacy exporter"
         ) from exc
-    if keep_bn:
+    if request.keep_bn:
         _clean_up_keeping_batchnorm(program.model)
-    program.save(str(out))
+    program.save(str(request.out))
 
 
 def _clean_up_keeping_batchnorm(model: object) -> None:
@@ -177,23 +183,15 @@ def _rule_name(rule: object) -> str:
     return str(getattr(rule, "name", None) or type(rule).__name__)
 
 
-def _export_legacy(
-    module: nn.Module,
-    args: tuple[torch.Tensor, ...],
-    out: Path,
-    keep_bn: bool,
-    dynamic_batch: bool,
-    input_names: list[str],
-    output_names: list[str],
-    opset: int | None,
-) -> None:
+def _export_legacy(request: _Export) -> None:
+    keep_bn, out = request.keep_bn, request.out
     dynamic_axes = None
-    if dynamic_batch:
-        dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
+    if request.dynamic_batch:
+        dynamic_axes = {name: {0: "batch"} for name in [*request.input_names, *request.output_names]}
     try:
         torch.onnx.export(
-            module,
-            args,
+            request.module,
+            request.args,
             str(out),
             dynamo=False,
             export_params=True,
@@ -204,9 +202,9 @@ def _export_legacy(
             # 2.13 and 2.14 alike.
             **({"training": torch.onnx.TrainingMode.PRESERVE} if keep_bn else {}),
             dynamic_axes=dynamic_axes,
-            input_names=input_names,
-            output_names=output_names,
-            **({"opset_version": opset} if opset else {}),
+            input_names=request.input_names,
+            output_names=request.output_names,
+            **({"opset_version": request.opset} if request.opset else {}),
         )
     except Exception as exc:
         raise ModelLoadError(f"the legacy ONNX exporter failed: {_one_line(exc)}") from exc

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from deploysparse.graph.channels import INTERFACE_OP, Attachment, ChannelTable, Pin
+from deploysparse.graph.channels import INTERFACE_OP, ChannelTable, Pin, TableFacts
 from deploysparse.graph.groups import ChannelGroup, Member, PinnedSpace
 from deploysparse.graph.normalize import normalize
 from deploysparse.graph.rules import pin_all, rule_for
@@ -24,8 +24,9 @@ from deploysparse.run_shapes import resolve_shapes
 
 
 @dataclass
-class GraphAnalysis:
-    """The normalised model, its channel table and the groups found in it."""
+class GraphAnalysis(TableFacts):
+    """The normalised model, its channel table (and its facts: `shapes`, `weights`, ...) and the
+    groups found in it."""
 
     model: onnx.ModelProto
     table: ChannelTable
@@ -37,18 +38,6 @@ class GraphAnalysis:
     pinned: list[PinnedSpace]
     input_shapes: dict[str, list[int]]
     nodes: dict[str, onnx.NodeProto] = field(default_factory=dict)
-
-    @property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return self.table.shapes
-
-    @property
-    def weights(self) -> dict[str, np.ndarray]:
-        return self.table.weights
-
-    @property
-    def attachments(self) -> list[Attachment]:
-        return self.table.attachments
 
     def group(self, gid: str) -> ChannelGroup:
         """The group with id `gid` ("g3")."""

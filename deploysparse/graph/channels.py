@@ -232,3 +232,31 @@ class ChannelTable:
             name = names[int(i)]
             out[name] = np.asarray(elements)[which == i] - self.base[name]
         return out
+
+
+class TableFacts:
+    """The channel table's static facts, read through `self.table`: what the analysis hands its
+    readers (criteria, cost, surgery) and what a rule's rewrite reads (GraphEdits) alike."""
+
+    table: ChannelTable
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.table.shapes
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        return self.table.weights
+
+    @property
+    def static(self) -> dict[str, np.ndarray]:
+        """Small tensors computed at run time from static dims, read at the analysed input shape."""
+        return self.table.static
+
+    @property
+    def producer(self) -> dict[str, onnx.NodeProto]:
+        return self.table.producer
+
+    @property
+    def attachments(self) -> list[Attachment]:
+        return self.table.attachments

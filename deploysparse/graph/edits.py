@@ -15,12 +15,13 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from deploysparse.graph.channels import ChannelTable
+from deploysparse.graph.channels import ChannelTable, TableFacts
 
 
-class GraphEdits:
-    """Kept-channel masks, the channel table's static facts, and the record of edits to node inputs
-    and attributes (applied by the surgery when it writes the compact model)."""
+class GraphEdits(TableFacts):
+    """Kept-channel masks, the channel table's static facts (`shapes`, `weights`, `static`,
+    `producer`), and the record of edits to node inputs and attributes (applied by the surgery when
+    it writes the compact model)."""
 
     def __init__(self, table: ChannelTable, keep: Callable[[str], np.ndarray], opset: int) -> None:
         self.table = table
@@ -33,23 +34,6 @@ class GraphEdits:
         self.removed_attrs: dict[str, set[str]] = defaultdict(set)
 
     # ---- what a rewrite reads -------------------------------------------------------------------
-    @property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return self.table.shapes
-
-    @property
-    def weights(self) -> dict[str, np.ndarray]:
-        return self.table.weights
-
-    @property
-    def static(self) -> dict[str, np.ndarray]:
-        """Small tensors computed at run time from static dims, read at the analysed input shape."""
-        return self.table.static
-
-    @property
-    def producer(self) -> dict[str, onnx.NodeProto]:
-        return self.table.producer
-
     def keep(self, tensor: str) -> np.ndarray:
         """Boolean mask over `tensor`'s original channels: True where the channel stays."""
         return self._keep(tensor)

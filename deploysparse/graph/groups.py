@@ -11,9 +11,11 @@ Channel c of a group is, in every member, the entry `member.index[c]` along `mem
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from deploysparse.records import attribute_record
 
 
 @dataclass
@@ -51,14 +53,7 @@ class Member:
 
     def to_json(self) -> dict:
         """A plain-data record for plan.json."""
-        return {
-            "role": self.role,
-            "name": self.name,
-            "node": self.node,
-            "op": self.op,
-            "axis": self.axis,
-            "width": self.width,
-        }
+        return attribute_record(self, "role", "name", "node", "op", "axis", "width")
 
 
 @dataclass
@@ -127,10 +122,4 @@ class PinnedSpace:
     channels: int = 0
 
     def to_json(self) -> dict:
-        return {
-            "group": self.group,
-            "op": self.op,
-            "node": self.node,
-            "reason": self.reason,
-            "channels": self.channels,
-        }
+        return asdict(self)

@@ -13,6 +13,8 @@ pruner can slice rather than a channel-axis Pad that would pin the space.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn as nn
 
@@ -26,8 +28,24 @@ _IMAGENET_BLOCKS = {
 }
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs; the block's output space is tied to its input space by the addition."""
+class _ResidualBlock(nn.Module, ABC):
+    """relu(residual(x) + shortcut): the addition ties the block's output space to its input space.
+    The shortcut is x itself, or `downsample` (1x1 conv + BN) where the block changes the shape."""
+
+    relu: nn.ReLU
+    downsample: nn.Sequential | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.residual(x) + identity)
+
+    @abstractmethod
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's own layers, before the addition."""
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs."""
 
     expansion = 1
 
@@ -40,14 +58,12 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU()
         self.downsample = _projection(in_ch, planes, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.bn2(self.conv2(out))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1x1 reduce, 3x3 (carrying the stride, as in torchvision's v1.5), 1x1 expand by 4."""
 
     expansion = 4
@@ -64,12 +80,10 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU()
         self.downsample = _projection(in_ch, out_ch, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.bn3(self.conv3(out))
 
 
 class ResNet(nn.Module):

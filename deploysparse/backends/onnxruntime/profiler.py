@@ -16,12 +16,12 @@ import re
 import statistics
 import tempfile
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from deploysparse.backends.base import ProfileRequest
 from deploysparse.backends.feeds import make_feeds
 from deploysparse.backends.onnxruntime.runtime import load_onnxruntime, session_input_specs, session_options
 from deploysparse.backends.timing import interleaved
@@ -30,26 +30,19 @@ from deploysparse.graph.rules import kernel_node
 from deploysparse.profiling import LayerProfile, LayerTime
 
 
-def profile_side_by_side(
-    models: Mapping[str, str | os.PathLike[str]],
-    batch: int,
-    warmup: int,
-    runs: int,
-    threads: int | None,
-    seed: int,
-    shapes: Mapping[str, Sequence[int]] | None = None,
-) -> dict[str, LayerProfile]:
+def profile_side_by_side(request: ProfileRequest) -> dict[str, LayerProfile]:
     """Per-node latency of several ONNX models on the CPU provider, label -> profile; inputs at
-    `shapes` (with the batch set to `batch`), else the models' own dims."""
-    rng = np.random.default_rng(seed)
+    `request.shapes` (with the batch set to `request.batch`), else the models' own dims."""
+    models, batch, warmup, runs = request.models, request.batch, request.warmup, request.runs
+    rng = np.random.default_rng(request.seed)
     with tempfile.TemporaryDirectory(prefix="deploysparse-profile-") as folder:
         sessions = {
-            label: _session(Path(path), Path(folder) / f"m{i}", threads)
+            label: _session(Path(path), Path(folder) / f"m{i}", request.threads)
             for i, (label, path) in enumerate(models.items())
         }
         feeds = {
             label: make_feeds(
-                session_input_specs(sess), shapes, batch=batch, seed=rng, source=str(models[label])
+                session_input_specs(sess), request.shapes, batch=batch, seed=rng, source=str(models[label])
             )
             for label, sess in sessions.items()
         }
