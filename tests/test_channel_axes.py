@@ -224,3 +224,41 @@ def test_reading_a_shape_pins_nothing_wherever_the_channels_lie() -> None:
     model.graph.output.append(helper.make_tensor_value_info("s", TensorProto.INT64, [4]))
     ga = analyze_graph(model)
     assert "Shape" not in {p.op for p in ga.pinned}
+
+
+def test_tokens_reshaped_back_to_a_map_and_added_to_a_conv_branch_pin_the_branch() -> None:
+    """PP-OCRv6's recogniser (SVTR): tokens [N, W, C] become [N, 1, W, C] by a Reshape (channels on
+    axis 2, pinned) and NCHW by a Transpose, then are added to a conv branch. The Reshape's output has
+    no channels it can follow, so the Add must pin the conv branch's channels: pruning them alone
+    wrote an Add of 4 and 3 channels that ONNX Runtime refuses to load."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "w0": rng.standard_normal((4, 3, 1, 1)).astype(np.float32),
+        "w1": rng.standard_normal((4, 4, 1, 3)).astype(np.float32),
+        "m": rng.standard_normal((4, 4)).astype(np.float32),
+        "flat": np.array([0, 4, 10], np.int64),
+        "unflat": np.array([0, 1, 10, 4], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], name="conv0"),
+        helper.make_node("Conv", ["a", "w1"], ["b"], name="conv1", pads=[0, 1, 0, 1]),
+        helper.make_node("Reshape", ["a", "flat"], ["f"], name="flatten"),
+        helper.make_node("Transpose", ["f"], ["tokens"], name="to_tokens", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["tokens", "m"], ["mixed"], name="linear"),
+        helper.make_node("Reshape", ["mixed", "unflat"], ["nhwc"], name="unflatten"),
+        helper.make_node("Transpose", ["nhwc"], ["back"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Add", ["back", "b"], ["y"], name="shortcut"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "svtr",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 1, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, n) for n, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    ga = analyze_graph(model)
+    assert ("Add", "operands keep their channels on different axes") in {(p.op, p.reason) for p in ga.pinned}
+    assert [g.producers[0].node for g in ga.prunable_groups] == ["conv0"]
+    assert_random_plans_match_masked(ga, base_seed=22)

@@ -43,8 +43,14 @@ def _elementwise(node: onnx.NodeProto, t: ChannelTable) -> None:
         if shape is None or len(shape) != out_rank:
             pin_all(node, t, "operand of another rank")
             return
-        if shape[out_axis] == out_c and t.channel_axis(name) == out_axis:
+        axis = t.channel_axis(name)
+        if shape[out_axis] == out_c and axis == out_axis:
             live.append(name)
+        elif axis is not None and axis != out_axis and (t.channels(name) or 1) > 1:
+            # An operand of the same rank whose channels lie elsewhere is no broadcast: tokens made a
+            # map again by a pinned Reshape and a Transpose, added to a conv branch (SVTR).
+            pin_all(node, t, "operands keep their channels on different axes")
+            return
         elif shape[out_axis] == 1:
             t.not_constant(dst)  # a broadcast gate varies along positions the channel does not see
         elif shape[out_axis] == out_c:
