@@ -475,3 +475,19 @@ def test_int8_agrees_with_fp32_on_the_digits_model(tmp_path: Path) -> None:
     assert agreement(fp32, int8).top1 >= 0.99
     output = next(iter(fp32))
     assert np.mean(int8[output].argmax(1) == labels) >= np.mean(fp32[output].argmax(1) == labels) - 0.01
+
+
+def test_an_already_quantised_model_is_refused_naming_its_int8_ops(tmp_path: Path, cli) -> None:
+    """ddddocr ships its OCR model quantised: quantising it again failed inside ONNX Runtime's
+    quantiser with a KeyError; it is bad input for an int8 build, one line naming the file and why."""
+    source = _classifier(tmp_path / "m.onnx")
+    specs = model_input_specs(onnx.load(str(source)))
+    qdq = quantize_qdq(source, specs, _data(), tmp_path / "q" / "int8.onnx").path
+    np.save(tmp_path / "calib.npy", next(iter(_data().values())))
+    result = cli(
+        "build", qdq, "--precision", "int8", "--calib", tmp_path / "calib.npy", "-o", tmp_path / "out"
+    )
+    assert result.code == 2, result.err
+    assert f"{qdq}: already quantised (holds DequantizeLinear, QuantizeLinear)" in result.err
+    assert "--precision fp32" in result.err and not (tmp_path / "out" / "model.int8.onnx").exists()
+    assert cli("build", qdq, "--precision", "fp32", "-o", tmp_path / "fp32").code == 0

@@ -6,13 +6,16 @@ import os
 import tempfile
 from pathlib import Path
 
+import onnx
+
 from deploysparse.backends.base import Backend, BuildRequest, Built, cpu_name
 from deploysparse.backends.fp16 import convert_fp16
 from deploysparse.backends.onnxruntime import build, int8, intermediates, profiler
 from deploysparse.backends.onnxruntime.runner import OrtRunner
 from deploysparse.backends.onnxruntime.runtime import load_onnxruntime
 from deploysparse.calibration import load_calibration, sample_count
-from deploysparse.errors import BackendError
+from deploysparse.errors import BackendError, UsageError
+from deploysparse.graph.rules import INT8_OPS
 from deploysparse.modelio import loaded_with_external_data, needs_external_data, save_model
 
 # Preference order when the user does not choose: a GPU provider when the installed wheel has one.
@@ -86,6 +89,7 @@ class OnnxRuntimeBackend(Backend):
                 metadata["fp16"] = conversion.to_json()
                 metadata["calibration_samples"] = sample_count(feeds) if feeds is not None else None
             elif precision == "int8":
+                _refuse_quantised(model, name)
                 feeds = load_calibration(request.calib, request.specs)
                 quantized = int8.build_int8(self, source, request.specs, feeds, work, request.int8)
                 source = quantized.model
@@ -106,3 +110,15 @@ class OnnxRuntimeBackend(Backend):
     # it is can be read; per-node latency from ONNX Runtime's profiler.
     intermediate_batches = staticmethod(intermediates.intermediate_batches)
     _profile = staticmethod(profiler.profile_side_by_side)
+
+
+def _refuse_quantised(model: onnx.ModelProto, name: str) -> None:
+    """An int8 build quantises a float model; one that already holds quantised ops (ddddocr's OCR
+    model ships dynamically quantised) would be quantised twice, which ONNX Runtime's quantiser fails
+    at with a KeyError."""
+    held = sorted({node.op_type for node in model.graph.node if node.op_type in INT8_OPS})
+    if held:
+        raise UsageError(
+            f"{name}: already quantised (holds {', '.join(held)}): build it with --precision fp32, its "
+            "int8 kernels run as they are, or quantise the float model it came from"
+        )
