@@ -25,7 +25,7 @@ from deploysparse.graph.channels import INTERFACE_OP
 from deploysparse.graph.cost import CostModel, count_cost
 from deploysparse.graph.dead import DEFAULT_DEAD_THRESHOLD, DeadFilters, find_dead
 from deploysparse.graph.pinned import PinShare, pin_shares
-from deploysparse.graph.rules import ops_with
+from deploysparse.graph.rules import ops_with, runs_int8
 from deploysparse.graph.shapes import skeleton
 from deploysparse.graph.surgery import SurgeryResult, rewrite_graph
 from deploysparse.modelio import check_model, load_model
@@ -112,9 +112,10 @@ def _require_layers(ga: GraphAnalysis, model: ModelLike, name: str | None = None
     if not any(att.role == "producer" for att in ga.attachments):
         name = name or ("the model" if isinstance(model, onnx.ModelProto) else str(model))
         ops = ops_with(lambda rule: rule.macs is not None)
-        raise UsageError(
-            f"{name}: has no {', '.join(ops[:-1])} or {ops[-1]} with constant weights: nothing to prune"
-        )
+        why = f"has no {', '.join(ops[:-1])} or {ops[-1]} with constant weights: nothing to prune"
+        if runs_int8(ga.model.graph):  # its layers are integer kernels: prune the float model it came from
+            why += " (the model is already quantised: prune the float model it was quantised from)"
+        raise UsageError(f"{name}: {why}")
 
 
 def _check_dead_threshold(value: float) -> None:

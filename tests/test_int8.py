@@ -18,6 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from deploysparse import api
 from deploysparse.agreement import agreement
 from deploysparse.backends import get_backend
 from deploysparse.backends import quantize as quantize_module
@@ -33,6 +34,7 @@ from deploysparse.backends.quantize import (
 )
 from deploysparse.backends.timing import Timer
 from deploysparse.calibration import model_input_specs
+from deploysparse.errors import UsageError
 
 X86_VNNI = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
 X86_AVX_VNNI = "flags\t\t: fpu sse2 avx2 avx_vnni\n"
@@ -491,3 +493,16 @@ def test_an_already_quantised_model_is_refused_naming_its_int8_ops(tmp_path: Pat
     assert f"{qdq}: already quantised (holds DequantizeLinear, QuantizeLinear)" in result.err
     assert "--precision fp32" in result.err and not (tmp_path / "out" / "model.int8.onnx").exists()
     assert cli("build", qdq, "--precision", "fp32", "-o", tmp_path / "fp32").code == 0
+
+
+def test_pruning_a_quantised_model_says_to_prune_its_float_original(tmp_path: Path) -> None:
+    """A dynamically quantised model (ddddocr's OCR model ships so) computes with ConvInteger and
+    MatMulInteger: no float filters to rank, and the refusal says why."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    source = _classifier(tmp_path / "m.onnx")
+    quantize_dynamic(str(source), str(tmp_path / "dynamic.onnx"))
+    with pytest.raises(
+        UsageError, match=r"nothing to prune \(the model is already quantised: prune the float"
+    ):
+        api.prune(tmp_path / "dynamic.onnx", criterion="dead")
