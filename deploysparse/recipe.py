@@ -217,7 +217,8 @@ class BenchSettings(_Section):
     """How latency is measured: after a warm-up of at least `warmup` calls until the calls stop
     getting faster, `repeats` runs (rounds, the original and the compact model taking turns) of
     `iters` timed calls per model and batch size, and, with `per_layer`, one profile of every layer
-    (ONNX Runtime recipes) at the largest batch.
+    (ONNX Runtime recipes) at the largest batch, with `threads` intra-op threads (every usable core
+    when null).
 
     `max_seconds` bounds the whole measurement (the benchmark and the profile): a heavy model gets
     fewer calls and may lose a large batch size, each loss named in the report
@@ -229,6 +230,9 @@ class BenchSettings(_Section):
     repeats: Positive = 5
     per_layer: bool = True  # report.json's `layers`; off: a shorter run (a sweep of many points)
     max_seconds: Annotated[float, Field(gt=0)] | None = 60.0
+    # Intra-op threads of every timed model; null: every usable core. One thread keeps a shared CI
+    # runner's figures comparable: with a core taken by another job, two threads wait on each other.
+    threads: Positive | None = None
 
 
 class CheckSettings(_Section):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from deploysparse.backends.machine import usable_cores
 from deploysparse.pipeline import RunInputs, run_recipe
 from deploysparse.recipe import Recipe, load_recipe
 from deploysparse.report import load_report
@@ -85,6 +86,7 @@ def test_a_sweep_point_writes_the_report_a_run_writes(digits, tmp_path: Path) ->
         timed = [k for k, v in report["latency"].items() if isinstance(v, list) and v]
         assert timed == ["original", "original_flushed", "compact"]
         assert {"fingerprint", "timing"} <= set(report["latency"])
+        assert report["latency"]["fingerprint"]["threads"] == 1  # the packaged recipe's bench.threads
         assert report["layers"]["models"] == ["original", "original_flushed", "compact"]
     assert pointed["extra"]["sweep"]["key"] == "k"
 
@@ -98,7 +100,9 @@ def test_a_sweep_point_loads_the_original_once(digits, tmp_path: Path, model_loa
 
 def test_per_layer_false_skips_the_profile_in_a_run_and_a_point(digits, tmp_path: Path) -> None:
     recipe = fast_recipe(per_layer=False)
+    recipe = recipe.model_copy(update={"bench": recipe.bench.model_copy(update={"threads": None})})
     ran = run_recipe(recipe, run_inputs(digits), tmp_path / "run")
+    assert ran["latency"]["fingerprint"]["threads"] == usable_cores()  # threads: null, every usable core
     run_point(point_job(digits, recipe), tmp_path)
     pointed = load_report(tmp_path / "report.json")
     assert ran["layers"] is None and pointed.layers is None

@@ -136,6 +136,7 @@ def _latency(
         shapes=shapes,
         box_s=plan.box_s,
         min_iters=MIN_ITERS,
+        threads=bench.threads,
     )
     return {
         **{name: [point.to_json() for point in points] for name, points in measured.models.items()},
