@@ -3,12 +3,13 @@ of the packaged recipe on the bundled digits model, on a machine with one core k
 
     PYTHONPATH=. python benchmarks/gate.py [--checks 100] [--runs N] [--independent]
         [--recipe x86-cpu-onnxruntime] [--busy-core 0 | --no-busy] [--slowdown 0.15]
-        [--extra-layer STAGE:KERNEL:GROUPS] [--out gate-out] [--json gate.json]
+        [--extra-layer STAGE:KERNEL:GROUPS[+STAGE:KERNEL:GROUPS]] [--out gate-out] [--json gate.json]
 
-A is the bundled digits VGG exported to ONNX; B is A with one extra conv + ReLU inserted after a
-stage (so every later layer reads it), chosen among a few sizes as the one whose compact model is
-closest to `--slowdown` slower than A's compact model (both pruned by the recipe's prune step, timed
-interleaved here before the runs), or fixed with `--extra-layer`. Each run is a separate process,
+A is the bundled digits VGG exported to ONNX; B is A with an extra conv + ReLU inserted after a
+stage (so every later layer reads it), or two after different stages, chosen among a few sizes as the
+one whose compact model is closest to `--slowdown` slower than A's compact model (both pruned by the
+recipe's prune step, timed interleaved with the recipe's threads here before the runs), or fixed
+with `--extra-layer`. Each run is a separate process,
 `python -m deploysparse run RECIPE --model A|B.onnx ...`, as a CI job runs it; A and B runs alternate
 so a change of the machine's load falls on both. While they run, a process spins on `--busy-core`
 (pinned with os.sched_setaffinity), as another job on a shared runner would.
@@ -72,6 +73,7 @@ CANDIDATES = [
     for kernel, groups in ((1, 1), (3, 8), (3, 4), (3, 2), (3, 1))
 ]
 STAGE_RELUS = {1: 1, 2: 3, 3: 5}  # stage -> index of the ReLU node (in graph order) that ends it
+PAIRS = 3  # pairs of layers measured after the singles, those whose summed costs come closest
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,9 @@ class Extra:
     def __str__(self) -> str:
         return f"{self.stage}:{self.kernel}:{self.groups}"
 
-    def insert(self, model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-        """A copy of `model` with this layer reading the stage's ReLU and every former reader reading it."""
+    def insert(self, model: onnx.ModelProto, seed: int = 0, tag: str = "gate_extra") -> onnx.ModelProto:
+        """A copy of `model` with this layer (its names starting with `tag`) reading the stage's ReLU
+        and every former reader reading it."""
         model = onnx.ModelProto.FromString(model.SerializeToString())
         graph = model.graph
         relu = [n for n in graph.node if n.op_type == "Relu"][STAGE_RELUS[self.stage] - 1]
@@ -105,30 +108,55 @@ class Extra:
         bias = np.zeros(channels)
         graph.initializer.extend(
             [
-                numpy_helper.from_array(weight.astype(np.float32), "gate_extra.weight"),
-                numpy_helper.from_array(bias.astype(np.float32), "gate_extra.bias"),
+                numpy_helper.from_array(weight.astype(np.float32), f"{tag}.weight"),
+                numpy_helper.from_array(bias.astype(np.float32), f"{tag}.bias"),
             ]
         )
         for node in graph.node:
-            node.input[:] = ["gate_extra.out" if name == source else name for name in node.input]
+            node.input[:] = [f"{tag}.out" if name == source else name for name in node.input]
         pad = self.kernel // 2
         layer = [
             helper.make_node(
                 "Conv",
-                [source, "gate_extra.weight", "gate_extra.bias"],
-                ["gate_extra.conv"],
-                name="gate_extra/Conv",
+                [source, f"{tag}.weight", f"{tag}.bias"],
+                [f"{tag}.conv"],
+                name=f"{tag}/Conv",
                 kernel_shape=[self.kernel] * 2,
                 pads=[pad] * 4,
                 group=self.groups,
             ),
-            helper.make_node("Relu", ["gate_extra.conv"], ["gate_extra.out"], name="gate_extra/Relu"),
+            helper.make_node("Relu", [f"{tag}.conv"], [f"{tag}.out"], name=f"{tag}/Relu"),
         ]
         position = list(graph.node).index(relu) + 1
         nodes = [*graph.node[:position], *layer, *graph.node[position:]]
         del graph.node[:]
         graph.node.extend(nodes)
         onnx.checker.check_model(model)
+        return model
+
+
+@dataclass(frozen=True)
+class Extras:
+    """B's extra layers, at most one per stage (`1:3:4+2:1:1`): one layer's cost jumps in steps too
+    coarse to land near the target, two cheap ones fill the gaps."""
+
+    layers: tuple[Extra, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Extras:
+        layers = tuple(Extra.parse(part) for part in text.split("+"))
+        if len({layer.stage for layer in layers}) != len(layers):
+            raise argparse.ArgumentTypeError(f"{text}: at most one extra layer per stage")
+        return cls(layers)
+
+    def __str__(self) -> str:
+        return "+".join(str(layer) for layer in self.layers)
+
+    def insert(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """`model` with every layer inserted, the latest stage first (an earlier insertion would shift
+        the index of the later stages' ReLUs)."""
+        for i, layer in enumerate(sorted(self.layers, key=lambda layer: -layer.stage)):
+            model = layer.insert(model, seed=i, tag=f"gate_extra{i or ''}")
         return model
 
 
@@ -180,20 +208,36 @@ def compact_cost(
 
 def choose_extra(
     recipe: Recipe, a: Path, compact_a: onnx.ModelProto, calib: Path, work: Path, target: float
-) -> tuple[Extra, dict[int, float]]:
-    """The candidate whose compact model's cost, averaged over the batch sizes, is closest to `target`."""
+) -> tuple[Extras, dict[int, float]]:
+    """The candidate whose compact model's cost, averaged over the batch sizes, is closest to `target`:
+    each single layer, then the PAIRS pairs of cheaper layers in different stages whose summed costs
+    come closest to it."""
     model = onnx.load(str(a))
-    best: tuple[float, Extra, dict[int, float]] | None = None
     print(f"choosing the extra layer: compact B vs compact A, target +{target:.0%}")
-    for stage, kernel, groups in CANDIDATES:
-        extra = Extra(stage, kernel, groups)
-        cost = compact_cost(recipe, compact_a, extra.insert(model), calib, work, rounds=11)
+    measured: list[tuple[float, Extras, dict[int, float]]] = []
+
+    def measure(extras: Extras) -> float:
+        cost = compact_cost(recipe, compact_a, extras.insert(model), calib, work, rounds=11)
         mean = float(np.mean(list(cost.values())))
-        print(f"  {extra}: " + ", ".join(f"batch {b} {c:+.1%}" for b, c in cost.items()), flush=True)
-        if best is None or abs(mean - target) < abs(best[0] - target):
-            best = (mean, extra, cost)
-    assert best is not None
-    return best[1], best[2]
+        print(f"  {extras}: " + ", ".join(f"batch {b} {c:+.1%}" for b, c in cost.items()), flush=True)
+        measured.append((mean, extras, cost))
+        return mean
+
+    singles = {Extra(*candidate): measure(Extras((Extra(*candidate),))) for candidate in CANDIDATES}
+    cheaper = [(layer, cost) for layer, cost in singles.items() if 0 < cost < target]
+    pairs = sorted(
+        (
+            (abs(cost_a + cost_b - target), Extras((layer_a, layer_b)))
+            for i, (layer_a, cost_a) in enumerate(cheaper)
+            for layer_b, cost_b in cheaper[i + 1 :]
+            if layer_a.stage != layer_b.stage
+        ),
+        key=lambda pair: pair[0],
+    )
+    for _, extras in pairs[:PAIRS]:
+        measure(extras)
+    _, extras, cost = min(measured, key=lambda row: abs(row[0] - target))
+    return extras, cost
 
 
 def run(recipe: str, model: Path, data: dict[str, Path], out: Path) -> Path:
@@ -235,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy-core", type=int, default=0, help="core kept busy while the runs run")
     parser.add_argument("--no-busy", action="store_true", help="keep no core busy")
     parser.add_argument("--slowdown", type=float, default=0.15, help="B's target cost over A")
-    parser.add_argument("--extra-layer", type=Extra.parse, help="STAGE:KERNEL:GROUPS instead of choosing")
+    parser.add_argument(
+        "--extra-layer",
+        type=Extras.parse,
+        help="STAGE:KERNEL:GROUPS[+...] (one per stage) instead of choosing",
+    )
     parser.add_argument("--confidence", type=float, help="of the latency intervals [check's default]")
     parser.add_argument("--out", type=Path, help="folder for the models and reports [a temporary one]")
     parser.add_argument("--json", type=Path, help="write every verdict and the setting here")
@@ -334,7 +382,7 @@ def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
     tolerances = resolve_tolerances(reports["A"][0], confidence=args.confidence)
     print()
     print(f"machine: {cpu_name()}; load average {load_average()}; {time.time() - started:.0f} s")
-    print(f"B = A + extra layer {extra} (stage:kernel:groups)")
+    print(f"B = A + extra layer {extra} (stage:kernel:groups, + between layers)")
     print(
         "B's compact model vs A's: "
         + ", ".join(f"batch {b} {c:+.1%}" for b, c in cost.items())

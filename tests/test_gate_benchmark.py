@@ -4,6 +4,7 @@ checked here; the figures come from a quiet machine, docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import time
@@ -86,3 +87,25 @@ def test_a_smoke_run_counts_every_check(tmp_path: Path, capsys) -> None:
     assert "checks are not independent" in summary["counting"]
     out = capsys.readouterr().out
     assert "| A/A | auto | 5 |" in out and "B = A + extra layer 2:3:2" in out
+
+
+def test_two_extra_layers_in_different_stages_both_feed_their_readers(tmp_path: Path) -> None:
+    """`1:3:4+2:1:1`: the later stage's layer goes in first (the stage ReLUs are found by their index),
+    each under its own names, and B runs with both."""
+    a = export_onnx(digits_model().eval(), torch.randn(*INPUT_SHAPE), tmp_path / "a.onnx")
+    model = onnx.load(str(a))
+    extras = gate.Extras.parse("1:3:4+2:1:1")
+    assert str(extras) == "1:3:4+2:1:1"
+    b = extras.insert(model)
+    convs = {n.name: n for n in b.graph.node if n.name in ("gate_extra/Conv", "gate_extra1/Conv")}
+    assert len(convs) == 2
+    assert gate._channels(model, convs["gate_extra/Conv"].input[0]) == 128  # stage 2, inserted first
+    assert gate._channels(model, convs["gate_extra1/Conv"].input[0]) == 64  # stage 1
+    for conv in convs.values():
+        assert [n.name for n in b.graph.node if conv.input[0] in n.input] == [conv.name]
+    onnx.save(b, str(tmp_path / "b.onnx"))
+    with get_backend("onnxruntime").runner(tmp_path / "b.onnx") as run_b:
+        feeds = make_feeds(run_b.input_specs, batch=2, seed=np.random.default_rng(0))
+        assert run_b.run(feeds)["output"].shape == (2, 10)
+    with pytest.raises(argparse.ArgumentTypeError, match="at most one extra layer per stage"):
+        gate.Extras.parse("1:3:4+1:1:1")
