@@ -15,7 +15,7 @@ from deploysparse.backends.onnxruntime.runner import OrtRunner
 from deploysparse.backends.onnxruntime.runtime import load_onnxruntime
 from deploysparse.calibration import load_calibration, sample_count
 from deploysparse.errors import BackendError, UsageError
-from deploysparse.graph.rules import INT8_OPS
+from deploysparse.graph.rules import int8_op_types
 from deploysparse.modelio import loaded_with_external_data, needs_external_data, save_model
 
 # Preference order when the user does not choose: a GPU provider when the installed wheel has one.
@@ -116,7 +116,7 @@ def _refuse_quantised(model: onnx.ModelProto, name: str) -> None:
     """An int8 build quantises a float model; one that already holds quantised ops (ddddocr's OCR
     model ships dynamically quantised) would be quantised twice, which ONNX Runtime's quantiser fails
     at with a KeyError."""
-    held = sorted({node.op_type for node in model.graph.node if node.op_type in INT8_OPS})
+    held = int8_op_types(model.graph)
     if held:
         raise UsageError(
             f"{name}: already quantised (holds {', '.join(held)}): build it with --precision fp32, its "

@@ -62,7 +62,7 @@ from deploysparse.graph.rules.helpers import (
     readers,
     stored_tensors,
 )
-from deploysparse.graph.rules.quantization import INT8_OPS, runs_int8
+from deploysparse.graph.rules.quantization import INT8_OPS, int8_op_types, runs_int8
 from deploysparse.graph.rules.registry import (
     RULES,
     AnalyzeFn,
@@ -103,6 +103,7 @@ __all__ = [
     "filter_magnitude",
     "has_padding",
     "identity_node",
+    "int8_op_types",
     "kernel_node",
     "ops_with",
     "pin_all",

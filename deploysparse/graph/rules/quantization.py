@@ -19,6 +19,11 @@ INT8_OPS = frozenset(
 )
 
 
+def int8_op_types(graph: onnx.GraphProto) -> list[str]:
+    """The quantized op types the graph holds (Q/DQ pairs, integer kernels), sorted; empty for a float model."""
+    return sorted({node.op_type for node in graph.node if node.op_type in INT8_OPS})
+
+
 def runs_int8(graph: onnx.GraphProto) -> bool:
     """Whether the graph holds quantized ops (Q/DQ pairs or integer kernels): an int8 model."""
-    return any(node.op_type in INT8_OPS for node in graph.node)
+    return bool(int8_op_types(graph))
