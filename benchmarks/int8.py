@@ -6,7 +6,8 @@ at least 0.99 on the digits-trained models; pruned to 50% FLOPs and quantised, a
 ResNet-50-shaped net at least 5x faster than the fp32 original with at most 1 point of accuracy lost.
 
     PYTHONPATH=. python benchmarks/int8.py [--models digits,resnet50,mobilenetv2,digits32,ppocr]
-        [--size 160] [--calib 64] [--calib-method auto] [--rounds 21] [--epochs 8] [--pruned]
+        [--size 160] [--calib 256] [--calib-random 64] [--calib-method auto] [--rounds 21]
+        [--threads 1] [--epochs 8] [--pruned]
         [--finetune-epochs 2] [--ppocr-dir /work/notes/models] [--cache DIR] [--small] [--json out.json]
 
 Per model three builds with `deploysparse build` (the backend's API): fp32, int8 with every layer
@@ -14,7 +15,11 @@ Per model three builds with `deploysparse build` (the backend's API): fp32, int8
 float), each int8 build choosing its scheme from this CPU's flags (printed above the table) and its
 calibration method by held-out agreement (`--calib-method auto`). The three artefacts are then
 timed interleaved at batch 1 (backends/timing.py: run by run in alternating order, median of
---rounds), with ONNX Runtime's default threads. Columns: latency and speed-up over fp32; accuracy
+--rounds) with --threads intra-op threads (1: the issue's condition; run the script under
+`taskset -c 0` so that the builds' own timing, which uses every core it may, sees one core too).
+Calibration: --calib samples of the digits models' training data (a few hundred, as a user would
+calibrate: one fifth is held out to judge the choices, and 64 leave 12, too few to tell 0.99 from 1),
+--calib-random random inputs for the random-weight and PP-OCR models. Columns: latency and speed-up over fp32; accuracy
 on the validation labels where there are any, else top-1 agreement with fp32 (class scores) and the
 cosine of the outputs; the size of the artefact ONNX Runtime loads (fp32: the optimised model; int8:
 the portable QDQ model).
@@ -99,7 +104,7 @@ def measure(
     """Latency (interleaved, batch 1), accuracy or agreement with `fp32_key`, and size of each model."""
     backend = get_backend("onnxruntime")
     name = model_input_specs(load_model(next(iter(models.values()))))[0].name
-    timer = backend.timer(1)
+    timer = backend.timer(1, threads=args.threads)
     times = timer.interleaved_ms(list(models.values()), feeds={name: case.val[:1]}, rounds=args.rounds)
     outputs = {label: backend.run(path, {name: case.val}) for label, path in models.items()}
     rows = []
@@ -146,8 +151,10 @@ def random_case(
 ) -> Case:
     path = export_onnx(module.eval(), torch.randn(1, 3, size, size), folder / f"{name}.onnx", keep_bn=False)
     rng = np.random.default_rng(0)
-    data = rng.standard_normal((args.calib + 16, 3, size, size)).astype(np.float32)
-    return Case(f"{name} ({size}x{size}, random weights)", path, data[: args.calib], data[args.calib :])
+    data = rng.standard_normal((args.calib_random + 16, 3, size, size)).astype(np.float32)
+    return Case(
+        f"{name} ({size}x{size}, random weights)", path, data[: args.calib_random], data[args.calib_random :]
+    )
 
 
 def digits32_case(
@@ -171,10 +178,9 @@ def ppocr_cases(args: argparse.Namespace) -> list[Case]:
         if not path.exists():
             print(f"{name}: {path} not found, skipped", file=sys.stderr)
             continue
-        data = rng.uniform(-1, 1, (args.calib + 8, *shape)).astype(np.float32)
-        cases.append(
-            Case(f"{name} ({'x'.join(map(str, shape[1:]))})", path, data[: args.calib], data[args.calib :])
-        )
+        n = args.calib_random
+        data = rng.uniform(-1, 1, (n + 8, *shape)).astype(np.float32)
+        cases.append(Case(f"{name} ({'x'.join(map(str, shape[1:]))})", path, data[:n], data[n:]))
     return cases
 
 
@@ -239,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated (default: all; with --small: digits,resnet50)")
     parser.add_argument("--size", type=int, default=160, help="input size of the random-weight zoo nets")
-    parser.add_argument("--calib", type=int, default=64, help="calibration samples")
+    parser.add_argument("--calib", type=int, default=256, help="calibration samples of the digits models")
+    parser.add_argument(
+        "--calib-random", type=int, default=64, help="calibration samples of the random-input models"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads when timing")
     parser.add_argument("--calib-method", default="auto", choices=("auto", "minmax", "percentile", "entropy"))
     parser.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds")
     parser.add_argument("--epochs", type=int, default=8, help="digits32 training epochs (cached)")
@@ -254,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.small:
         args.models = args.models or "digits,resnet50"
-        args.size, args.calib, args.rounds, args.width = 32, 16, 3, 8
+        args.size, args.calib, args.calib_random, args.rounds, args.width = 32, 16, 16, 3, 8
         args.epochs, args.train_subset, args.finetune_epochs = 1, 64, 1
     args.models = args.models or "digits,resnet50,mobilenetv2,digits32,ppocr"
     cpu = CpuFeatures.of_this_machine()

@@ -302,6 +302,29 @@ def test_auto_keeps_float_the_layers_measured_slower(tmp_path: Path, monkeypatch
     assert built.metadata["quantization"]["latency"]["int8_ms"] == 1.0
 
 
+def test_auto_publishes_fp32_when_no_int8_model_is_faster(tmp_path: Path, monkeypatch) -> None:
+    """Mixed precision by measurement at its limit: every int8 model timed slower than fp32, so auto
+    keeps every layer float; the published model holds no quantise/dequantise step, computes what the
+    source computes, and the finding says why."""
+    _fake_timer(monkeypatch, source=1.0, int8=2.0)
+    source = _classifier(tmp_path / "m.onnx")
+    built = get_backend("onnxruntime").build(
+        source, tmp_path / "out", "int8", calib=_data(), int8=Int8Options("auto", "minmax")
+    )
+    meta = built.metadata["quantization"]
+    published = onnx.load(str(tmp_path / "out" / "model.int8.onnx"))
+    assert not {n.op_type for n in published.graph.node} & {"QuantizeLinear", "DequantizeLinear"}
+    assert meta["layers"]["kept"] == "none" and meta["layers"]["quantized"] == 0
+    assert {f["node"] for f in meta["layers"]["float"]} >= {"conv1", "conv2"}
+    assert meta["faster"] is False and meta["latency"]["int8_ms"] == meta["latency"]["fp32_ms"] == 1.0
+    assert meta["finding"].startswith("int8 does not pay for this model on this CPU")
+    x = np.random.default_rng(7).standard_normal((4, *_data()["x"].shape[1:])).astype(np.float32)
+    backend = get_backend("onnxruntime")
+    expected, got = backend.run(source, {"x": x}), backend.run(built.artifact, {"x": x})
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-5)
+
+
 # ---- int8 not faster: said in one line, in the metadata, the CLI and a run's report ------------------
 
 

@@ -324,8 +324,9 @@ class FloatLayer(_Strict):
 class Quantization(_Strict):
     """How an int8 build was quantised and whether it paid, on the machine that built it.
 
-    `finding` is set when int8 was not faster than fp32 there: the run still publishes the int8
-    model it was asked for, and says so (also among `warnings`)."""
+    `finding` is set when int8 was not faster than fp32 there (also among `warnings`): with every
+    layer asked in int8 the run still publishes the int8 model, and says so; with `int8_layers:
+    auto` it publishes the fp32 model, every layer listed in `float_layers`."""
 
     scheme: str  # e.g. "U8S8 QDQ, per-channel 8-bit weights, minmax calibration"
     reason: str  # why this scheme on this CPU

@@ -16,7 +16,11 @@ beats its fp32 one (a depthwise conv, a tiny conv or the first conv often does n
    clearly faster;
 5. times fp32 and every int8 candidate interleaved (backends/timing.py) and keeps the fastest that
    reaches the target (the best agreement when none does);
-6. says plainly, in `finding`, when int8 is not faster than fp32 on this machine.
+6. says plainly, in `finding`, when int8 is not faster than fp32 on this machine; with
+   `--int8-layers auto` that is the limit of mixed precision by measurement (no layer set pays), so
+   the build publishes the fp32 model, every layer listed float, rather than a slower int8 one
+   (a 1 ms classifier of many small layers, where each quantise/dequantise step costs more than
+   its int8 kernel saves, is the usual case); `--int8-layers all` publishes int8 regardless.
 
 Every decision and figure goes into the build metadata (`quantization`), so the report can show
 which scheme was built and why, which layers stayed float and why, and how fast each model ran.
@@ -140,6 +144,18 @@ def build_int8(
     for variant in variants:
         variant.ms = times[f"int8_{variant.name}"]
     kept = _choose(variants)
+    float_wins = options.layers == "auto" and not kept.ms < times["fp32"]
+    published_ms = times["fp32"] if float_wins else kept.ms
+    layers = {
+        "mode": options.layers,
+        "kept": "none" if float_wins else kept.name,
+        "quantized": 0
+        if float_wins
+        else len(quantizer.quantized_nodes(onnx.load(str(kept.model.path), load_external_data=False))),
+        "float": _every_layer_float(variants[0]) if float_wins else kept.float_layers,
+        "variants": [v.to_json() for v in variants],
+        "note": _layers_note(options.layers, kept, variants, times["fp32"] if float_wins else None),
+    }
     metadata = {
         "scheme": kept.model.scheme.to_json(),
         "description": kept.model.scheme.describe(),
@@ -154,27 +170,22 @@ def build_int8(
             "held_out": judge.samples,
             "agreement": {m: (s.to_json() if s else None) for m, s in scores.items()},
         },
-        "layers": {
-            "mode": options.layers,
-            "kept": kept.name,
-            "quantized": len(
-                quantizer.quantized_nodes(onnx.load(str(kept.model.path), load_external_data=False))
-            ),
-            "float": kept.float_layers,
-            "variants": [v.to_json() for v in variants],
-            "note": _layers_note(options.layers, kept, variants),
-        },
-        "agreement": kept.score.to_json() if kept.score else None,
+        "layers": layers,
+        "agreement": None if float_wins else (kept.score.to_json() if kept.score else None),
         "latency": {
             "batch": batch,
             "threads": f"ONNX Runtime's default ({usable_cores()} cores)",
             "fp32_ms": times["fp32"],
-            "int8_ms": kept.ms,
+            "int8_ms": published_ms,
         },
-        "speedup": times["fp32"] / kept.ms if kept.ms > 0 else None,
-        "faster": kept.ms < times["fp32"],
-        "finding": not_faster_finding(times["fp32"], kept.ms, batch),
+        "speedup": times["fp32"] / published_ms if published_ms > 0 else None,
+        "faster": published_ms < times["fp32"],
+        "finding": float_finding(times["fp32"], kept, batch)
+        if float_wins
+        else not_faster_finding(times["fp32"], kept.ms, batch),
     }
+    if float_wins:
+        return Int8Result(source, kept.model.scheme, metadata)
     return Int8Result(kept.model.path, kept.model.scheme, metadata)
 
 
@@ -185,6 +196,16 @@ def not_faster_finding(fp32_ms: float, int8_ms: float, batch: int) -> str | None
     return (
         f"int8 is not faster than fp32 on this CPU: {int8_ms:.3f} ms against {fp32_ms:.3f} ms at batch {batch} "
         "(timed interleaved); the int8 model is built as asked, but fp32 runs faster here"
+    )
+
+
+def float_finding(fp32_ms: float, fastest: _Variant, batch: int) -> str:
+    """The one line of an auto build that found no int8 model faster than fp32: it publishes fp32."""
+    return (
+        f"int8 does not pay for this model on this CPU: the fastest int8 model ({fastest.name}, "
+        f"{fastest.ms:.3f} ms) is not faster than fp32 ({fp32_ms:.3f} ms) at batch {batch} (timed "
+        "interleaved), so --int8-layers auto keeps every layer in float and publishes the fp32 model "
+        "(--int8-layers all publishes int8 regardless)"
     )
 
 
@@ -280,9 +301,13 @@ def _choose(variants: list[_Variant]) -> _Variant:
     return max(variants, key=lambda v: (v.score.key() if v.score else (0.0, 0.0), -v.ms))
 
 
-def _layers_note(mode: str, kept: _Variant, variants: list[_Variant]) -> str:
+def _layers_note(mode: str, kept: _Variant, variants: list[_Variant], float_ms: float | None = None) -> str:
+    """What the layers' choice was; `float_ms` when the fp32 model won against every int8 one."""
     if mode == "all":
         return "every layer ONNX Runtime can quantise runs int8 (--int8-layers all)"
+    if float_ms is not None:
+        timed = ", ".join(f"{v.name} {v.ms:.3f} ms" for v in variants)
+        return f"every layer kept in float: fp32 {float_ms:.3f} ms was faster than every int8 model ({timed})"
     if len(variants) == 1:
         return "no layer measured slower in int8: every layer runs int8"
     timed = ", ".join(f"{v.name} {v.ms:.3f} ms" for v in variants)
@@ -355,6 +380,22 @@ def _mixed_variants(
         )
         variants.append(_Variant(name, model, float_layers, judge.score(model.path)))
     return variants
+
+
+def _every_layer_float(every: _Variant) -> list[dict]:
+    """The float layers of a published fp32 model: every layer the all-int8 model quantised."""
+    model = onnx.load(str(every.model.path), load_external_data=False)
+    ops = {node.name: node.op_type for node in model.graph.node}
+    return [
+        {
+            "node": node,
+            "op": ops.get(node, ""),
+            "reason": "no int8 model was faster than fp32",
+            "fp32_ms": None,
+            "int8_ms": None,
+        }
+        for node in quantizer.quantized_nodes(model)
+    ]
 
 
 def _float_layer(row: dict, reason: str) -> dict:
