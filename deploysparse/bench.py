@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -170,6 +170,7 @@ def benchmark_side_by_side(
     shapes: RunShapes | None = None,
     box_s: float | None = None,
     min_iters: int = 1,
+    own_inputs: Collection[str] = (),
 ) -> SideBySide:
     """Time `models` (name -> (path, backend)) at each batch size, `iters` calls per model and batch
     in each of `rounds` rounds, the models taking turns (`timing.interleaved`), after a warm-up until
@@ -178,7 +179,8 @@ def benchmark_side_by_side(
 
     Inputs are fed at `shapes` (the run's shapes: a dynamic-H/W model needs them), else the first
     model's own dims. `box_s` time-boxes each model's warm-up and each round at each batch size
-    (`timing.timed_runs`: at least `min_iters` calls; pipeline/time_box.py plans it)."""
+    (`timing.timed_runs`: at least `min_iters` calls; pipeline/time_box.py plans it). Models named in
+    `own_inputs` (the yardstick) get random inputs of their own, at their own dims."""
     engines = {backend: get_backend(backend) for _, backend in models.values()}
     load_before = load_average()
     with contextlib.ExitStack() as stack:
@@ -186,31 +188,39 @@ def benchmark_side_by_side(
             name: stack.enter_context(engines[backend].runner(path, threads, spinning=False))
             for name, (path, backend) in models.items()
         }
+        shared = [name for name in runners if name not in own_inputs]
         for name, runner in runners.items():  # every batch size checked before any is timed
             for batch in batches:
-                feed_shapes(runner.input_specs, **_at(shapes, batch), source=str(models[name][0]))
-        first_name, first = next(iter(runners.items()))
+                at = _at(shapes if name in shared else None, batch)
+                feed_shapes(runner.input_specs, **at, source=str(models[name][0]))
+        first = runners[shared[0]]
         rng = np.random.default_rng(seed)
-        source = str(models[first_name][0])
-        feeds = {b: make_feeds(first.input_specs, **_at(shapes, b), seed=rng, source=source) for b in batches}
+
+        def inputs(name: str, at_shapes: RunShapes | None) -> dict[int, dict[str, np.ndarray]]:
+            specs, source = runners[name].input_specs, str(models[name][0])
+            return {b: make_feeds(specs, **_at(at_shapes, b), seed=rng, source=source) for b in batches}
+
+        common = inputs(shared[0], shapes)
+        feeds = {name: common if name in shared else inputs(name, None) for name in runners}
         warm = {
             name: [
-                warm_up(functools.partial(runner.run, feeds[b]), warmup, None, _warm_box(box_s))
+                warm_up(functools.partial(runner.run, feeds[name][b]), warmup, None, _warm_box(box_s))
                 for b in batches
             ]
             for name, runner in runners.items()
         }
 
-        def one_round(runner, advance) -> list[np.ndarray]:
+        def one_round(name: str, advance) -> list[np.ndarray]:
+            run = runners[name].run
             seconds = [
-                timed_runs(functools.partial(runner.run, feeds[b]), iters, 0, None, box_s, min_iters)
+                timed_runs(functools.partial(run, feeds[name][b]), iters, 0, None, box_s, min_iters)
                 for b in batches
             ]
             advance(1)
             return seconds
 
         with progress.progress("benchmark", total=len(runners) * rounds) as advance:
-            tasks = [lambda _, r=runner: one_round(r, advance) for runner in runners.values()]
+            tasks = [lambda _, name=name: one_round(name, advance) for name in runners]
             timed = dict(zip(runners, interleaved(tasks, rounds), strict=True))
         used_threads = getattr(first, "threads", threads)
     measured = {

@@ -13,6 +13,7 @@ from deploysparse.bench import benchmark, benchmark_side_by_side
 from deploysparse.cli import main
 from deploysparse.errors import UsageError
 from deploysparse.report.schema import Fingerprint, LatencyPoint, TimingConditions
+from deploysparse.yardstick import write_yardstick
 
 
 def _model(path, batch="N", height=16, width=16):
@@ -82,6 +83,25 @@ def test_side_by_side_keeps_every_call_of_every_round_and_the_machine(tmp_path):
     conditions = TimingConditions.model_validate(measured.conditions)
     assert (conditions.rounds, conditions.iters, conditions.warmup) == (3, 4, 1)
     assert conditions.affinity and len(conditions.load_average) == 2
+
+
+def test_the_yardstick_is_timed_on_inputs_of_its_own_shape(tmp_path):
+    """A model with another input (the yardstick's 16x32x32) is timed beside one of 3x8x8 when
+    named in own_inputs; the others still share their inputs."""
+    measured = benchmark_side_by_side(
+        {
+            "original": (_model(tmp_path / "a.onnx"), "onnxruntime"),
+            "yardstick": (write_yardstick(tmp_path), "onnxruntime"),
+        },
+        batches=(1, 2),
+        warmup=0,
+        iters=2,
+        rounds=2,
+        threads=1,
+        own_inputs={"yardstick"},
+    )
+    points = [LatencyPoint.model_validate(p.to_json()) for p in measured.models["yardstick"]]
+    assert [p.batch for p in points] == [1, 2] and all(len(p.runs) == 2 for p in points)
 
 
 def test_side_by_side_refuses_a_batch_a_model_cannot_run(tmp_path):

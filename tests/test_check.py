@@ -269,6 +269,34 @@ def test_a_changed_model_is_compared_in_milliseconds_on_the_baselines_machine_on
     assert forced.mode.reason == "asked for (--latency-mode relative)" and forced.verdict == "pass"
 
 
+def test_a_changed_model_is_compared_relative_to_the_yardstick_when_both_timed_it() -> None:
+    """A retrained model of the same speed on a runner 40% busier in every round: in milliseconds it
+    regressed; relative to the yardstick timed in the same rounds it did not, while a model 30%
+    slower as a whole regresses there too. A yardstick of another version is not compared with."""
+    p50s = {"compact": 8.0, "original": 12.0, "yardstick": 5.0}
+    baseline = timed(make_report(), 8, p50s, seed=1)
+    busier = {name: ms * 1.4 for name, ms in p50s.items()}
+    retrained = timed(make_report(), 8, busier, seed=2)
+    slower = timed(make_report(), 8, {**p50s, "compact": 8.0 * 1.3, "original": 12.0 * 1.3}, seed=3)
+    for report in (baseline, retrained, slower):
+        report["latency"]["yardstick_version"] = "v1"
+    for report in (retrained, slower):
+        report["model"]["sha256"] = "ab" * 32
+    result = compare_reports(retrained, baseline)
+    assert result.mode.name == "relative" and result.mode.reference == "yardstick"
+    assert "the yardstick" in result.mode.describe() and "model changed" in result.mode.reason
+    assert verdicts(result)["latency p50 @ batch 8"] == "pass"
+    assert (
+        verdicts(compare_reports(retrained, baseline, latency_mode="absolute"))["latency p50 @ batch 8"]
+        == "regressed"
+    )
+    assert verdicts(compare_reports(slower, baseline))["latency p50 @ batch 8"] == "regressed"
+    retrained["latency"]["yardstick_version"] = "v2"
+    assert compare_reports(retrained, baseline).mode.name == "absolute"
+    forced = compare_reports(retrained, baseline, latency_mode="yardstick")
+    assert forced.mode.name == "none" and "same yardstick" in forced.mode.reason
+
+
 def test_an_old_baseline_without_fingerprint_or_calls_is_compared_relative() -> None:
     """A baseline written before deploysparse kept calls and fingerprints: no proof of the same
     machine, so relative; each run's p50 stands for the run; p99 is reported, not gated."""

@@ -77,8 +77,10 @@ def test_a_smoke_run_counts_every_check(tmp_path: Path, capsys) -> None:
     assert summary["runs"] == {"A": 3, "B": 3}  # 3 x 2 ordered pairs of A runs >= 5 checks
     assert [(r["comparison"], r["mode"]) for r in summary["rows"]] == [
         ("A/A", "auto"),
+        ("A/A", "yardstick"),
         ("A/A", "absolute"),
         ("A/B", "auto"),
+        ("A/B", "absolute"),
         ("A/B", "relative"),
     ]
     for row in summary["rows"]:

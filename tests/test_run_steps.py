@@ -19,6 +19,7 @@ from deploysparse.pipeline import RunInputs, run_recipe
 from deploysparse.recipe import Recipe, load_recipe
 from deploysparse.report import load_report
 from deploysparse.sweep.point import PointJob, run_point
+from deploysparse.yardstick import YARDSTICK_VERSION
 
 pytestmark = pytest.mark.slow  # a torch export and two whole runs
 
@@ -84,8 +85,9 @@ def test_a_sweep_point_writes_the_report_a_run_writes(digits, tmp_path: Path) ->
     for report in (ran, pointed):
         assert report["extra"]["denormals"]["original"]["total"] > 0  # the digits model has them
         timed = [k for k, v in report["latency"].items() if isinstance(v, list) and v]
-        assert timed == ["original", "original_flushed", "compact"]
+        assert timed == ["original", "original_flushed", "compact", "yardstick"]
         assert {"fingerprint", "timing"} <= set(report["latency"])
+        assert report["latency"]["yardstick_version"] == YARDSTICK_VERSION
         assert report["latency"]["fingerprint"]["threads"] == 1  # the packaged recipe's bench.threads
         assert report["layers"]["models"] == ["original", "original_flushed", "compact"]
     assert pointed["extra"]["sweep"]["key"] == "k"

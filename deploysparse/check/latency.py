@@ -9,7 +9,11 @@ model has none, so the ratio to the original as is would move with the CPU kind.
 cannot see a model that got slower as a whole (its original slows with it), so when the model
 changed, milliseconds are compared instead (`absolute`), but only when the machine fingerprints
 match: milliseconds measured on two machines are not comparable (this project's model ran 2x apart
-on an Intel and an AMD host). The output says which mode ran and why.
+on an Intel and an AMD host). Milliseconds also move between two processes on the same runner (±6% at
+batch 1 for the bundled model on a loaded 2-core runner, docs/benchmarks.md): so when both reports
+timed the same yardstick (yardstick.py: a fixed net timed in the same rounds), a changed model is
+compared relative to it instead, which cancels the runner's speed and still shows a model slower as a
+whole. The output says which mode ran, relative to what, and why.
 
 Verdict. Per batch size and percentile: the change from the baseline and its cluster-bootstrap
 interval (`timing_stats.change`); `regressed` only when the whole interval lies above the tolerance,
@@ -35,8 +39,13 @@ from deploysparse.timing_stats import MIN_RUNS, Change, Runs, change, outlier_ru
 
 TAIL_MIN_BEYOND = 10  # calls beyond a percentile needed to gate it (a p99 from 1000 calls)
 PERCENTILES = (("p50", 0.5), ("p99", 0.99))
-MODES = ("auto", "absolute", "relative")
-REFERENCE_NAMES = {"original_flushed": "the flushed original", "original": "the original"}
+MODES = ("auto", "absolute", "relative", "yardstick")
+ORIGINALS = ("original_flushed", "original")  # the references of a relative check, preferred first
+REFERENCE_NAMES = {
+    "original_flushed": "the flushed original",
+    "original": "the original",
+    "yardstick": "the yardstick (a fixed reference net)",
+}
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ class LatencyMode:
 
     name: Literal["absolute", "relative", "none"]
     reason: str
-    reference: str | None = None  # "original_flushed" or "original", in relative mode
+    reference: str | None = None  # "original_flushed", "original" or "yardstick", in relative mode
 
     def describe(self) -> str:
         if self.name == "absolute":
@@ -64,19 +73,23 @@ def calls_to_gate(quantile: float) -> int:
 
 
 def choose_mode(current: Report, baseline: Report, requested: str = "auto") -> LatencyMode:
-    """The comparison mode: `requested` unless "auto", which compares milliseconds only when the
-    model changed on a machine whose fingerprint matches the baseline's (only milliseconds show a
-    model slower as a whole), and otherwise relative to the original timed in the same run: on
-    another machine the ratio cancels the machine's speed, and for the same model (the original is
-    the same bytes, so its speed can only be the machine's) the runner's load, hiding nothing."""
+    """The comparison mode: `requested` unless "auto". A model that changed on a machine whose
+    fingerprint matches the baseline's is compared relative to the yardstick when both reports timed
+    the same one, else in milliseconds (relative to its own original, a model slower as a whole would
+    not show); everything else relative to the original timed in the same run: on another machine
+    the ratio cancels the machine's speed, and for the same model (the original is the same bytes, so
+    its speed can only be the machine's) the runner's load, hiding nothing."""
     reference = next(
-        (
-            name
-            for name in REFERENCE_NAMES
-            if getattr(current.latency, name) and getattr(baseline.latency, name)
-        ),
+        (name for name in ORIGINALS if getattr(current.latency, name) and getattr(baseline.latency, name)),
         None,
     )
+    yardstick = _same_yardstick(current, baseline)
+    if requested == "yardstick":
+        if not yardstick:
+            return LatencyMode(
+                "none", "--latency-mode yardstick needs the same yardstick timed in both reports"
+            )
+        return LatencyMode("relative", "asked for (--latency-mode yardstick)", "yardstick")
     if requested == "absolute":
         return LatencyMode("absolute", "asked for (--latency-mode absolute)")
     if requested == "relative":
@@ -86,6 +99,14 @@ def choose_mode(current: Report, baseline: Report, requested: str = "auto") -> L
     same_model = current.model.sha256 == baseline.model.sha256
     now, then = current.latency.fingerprint, baseline.latency.fingerprint
     differences = now.differences(then) if now is not None and then is not None else None
+    if differences == [] and not same_model and yardstick:
+        return LatencyMode(
+            "relative",
+            "the model changed on a machine like the baseline's (the fingerprints match): relative to "
+            "the yardstick timed in the same rounds, the runner's speed cancels and a model slower as "
+            "a whole still shows",
+            "yardstick",
+        )
     if differences == [] and not same_model:
         return LatencyMode(
             "absolute",
@@ -111,6 +132,12 @@ def choose_mode(current: Report, baseline: Report, requested: str = "auto") -> L
             )
         return LatencyMode("none", f"{why}, and there is no original timed in both reports to compare to")
     return LatencyMode("relative", why, reference)
+
+
+def _same_yardstick(current: Report, baseline: Report) -> bool:
+    """Whether both reports timed the same version of the yardstick."""
+    now, then = current.latency, baseline.latency
+    return bool(now.yardstick and then.yardstick) and now.yardstick_version == then.yardstick_version
 
 
 def latency_items(

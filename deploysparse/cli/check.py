@@ -53,7 +53,9 @@ _STYLES = {"pass": "green", "REGRESSED": "bold red", "INCONCLUSIVE": "bold yello
     default="auto",
     show_default=True,
     help="Compare latency in ms (absolute), relative to the original timed in the same run (relative), "
-    "or in ms only when the machine fingerprint matches the baseline's (auto).",
+    "relative to the yardstick timed in the same run (yardstick), or choose (auto): relative for the "
+    "same model or another machine, the yardstick (else ms) for a changed model on a machine whose "
+    "fingerprint matches the baseline's.",
 )
 @click.option(
     "--confidence",

@@ -7,7 +7,9 @@ Latency is `bench.repeats` rounds of `bench.iters` calls of every model in turn 
 machine load: a shared CI runner drifts by more than pruning gains), every call's time kept for the
 CI gate's intervals, and the per-layer profile runs the fp32 models interleaved once. Both time the
 flushed original too: prune flushes the compact model, so a report that timed only the original as
-it is would credit pruning with what flushing did. All of it fits in `bench.max_seconds`
+it is would credit pruning with what flushing did. A compact model on the reference backend (ONNX
+Runtime) is timed beside the yardstick too (yardstick.py), a fixed net that lets `check` compare a
+changed model without the runner's speed in the figure. All of it fits in `bench.max_seconds`
 (pipeline/time_box.py); batch sizes the model cannot take, or that do not fit, are named in
 `latency.skipped_batches`.
 """
@@ -26,13 +28,14 @@ from deploysparse.profiling import side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
 from deploysparse.run_shapes import RunShapes
+from deploysparse.yardstick import YARDSTICK_VERSION, write_yardstick
 
 
 @dataclass(frozen=True)
 class Speed:
     """What one run measured of speed: report.json's `latency` and `layers` sections."""
 
-    # model ("original", "original_flushed", "compact_fp32", "compact") -> one entry per batch size,
+    # model ("original", "original_flushed", "compact_fp32", "compact", "yardstick") -> one entry per batch size,
     # the machine's "fingerprint", the "timing" conditions and "skipped_batches" (report.schema.Latency)
     latency: dict
     layers: dict | None  # the per-layer profile; None when the recipe asks for none or cannot have one
@@ -63,9 +66,12 @@ def measure_speed(
         batches, skipped = shapes.usable_batches(recipe.bench.batches)
         profile = compact_onnx is not None and profiles_layers(recipe)
         times_fp32 = compact_onnx is not None and recipe.build.precision != "fp32"
-        models = 2 + (flushed_original is not None) + times_fp32
+        yardstick = write_yardstick(Path(work)) if times_yardstick(recipe) else None
+        models = 2 + (flushed_original is not None) + times_fp32 + (yardstick is not None)
         plan = plan_measurement(recipe.bench, original, shapes, batches, models, profile)
-        latency = _latency(recipe, original, Path(artifact), flushed_original, shapes, plan, compact_onnx)
+        latency = _latency(
+            recipe, original, Path(artifact), flushed_original, shapes, plan, compact_onnx, yardstick
+        )
         latency["skipped_batches"] = [s.to_json() for s in [*skipped, *plan.skipped]]
         layers = None
         if profile:
@@ -77,6 +83,13 @@ def unmeasured() -> Speed:
     """The Speed of a run whose compact artifact could not be built here: nothing was timed (timing
     the original alone would compare with nothing)."""
     return Speed(latency={"original": [], "original_flushed": [], "compact": []}, layers=None)
+
+
+def times_yardstick(recipe: Recipe) -> bool:
+    """Whether a run of `recipe` times the yardstick: when the compact model runs on the reference
+    backend, where the yardstick runs too (on a GPU engine, a CPU yardstick would measure another
+    machine than the compact model's)."""
+    return recipe.build.backend == REFERENCE_BACKEND
 
 
 def profiles_layers(recipe: Recipe) -> bool:
@@ -113,13 +126,14 @@ def _latency(
     shapes: RunShapes,
     plan: TimePlan,
     compact_onnx: Path | None = None,
+    yardstick: Path | None = None,
 ) -> dict:
     """report.json's `latency`: each model's points at each of the plan's batches (every round's calls
     kept), original (and its flushed copy) and compact timed side by side in `bench.repeats` rounds so
     all see the same machine load, with the machine's fingerprint and the conditions of the
     measurement. A recipe built at another precision than fp32 also times the compact ONNX in fp32
     (`compact_fp32`), so the report splits the speed-up into what pruning did and what the precision
-    did."""
+    did. With `yardstick`, that net is timed in the same rounds, on its own inputs."""
     bench = recipe.bench
     models = {"original": (original, REFERENCE_BACKEND)}
     if flushed is not None:
@@ -127,6 +141,8 @@ def _latency(
     if compact_onnx is not None and recipe.build.precision != "fp32":
         models["compact_fp32"] = (compact_onnx, REFERENCE_BACKEND)
     models["compact"] = (compact, recipe.build.backend)
+    if yardstick is not None:
+        models["yardstick"] = (yardstick, REFERENCE_BACKEND)
     measured = benchmark_side_by_side(
         models,
         batches=plan.batches,
@@ -137,9 +153,11 @@ def _latency(
         box_s=plan.box_s,
         min_iters=MIN_ITERS,
         threads=bench.threads,
+        own_inputs={"yardstick"},
     )
     return {
         **{name: [point.to_json() for point in points] for name, points in measured.models.items()},
         "fingerprint": measured.fingerprint,
         "timing": measured.conditions,
+        "yardstick_version": YARDSTICK_VERSION if yardstick is not None else None,
     }

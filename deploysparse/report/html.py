@@ -368,6 +368,12 @@ def _measured(latency: Latency) -> str:
     if timing is not None and timing.affinity:
         load = " → ".join("?" if v is None else f"{v:.2f}" for v in timing.load_average)
         parts.append(f"CPUs {_cpus(timing.affinity)}, load average {load}.")
+    if latency.yardstick:
+        p50s = ", ".join(f"{p.median_p50:.3f} ms at batch {p.batch}" for p in latency.yardstick)
+        parts.append(
+            f"The yardstick ({latency.yardstick_version}, a fixed net that `check` compares a changed model "
+            f"against) ran in the same rounds: {p50s}."
+        )
     return f'<p class="hint" id="latency-conditions">{_e(" ".join(parts))}</p>' if parts else ""
 
 

@@ -265,6 +265,10 @@ class Latency(_Strict):
     # original to compact_fp32 is what pruning did, from compact_fp32 to compact what the precision did.
     compact_fp32: list[LatencyPoint] = []
     compact: list[LatencyPoint]
+    # A fixed reference net (yardstick.py) timed in the same rounds on its own inputs, and its version:
+    # `check` compares a changed model relative to it (the runner's speed cancels in the ratio).
+    yardstick: list[LatencyPoint] = []
+    yardstick_version: str | None = None
     skipped_batches: list[SkippedBatchInfo] = []  # asked for, not measured (a static batch)
     fingerprint: Fingerprint | None = None  # absent in reports written before it was recorded
     timing: TimingConditions | None = None
@@ -280,6 +284,9 @@ class Latency(_Strict):
 
     def compact_fp32_at(self, batch: int) -> LatencyPoint | None:
         return next((p for p in self.compact_fp32 if p.batch == batch), None)
+
+    def yardstick_at(self, batch: int) -> LatencyPoint | None:
+        return next((p for p in self.yardstick if p.batch == batch), None)
 
     def precision_splits(self) -> list[tuple[int, float, float, float]]:
         """(batch, by pruning, by precision, together) at each batch where the compact model was also
