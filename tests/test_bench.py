@@ -9,11 +9,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from deploysparse.backends.yardstick import write_yardstick
 from deploysparse.bench import benchmark, benchmark_side_by_side
 from deploysparse.cli import main
 from deploysparse.errors import UsageError
 from deploysparse.report.schema import Fingerprint, LatencyPoint, TimingConditions
-from deploysparse.yardstick import write_yardstick
 
 
 def _model(path, batch="N", height=16, width=16):

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from deploysparse.backends.machine import usable_cores
+from deploysparse.backends.yardstick import YARDSTICK_VERSION
 from deploysparse.pipeline import RunInputs, run_recipe
 from deploysparse.recipe import Recipe, load_recipe
 from deploysparse.report import load_report
 from deploysparse.sweep.point import PointJob, run_point
-from deploysparse.yardstick import YARDSTICK_VERSION
 
 pytestmark = pytest.mark.slow  # a torch export and two whole runs
 

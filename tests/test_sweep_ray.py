@@ -102,7 +102,7 @@ def test_ray_gives_the_in_process_results(tmp_path: Path, local_ray) -> None:
     assert best["target"]["device"]  # measured by the task on the labelled node
     # which also made the flushed original from the bytes it got, and profiled every layer
     timed = [k for k, v in best["latency"].items() if isinstance(v, list) and v]
-    assert timed == ["original", "original_flushed", "compact"]
+    assert timed == ["original", "original_flushed", "compact", "yardstick"]
     assert best["latency"]["fingerprint"]["device"]  # the benchmarking node's machine
     assert best["layers"]["models"] == ["original", "original_flushed", "compact"]
 

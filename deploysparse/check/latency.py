@@ -11,7 +11,7 @@ changed, milliseconds are compared instead (`absolute`), but only when the machi
 match: milliseconds measured on two machines are not comparable (this project's model ran 2x apart
 on an Intel and an AMD host). Milliseconds also move between two processes on the same runner (±6% at
 batch 1 for the bundled model on a loaded 2-core runner, docs/benchmarks.md): so when both reports
-timed the same yardstick (yardstick.py: a fixed net timed in the same rounds), a changed model is
+timed the same yardstick (backends/yardstick.py: a fixed net timed in the same rounds), a changed model is
 compared relative to it instead, which cancels the runner's speed and still shows a model slower as a
 whole. The output says which mode ran, relative to what, and why.
 

@@ -8,7 +8,7 @@ machine load: a shared CI runner drifts by more than pruning gains), every call'
 CI gate's intervals, and the per-layer profile runs the fp32 models interleaved once. Both time the
 flushed original too: prune flushes the compact model, so a report that timed only the original as
 it is would credit pruning with what flushing did. A compact model on the reference backend (ONNX
-Runtime) is timed beside the yardstick too (yardstick.py), a fixed net that lets `check` compare a
+Runtime) is timed beside the yardstick too (backends/yardstick.py), a fixed net that lets `check` compare a
 changed model without the runner's speed in the figure. All of it fits in `bench.max_seconds`
 (pipeline/time_box.py); batch sizes the model cannot take, or that do not fit, are named in
 `latency.skipped_batches`.
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploysparse.backends import REFERENCE_BACKEND, get_backend
+from deploysparse.backends.yardstick import YARDSTICK_VERSION, write_yardstick
 from deploysparse.bench import benchmark_side_by_side
 from deploysparse.pipeline.original import OriginalFacts
 from deploysparse.pipeline.time_box import MIN_ITERS, TimePlan, plan_measurement
@@ -28,7 +29,6 @@ from deploysparse.profiling import side_by_side_rows
 from deploysparse.progress import progress
 from deploysparse.recipe import Recipe
 from deploysparse.run_shapes import RunShapes
-from deploysparse.yardstick import YARDSTICK_VERSION, write_yardstick
 
 
 @dataclass(frozen=True)

@@ -265,7 +265,7 @@ class Latency(_Strict):
     # original to compact_fp32 is what pruning did, from compact_fp32 to compact what the precision did.
     compact_fp32: list[LatencyPoint] = []
     compact: list[LatencyPoint]
-    # A fixed reference net (yardstick.py) timed in the same rounds on its own inputs, and its version:
+    # A fixed reference net (backends/yardstick.py) timed in the same rounds on its own inputs, and its version:
     # `check` compares a changed model relative to it (the runner's speed cancels in the ratio).
     yardstick: list[LatencyPoint] = []
     yardstick_version: str | None = None
