@@ -218,14 +218,14 @@ def choose_extra(
     different stages whose summed mean costs come closest to it."""
     model = onnx.load(str(a))
     print(f"choosing the extra layer: compact B vs compact A, target +{target:.0%}")
-    measured: list[tuple[float, Extras, dict[int, float]]] = []
+    measured: list[tuple[Extras, dict[int, float]]] = []
 
     def measure(extras: Extras) -> float:
+        """The candidate's cost per batch size (kept in `measured`); its mean over them."""
         cost = compact_cost(recipe, compact_a, extras.insert(model), calib, work, rounds=11)
-        mean = float(np.mean(list(cost.values())))
         print(f"  {extras}: " + ", ".join(f"batch {b} {c:+.1%}" for b, c in cost.items()), flush=True)
-        measured.append((mean, extras, cost))
-        return mean
+        measured.append((extras, cost))
+        return float(np.mean(list(cost.values())))
 
     singles = {Extra(*candidate): measure(Extras((Extra(*candidate),))) for candidate in CANDIDATES}
     cheaper = [(layer, cost) for layer, cost in singles.items() if 0 < cost < target]
@@ -240,9 +240,8 @@ def choose_extra(
     )
     for _, extras in pairs[:PAIRS]:
         measure(extras)
-    reaching = [row for row in measured if min(row[2].values()) >= target]
-    _, extras, cost = min(reaching or measured, key=lambda row: abs(min(row[2].values()) - target))
-    return extras, cost
+    reaching = [row for row in measured if min(row[1].values()) >= target]
+    return min(reaching or measured, key=lambda row: abs(min(row[1].values()) - target))
 
 
 def run(recipe: str, model: Path, data: dict[str, Path], out: Path) -> Path:

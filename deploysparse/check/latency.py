@@ -99,20 +99,16 @@ def choose_mode(current: Report, baseline: Report, requested: str = "auto") -> L
     same_model = current.model.sha256 == baseline.model.sha256
     now, then = current.latency.fingerprint, baseline.latency.fingerprint
     differences = now.differences(then) if now is not None and then is not None else None
-    if differences == [] and not same_model and yardstick:
-        return LatencyMode(
-            "relative",
-            "the model changed on a machine like the baseline's (the fingerprints match): relative to "
-            "the yardstick timed in the same rounds, the runner's speed cancels and a model slower as "
-            "a whole still shows",
-            "yardstick",
-        )
     if differences == [] and not same_model:
-        return LatencyMode(
-            "absolute",
-            "the model changed on a machine like the baseline's (the fingerprints match): only "
-            "milliseconds show a model slower as a whole",
-        )
+        changed = "the model changed on a machine like the baseline's (the fingerprints match): "
+        if yardstick:
+            return LatencyMode(
+                "relative",
+                changed + "relative to the yardstick timed in the same rounds, the runner's speed "
+                "cancels and a model slower as a whole still shows",
+                "yardstick",
+            )
+        return LatencyMode("absolute", changed + "only milliseconds show a model slower as a whole")
     if differences == []:
         why = (
             "the same model on a machine like the baseline's (the fingerprints match): the original is "

@@ -305,12 +305,11 @@ def _layers_note(mode: str, kept: _Variant, variants: list[_Variant], float_ms: 
     """What the layers' choice was; `float_ms` when the fp32 model won against every int8 one."""
     if mode == "all":
         return "every layer ONNX Runtime can quantise runs int8 (--int8-layers all)"
+    timed = ", ".join(f"{v.name} {v.ms:.3f} ms" for v in variants)
     if float_ms is not None:
-        timed = ", ".join(f"{v.name} {v.ms:.3f} ms" for v in variants)
         return f"every layer kept in float: fp32 {float_ms:.3f} ms was faster than every int8 model ({timed})"
     if len(variants) == 1:
         return "no layer measured slower in int8: every layer runs int8"
-    timed = ", ".join(f"{v.name} {v.ms:.3f} ms" for v in variants)
     if kept.name == "all":
         return f"every layer runs int8: no model with layers in float was faster and as accurate ({timed})"
     return f"{len(kept.float_layers)} layer(s) kept in float ({kept.name}: {timed})"
