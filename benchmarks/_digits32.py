@@ -39,12 +39,15 @@ WEIGHT_DECAY = 1e-4
 DEFAULT_CACHE = Path.home() / ".cache" / "deploysparse" / "bench"
 
 
-def digits32(split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N,3,32,32) float32, standardised like the bundled digits model's input, and labels (N,)."""
+def digits32(split: str, limit: int | None = None, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N,3,size,size) float32 (size a multiple of 16: 32 unless asked), standardised like the
+    bundled digits model's input, and labels (N,)."""
     images, labels = load_digits_data(split)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    factor = SIZE // images.shape[-1]
+    if size % images.shape[-1]:
+        raise ValueError(f"digits images are {images.shape[-1]} pixels wide: size {size} is no multiple")
+    factor = size // images.shape[-1]
     images = images.repeat(factor, axis=2).repeat(factor, axis=3).repeat(3, axis=1)
     return np.ascontiguousarray(images, dtype=np.float32), labels
 
@@ -56,11 +59,12 @@ class Training:
     epochs: int
     subset: int | None = None  # first N training images only (tests); None: the whole split
     seed: int = 0
+    size: int = SIZE  # input height and width (the same digits, more pixel repetition)
 
     def tag(self, name: str) -> str:
         slug = name.lower().replace("-", "")
         return (
-            f"{slug}-digits{SIZE}-e{self.epochs}-n{self.subset or 'all'}-s{self.seed}"
+            f"{slug}-digits{self.size}-e{self.epochs}-n{self.subset or 'all'}-s{self.seed}"
             f"-lr{LR:g}-wd{WEIGHT_DECAY:g}-b{BATCH}.pt"
         )
 
@@ -110,7 +114,7 @@ def bn_reestimated_accuracy(module: nn.Module) -> float:
 def train(module: nn.Module, training: Training) -> nn.Module:
     """Adam with L2 weight decay and a cosine learning rate for `training.epochs` epochs in a seeded order,
     then fresh BN statistics."""
-    images, labels = digits32("train", training.subset)
+    images, labels = digits32("train", training.subset, training.size)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
     rng = np.random.default_rng(training.seed)
     optimiser = torch.optim.Adam(module.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
@@ -144,7 +148,7 @@ def trained(name: str, build: Callable[[], nn.Module], training: Training, cache
     wall, cpu = time.perf_counter(), time.process_time()
     train(module, training)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    val = digits32("val")
+    val = digits32("val", size=training.size)
     print(
         f"{name}: trained {training.epochs} epochs in {wall:.0f} s wall, {cpu:.0f} s CPU "
         f"({torch.get_num_threads()} threads), validation accuracy {accuracy(module, *val):.3f}",

@@ -3,7 +3,8 @@ of the packaged recipe on the bundled digits model, on a machine with one core k
 
     PYTHONPATH=. python benchmarks/gate.py [--checks 100] [--runs N] [--independent]
         [--recipe x86-cpu-onnxruntime] [--busy-core 0 | --no-busy] [--slowdown 0.15]
-        [--extra-layer STAGE:KERNEL:GROUPS[+STAGE:KERNEL:GROUPS]] [--out gate-out] [--json gate.json]
+        [--extra-layer STAGE:KERNEL:GROUPS[+STAGE:KERNEL:GROUPS]] [--pool 1] [--out gate-out]
+        [--reports gate-out] [--json gate.json]
 
 A is the bundled digits VGG exported to ONNX; B is A with an extra conv + ReLU inserted after a
 stage (so every later layer reads it), or two after different stages, chosen among a few sizes as the
@@ -60,6 +61,7 @@ from onnx import helper, numpy_helper
 from deploysparse.backends import get_backend
 from deploysparse.backends.machine import cpu_name, load_average
 from deploysparse.check import Tolerances, compare_reports, resolve_tolerances
+from deploysparse.check.pooling import pool_reports
 from deploysparse.frontend.torch_export import export_onnx
 from deploysparse.pipeline.steps import prune_with_recipe
 from deploysparse.recipe import Recipe, load_recipe
@@ -265,13 +267,33 @@ def worst(verdicts: dict[str, str]) -> str:
     return next((v for v in ("regressed", "inconclusive") if v in verdicts.values()), "pass")
 
 
-def pairs(n_runs: int, checks: int, same: bool, seed: int = 0) -> list[tuple[int, int]]:
-    """`checks` distinct ordered (baseline, report) pairs of run indices, drawn without repetition."""
-    every = [(i, j) for i in range(n_runs) for j in range(n_runs) if not (same and i == j)]
+def pairs(n_runs: int, checks: int, same: bool, seed: int = 0) -> list[tuple[tuple[int, ...], int]]:
+    """`checks` distinct ordered (baseline, report) pairs of run indices, drawn without repetition
+    (the baseline as a tuple of one run, as `pooled` draws it)."""
+    every = [((i,), j) for i in range(n_runs) for j in range(n_runs) if not (same and i == j)]
     if len(every) < checks:
         raise SystemExit(f"{n_runs} runs give {len(every)} pairs, fewer than --checks {checks}")
     order = np.random.default_rng(seed).permutation(len(every))[:checks]
     return [every[k] for k in sorted(order)]
+
+
+def pooled(
+    n_a: int, n_now: int, checks: int, pool: int, same: bool, seed: int = 0
+) -> list[tuple[tuple[int, ...], int]]:
+    """`checks` distinct (baseline runs, report run) draws: `pool` distinct A runs pooled as the
+    baseline, the report another A run (`same`) or one of the `n_now` B runs."""
+    possible = math.comb(n_a, pool) * ((n_a - pool) if same else n_now)
+    if possible < checks:
+        raise SystemExit(
+            f"{n_a} runs of A give {possible} pooled baselines of {pool} with a report, fewer than --checks {checks}"
+        )
+    rng = np.random.default_rng(seed)
+    draws: set[tuple[tuple[int, ...], int]] = set()
+    while len(draws) < checks:
+        picked = rng.permutation(n_a)
+        base = tuple(sorted(int(i) for i in picked[:pool]))
+        draws.add((base, int(picked[pool]) if same else int(rng.integers(n_now))))
+    return sorted(draws)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,9 +310,15 @@ def main(argv: list[str] | None = None) -> int:
         type=Extras.parse,
         help="STAGE:KERNEL:GROUPS[+...] (one per stage) instead of choosing",
     )
+    parser.add_argument(
+        "--pool", type=int, default=1, help="A runs pooled as each check's baseline (check --baseline x N)"
+    )
     parser.add_argument("--confidence", type=float, help="of the latency intervals [check's default]")
     parser.add_argument("--out", type=Path, help="folder for the models and reports [a temporary one]")
     parser.add_argument("--json", type=Path, help="write every verdict and the setting here")
+    parser.add_argument(
+        "--reports", type=Path, help="count the checks again on the reports an earlier --out kept (no runs)"
+    )
     args = parser.parse_args(argv)
     core = None if args.no_busy else args.busy_core
     with contextlib.ExitStack() as stack:
@@ -301,7 +329,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
+def kept_reports(folder: Path) -> dict[str, list[Report]]:
+    """The A and B reports an earlier run kept in its --out folder (A-000.json, B-000.json, ...)."""
+    reports = {name: [load_report(p) for p in sorted(folder.glob(f"{name}-[0-9]*.json"))] for name in "AB"}
+    if len(reports["A"]) < 2 or not reports["B"]:
+        raise SystemExit(f"{folder}: no A-*.json and B-*.json reports of an earlier --out")
+    return reports
+
+
+def collect(
+    args: argparse.Namespace, out: Path, core: int | None
+) -> tuple[dict[str, list[Report]], str, dict]:
+    """Choose B, then run A and B alternately: the reports, B's extra layer and its interleaved cost."""
     out.mkdir(parents=True, exist_ok=True)
     recipe = load_recipe(args.recipe)
     a = export_onnx(digits_model().eval(), torch.randn(*INPUT_SHAPE), out / "a.onnx")
@@ -338,6 +377,16 @@ def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
                 if i < count:
                     reports[name].append(load_report(run(args.recipe, model, data, out / f"{name}-{i:03d}")))
             print(f"  run {i + 1} of {max(n_a, n_b)} ({time.time() - started:.0f} s)", flush=True)
+    return reports, str(extra), cost
+
+
+def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
+    started = time.time()
+    if args.reports:
+        reports, extra, cost = kept_reports(args.reports), f"as in {args.reports}", {}
+    else:
+        reports, extra, cost = collect(args, out, core)
+    n_a, n_b = len(reports["A"]), len(reports["B"])
     in_runs = {
         point.batch: float(np.median([r.latency.compact_at(point.batch).p50_ms for r in reports["B"]]))
         / float(np.median([r.latency.compact_at(point.batch).p50_ms for r in reports["A"]]))
@@ -345,9 +394,17 @@ def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
         for point in reports["A"][0].latency.compact
     }
     if args.independent:
-        aa = [(2 * k, 2 * k + 1) for k in range(args.checks)]
-        ab = [(2 * k, k) for k in range(args.checks)]
+        aa = [((2 * k,), 2 * k + 1) for k in range(args.checks)]
+        ab = [((2 * k,), k) for k in range(args.checks)]
         counting = f"independent: every check has runs of its own ({n_a + n_b} runs)"
+    elif args.pool > 1:
+        aa = pooled(n_a, n_a, args.checks, args.pool, same=True)
+        ab = pooled(n_a, n_b, args.checks, args.pool, same=False, seed=1)
+        counting = (
+            f"pooled baselines: each of {args.checks} checks compares one run (another A run, or a B run) "
+            f"with {args.pool} A runs pooled as the baseline (check --baseline x {args.pool}), drawn at "
+            f"random from {n_a} A and {n_b} B runs; checks share runs, so they are not independent"
+        )
     else:
         aa, ab = pairs(n_a, args.checks, same=True), pairs(n_a, args.checks, same=False, seed=1)
         counting = (
@@ -368,7 +425,8 @@ def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
         for base, now in comparison:
             current = reports["A" if label == "A/A" else "B"][now]
             tolerances = resolve_tolerances(current, confidence=args.confidence)
-            items.append(latency_verdicts(current, reports["A"][base], tolerances, mode))
+            baseline = pool_reports([(Path(f"A-{i:03d}.json"), reports["A"][i]) for i in base], "--baseline")
+            items.append(latency_verdicts(current, baseline, tolerances, mode))
         verdicts = [worst(item) for item in items]
         counts = {v: verdicts.count(v) for v in ("regressed", "inconclusive", "pass")}
         per_item = {
@@ -389,11 +447,12 @@ def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
     print()
     print(f"machine: {cpu_name()}; load average {load_average()}; {time.time() - started:.0f} s")
     print(f"B = A + extra layer {extra} (stage:kernel:groups, + between layers)")
-    print(
-        "B's compact model vs A's: "
-        + ", ".join(f"batch {b} {c:+.1%}" for b, c in cost.items())
-        + " (interleaved)"
-    )
+    if cost:
+        print(
+            "B's compact model vs A's: "
+            + ", ".join(f"batch {b} {c:+.1%}" for b, c in cost.items())
+            + " (interleaved)"
+        )
     print("in the runs (median compact p50): " + ", ".join(f"batch {b} {c:+.1%}" for b, c in in_runs.items()))
     print(
         f"gate: latency tolerance +{tolerances.latency:.0%}, {tolerances.confidence:.0%} intervals; "
@@ -416,6 +475,7 @@ def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
     return {
         "machine": cpu_name(),
         "busy_core": core,
+        "pool": args.pool,
         "recipe": args.recipe,
         "extra_layer": str(extra),
         "cost_interleaved": cost,

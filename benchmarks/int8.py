@@ -7,7 +7,7 @@ ResNet-50-shaped net at least 5x faster than the fp32 original with at most 1 po
 
     PYTHONPATH=. python benchmarks/int8.py [--models digits,resnet50,mobilenetv2,digits32,ppocr]
         [--size 160] [--calib 256] [--calib-random 64] [--calib-method auto] [--rounds 21]
-        [--threads 1] [--epochs 8] [--pruned]
+        [--threads 1] [--epochs 8] [--digits-size 32] [--pruned]
         [--finetune-epochs 2] [--ppocr-dir /work/notes/models] [--cache DIR] [--small] [--json out.json]
 
 Per model three builds with `deploysparse build` (the backend's API): fp32, int8 with every layer
@@ -29,10 +29,13 @@ Models:
   images, labelled: `held_out`);
 - resnet50, mobilenetv2: the zoo's networks with seeded random weights at --size (ResNet-50 at 160
   is the issue's row); random inputs, so only agreement with fp32 means anything;
-- digits32: ResNet-50 and MobileNetV2 trained on digits at 32x32 (benchmarks/_digits32.py, cached),
-  judged on the same 540 images;
+- digits32: ResNet-50 and MobileNetV2 trained on digits at 32x32 (benchmarks/_digits32.py, cached;
+  --digits-size 64: the same digits with more pixel repetition, trained at 64x64), judged on the same
+  540 images. At 32x32 ResNet-50's last stage computes on 1x1 maps, where int8's quantise and
+  dequantise steps weigh as much as its kernels; at 64x64 it is 2x2 and every layer has four times
+  the arithmetic per step;
 - ppocr: PP-OCR det/rec/cls from --ppocr-dir at fixed shapes (opsets 11 and 12), random inputs.
---pruned adds the digits32 ResNet-50 pruned to 50% FLOPs (l1, round_to 16), fine-tuned
+--pruned adds the digits32 ResNet-50 (at --digits-size) pruned to 50% FLOPs (l1, round_to 16), fine-tuned
 --finetune-epochs on the training split, and times original fp32 -> compact fp32 -> compact int8.
 --small: the digits CNN and a narrow ResNet-50 at 32x32, a handful of samples (a check that it runs).
 """
@@ -45,6 +48,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -164,12 +168,19 @@ def digits32_case(
 ) -> Case:
     from benchmarks._digits32 import Training, digits32, trained
 
-    module = trained(name, build, Training(args.epochs, args.train_subset), args.cache)
+    size = args.digits_size
+    module = trained(name, build, Training(args.epochs, args.train_subset, size=size), args.cache)
     path = export_onnx(
-        module.eval(), torch.randn(1, 3, 32, 32), folder / f"{name}-digits32.onnx", keep_bn=False
+        module.eval(), torch.randn(1, 3, size, size), folder / f"{name}-digits{size}.onnx", keep_bn=False
     )
-    images, labels = held_out(digits32)
-    return Case(f"{name} (digits 32x32, trained)", path, digits32("train", args.calib)[0], images, labels)
+    images, labels = held_out(partial(digits32, size=size))
+    return Case(
+        f"{name} (digits {size}x{size}, trained)",
+        path,
+        digits32("train", args.calib, size)[0],
+        images,
+        labels,
+    )
 
 
 def ppocr_cases(args: argparse.Namespace) -> list[Case]:
@@ -192,27 +203,29 @@ def pruned_rows(args: argparse.Namespace, folder: Path) -> list[dict]:
     from benchmarks._digits32 import Training, digits32, train, trained
     from deploysparse.torch import apply_plan
 
-    name = "ResNet-50"
-    module = trained(name, lambda: _resnet50(args), Training(args.epochs, args.train_subset), args.cache)
-    original = export_onnx(module.eval(), torch.randn(1, 3, 32, 32), folder / "original.onnx", keep_bn=False)
-    with_bn = export_onnx(module.eval(), torch.randn(1, 3, 32, 32), folder / "original-bn.onnx")
+    name, size = "ResNet-50", args.digits_size
+    training = Training(args.epochs, args.train_subset, size=size)
+    module = trained(name, lambda: _resnet50(args), training, args.cache)
+    example = torch.randn(1, 3, size, size)
+    original = export_onnx(module.eval(), example, folder / "original.onnx", keep_bn=False)
+    with_bn = export_onnx(module.eval(), example, folder / "original-bn.onnx")
     result = api.prune(with_bn, criterion="l1", flops_target=0.5, round_to=16)
     compact_module = apply_plan(module, result)
     if args.finetune_epochs:
-        train(compact_module, Training(args.finetune_epochs, args.train_subset))
-    compact = export_onnx(
-        compact_module.eval(), torch.randn(1, 3, 32, 32), folder / "compact.onnx", keep_bn=False
-    )
-    images, labels = held_out(digits32)
+        train(compact_module, Training(args.finetune_epochs, args.train_subset, size=size))
+    compact = export_onnx(compact_module.eval(), example, folder / "compact.onnx", keep_bn=False)
+    images, labels = held_out(partial(digits32, size=size))
     input_name = model_input_specs(load_model(compact))[0].name
     int8 = get_backend("onnxruntime").build(
         compact,
         folder / "compact-int8",
         "int8",
-        calib={input_name: digits32("train", args.calib)[0]},
+        calib={input_name: digits32("train", args.calib, size)[0]},
         int8=Int8Options("auto", args.calib_method),
     )
-    case = Case("ResNet-50 (digits 32x32) pruned 50% FLOPs + int8", original, images[:0], images, labels)
+    case = Case(
+        f"ResNet-50 (digits {size}x{size}) pruned 50% FLOPs + int8", original, images[:0], images, labels
+    )
     return measure(
         case,
         {"original fp32": original, "compact fp32": compact, "compact int8": int8.artifact},
@@ -262,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-method", default="auto", choices=("auto", "minmax", "percentile", "entropy"))
     parser.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds")
     parser.add_argument("--epochs", type=int, default=8, help="digits32 training epochs (cached)")
+    parser.add_argument(
+        "--digits-size", type=int, default=32, help="input size of the digits-trained nets (multiple of 16)"
+    )
     parser.add_argument("--train-subset", type=int, help="train on the first N training images only")
     parser.add_argument("--width", type=int, default=64, help="ResNet-50 width (64: standard)")
     parser.add_argument("--pruned", action="store_true", help="add the pruned + int8 digits32 ResNet-50 rows")

@@ -89,6 +89,24 @@ def test_a_smoke_run_counts_every_check(tmp_path: Path, capsys) -> None:
     assert "checks are not independent" in summary["counting"]
     out = capsys.readouterr().out
     assert "| A/A | auto | 5 |" in out and "B = A + extra layer 2:3:2" in out
+    # the kept reports counted again, each baseline two A runs pooled (no new runs)
+    again = ["--reports", str(tmp_path / "out"), "--pool", "2", "--checks", "3"]
+    assert gate.main([*again, "--json", str(tmp_path / "pooled.json")]) == 0
+    pooled = json.loads((tmp_path / "pooled.json").read_text())
+    assert pooled["pool"] == 2 and pooled["runs"] == {"A": 3, "B": 3}
+    assert all(row["checks"] == 3 for row in pooled["rows"])
+    assert "2 A runs pooled as the baseline" in pooled["counting"]
+
+
+def test_pooled_draws_never_reuse_the_report_run_in_its_own_baseline() -> None:
+    draws = gate.pooled(n_a=6, n_now=6, checks=20, pool=3, same=True)
+    assert len(draws) == len(set(draws)) == 20
+    for base, now in draws:
+        assert len(set(base)) == 3 and now not in base and max(*base, now) < 6
+    with pytest.raises(SystemExit):
+        gate.pooled(n_a=3, n_now=3, checks=1, pool=3, same=True)  # no A run left to check
+    with pytest.raises(SystemExit):
+        gate.pooled(n_a=3, n_now=3, checks=4, pool=2, same=True)  # 3 draws exist, not 4
 
 
 def test_two_extra_layers_in_different_stages_both_feed_their_readers(tmp_path: Path) -> None:
