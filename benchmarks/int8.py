@@ -7,7 +7,7 @@ ResNet-50-shaped net at least 5x faster than the fp32 original with at most 1 po
 
     PYTHONPATH=. python benchmarks/int8.py [--models digits,resnet50,mobilenetv2,digits32,ppocr]
         [--size 160] [--calib 256] [--calib-random 64] [--calib-method auto] [--rounds 21]
-        [--threads 1] [--epochs 8] [--digits-size 32] [--pruned]
+        [--threads 1] [--epochs 8] [--digits-size 32] [--pruned] [--judge-val]
         [--finetune-epochs 2] [--ppocr-dir /work/notes/models] [--cache DIR] [--small] [--json out.json]
 
 Per model three builds with `deploysparse build` (the backend's API): fp32, int8 with every layer
@@ -35,6 +35,9 @@ Models:
   dequantise steps weigh as much as its kernels; at 64x64 it is 2x2 and every layer has four times
   the arithmetic per step;
 - ppocr: PP-OCR det/rec/cls from --ppocr-dir at fixed shapes (opsets 11 and 12), random inputs.
+--judge-val: the int8 builds of the digits models judge their choices (calibration method, layers)
+on the validation split, as `run` judges on its --data, and every digits model is then measured on
+the test split alone (360 images).
 --pruned adds the digits32 ResNet-50 (at --digits-size) pruned to 50% FLOPs (l1, round_to 16), fine-tuned
 --finetune-epochs on the training split, and times original fp32 -> compact fp32 -> compact int8.
 --small: the digits CNN and a narrow ResNet-50 at 32x32, a handful of samples (a check that it runs).
@@ -83,6 +86,7 @@ class Case:
     val: np.ndarray
     labels: np.ndarray | None = None
     rows: list[dict] = field(default_factory=list)
+    judge: np.ndarray | None = None  # inputs the int8 builds judge their choices on (--judge-val)
 
 
 def build_three(case: Case, args: argparse.Namespace, folder: Path) -> dict[str, Path]:
@@ -97,7 +101,7 @@ def build_three(case: Case, args: argparse.Namespace, folder: Path) -> dict[str,
             folder / f"int8-{layers}",
             "int8",
             calib=calib,
-            int8=Int8Options(layers, args.calib_method),
+            int8=Int8Options(layers, args.calib_method, judge=_judge(name, case.judge)),
         )
         built[f"int8 {layers}"] = result.artifact
         case.rows.append({"build": layers, "quantization": result.metadata["quantization"]})
@@ -137,6 +141,10 @@ def measure(
     return rows
 
 
+def _judge(name: str, images: np.ndarray | None) -> dict[str, np.ndarray] | None:
+    return None if images is None else {name: images}
+
+
 def _size(path: Path) -> int:
     return path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + "*.data"))
 
@@ -148,8 +156,10 @@ def digits_case(args: argparse.Namespace, folder: Path) -> Case:
     source = resolve_model(
         "deploysparse.zoo.digits:digits_model", input_shape=[1, 1, 16, 16], workdir=folder / "export"
     ).onnx_path
-    images, labels = held_out(load_digits_data)
-    return Case("digits CNN (16x16, trained)", Path(source), calibration_set(args.calib), images, labels)
+    judge, (images, labels) = evaluation(load_digits_data, args.judge_val)
+    return Case(
+        "digits CNN (16x16, trained)", Path(source), calibration_set(args.calib), images, labels, judge=judge
+    )
 
 
 def random_case(
@@ -173,13 +183,14 @@ def digits32_case(
     path = export_onnx(
         module.eval(), torch.randn(1, 3, size, size), folder / f"{name}-digits{size}.onnx", keep_bn=False
     )
-    images, labels = held_out(partial(digits32, size=size))
+    judge, (images, labels) = evaluation(partial(digits32, size=size), args.judge_val)
     return Case(
         f"{name} (digits {size}x{size}, trained)",
         path,
         digits32("train", args.calib, size)[0],
         images,
         labels,
+        judge=judge,
     )
 
 
@@ -214,14 +225,14 @@ def pruned_rows(args: argparse.Namespace, folder: Path) -> list[dict]:
     if args.finetune_epochs:
         train(compact_module, Training(args.finetune_epochs, args.train_subset, size=size))
     compact = export_onnx(compact_module.eval(), example, folder / "compact.onnx", keep_bn=False)
-    images, labels = held_out(partial(digits32, size=size))
+    judge, (images, labels) = evaluation(partial(digits32, size=size), args.judge_val)
     input_name = model_input_specs(load_model(compact))[0].name
     int8 = get_backend("onnxruntime").build(
         compact,
         folder / "compact-int8",
         "int8",
         calib={input_name: digits32("train", args.calib, size)[0]},
-        int8=Int8Options("auto", args.calib_method),
+        int8=Int8Options("auto", args.calib_method, judge=_judge(input_name, judge)),
     )
     case = Case(
         f"ResNet-50 (digits {size}x{size}) pruned 50% FLOPs + int8", original, images[:0], images, labels
@@ -232,6 +243,18 @@ def pruned_rows(args: argparse.Namespace, folder: Path) -> list[dict]:
         args,
         "original fp32",
     )
+
+
+def evaluation(
+    split: Callable[[str], tuple[np.ndarray, np.ndarray]], judge_val: bool
+) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+    """(judge inputs, (images, labels) to measure on): with --judge-val the int8 builds judge on the
+    validation split (180 images, as `run` judges on its --data) and every model is measured on the
+    test split alone (360 images none of them trained, calibrated or chose on); else no judge data
+    (a fifth of the calibration set is held out) and the measurement on both splits (`held_out`)."""
+    if judge_val:
+        return split("val")[0], split("test")
+    return None, held_out(split)
 
 
 def held_out(split: Callable[[str], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -281,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-subset", type=int, help="train on the first N training images only")
     parser.add_argument("--width", type=int, default=64, help="ResNet-50 width (64: standard)")
     parser.add_argument("--pruned", action="store_true", help="add the pruned + int8 digits32 ResNet-50 rows")
+    parser.add_argument(
+        "--judge-val",
+        action="store_true",
+        help="digits models: int8 builds judge on the validation split, every model is measured on the test split",
+    )
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--ppocr-dir", type=Path, default=DEFAULT_PPOCR_DIR)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)

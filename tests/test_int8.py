@@ -502,6 +502,56 @@ def test_int8_agrees_with_fp32_on_the_digits_model(tmp_path: Path) -> None:
     assert np.mean(int8[output].argmax(1) == labels) >= np.mean(fp32[output].argmax(1) == labels) - 0.01
 
 
+def test_judge_data_replaces_the_held_out_split_and_every_calibration_sample_calibrates(
+    tmp_path: Path,
+) -> None:
+    """With judge inputs (what `run` passes: its validation data) the choices are judged on them,
+    capped at MAX_JUDGED, and all calibration samples calibrate; the agreement recorded is the
+    judged model's on those inputs, recomputed here."""
+    source = _classifier(tmp_path / "m.onnx")
+    judge = _data(samples=30, seed=7)
+    built = get_backend("onnxruntime").build(
+        source,
+        tmp_path / "out",
+        "int8",
+        calib=_data(samples=40),
+        int8=Int8Options("all", "auto", judge=judge),
+    )
+    quantization = built.metadata["quantization"]
+    calibration = quantization["calibration"]
+    assert (calibration["samples"], calibration["held_out"]) == (40, 30)
+    assert calibration["chosen_by"] == "agreement with fp32 on 30 validation samples"
+    backend = get_backend("onnxruntime")
+    int8 = backend.run(tmp_path / "out" / "model.int8.onnx", judge)
+    recorded = quantization["agreement"]
+    assert recorded["top1_agreement"] == agreement(backend.run(source, judge), int8).top1
+    without = get_backend("onnxruntime").build(
+        source, tmp_path / "split", "int8", calib=_data(samples=40), int8=Int8Options("all", "auto")
+    )
+    split = without.metadata["quantization"]["calibration"]
+    assert (split["samples"], split["held_out"]) == (40, 0)  # 8 held out would judge nothing
+
+
+def test_a_run_judges_the_int8_choices_on_its_validation_data(tmp_path: Path, cli) -> None:
+    source = _classifier(tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", _data()["x"])
+    np.save(tmp_path / "val.npy", _data(samples=24, seed=3)["x"])
+    recipe = tmp_path / "int8.yaml"
+    recipe.write_text(
+        "name: int8\nprune: {criterion: [dead], round_to: 1}\n"
+        "build: {backend: onnxruntime, precision: int8, int8_layers: all, calibration_method: auto}\n"
+        "validate: {atol: null, rtol: null, min_cosine: 0.9, min_top1_agreement: 0.5}\n"
+        "bench: {batches: [1], warmup: 1, iters: 3, repeats: 1, per_layer: false}\n"
+    )
+    args = ["--model", source, "--calib", tmp_path / "calib.npy", "--data", tmp_path / "val.npy"]
+    result = cli("run", recipe, *args, "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    quantization = report["quantization"]
+    assert quantization["calibration_chosen_by"] == "agreement with fp32 on 24 validation samples"
+    assert quantization["build"]["calibration"]["samples"] == 40  # every calibration sample calibrated
+
+
 def test_an_already_quantised_model_is_refused_naming_its_int8_ops(tmp_path: Path, cli) -> None:
     """ddddocr ships its OCR model quantised: quantising it again failed inside ONNX Runtime's
     quantiser with a KeyError; it is bad input for an int8 build, one line naming the file and why."""

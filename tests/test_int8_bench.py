@@ -1,5 +1,6 @@
 """benchmarks/int8.py runs: its small setting builds fp32, int8 all and int8 auto, times them and
-writes the table's rows, the pruned + quantised row included (a tiny ResNet-50 trained for one epoch)."""
+writes the table's rows, the pruned + quantised row included (a tiny ResNet-50 trained for one epoch),
+with the int8 choices judged on the validation split (--judge-val)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def test_the_int8_benchmark_runs_small(tmp_path: Path, capsys) -> None:
                 "--models",
                 "digits",
                 "--pruned",
+                "--judge-val",
                 "--cache",
                 str(tmp_path / "cache"),
                 "--json",
@@ -49,3 +51,8 @@ def test_the_int8_benchmark_runs_small(tmp_path: Path, capsys) -> None:
     builds = report["builds"]["digits CNN (16x16, trained)"]
     assert [b["build"] for b in builds] == ["all", "auto"]
     assert builds[0]["quantization"]["layers"]["mode"] == "all"
+    # --judge-val: the builds chose on the validation split, the rows measure the test split
+    assert (
+        builds[0]["quantization"]["calibration"]["chosen_by"]
+        == "agreement with fp32 on 180 validation samples"
+    )

@@ -26,10 +26,14 @@ without VNNI may lose accuracy there; rebuild on (or for) the target.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from deploysparse.errors import UsageError
 
@@ -112,11 +116,17 @@ class Int8Options:
     layers: "auto" keeps in float the layers whose int8 kernel measured slower than fp32, and (when
     the held-out agreement falls short) those with the largest quantisation error; "all" quantises
     every layer ONNX Runtime can. calibration: one of CALIBRATION_METHODS, or "auto" for the one whose
-    model agrees best with fp32 on a held-out part of the calibration data.
+    model agrees best with fp32 on a held-out part of the calibration data. judge: inputs to judge
+    those choices by instead (agreement with fp32 needs no labels): `run` passes its validation
+    data, which usually holds more samples than a fifth of the calibration set; then every
+    calibration sample calibrates.
     """
 
     layers: str = "auto"
     calibration: str = "auto"
+    judge: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = field(
+        default=None, compare=False, hash=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.layers not in INT8_LAYERS:

@@ -200,7 +200,8 @@ def build_and_validate(
             shapes=_profile(recipe, original_facts),
             workspace_mb=recipe.build.workspace_mb,
             input_shapes=original_facts.shapes.shapes,
-            int8=Int8Options(recipe.build.int8_layers, recipe.build.calibration_method),
+            # the validation inputs judge the int8 choices (agreement with fp32, no labels needed)
+            int8=Int8Options(recipe.build.int8_layers, recipe.build.calibration_method, judge=data),
             sparsity=recipe.build.sparsity,
         )
     _relative_metadata(built.files, staging)

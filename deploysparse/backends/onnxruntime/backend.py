@@ -91,7 +91,11 @@ class OnnxRuntimeBackend(Backend):
             elif precision == "int8":
                 _refuse_quantised(model, name)
                 feeds = load_calibration(request.calib, request.specs)
-                quantized = int8.build_int8(self, source, request.specs, feeds, work, request.int8)
+                judge = request.int8.judge
+                judge_feeds = load_calibration(judge, request.specs) if judge is not None else None
+                quantized = int8.build_int8(
+                    self, source, request.specs, feeds, work, request.int8, judge_feeds=judge_feeds
+                )
                 source = quantized.model
                 metadata["calibration_samples"] = sample_count(feeds)
                 metadata["quantization"] = quantized.metadata
