@@ -530,6 +530,16 @@ def test_judge_data_replaces_the_held_out_split_and_every_calibration_sample_cal
     )
     split = without.metadata["quantization"]["calibration"]
     assert (split["samples"], split["held_out"]) == (40, 0)  # 8 held out would judge nothing
+    few = get_backend("onnxruntime").build(
+        source,
+        tmp_path / "few",
+        "int8",
+        calib=_data(samples=60),
+        int8=Int8Options("all", "auto", judge=_data(samples=5, seed=7)),
+    )
+    fallback = few.metadata["quantization"]["calibration"]  # 5 judge nothing: 12 of 60 held out instead
+    assert (fallback["samples"], fallback["held_out"]) == (48, 12)
+    assert fallback["chosen_by"] == "agreement with fp32 on 12 held-out calibration samples"
 
 
 def test_a_run_judges_the_int8_choices_on_its_validation_data(tmp_path: Path, cli) -> None:

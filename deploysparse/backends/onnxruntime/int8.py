@@ -5,8 +5,8 @@ An int8 model is not faster by itself: it is faster when the CPU has kernels for
 beats its fp32 one (a depthwise conv, a tiny conv or the first conv often does not). So the build:
 
 1. holds out every fifth calibration sample (`split_held_out`) and calibrates on the rest, or, given
-   judge data (`run`'s validation inputs, at most MAX_JUDGED samples), calibrates on every
-   calibration sample and judges on those: 51 held-out samples of 256 cannot tell an agreement of
+   judge data (`run`'s validation inputs, at most MAX_JUDGED samples, at least MIN_HELD_OUT),
+   calibrates on every calibration sample and judges on those: 51 held-out samples of 256 cannot tell an agreement of
    0.985 from 1.0 (one disagreement is 0.98), 360 can;
 2. calibrates with each method asked for (minmax, percentile, entropy) and keeps the one whose model
    agrees best with fp32 on the held-out samples (top-1 agreement for class scores, else cosine);
@@ -102,7 +102,7 @@ def _first_samples(
     """The first `limit` samples of `feeds`, in whole static batches."""
     unit = specs[0].batch_dim if isinstance(specs[0].batch_dim, int) else 1
     keep = (min(sample_count(feeds), limit) // unit) * unit
-    return {name: value[:keep] for name, value in feeds.items()}
+    return {name: value[:keep] for name, value in feeds.items()} if keep else {}
 
 
 def build_int8(
@@ -119,14 +119,14 @@ def build_int8(
     `work`. `judge_feeds`: inputs to judge the choices on instead of held-out calibration samples."""
     cpu = cpu or CpuFeatures.of_this_machine()
     choice = onnxruntime_cpu_scheme(cpu)
-    if judge_feeds is not None:
-        calib, held_out = dict(feeds), _first_samples(judge_feeds, specs, MAX_JUDGED)
-    else:
+    judged = _first_samples(judge_feeds, specs, MAX_JUDGED) if judge_feeds is not None else {}
+    if judged and sample_count(judged) >= MIN_HELD_OUT:
+        calib, held_out = dict(feeds), judged
+    else:  # no judge data, or too little to judge by: hold out part of the calibration set
         calib, held_out = split_held_out(feeds, specs)
+        judged = {}
     batches = calibration_batches(specs, calib, source)
-    judge = _Judge(
-        backend, specs, held_out, source, "validation" if judge_feeds is not None else "held-out calibration"
-    )
+    judge = _Judge(backend, specs, held_out, source, "validation" if judged else "held-out calibration")
     prepared = quantizer.prepare(source, work / "prepared.onnx", batches, choice.candidates[0].per_channel)
     ranges = _Ranges(prepared, batches, work)
 
