@@ -35,6 +35,12 @@ from the ordered pairs of distinct runs (A/A: baseline A_i, report A_j; A/B: bas
 B_j), without repeating a pair. A run then takes part in about 2 x checks / N checks, so the checks
 are not independent: the counts estimate the per-check rates, with a wider uncertainty than 100
 independent checks would have. The output says which way it counted.
+
+`--pool K`: each check's baseline is K distinct A runs pooled (`check --baseline` given K times, what
+a CI keeping the last K main-branch reports does), the report another A run or a B run, drawn at
+random without repeating a draw. `--out DIR` keeps every run's report (A-000.json, B-000.json, ...);
+`--reports DIR` counts the checks again on them without running anything, so pool sizes (or
+confidence levels) compare on the same runs.
 """
 
 from __future__ import annotations

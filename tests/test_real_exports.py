@@ -204,7 +204,9 @@ def test_a_model_ours_writes_wrong_is_an_internal_error_naming_no_temporary_file
     model = _export(tmp_path, Detector(), 12)
     calib = _data(tmp_path / "calib.npy", (4, 3, 16, 24))
 
-    def quantize_wrongly(backend, source: Path, specs, feeds, work: Path, options) -> SimpleNamespace:
+    def quantize_wrongly(
+        backend, source: Path, specs, feeds, work: Path, options, judge_feeds=None
+    ) -> SimpleNamespace:
         bad = onnx.load(str(source))
         scale = onnx.numpy_helper.from_array(np.ones(3, np.float32), "scale")
         zero = onnx.numpy_helper.from_array(np.zeros(3, np.int8), "zero")

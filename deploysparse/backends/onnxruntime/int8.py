@@ -6,8 +6,8 @@ beats its fp32 one (a depthwise conv, a tiny conv or the first conv often does n
 
 1. holds out every fifth calibration sample (`split_held_out`) and calibrates on the rest, or, given
    judge data (`run`'s validation inputs, at most MAX_JUDGED samples, at least MIN_HELD_OUT),
-   calibrates on every calibration sample and judges on those: 51 held-out samples of 256 cannot tell an agreement of
-   0.985 from 1.0 (one disagreement is 0.98), 360 can;
+   calibrates on every calibration sample and judges on those: 51 held-out samples of 256 cannot
+   tell an agreement of 0.985 from 1.0 (one disagreement is 0.98), a few hundred can;
 2. calibrates with each method asked for (minmax, percentile, entropy) and keeps the one whose model
    agrees best with fp32 on the held-out samples (top-1 agreement for class scores, else cosine);
 3. on ARM, where both S8S8 and U8S8 kernels exist, times both schemes and keeps the faster;
