@@ -109,6 +109,15 @@ def test_reports_that_differ_are_not_pooled_and_the_file_is_named(
         pool_reports(parsed([first, other]), "--baseline")
 
 
+def test_the_same_run_twice_is_not_pooled(tmp_path: Path, capsys) -> None:
+    first, other = baseline_runs(range(1, 3))
+    copy = dump(tmp_path / "copy.json", first)
+    args = [str(dump(tmp_path / "r.json", other)), "--baseline", str(dump(tmp_path / "b.json", first))]
+    code, _, err = run_check([*args, "--baseline", str(copy)], capsys)
+    assert code == 2
+    assert f"--baseline {copy}: the same run as {tmp_path / 'b.json'}" in err
+
+
 def test_update_baseline_takes_one_report_and_one_baseline(tmp_path: Path, capsys) -> None:
     report = dump(tmp_path / "r.json", make_report())
     bases = [dump(tmp_path / f"b{i}.json", make_report()) for i in range(2)]

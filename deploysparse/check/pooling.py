@@ -13,7 +13,8 @@ Pooling keeps the first report whole and appends the other reports' runs to each
 pooled runs enter its cluster bootstrap as runs of one long measurement. Only reports of the same
 model (sha256), timed the same way (machine fingerprint, yardstick version, backend and precision,
 batch sizes) are pooled; anything else is refused with the file named, because pooling two machines'
-milliseconds would hide the very difference the gate looks for.
+milliseconds would hide the very difference the gate looks for. The same run given twice is refused
+too: its calls would count twice and narrow the interval with no new evidence.
 """
 
 from __future__ import annotations
@@ -34,10 +35,18 @@ def pool_reports(reports: Sequence[tuple[Path, Report]], role: str) -> Report:
     if not others:
         return first
     pooled = first.model_copy(deep=True)
+    seen = [(first_path, first)]
     for path, other in others:
         why = _why_not_poolable(first, other)
         if why:
             raise UsageError(f"{role} {path}: cannot be pooled with {first_path}: {why}")
+        twin = next((seen_path for seen_path, report in seen if report == other), None)
+        if twin is not None:
+            raise UsageError(
+                f"{role} {path}: the same run as {twin}; pooling a run twice narrows the interval "
+                "without new evidence"
+            )
+        seen.append((path, other))
         for field in POOLED_POINTS:
             mine = getattr(pooled.latency, field)
             theirs = {point.batch: point for point in getattr(other.latency, field)}
