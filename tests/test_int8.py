@@ -542,6 +542,29 @@ def test_judge_data_replaces_the_held_out_split_and_every_calibration_sample_cal
     assert fallback["chosen_by"] == "agreement with fp32 on 12 held-out calibration samples"
 
 
+def test_build_judges_on_judge_data_and_never_writes_over_it(tmp_path: Path, cli) -> None:
+    source = _classifier(tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", _data()["x"])
+    np.save(tmp_path / "val.npy", _data(samples=24, seed=3)["x"])
+    args = ["build", source, "--precision", "int8", "--calib", tmp_path / "calib.npy", "--int8-layers", "all"]
+    result = cli(*args, "--judge-data", tmp_path / "val.npy", "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    metadata = json.loads((tmp_path / "out" / "model.optimized.onnx.json").read_text())
+    assert (
+        metadata["quantization"]["calibration"]["chosen_by"] == "agreement with fp32 on 24 validation samples"
+    )
+    target = tmp_path / "guarded"
+    target.mkdir()
+    judge = target / "model.optimized.onnx"  # where the build would write its artefact
+    with judge.open("wb") as handle:
+        np.save(handle, _data(samples=24, seed=3)["x"])
+    before = judge.read_bytes()
+    result = cli(*args, "--judge-data", judge, "-o", target)
+    assert result.code == 2 and "--judge-data" in result.err and judge.read_bytes() == before
+    result = cli("build", source, "--judge-data", tmp_path / "val.npy", "-o", tmp_path / "fp32")
+    assert result.code == 2 and "--judge-data applies to --precision int8" in result.err
+
+
 def test_a_run_judges_the_int8_choices_on_its_validation_data(tmp_path: Path, cli) -> None:
     source = _classifier(tmp_path / "m.onnx")
     np.save(tmp_path / "calib.npy", _data()["x"])

@@ -251,7 +251,7 @@ class Backend(ABC):
                 ]
             )
         )
-        _refuse_unsafe_outputs(out_dir, outputs, source, calib)
+        _refuse_unsafe_outputs(out_dir, outputs, source, calib, int8.judge if int8 else None)
         model = load_model(source)
         specs = model_input_specs(model)
         run_shapes = shapes_if_known(specs, input_shapes)
@@ -468,13 +468,22 @@ def _kind(path: Path) -> str:
 
 
 def _refuse_unsafe_outputs(
-    out_dir: Path, outputs: list[tuple[Path, str]], source: Path, calib: CalibSource | None
+    out_dir: Path,
+    outputs: list[tuple[Path, str]],
+    source: Path,
+    calib: CalibSource | None,
+    judge: CalibSource | None = None,
 ) -> None:
     """Every file the build may write, against the model (and its external data) and the data."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"-o {out_dir}: exists and is not a folder")
     calib_path = calib if isinstance(calib, str | os.PathLike) else None
+    judge_path = judge if isinstance(judge, str | os.PathLike) else None
     refuse_overlap(
         [item for path, kind in outputs for item in writes("-o", path, kind)],
-        [*reads("the input model", source, "model"), *reads("--calib", calib_path)],
+        [
+            *reads("the input model", source, "model"),
+            *reads("--calib", calib_path),
+            *reads("--judge-data", judge_path),
+        ],
     )

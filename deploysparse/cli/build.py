@@ -50,7 +50,14 @@ from deploysparse.precision import DEFAULT_PRECISION, PRECISIONS, SPARSITY_PATTE
     type=click.Choice(CALIBRATION_CHOICES),
     default="auto",
     show_default=True,
-    help="int8 activation ranges: auto picks the method agreeing best with fp32 on held-out calibration samples.",
+    help="int8 activation ranges: auto picks the method agreeing best with fp32 on held-out calibration "
+    "samples (or on --judge-data).",
+)
+@click.option(
+    "--judge-data",
+    help="int8 on ONNX Runtime: inputs to judge the calibration method and float layers on (agreement "
+    "with fp32, no labels; e.g. the validation images); then every --calib sample calibrates "
+    "[a fifth of --calib held out].",
 )
 @click.option("--workspace", "workspace_mb", type=int, help="TensorRT builder workspace limit in MB.")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Output folder.")
@@ -90,6 +97,7 @@ def command(
     input_shape,
     int8_layers,
     calib_method,
+    judge_data,
     workspace_mb,
     out_dir,
     check_only,
@@ -109,6 +117,8 @@ def command(
         return _check_only(ctx, model, backend, trt_version, as_json)
     if out_dir is None:
         raise UsageError("build needs -o/--output FOLDER for the built model")
+    if judge_data is not None and (precision != "int8" or backend != "onnxruntime"):
+        raise UsageError("--judge-data applies to --precision int8 on --backend onnxruntime")
     options = {}
     if backend == "tensorrt":
         options = {"trt_version": trt_version, "engine": "emit" if emit_command else "build"}
@@ -125,7 +135,7 @@ def command(
         workspace_mb=workspace_mb,
         keep_denormals=keep_denormals,
         input_shapes=parse_input_shapes(input_shape),
-        int8=Int8Options(int8_layers, calib_method),
+        int8=Int8Options(int8_layers, calib_method, judge=judge_data),
         sparsity=sparsity,
     )
     if as_json:
