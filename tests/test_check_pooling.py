@@ -29,14 +29,15 @@ def parsed(reports: list[dict]) -> list[tuple[Path, object]]:
 
 def test_pooling_appends_every_run_and_the_statistic_pools_their_calls() -> None:
     reports = baseline_runs(range(1, 4), runs=5)
-    pooled = pool_reports(parsed(reports), "--baseline")
+    inputs = parsed(reports)
+    pooled = pool_reports(inputs, "--baseline")
     point = pooled.latency.compact_at(8)
     assert len(point.runs) == 15
     calls = np.concatenate([run["samples_ms"] for r in reports for run in r["latency"]["compact"][1]["runs"]])
     assert np.allclose(np.concatenate(point.samples()), calls)
     assert len(pooled.latency.original_at(8).runs) == 15
-    first = parse_report(reports[0])
-    assert len(first.latency.compact_at(8).runs) == 5  # the inputs are left alone
+    first = inputs[0][1]
+    assert [len(r.latency.compact_at(8).runs) for _, r in inputs] == [5, 5, 5]  # the inputs are left alone
     assert pooled.model == first.model and pooled.validation == first.validation
 
 
