@@ -5,7 +5,7 @@ ResNet-50-shaped net at least 3.3x faster than fp32 on an AVX-512 VNNI CPU; top-
 at least 0.99 on the digits-trained models; pruned to 50% FLOPs and quantised, a digits-trained
 ResNet-50-shaped net at least 5x faster than the fp32 original with at most 1 point of accuracy lost.
 
-    PYTHONPATH=. python benchmarks/int8.py [--models digits,resnet50,mobilenetv2,digits32,ppocr]
+    PYTHONPATH=. python benchmarks/int8.py [--models digits,resnet50,mobilenetv2,digits32,ppocr,zoo-rest]
         [--size 160] [--calib 256] [--calib-random 64] [--calib-method auto] [--rounds 21]
         [--threads 1] [--epochs 8] [--digits-size 32] [--pruned] [--judge-val]
         [--finetune-epochs 2] [--ppocr-dir /work/notes/models] [--cache DIR] [--small] [--json out.json]
@@ -34,7 +34,9 @@ Models:
   540 images. At 32x32 ResNet-50's last stage computes on 1x1 maps, where int8's quantise and
   dequantise steps weigh as much as its kernels; at 64x64 it is 2x2 and every layer has four times
   the arithmetic per step;
-- ppocr: PP-OCR det/rec/cls from --ppocr-dir at fixed shapes (opsets 11 and 12), random inputs.
+- ppocr: PP-OCR det/rec/cls from --ppocr-dir at fixed shapes (opsets 11 and 12), random inputs;
+- zoo-rest: the zoo's other nets with seeded random weights, ResNet-18 at
+  --size, the CIFAR ResNet-20 at 32x32 and the digits MobileNet at 1x16x16.
 --judge-val: the int8 builds of the digits models judge their choices (calibration method, layers)
 on the validation split, as `run` judges on its --data, and every digits model is then measured on
 the test split alone (360 images).
@@ -163,11 +165,12 @@ def digits_case(args: argparse.Namespace, folder: Path) -> Case:
 
 
 def random_case(
-    name: str, module: torch.nn.Module, size: int, args: argparse.Namespace, folder: Path
+    name: str, module: torch.nn.Module, size: int, args: argparse.Namespace, folder: Path, channels: int = 3
 ) -> Case:
-    path = export_onnx(module.eval(), torch.randn(1, 3, size, size), folder / f"{name}.onnx", keep_bn=False)
+    example = torch.randn(1, channels, size, size)
+    path = export_onnx(module.eval(), example, folder / f"{name}.onnx", keep_bn=False)
     rng = np.random.default_rng(0)
-    data = rng.standard_normal((args.calib_random + 16, 3, size, size)).astype(np.float32)
+    data = rng.standard_normal((args.calib_random + 16, channels, size, size)).astype(np.float32)
     return Case(
         f"{name} ({size}x{size}, random weights)", path, data[: args.calib_random], data[args.calib_random :]
     )
@@ -319,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         args.models = args.models or "digits,resnet50"
         args.size, args.calib, args.calib_random, args.rounds, args.width = 32, 16, 16, 3, 8
         args.epochs, args.train_subset, args.finetune_epochs = 1, 64, 1
-    args.models = args.models or "digits,resnet50,mobilenetv2,digits32,ppocr"
+    args.models = args.models or "digits,resnet50,mobilenetv2,zoo-rest,digits32,ppocr"
     cpu = CpuFeatures.of_this_machine()
     choice = onnxruntime_cpu_scheme(cpu)
     print(f"CPU: {cpu.machine}, int8 flags: {' '.join(cpu.int8_flags()) or 'none'}")
@@ -341,6 +344,15 @@ def main(argv: list[str] | None = None) -> int:
             from deploysparse.zoo.mobilenet import mobilenet_v2
 
             cases.append(random_case("MobileNetV2", mobilenet_v2(10), max(args.size, 32), args, folder))
+        if "zoo-rest" in wanted:  # the zoo's other nets, seeded random weights, at their own sizes
+            from deploysparse.zoo.digits import build_digits_mobilenet
+            from deploysparse.zoo.resnet import cifar_resnet, resnet
+
+            cases.append(random_case("ResNet-18", resnet(18, 10), args.size, args, folder))
+            cases.append(random_case("CIFAR ResNet-20", cifar_resnet(20), 32, args, folder))
+            torch.manual_seed(0)  # the zoo's builder draws from the global generator
+            digits_mobilenet = build_digits_mobilenet()
+            cases.append(random_case("digits MobileNet", digits_mobilenet, 16, args, folder, channels=1))
         if "digits32" in wanted:
             from deploysparse.zoo.mobilenet import mobilenet_v2
 
