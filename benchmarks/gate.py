@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         "--reports", type=Path, help="count the checks again on the reports an earlier --out kept (no runs)"
     )
     args = parser.parse_args(argv)
+    if args.independent and args.reports:
+        parser.error("--independent makes runs of its own; --reports counts the runs an earlier --out kept")
     core = None if args.no_busy else args.busy_core
     with contextlib.ExitStack() as stack:
         out = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploysparse-gate-")))
@@ -418,6 +420,15 @@ def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
             f"(A/A) and the {n_a * n_b} pairs of A and B runs (A/B); a run takes part in about "
             f"{2 * args.checks / n_a:.0f} checks, so checks are not independent"
         )
+    baselines: dict[tuple[int, ...], Report] = {}  # each pooled baseline built once, for every mode
+
+    def baseline_of(base: tuple[int, ...]) -> Report:
+        if base not in baselines:
+            baselines[base] = pool_reports(
+                [(Path(f"A-{i:03d}.json"), reports["A"][i]) for i in base], "--baseline"
+            )
+        return baselines[base]
+
     rows = []
     for label, comparison, mode in (
         ("A/A", aa, "auto"),
@@ -431,8 +442,7 @@ def measure(args: argparse.Namespace, out: Path, core: int | None) -> dict:
         for base, now in comparison:
             current = reports["A" if label == "A/A" else "B"][now]
             tolerances = resolve_tolerances(current, confidence=args.confidence)
-            baseline = pool_reports([(Path(f"A-{i:03d}.json"), reports["A"][i]) for i in base], "--baseline")
-            items.append(latency_verdicts(current, baseline, tolerances, mode))
+            items.append(latency_verdicts(current, baseline_of(base), tolerances, mode))
         verdicts = [worst(item) for item in items]
         counts = {v: verdicts.count(v) for v in ("regressed", "inconclusive", "pass")}
         per_item = {

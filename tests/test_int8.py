@@ -24,7 +24,7 @@ from deploysparse.backends import get_backend
 from deploysparse.backends import quantize as quantize_module
 from deploysparse.backends.onnxruntime.backend import OnnxRuntimeBackend
 from deploysparse.backends.onnxruntime.build import quantize_qdq
-from deploysparse.backends.onnxruntime.int8 import split_held_out
+from deploysparse.backends.onnxruntime.int8 import first_samples, split_held_out
 from deploysparse.backends.quantize import (
     TENSORRT,
     CpuFeatures,
@@ -399,6 +399,14 @@ def test_every_fifth_sample_is_held_out_in_whole_static_batches() -> None:
     assert held == {} and len(calib["x"]) == 30  # 6 held out judge nothing: all calibrate
 
 
+def test_judge_inputs_are_capped_in_whole_static_batches() -> None:
+    feeds = {"x": np.arange(100, dtype=np.float32).reshape(100, 1)}
+    first = first_samples(feeds, model_input_specs(_static_batch_model(8)), limit=30)
+    assert first["x"][:, 0].tolist() == list(range(24))  # 30 allowed, whole batches of 8
+    assert first_samples(feeds, model_input_specs(_static_batch_model(1)), limit=1000)["x"].shape == (100, 1)
+    assert first_samples({"x": feeds["x"][:5]}, model_input_specs(_static_batch_model(8)), limit=30) == {}
+
+
 def _static_batch_model(batch: int) -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],
@@ -505,9 +513,9 @@ def test_int8_agrees_with_fp32_on_the_digits_model(tmp_path: Path) -> None:
 def test_judge_data_replaces_the_held_out_split_and_every_calibration_sample_calibrates(
     tmp_path: Path,
 ) -> None:
-    """With judge inputs (what `run` passes: its validation data) the choices are judged on them,
-    capped at MAX_JUDGED, and all calibration samples calibrate; the agreement recorded is the
-    judged model's on those inputs, recomputed here."""
+    """With judge inputs (what `run` passes: its validation data) the choices are judged on them and
+    all calibration samples calibrate; the agreement recorded is the judged model's on those inputs,
+    recomputed here. Fewer than MIN_HELD_OUT judge inputs fall back to the held-out split."""
     source = _classifier(tmp_path / "m.onnx")
     judge = _data(samples=30, seed=7)
     built = get_backend("onnxruntime").build(

@@ -96,7 +96,7 @@ def split_held_out(
     return {k: v[~mask] for k, v in feeds.items()}, {k: v[mask] for k, v in feeds.items()}
 
 
-def _first_samples(
+def first_samples(
     feeds: Mapping[str, np.ndarray], specs: list[InputSpec], limit: int
 ) -> dict[str, np.ndarray]:
     """The first `limit` samples of `feeds`, in whole static batches."""
@@ -119,14 +119,13 @@ def build_int8(
     `work`. `judge_feeds`: inputs to judge the choices on instead of held-out calibration samples."""
     cpu = cpu or CpuFeatures.of_this_machine()
     choice = onnxruntime_cpu_scheme(cpu)
-    judged = _first_samples(judge_feeds, specs, MAX_JUDGED) if judge_feeds is not None else {}
+    judged = first_samples(judge_feeds, specs, MAX_JUDGED) if judge_feeds is not None else {}
     if judged and sample_count(judged) >= MIN_HELD_OUT:
-        calib, held_out = dict(feeds), judged
+        calib, held_out, kind = dict(feeds), judged, "validation"
     else:  # no judge data, or too little to judge by: hold out part of the calibration set
-        calib, held_out = split_held_out(feeds, specs)
-        judged = {}
+        (calib, held_out), kind = split_held_out(feeds, specs), "held-out calibration"
     batches = calibration_batches(specs, calib, source)
-    judge = _Judge(backend, specs, held_out, source, "validation" if judged else "held-out calibration")
+    judge = _Judge(backend, specs, held_out, source, kind)
     prepared = quantizer.prepare(source, work / "prepared.onnx", batches, choice.candidates[0].per_channel)
     ranges = _Ranges(prepared, batches, work)
 
